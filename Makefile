@@ -1,0 +1,34 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch and torchvision from the registry, as a matching pair, before anything else can pull
+	# a mismatched torch (the CPU wheel on disk does not load torchvision's compiled ops).
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.2"
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/python -c "import torch, torchvision; from torchvision.ops import nms; \
+	  b = torch.tensor([[0., 0., 1., 1.], [0., 0., 1., 1.]]); s = torch.tensor([1., .5]); \
+	  assert nms(b, s, .5).tolist() == [0]; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'nms ok')"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/ssdlab sweep sweeps/demo.yaml
+	$(BIN)/ssdlab report --sweep demo
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs mlflow.db mlruns reports/out
