@@ -1,0 +1,406 @@
+"""Typed experiment config: one schema for YAML files, `-o key=value` overrides, sweeps and MLflow params.
+
+A config is a YAML file with the sections `model`, `data`, `augment`, `train`, `eval`, `tracking`,
+`output` (plus a `name`). Every key is a dotted path (`train.lr`, `augment.zoom_out.p`), the same
+path the CLI (`-o train.lr=0.01`), sweep search spaces and MLflow params use.
+
+    cfg = load_config("experiments/configs/demo_shapes.yaml", ["train.lr=0.01"])
+    flatten(cfg)      # {"train.lr": 0.01, ...}: the MLflow params
+    config_hash(cfg)  # 12 hex chars identifying the result-relevant settings
+
+Bad input (unknown key, wrong type, impossible value) raises `ConfigError` naming the file, the
+dotted key and what was expected. `num_classes` is not a key: it is derived from the class list
+(`data.class_names`, or the dataset's classes when that is null) plus the background class.
+
+`config_hash` excludes the keys in `HASH_EXCLUDED`: names, output and tracking locations, where the
+data lives, logging cadence and image caching. None of them changes the trained weights.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Optional, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from ssd_core.errors import ConfigError
+
+BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s")
+# Smallest input each backbone's six feature maps survive (the last extra layer needs >= 1 cell).
+MIN_IMAGE_SIZE = {"vgg16": 256, "resnet50": 128, "mobilenet_v2": 64, "efficientnet_v2_s": 64}
+MAX_IMAGE_SIZE = 1024
+DATA_ROOT_ENV = "SSDLAB_DATA_ROOT"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The network (paper section 2.1): backbone, input size, heads and default-box scales."""
+
+    backbone: Literal["vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s"] = "vgg16"
+    image_size: int = 300
+    pretrained: bool = False
+    width_mult: float = Field(1.0, gt=0, le=2.0)
+    lite_heads: bool = False
+    prior_scales: Literal["voc", "coco"] = "voc"
+
+    @model_validator(mode="after")
+    def _size_fits_backbone(self) -> "ModelConfig":
+        low = MIN_IMAGE_SIZE[self.backbone]
+        if not low <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size {self.image_size} cannot be taken by backbone {self.backbone!r}: "
+                f"expected {low} <= image_size <= {MAX_IMAGE_SIZE}")
+        if self.width_mult != 1.0 and self.backbone != "mobilenet_v2":
+            raise ValueError(f"width_mult applies to mobilenet_v2 only, not {self.backbone!r}")
+        return self
+
+
+class SyntheticConfig(_Section):
+    """Generate the synthetic shapes set at `data.root` when it is absent (ssd_core.synth)."""
+
+    images: int = Field(200, gt=0)
+    seed: int = 0
+    image_size: int = Field(160, ge=32)
+
+
+class DataConfig(_Section):
+    """Where the images and annotations are and which classes they hold."""
+
+    format: Literal["voc", "coco"] = "voc"
+    root: Optional[str] = None          # null -> $SSDLAB_DATA_ROOT -> default_root
+    default_root: Optional[str] = None  # per-config fallback, e.g. ../shared/data/bccd
+    train_sets: list[str] = Field(default_factory=lambda: ["VOC2007/trainval", "VOC2012/trainval"])
+    val_sets: list[str] = Field(default_factory=lambda: ["VOC2007/test"])
+    class_names: Optional[list[str]] = None  # null -> VOC classes or inferred from the annotations
+    keep_difficult: bool = False
+    num_workers: int = Field(0, ge=0)
+    cache_images: bool = False
+    synthetic: Optional[SyntheticConfig] = None
+
+    @model_validator(mode="after")
+    def _check_lists(self) -> "DataConfig":
+        if not self.train_sets:
+            raise ValueError("train_sets is empty: expected at least one image set")
+        if self.class_names is not None:
+            if not self.class_names:
+                raise ValueError("class_names is empty: expected null or a list of names")
+            dup = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+            if dup:
+                raise ValueError(f"class_names repeats {dup}")
+            if "background" in self.class_names or "__background__" in self.class_names:
+                raise ValueError("class_names must not list the background class (it is class 0)")
+        return self
+
+
+class ZoomOutConfig(_Section):
+    """Zoom out ("expansion", paper section 3.6): place the image on a canvas up to `max` times larger."""
+
+    p: float = Field(0.5, ge=0, le=1)
+    max: float = Field(4.0, ge=1)
+
+
+class SamplePatchConfig(_Section):
+    """Sample patch (paper section 2.2, data augmentation): random crops with a minimum IoU."""
+
+    enabled: bool = True
+    # null = use the whole image; the paper's options 0.1, 0.3, 0.5, 0.7, 0.9.
+    min_ious: list[Optional[float]] = Field(default_factory=lambda: [None, 0.1, 0.3, 0.5, 0.7, 0.9])
+    min_scale: float = Field(0.3, gt=0, le=1)
+    max_aspect: float = Field(2.0, ge=1)
+    max_trials: int = Field(50, gt=0)
+
+    @model_validator(mode="after")
+    def _ious_in_range(self) -> "SamplePatchConfig":
+        bad = [v for v in self.min_ious if v is not None and not 0 <= v <= 1]
+        if bad:
+            raise ValueError(f"min_ious {bad} outside [0, 1]")
+        return self
+
+
+class AugmentConfig(_Section):
+    """The paper's training augmentation (section 2.2) plus zoom out (section 3.6)."""
+
+    photometric: bool = True
+    zoom_out: ZoomOutConfig = Field(default_factory=ZoomOutConfig)
+    sample_patch: SamplePatchConfig = Field(default_factory=SamplePatchConfig)
+    flip: bool = True
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule after warmup. Milestones count `unit`s (iterations or epochs)."""
+
+    type: Literal["multistep", "cosine", "constant"] = "multistep"
+    unit: Literal["iter", "epoch"] = "iter"
+    milestones: list[float] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _milestones_increase(self) -> "ScheduleConfig":
+        m = self.milestones
+        if any(v <= 0 for v in m) or any(b <= a for a, b in zip(m, m[1:])):
+            raise ValueError(f"milestones {m} must be positive and strictly increasing")
+        return self
+
+
+class TrainConfig(_Section):
+    """The optimisation recipe (paper section 3): SGD 1e-3, momentum 0.9, wd 5e-4, batch 32."""
+
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(32, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    no_decay_norm_bias: bool = False
+    warmup_iters: int = Field(0, ge=0)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    max_iters: Optional[int] = Field(None, gt=0)  # an iteration budget; overrides epochs when set
+    grad_clip: Optional[float] = Field(None, gt=0)
+    amp: Literal["off", "bf16", "fp16"] = "off"  # CUDA only; ignored on CPU
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(20, gt=0)
+    time_budget_s: Optional[float] = Field(None, gt=0)
+
+
+class EvalConfig(_Section):
+    """Inference and the metric (paper section 3: NMS 0.45, conf 0.01, 200 per image)."""
+
+    every_epochs: int = Field(1, gt=0)
+    score_threshold: float = Field(0.01, ge=0, lt=1)
+    nms_threshold: float = Field(0.45, gt=0, le=1)
+    top_k: int = Field(400, gt=0)
+    max_detections: int = Field(200, gt=0)
+    metric: Literal["voc07", "voc_area", "coco"] = "voc07"
+    split: str = "val"  # "val" -> data.val_sets, "train" -> data.train_sets, else an image set name
+    batch_size: Optional[int] = Field(None, gt=0)  # null -> train.batch_size
+
+
+class TrackingConfig(_Section):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "ssdlab"
+    run_name: Optional[str] = None
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"  # run directories are created under here
+
+
+class ExperimentConfig(_Section):
+    """One experiment. `ExperimentConfig.model_validate(dict)` checks a plain dict."""
+
+    name: str = "experiment"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    _source: Optional[str] = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str:
+        """The file this config came from (for error messages)."""
+        return self._source or "<config>"
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Classes including background, when the class list is known from the config."""
+        return None if self.data.class_names is None else len(self.data.class_names) + 1
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ExperimentConfig":
+        if self.eval.metric == "coco" and self.data.format != "coco":
+            raise ValueError(f"eval.metric 'coco' needs data.format 'coco', got {self.data.format!r}")
+        return self
+
+
+# Keys that do not change the trained weights or the metrics: left out of config_hash.
+HASH_EXCLUDED = frozenset({
+    "name", "tracking", "output", "data.root", "data.default_root", "data.cache_images",
+    "train.log_every",
+})
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _format_errors(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(key, sorted(config_keys()), n=1)
+            msg = "unknown key" + (f" (did you mean {near[0]!r}?)" if near else "")
+        elif err["type"] == "value_error" and isinstance(err.get("input"), dict):
+            # a section check: its message starts with the field it is about ("image_size 32 ...")
+            field = msg.split(" ", 1)[0].rstrip(":")
+            if field.split(".", 1)[0] in err["input"]:
+                key = f"{key}.{field}" if key != "<root>" else field
+        elif "input" in err and err["type"] != "missing":
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"{source}: {key}: {msg}")
+    return ConfigError("invalid config: " + "; ".join(lines))
+
+
+def validate_config(data: Mapping[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """A plain dict -> ExperimentConfig, or ConfigError naming `source` and the dotted keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        cfg = ExperimentConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _format_errors(exc, source) from None
+    cfg._source = source
+    return cfg
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def load_config(path: Union[str, os.PathLike], overrides: Union[Iterable[str], Mapping[str, Any]] = ()
+                ) -> ExperimentConfig:
+    """Read a YAML config, apply `overrides` ("a.b=1" strings or a {dotted: value} dict), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides, source=str(path))
+    data = _set_paths(data, overrides, str(path))
+    return validate_config(data, str(path))
+
+
+def parse_overrides(items: Iterable[str], source: str = "<overrides>") -> dict[str, Any]:
+    """["train.lr=0.01", "data.class_names=[a, b]"] -> {"train.lr": 0.01, ...}; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{source}: override {item!r}: expected key=value, e.g. train.lr=0.01")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: override {key}: value {raw!r} is not valid YAML: {exc}") from None
+    return out
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """A new, validated config with the {dotted.key: value} overrides applied."""
+    source = cfg.source
+    data = _set_paths(cfg.model_dump(mode="json"), overrides, source)
+    return validate_config(data, source)
+
+
+def _set_paths(data: dict, overrides: Mapping[str, Any], source: str) -> dict:
+    data = copy.deepcopy(data)
+    valid = config_keys()
+    for key, value in overrides.items():
+        if key not in valid:
+            near = difflib.get_close_matches(key, sorted(valid), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{source}: override {key}: unknown key{hint}")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}  # e.g. data.synthetic.images while data.synthetic is null
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------- views of a config
+
+
+def _sections(model: type[BaseModel]) -> dict[str, Any]:
+    """field name -> the nested section class (or None for a leaf)."""
+    out = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        args = get_args(ann) if get_origin(ann) is Union else (ann,)
+        nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        out[name] = nested[0] if nested else None
+    return out
+
+
+def config_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> set[str]:
+    """Every valid dotted path: the leaves, plus optional sections themselves (`data.synthetic`)."""
+    keys: set[str] = set()
+    for name, nested in _sections(model).items():
+        path = prefix + name
+        if nested is None:
+            keys.add(path)
+        else:
+            if not model.model_fields[name].is_required() and model.model_fields[name].default is None:
+                keys.add(path)
+            keys |= config_keys(nested, path + ".")
+    return keys
+
+
+def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Dotted keys -> scalars (lists as JSON strings): the MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, list):
+            out[prefix[:-1]] = json.dumps(node)
+        else:
+            out[prefix[:-1]] = node
+
+    walk(cfg.model_dump(mode="json"), "")
+    return out
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """12 hex chars: sha256 of the sorted-key JSON of the resolved config minus HASH_EXCLUDED keys."""
+    data = cfg.model_dump(mode="json")
+    for key in HASH_EXCLUDED:
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.get(part) or {}
+        node.pop(last, None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (loadable again with load_config)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+
+
+def resolve_data_root(cfg: ExperimentConfig) -> Path:
+    """`data.root`, else $SSDLAB_DATA_ROOT, else `data.default_root`; relative paths from the cwd,
+    then from the repository root. ConfigError when none is set."""
+    raw = cfg.data.root or os.environ.get(DATA_ROOT_ENV) or cfg.data.default_root
+    if not raw:
+        raise ConfigError(f"{cfg.source}: data.root: not set; expected a path in the config, "
+                          f"-o data.root=PATH or ${DATA_ROOT_ENV}")
+    path = Path(raw).expanduser()
+    if not path.is_absolute() and not path.exists():
+        repo = Path(__file__).resolve().parent.parent
+        if (repo / path).exists():
+            path = repo / path
+    return path
