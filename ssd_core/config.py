@@ -108,11 +108,14 @@ class ZoomOutConfig(_Section):
 
 
 class SamplePatchConfig(_Section):
-    """Sample patch (paper section 2.2, data augmentation): random crops with a minimum IoU."""
+    """Sample patch (paper section 2.2, data augmentation): random crops with a minimum IoU.
+    Field names are those ssd_core.augment.augment_settings reads."""
 
     enabled: bool = True
     # null = use the whole image; the paper's options 0.1, 0.3, 0.5, 0.7, 0.9.
     min_ious: list[Optional[float]] = Field(default_factory=lambda: [None, 0.1, 0.3, 0.5, 0.7, 0.9])
+    any_patch: bool = True     # also the paper's "randomly sample a patch" (no IoU constraint)
+    whole_image: bool = False  # add the whole image as an option when min_ious lacks a null
     min_scale: float = Field(0.3, gt=0, le=1)
     max_aspect: float = Field(2.0, ge=1)
     max_trials: int = Field(50, gt=0)
@@ -122,6 +125,8 @@ class SamplePatchConfig(_Section):
         bad = [v for v in self.min_ious if v is not None and not 0 <= v <= 1]
         if bad:
             raise ValueError(f"min_ious {bad} outside [0, 1]")
+        if self.enabled and not self.min_ious and not self.any_patch:
+            raise ValueError("min_ious is empty and any_patch is false: sample patch has no options")
         return self
 
 
@@ -129,6 +134,7 @@ class AugmentConfig(_Section):
     """The paper's training augmentation (section 2.2) plus zoom out (section 3.6)."""
 
     photometric: bool = True
+    channel_swap: bool = False  # the reference ports' "random lighting noise"; not in the paper
     zoom_out: ZoomOutConfig = Field(default_factory=ZoomOutConfig)
     sample_patch: SamplePatchConfig = Field(default_factory=SamplePatchConfig)
     flip: bool = True
