@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Optional, Union, get_args, get_origin
 
@@ -294,6 +295,10 @@ def load_config(path: Union[str, os.PathLike], overrides: Union[Iterable[str], M
     return validate_config(data, str(path))
 
 
+# YAML 1.1 reads "1e-3" (no dot) as a string; overrides read it as the number a user means.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_overrides(items: Iterable[str], source: str = "<overrides>") -> dict[str, Any]:
     """["train.lr=0.01", "data.class_names=[a, b]"] -> {"train.lr": 0.01, ...}; values are YAML scalars."""
     out: dict[str, Any] = {}
@@ -303,7 +308,8 @@ def parse_overrides(items: Iterable[str], source: str = "<overrides>") -> dict[s
         if not sep or not key:
             raise ConfigError(f"{source}: override {item!r}: expected key=value, e.g. train.lr=0.01")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.safe_load(raw) if raw.strip() else None
+            out[key] = float(value) if isinstance(value, str) and _FLOAT.fullmatch(value) else value
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: override {key}: value {raw!r} is not valid YAML: {exc}") from None
     return out
