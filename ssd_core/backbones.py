@@ -1,0 +1,238 @@
+"""Base networks for SSD, built from torchvision.models: vgg16 | resnet50 | mobilenet_v2 | efficientnet_v2_s.
+
+A `Base` runs its stages in sequence and returns one tap per stage (the feature maps the heads see
+before the extra layers). At 300 px every base yields its first tap at 38x38 (output stride 8) and the
+extra layers (model.py) continue from the last tap down to 1x1:
+
+    vgg16     the paper (section 3, Fig. 2): conv4_3 (512 ch, pool3 in ceil mode -> 38x38, L2Norm with a
+              learnable per-channel scale initialised to 20, ParseNet) and fc7 (1024 ch, 19x19): pool5
+              3x3 stride 1 pad 1, fc6 = 3x3 conv dilation 6 (1024 ch), fc7 = 1x1 conv, both Xavier init.
+    resnet50  NVIDIA's SSD300 v1.1: conv1 ... layer3, layer3's stride set to 1 -> one tap, 1024 ch, 38x38.
+    mobilenet_v2, efficientnet_v2_s
+              taps at the end of the nominal stride-16 stage (MobileNetV2: the expansion layer of block 14
+              as in SSDLite; EfficientNetV2-S: stage 5, 160 ch) and of the stride-32 stage (last 1x1 conv,
+              1280 ch). As for ResNet50 the first block of the stride-16 stage gets stride 1, so these
+              taps are 38x38 and 19x19 at 300 px (output stride 8 and 16).
+
+`input_mean` / `input_std` (0..255 units) are what the ImageNet weights expect: torchvision's ImageNet
+statistics, except vgg16 whose IMAGENET1K_FEATURES weights (ssd.pytorch's) take Caffe-style 0..255
+input minus the mean (123, 117, 104).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from ssd_core.errors import CheckpointError, ConfigError
+
+BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s")
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+CAFFE_VGG_MEAN = (123.0, 117.0, 104.0)
+
+
+class L2Norm(nn.Module):
+    """L2-normalise over channels, then rescale by a learnable per-channel weight (ParseNet; paper 3.1)."""
+
+    def __init__(self, channels: int, scale: float = 20.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(scale)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1) * self.weight.view(1, -1, 1, 1)
+
+
+class Base(nn.Module):
+    """Stages run in sequence; the (optionally normalised) output of every stage is a tap.
+
+    Also carries the recipe of the extra layers that follow it (model.py): `extra_channels` as
+    (middle, out) channel pairs, the last pair repeated as long as needed, and `extra_batch_norm`.
+    """
+
+    def __init__(
+        self,
+        stages: list[nn.Module],
+        out_channels: list[int],
+        extra_channels: tuple[tuple[int, int], ...],
+        extra_batch_norm: bool,
+        input_mean=IMAGENET_MEAN,
+        input_std=IMAGENET_STD,
+        tap_norms: list[nn.Module] | None = None,
+    ):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.tap_norms = nn.ModuleList(tap_norms or [nn.Identity() for _ in stages])
+        self.out_channels = list(out_channels)
+        self.extra_channels = tuple(extra_channels)
+        self.extra_batch_norm = extra_batch_norm
+        self.input_mean = tuple(float(v) for v in input_mean)
+        self.input_std = tuple(float(v) for v in input_std)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        taps = []
+        for stage, norm in zip(self.stages, self.tap_norms):
+            x = stage(x)
+            taps.append(norm(x))
+        return taps
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for the new conv layers (as ssd.pytorch and torchvision)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def unstride(block: nn.Module) -> None:
+    """Set every stride-2 conv of `block` to stride 1 (NVIDIA SSD300 v1.1 does this to ResNet50 layer3)."""
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+            m.stride = (1, 1)
+
+
+def imagenet_weights_path(weights) -> Path:
+    """Where torchvision's weights API looks for a weights file: $TORCH_HOME/hub/checkpoints/<file name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def load_imagenet_weights(weights) -> dict[str, Tensor]:
+    """The state dict of a torchvision weights enum, from the hub cache or (with network) a download.
+
+    Raises CheckpointError (a UserError) naming the expected file when it cannot be had offline or
+    cannot be read.
+    """
+    path = imagenet_weights_path(weights)
+    existed = path.is_file()
+    try:
+        return torch.hub.load_state_dict_from_url(
+            weights.url, progress=False, check_hash=True, map_location="cpu", weights_only=True
+        )
+    except (URLError, OSError, TimeoutError) as err:
+        if existed:
+            raise CheckpointError(f"{path}: cannot read the ImageNet weights for {weights} ({err})") from err
+        raise CheckpointError(
+            f"{path}: ImageNet weights for {weights} are not available offline ({err}). Download "
+            f"{weights.url} on a machine with network access and copy it to {path} "
+            f"(the directory is $TORCH_HOME/hub/checkpoints; set TORCH_HOME to use another cache), "
+            f"or build the model with pretrained=False."
+        ) from err
+    except Exception as err:  # corrupt or truncated file
+        raise CheckpointError(f"{path}: cannot read the ImageNet weights for {weights} ({err})") from err
+
+
+def load_into(module: nn.Module, state: dict[str, Tensor], weights) -> None:
+    """Strict load_state_dict that names the weights file when the keys or shapes do not match."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{imagenet_weights_path(weights)}: does not match torchvision's {type(module).__name__} ({err})"
+        ) from err
+
+
+def vgg16_base(pretrained: bool = False) -> Base:
+    """The paper's VGG16 (Fig. 2): conv1_1 ... conv4_3 (+ L2Norm), pool5 3x3/1, fc6 atrous, fc7."""
+    with torch.device("meta"):  # skip building (and initialising) VGG's 120M-parameter classifier
+        features = torchvision.models.vgg16().features
+    features = features.to_empty(device="cpu")
+    for m in features.modules():  # torchvision's VGG init
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    if pretrained:
+        weights = torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES
+        state = load_imagenet_weights(weights)
+        load_into(features, {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}, weights)
+    pools = [i for i, layer in enumerate(features) if isinstance(layer, nn.MaxPool2d)]
+    features[pools[2]].ceil_mode = True  # pool3: 75 -> 38 at 300 px
+    fc6_fc7 = nn.Sequential(
+        nn.MaxPool2d(kernel_size=3, stride=1, padding=1),  # pool5
+        nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6),  # fc6, atrous
+        nn.ReLU(inplace=True),
+        nn.Conv2d(1024, 1024, kernel_size=1),  # fc7
+        nn.ReLU(inplace=True),
+    )
+    xavier_init(fc6_fc7)
+    return Base(
+        stages=[features[: pools[3]], nn.Sequential(*features[pools[3] : pools[4]], *fc6_fc7)],
+        out_channels=[512, 1024],
+        tap_norms=[L2Norm(512, 20.0), nn.Identity()],
+        extra_channels=((256, 512), (128, 256)),
+        extra_batch_norm=False,
+        input_mean=CAFFE_VGG_MEAN,
+        input_std=(1.0, 1.0, 1.0),
+    )
+
+
+def resnet50_base(pretrained: bool = False) -> Base:
+    """NVIDIA SSD300 v1.1: ResNet50 up to layer3, layer3 with stride 1 (1024 ch at 38x38 for 300 px)."""
+    net = torchvision.models.resnet50()
+    if pretrained:
+        weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+        load_into(net, load_imagenet_weights(weights), weights)
+    unstride(net.layer3[0])
+    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+    return Base(
+        stages=[body],
+        out_channels=[1024],
+        extra_channels=((256, 512), (256, 512), (128, 256)),
+        extra_batch_norm=True,
+    )
+
+
+def mobilenet_v2_base(pretrained: bool = False, width_mult: float = 1.0) -> Base:
+    """MobileNetV2 taps: expansion of block 14 (SSDLite's C4) and the last 1x1 conv; block 7 unstrided."""
+    if pretrained and width_mult != 1.0:
+        raise ConfigError(
+            f"model.width_mult={width_mult}: torchvision has ImageNet weights for mobilenet_v2 only at width_mult=1.0; "
+            "use pretrained=False or width_mult=1.0"
+        )
+    net = torchvision.models.mobilenet_v2(width_mult=width_mult)
+    if pretrained:
+        weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V2
+        load_into(net, load_imagenet_weights(weights), weights)
+    f = net.features
+    unstride(f[7])  # first block of the stride-16 stage
+    expand = f[14].conv[0]  # block 14 is stride 2 without a residual, so it can be split
+    return Base(
+        stages=[nn.Sequential(*f[:14], expand), nn.Sequential(*f[14].conv[1:], *f[15:])],
+        out_channels=[expand.out_channels, f[-1].out_channels],
+        extra_channels=((256, 512), (128, 256), (128, 256), (64, 128)),
+        extra_batch_norm=True,
+    )
+
+
+def efficientnet_v2_s_base(pretrained: bool = False) -> Base:
+    """EfficientNetV2-S taps: end of stage 5 (160 ch) and the last 1x1 conv (1280 ch); stage 4 unstrided."""
+    net = torchvision.models.efficientnet_v2_s()
+    if pretrained:
+        weights = torchvision.models.EfficientNet_V2_S_Weights.IMAGENET1K_V1
+        load_into(net, load_imagenet_weights(weights), weights)
+    f = net.features
+    unstride(f[4][0])  # first block of the stride-16 stage
+    return Base(
+        stages=[f[:6], f[6:]],
+        out_channels=[f[5][-1].out_channels, f[-1].out_channels],
+        extra_channels=((256, 512), (128, 256), (128, 256), (64, 128)),
+        extra_batch_norm=True,
+    )
+
+
+def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0) -> Base:
+    """The base network by name; width_mult applies to mobilenet_v2 only."""
+    if name not in BACKBONES:
+        raise ConfigError(f"model.backbone={name!r} is not one of {', '.join(BACKBONES)}")
+    if width_mult != 1.0 and name != "mobilenet_v2":
+        raise ConfigError(f"model.width_mult={width_mult} applies to mobilenet_v2 only, not {name}")
+    if name == "mobilenet_v2":
+        return mobilenet_v2_base(pretrained, width_mult)
+    return {"vgg16": vgg16_base, "resnet50": resnet50_base, "efficientnet_v2_s": efficientnet_v2_s_base}[name](pretrained)
