@@ -1,0 +1,117 @@
+"""`ssdlab report | runs | ui`: regenerate a sweep's report, browse runs, start the MLflow UI.
+
+    ssdlab report --sweep NAME [--tracking-uri URI] [--format md,csv,tex,html] [--out DIR] [--top-k 10]
+    ssdlab runs [--sweep NAME] [--sort val/mAP50] [--tracking-uri URI] [--limit N]
+    ssdlab ui [--port 5000] [--tracking-uri URI]
+
+The store defaults to $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db. Handlers return exit codes.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from ssd_core.errors import UserError
+
+from reports.load import resolve_tracking_uri
+
+
+def register(subparsers) -> None:
+    uri_help = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    p = subparsers.add_parser("report", help="regenerate a sweep's tables and plots from MLflow")
+    p.add_argument("--sweep", required=True, help="sweep name (tag ssdlab.sweep)")
+    p.add_argument("--tracking-uri", default=None, help=uri_help)
+    p.add_argument("--format", default="md", help="comma-separated: md,csv,tex,html (default md)")
+    p.add_argument("--out", default=None, help="output directory (default reports/out/<sweep>)")
+    p.add_argument("--top-k", type=int, default=10, help="trials in the search table (default 10)")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots (faster)")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("runs", help="list runs in a terminal table")
+    p.add_argument("--sweep", default=None, help="only this sweep's trials")
+    p.add_argument("--sort", default="val/mAP50",
+                   help="val/mAP50 (best over epochs, default), any metric name, duration or start")
+    p.add_argument("--tracking-uri", default=None, help=uri_help)
+    p.add_argument("--limit", type=int, default=0, help="show at most N runs (0 = all)")
+    p.set_defaults(func=cmd_runs)
+
+    p = subparsers.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--tracking-uri", default=None, help=uri_help)
+    p.set_defaults(func=cmd_ui)
+
+
+def _store(uri: str | None) -> str:
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"MLflow store {uri} not found (no such database file); pass --tracking-uri")
+    return uri
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.report import FORMATS, build_report, write_report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UserError(f"--format {args.format!r}: unknown {', '.join(bad) or '(empty)'}; "
+                        f"choose from {','.join(FORMATS)}")
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    report = build_report(args.sweep, _store(args.tracking_uri), top_k=args.top_k,
+                          with_plots=not args.no_plots)
+    out = Path(args.out) if args.out else Path("reports") / "out" / args.sweep
+    files = write_report(report, out, formats)
+    if "md" in formats:
+        sys.stdout.write(report.markdown())
+    print(f"wrote {len(files)} files to {out}", file=sys.stderr)
+    return 0
+
+
+def format_terminal(columns: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """A plain aligned text table (two spaces between columns)."""
+    widths = [max([len(c)] + [len(r[j]) for r in rows]) for j, c in enumerate(columns)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if j in numeric else c.ljust(w)
+                         for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows]) + "\n"
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from reports.load import load_runs
+    from reports.tables import runs_table
+
+    runs = load_runs(_store(args.tracking_uri), sweep=args.sweep)
+    if runs.empty:
+        print("no runs", file=sys.stderr)
+        return 0
+    t = runs_table(runs, sort=args.sort)
+    rows = t.rows[:args.limit] if args.limit > 0 else t.rows
+    sys.stdout.write(format_terminal(t.columns, rows, t.numeric))
+    counts = runs["status"].value_counts()
+    print(f"{len(runs)} runs: " + ", ".join(f"{int(n)} {s}" for s, n in sorted(counts.items())),
+          file=sys.stderr)
+    return 0
+
+
+def ui_command(uri: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri = _store(args.tracking_uri)
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port} is not a TCP port")
+    proc = subprocess.Popen(ui_command(uri, args.port))
+    print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+    try:
+        return int(proc.wait() or 0)
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        return 0

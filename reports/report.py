@@ -1,0 +1,99 @@
+"""One sweep's report: tables + plots read back from MLflow, written as md/csv/tex/html.
+
+    report = build_report("demo", tracking_uri="sqlite:///mlflow.db")
+    write_report(report, "reports/out/demo", formats=("md", "csv", "tex", "html"))
+
+Files: ``report.md`` (+ the plots as PNG next to it), ``<table>.csv`` per table, ``report.tex``,
+``report.html`` (self-contained: plots embedded as base64 PNG).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssd_core.errors import UserError
+
+from reports import plots, render, tables
+from reports.load import SweepData, load_sweep
+
+FORMATS = ("md", "csv", "tex", "html")
+
+
+@dataclass
+class Report:
+    title: str
+    sections: list[Any]  # Tables and ("yaml"|"text", title, text) blocks, in reading order
+    plots: dict[str, bytes] = field(default_factory=dict)
+    data: SweepData | None = None
+
+    @property
+    def tables(self) -> list[tables.Table]:
+        return [s for s in self.sections if isinstance(s, tables.Table)]
+
+    def markdown(self) -> str:
+        return render.markdown(self.title, self.sections, self.plots)
+
+
+def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
+                 with_plots: bool = True, evaluator: str = "ped-anova") -> Report:
+    data = load_sweep(sweep, tracking_uri)
+    arms = tables.arm_stats(data)
+    sections: list[Any] = [tables.summary_table(data, arms), tables.ablation_table(data, arms)]
+    if data.runs["status"].ne("finished").any():
+        sections.append(tables.other_runs_table(data))
+    if any(c.startswith("metrics." + "val/AP50/") for c in data.runs.columns):
+        sections.append(tables.per_class_table(data))
+    imp: dict[str, float] = {}
+    if data.searched:
+        sections.append(tables.search_table(data, top_k))
+        override = tables.best_override(data)
+        if override:
+            sections.append(("yaml", "Best configuration (override block)", override))
+        imp = tables.param_importances(data, evaluator)
+        if imp:
+            sections.append(tables.importance_table(imp, evaluator))
+    figs: dict[str, bytes] = {}
+    if with_plots:
+        for name, png in (("learning_curves", plots.learning_curves(data)),
+                          ("params", plots.param_scatter(data)),
+                          ("importance", plots.importance_bar(imp)),
+                          ("search_history", plots.search_history(data) if data.searched else None)):
+            if png is not None:
+                figs[name] = png
+    store = data.tracking_uri
+    meta = ("text", "Source", f"Sweep `{sweep}` read from the MLflow store `{store}` "
+            f"(parent run {data.parent_id or '(none)'}; {len(data.runs)} trial runs; "
+            f"metric `{data.metric}`, mode {data.mode}; baseline arm `{data.baseline}`).")
+    return Report(f"ssdlab report: {sweep}", [meta] + sections, figs, data)
+
+
+def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...] | list[str] = ("md",)) -> list[Path]:
+    """Write the report in ``formats`` under ``out_dir``; returns the files written (sorted)."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise UserError(f"report format(s) {', '.join(bad)} unknown; choose from {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def put(name: str, content: str | bytes) -> None:
+        path = out / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8", newline="\n")
+        written.append(path)
+
+    if "md" in formats:
+        put("report.md", report.markdown())
+        for name, png in report.plots.items():
+            put(f"{name}.png", png)
+    if "csv" in formats:
+        for t in report.tables:
+            put(f"{t.name}.csv", render.table_csv(t))
+    if "tex" in formats:
+        put("report.tex", render.latex(report.title, report.tables))
+    if "html" in formats:
+        put("report.html", render.html_page(report.title, report.sections, report.plots))
+    return sorted(written)

@@ -1,0 +1,476 @@
+"""Report tables built from a ``SweepData`` (reports/load.py). Pure functions: no MLflow access.
+
+Only *finished* runs enter the arm means; early-stopped (ASHA), failed and running runs are counted
+in their own columns and listed in ``other_runs_table``. A run's score is its best value of the sweep
+metric over epochs (see reports/load.py); every table carries that footnote.
+
+A ``Table`` keeps display text (``rows``) and machine values (``raw``, written to CSV) side by side;
+reports/render.py turns it into Markdown, CSV, LaTeX or HTML.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from reports import stats
+from reports.load import SweepData, best_run
+
+DASH = "–"
+
+
+@dataclass
+class Table:
+    name: str  # file stem: summary, ablation, ...
+    title: str
+    columns: list[str]
+    rows: list[list[str]]  # display text
+    raw: list[list[Any]]  # values for CSV (numbers unrounded)
+    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells in bold
+    notes: list[str] = field(default_factory=list)
+    numeric: set[int] = field(default_factory=set)  # right-aligned columns
+    raw_columns: list[str] = field(default_factory=list)  # CSV header
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fnum(x: Any, digits: int = 3, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return DASH
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def fmean(m: stats.MeanStd, digits: int = 3) -> str:
+    if m.n == 0:
+        return DASH
+    return fnum(m.mean, digits) if m.n < 2 else f"{fnum(m.mean, digits)} ± {fnum(m.std, digits)}"
+
+
+def fp(p: float) -> str:
+    if not math.isfinite(p):
+        return DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fparam(v: Any) -> str:
+    """A parameter value: floats to 4 significant digits, everything else as text."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def metric_label(metric: str) -> str:
+    return {"val/mAP50": "mAP@0.5", "val/mAP50_area": "mAP@0.5 (area)", "coco/AP": "AP"}.get(metric, metric)
+
+
+def score_note(data: SweepData) -> str:
+    best = "highest" if data.mode == "max" else "lowest"
+    return (f"A run's {metric_label(data.metric)} is its {best} `{data.metric}` over epochs "
+            f"(the epoch kept as best.pt), read from the MLflow metric history; arm values are "
+            f"mean ± sample std (ddof=1) over the finished seeds.")
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def _num(s: pd.Series) -> pd.Series:
+    return pd.to_numeric(s, errors="coerce")
+
+
+def _col(runs: pd.DataFrame, name: str) -> pd.Series:
+    return runs[name] if name in runs else pd.Series(math.nan, index=runs.index)
+
+
+# --------------------------------------------------------------------------- per-arm statistics
+
+
+def arm_stats(data: SweepData) -> pd.DataFrame:
+    """One row per arm (sweep-file order): counts per status, mean/std over finished seeds, delta
+    against the baseline arm (reports/stats.py), epochs, device-hours, images/s."""
+    runs = data.runs
+    fin = data.finished
+    base = fin[fin["arm"] == data.baseline]
+    base_by_seed = dict(zip(base["seed"], base["score"]))
+    rows = []
+    for arm in data.arms:
+        r = runs[runs["arm"] == arm]
+        f = fin[fin["arm"] == arm]
+        ms = stats.mean_std(f["score"].tolist())
+        delta = (stats.paired_delta(dict(zip(f["seed"], f["score"])), base_by_seed)
+                 if arm != data.baseline else stats.Delta(*(math.nan,) * 4, 0, "baseline"))
+        notes = [n for n in r["note"] if n]
+        epochs = _num(_col(f, "params.train.epochs")).dropna()
+        rows.append({
+            "arm": arm, "note": notes[0] if notes else "",
+            "seeds": sorted(int(s) for s in f["seed"].dropna()),
+            "n": ms.n, "mean": ms.mean, "std": ms.std,
+            **{s: int((r["status"] == s).sum()) for s in ("finished", "early_stopped", "failed", "running")},
+            "delta": delta.delta, "low": delta.low, "high": delta.high, "p": delta.p,
+            "pairs": delta.n, "method": delta.method,
+            "epochs_min": epochs.min() if len(epochs) else math.nan,
+            "epochs_max": epochs.max() if len(epochs) else math.nan,
+            "device_hours": float(_num(_col(r, "metrics.cost/device_hours")).fillna(0).sum()),
+            "img_s": stats.mean_std(_num(_col(f, "metrics.perf/train_img_s")).tolist()).mean,
+        })
+    return pd.DataFrame(rows)
+
+
+def _best_arm_rows(a: pd.DataFrame, mode: str) -> set[int]:
+    vals = a["mean"].where(a["n"] > 0)
+    if vals.notna().sum() == 0:
+        return set()
+    best = vals.max() if mode == "max" else vals.min()
+    return {i for i, v in enumerate(vals) if v == best}
+
+
+def _other_counts(row) -> str:
+    parts = [f"{row[s]} {s.replace('_', '-')}" for s in ("early_stopped", "failed", "running") if row[s]]
+    return ", ".join(parts) if parts else DASH
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def summary_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
+    """The experiment summary table as the original reproduction kept it: No | mAP | Note."""
+    a = arm_stats(data) if a is None else a
+    label = metric_label(data.metric)
+    rows, raw = [], []
+    for i, r in a.iterrows():
+        ms = stats.MeanStd(r["mean"], r["std"], r["n"])
+        note = r["note"] or r["arm"]
+        rows.append([str(i + 1), fmean(ms), note])
+        raw.append([i + 1, r["arm"], r["mean"], r["std"], r["n"], note])
+    best = _best_arm_rows(a, data.mode)
+    t = Table("summary", f"Experiment summary: {data.sweep}", ["No", label, "Note"], rows, raw,
+              bold={(i, 1) for i in best}, numeric={0, 1})
+    t.raw_columns = ["no", "arm", "mean", "std", "n_seeds", "note"]
+    t.notes = [score_note(data) + " Best in bold; rows in sweep-file order."]
+    return t
+
+
+def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
+    """Arm, seeds, mean ± std, delta vs the baseline with a 95% CI and p, epochs, cost, speed."""
+    a = arm_stats(data) if a is None else a
+    label = metric_label(data.metric)
+    cols = ["Arm", "Seeds", label, f"Δ vs {data.baseline} (95% CI)", "p", "Not averaged",
+            "Epochs", "Device-h", "img/s"]
+    rows, raw, methods = [], [], set()
+    for _, r in a.iterrows():
+        ms = stats.MeanStd(r["mean"], r["std"], r["n"])
+        if r["method"] == "baseline":
+            d, p = "baseline", DASH
+        elif r["method"] == "none":
+            d, p = DASH, DASH
+        else:
+            methods.add(r["method"])
+            mark = {"welch": " (w)", "single": " (1)"}.get(r["method"], "")
+            d = fnum(r["delta"], sign=True)
+            if math.isfinite(r["low"]):
+                d += f" [{fnum(r['low'], sign=True)}, {fnum(r['high'], sign=True)}]"
+            d += mark
+            p = fp(r["p"])
+        ep = (DASH if not math.isfinite(r["epochs_min"]) else f"{r['epochs_min']:g}"
+              if r["epochs_min"] == r["epochs_max"] else f"{r['epochs_min']:g}-{r['epochs_max']:g}")
+        rows.append([r["arm"], str(r["n"]), fmean(ms), d, p, _other_counts(r), ep,
+                     fnum(r["device_hours"], 2), fnum(r["img_s"], 1)])
+        raw.append([r["arm"], r["n"], " ".join(map(str, r["seeds"])), r["mean"], r["std"],
+                    r["delta"], r["low"], r["high"], r["p"], r["method"], r["early_stopped"],
+                    r["failed"], r["running"], r["epochs_max"], r["device_hours"], r["img_s"]])
+    t = Table("ablation", f"Ablation: {data.sweep}", cols, rows, raw,
+              bold={(i, 2) for i in _best_arm_rows(a, data.mode)}, numeric={1, 2, 4, 6, 7, 8})
+    t.raw_columns = ["arm", "n_seeds", "seeds", "mean", "std", "delta", "ci_low", "ci_high", "p",
+                     "method", "early_stopped", "failed", "running", "epochs", "device_hours",
+                     "img_s"]
+    t.notes = [score_note(data)]
+    t.notes += [stats.footnote(m) for m in ("paired", "welch", "single") if m in methods]
+    t.notes.append("Seeds: finished runs. Not averaged: early-stopped (ASHA), failed and running "
+                   "runs (listed below). Epochs: configured `train.epochs`. Device-h: total "
+                   "`cost/device_hours` of all the arm's runs. img/s: mean `perf/train_img_s`.")
+    return t
+
+
+def per_class_table(data: SweepData) -> Table:
+    """Per-class AP of the best finished run of each arm, at that run's best epoch."""
+    prefix = "val/AP50/"
+    classes = sorted({k[len(prefix):] for k in data.history["key"].unique() if k.startswith(prefix)}
+                     | {c[len("metrics." + prefix):] for c in data.runs.columns
+                        if c.startswith("metrics." + prefix)})
+    h = data.history.set_index(["run_id", "key", "step"])["value"]
+    rows, raw, bold = [], [], set()
+    label = metric_label(data.metric)
+    for arm in data.arms:
+        f = data.finished[data.finished["arm"] == arm]
+        if f.empty:
+            continue
+        best = best_run(f, data.mode)
+        aps = []
+        for c in classes:
+            v = h.get((best["run_id"], prefix + c, best["best_step"]), math.nan)
+            if not math.isfinite(v):
+                v = float(best.get("metrics." + prefix + c, math.nan))
+            aps.append(v)
+        seed = DASH if not math.isfinite(best["seed"]) else str(int(best["seed"]))
+        rows.append([arm, seed, fnum(best["score"])] + [fnum(v) for v in aps])
+        raw.append([arm, best["seed"], best["trial_id"], best["run_id"], best["best_step"],
+                    best["score"]] + aps)
+    for j in range(len(classes) + 1):
+        vals = [r[j + 5] for r in raw]
+        finite = [v for v in vals if math.isfinite(v)]
+        if finite:
+            top = max(finite) if data.mode == "max" or j > 0 else min(finite)
+            bold |= {(i, j + 2) for i, v in enumerate(vals) if v == top}
+    t = Table("per_class", f"Per-class AP@0.5 of the best run of each arm: {data.sweep}",
+              ["Arm", "Seed", label] + classes, rows, raw, bold=bold,
+              numeric=set(range(1, len(classes) + 3)))
+    t.raw_columns = ["arm", "seed", "trial_id", "run_id", "best_epoch", "score"] + classes
+    t.notes = ["Best run: the arm's finished run with the best score; per-class AP (VOC07 "
+               "11-point, `val/AP50/<class>`) at that run's best epoch."]
+    return t
+
+
+def other_runs_table(data: SweepData) -> Table:
+    """Runs not averaged into the arm means: early-stopped, failed and running."""
+    o = data.runs[data.runs["status"] != "finished"]
+    label = metric_label(data.metric)
+    rows, raw = [], []
+    for _, r in o.iterrows():
+        err = str(r["error"]).strip().splitlines()
+        seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
+        last = DASH if not math.isfinite(r["last_step"]) else f"{r['last_step']:g}"
+        rows.append([r["arm"], seed, str(r["trial_id"]), r["status"], last, fnum(r["score"]),
+                     err[-1][:80] if err else ""])
+        raw.append([r["arm"], r["seed"], r["trial_id"], r["run_id"], r["status"], r["last_step"],
+                    r["score"], err[-1] if err else ""])
+    counts = data.runs["status"].value_counts()
+    t = Table("other_runs", "Runs not averaged (early-stopped, failed, running)",
+              ["Arm", "Seed", "Trial", "Status", "Last epoch", f"{label} so far", "Error"], rows, raw,
+              numeric={1, 4, 5})
+    t.raw_columns = ["arm", "seed", "trial_id", "run_id", "status", "last_epoch", "score", "error"]
+    t.notes = ["Runs: " + ", ".join(f"{int(counts.get(s, 0))} {s.replace('_', '-')}"
+                                    for s in ("finished", "early_stopped", "failed", "running"))
+               + f" (total {len(data.runs)})."]
+    return t
+
+
+# --------------------------------------------------------------------------- search (HPO)
+
+
+def _param_value(text: Any) -> Any:
+    """An MLflow param (text) back to a number/bool where it is one."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.lower()
+        return {"true": True, "false": False, "none": None}.get(low, text)
+
+
+def search_table(data: SweepData, top_k: int = 10) -> Table:
+    """Top-k finished trials by score with their searched parameters."""
+    keys = data.searched
+    f = data.finished
+    key = f["score"] if data.mode == "min" else -f["score"]
+    top = f.assign(_k=key).sort_values(["_k", "trial_id"], na_position="last").head(top_k)
+    label = metric_label(data.metric)
+    rows, raw = [], []
+    for i, (_, r) in enumerate(top.iterrows()):
+        vals = [_param_value(r.get("params." + k)) for k in keys]
+        seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
+        rows.append([str(i + 1), str(r["trial_id"]), r["arm"], seed]
+                    + [fparam(v) for v in vals] + [fnum(r["score"])])
+        raw.append([i + 1, r["trial_id"], r["run_id"], r["arm"], r["seed"]] + vals + [r["score"]])
+    counts = data.runs["status"].value_counts()
+    t = Table("search", f"Search: top {len(rows)} of {len(f)} finished trials: {data.sweep}",
+              ["Rank", "Trial", "Arm", "Seed"] + keys + [label], rows, raw,
+              bold={(0, len(keys) + 4)} if rows else set(), numeric={0, 3, len(keys) + 4})
+    t.raw_columns = ["rank", "trial_id", "run_id", "arm", "seed"] + keys + ["score"]
+    t.notes = [f"Trials: {int(counts.get('finished', 0))} finished, "
+               f"{int(counts.get('early_stopped', 0))} stopped early by ASHA, "
+               f"{int(counts.get('failed', 0))} failed, {int(counts.get('running', 0))} running; "
+               "only finished trials are ranked.", score_note(data).split(";")[0] + "."]
+    return t
+
+
+def best_override(data: SweepData) -> str:
+    """The best finished trial's searched parameters as a YAML override block (nested config)."""
+    f = data.finished
+    if f.empty:
+        return ""
+    best = best_run(f, data.mode)
+    nested: dict[str, Any] = {}
+    flat = []
+    for k in data.searched:
+        v = _param_value(best.get("params." + k))
+        if v is None:
+            continue
+        node = nested
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+        flat.append(f"-o {k}={v}")
+    head = (f"# best trial {best['trial_id']} (arm {best['arm']}): {data.metric} = "
+            f"{fnum(best['score'], 4)}\n# CLI: ssdlab train CONFIG {' '.join(flat)}\n")
+    return head + yaml.safe_dump(nested, sort_keys=True, default_flow_style=False)
+
+
+def distributions(search_space: dict[str, Any]) -> dict[str, Any]:
+    """``ssdlab.search_space`` JSON -> Optuna distributions. Accepts ``{type|dist: loguniform|
+    uniform|int|randint|lograndint|choice|categorical|grid, low/high (lower/upper), values/choices,
+    step/q, log}``, ``{loguniform: [low, high]}`` and plain lists (categorical)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for key, spec in sorted(search_space.items()):
+        if isinstance(spec, list):
+            spec = {"type": "choice", "values": spec}
+        if not isinstance(spec, dict):
+            continue
+        if len(spec) == 1 and isinstance(next(iter(spec.values())), list) and \
+                next(iter(spec)) not in ("values", "choices", "categories"):
+            name, args = next(iter(spec.items()))
+            spec = ({"type": name, "values": args} if name in ("choice", "categorical", "grid",
+                                                                "grid_search")
+                    else {"type": name, "low": args[0], "high": args[1]})
+        kind = str(spec.get("type", spec.get("dist", spec.get("distribution", "")))).lower()
+        low = spec.get("low", spec.get("lower", spec.get("min")))
+        high = spec.get("high", spec.get("upper", spec.get("max")))
+        step = spec.get("step", spec.get("q"))
+        log = bool(spec.get("log", False)) or kind.startswith(("log", "qlog"))
+        values = spec.get("values", spec.get("choices", spec.get("categories")))
+        try:
+            if kind in ("choice", "categorical", "grid", "grid_search") and values is not None:
+                out[key] = CategoricalDistribution(list(values))
+            elif kind in ("int", "randint", "qrandint", "lograndint", "qlograndint", "integer"):
+                out[key] = IntDistribution(int(low), int(high) - (1 if "randint" in kind else 0),
+                                           log=log, step=1 if log or step is None else int(step))
+            elif low is not None and high is not None:
+                out[key] = FloatDistribution(float(low), float(high), log=log,
+                                             step=None if log or step is None else float(step))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _to_dist(value: Any, dist) -> Any:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        for c in dist.choices:
+            if value == c or str(value) == str(c):
+                return c
+        raise ValueError(value)
+    return int(value) if isinstance(dist, IntDistribution) else float(value)
+
+
+def param_importances(data: SweepData, evaluator: str = "ped-anova") -> dict[str, float]:
+    """Optuna parameter importances over the finished trials, from an in-memory study rebuilt with
+    ``optuna.trial.create_trial``. ``ped-anova`` (Optuna's default, deterministic) or ``fanova``
+    (seeded, needs scikit-learn). Empty when fewer than 2 usable trials or no distributions."""
+    import optuna
+
+    dists = distributions(data.search_space)
+    if not dists:
+        return {}
+    trials = []
+    for _, r in data.finished.sort_values("trial_id").iterrows():
+        if not math.isfinite(r["score"]):
+            continue
+        try:
+            params = {k: _to_dist(_param_value(r.get("params." + k)), d) for k, d in dists.items()}
+            trials.append(optuna.trial.create_trial(params=params, distributions=dists,
+                                                    value=float(r["score"])))
+        except (ValueError, TypeError):
+            continue  # a trial outside the recorded space (edited sweep) is left out
+    if len(trials) < 2:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if data.mode == "max" else "minimize")
+    study.add_trials(trials)
+    if evaluator == "fanova":
+        ev = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    else:
+        ev = optuna.importance.PedAnovaImportanceEvaluator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        imp = optuna.importance.get_param_importances(study, evaluator=ev)
+    return {k: float(imp[k]) for k in sorted(imp, key=lambda k: (-imp[k], k))}
+
+
+def importance_table(imp: dict[str, float], evaluator: str = "ped-anova") -> Table:
+    rows = [[k, f"{v:.3f}"] for k, v in imp.items()]
+    t = Table("importance", "Parameter importances", ["Parameter", "Importance"], rows,
+              [[k, v] for k, v in imp.items()], numeric={1})
+    t.raw_columns = ["param", "importance"]
+    t.notes = [f"`optuna.importance.get_param_importances` ({evaluator}) on an in-memory study "
+               "rebuilt from the finished trials; distributions from `ssdlab.search_space`; "
+               "normalised to sum to 1."]
+    return t
+
+
+# --------------------------------------------------------------------------- browsing
+
+
+def runs_table(runs: pd.DataFrame, sort: str = "val/mAP50", key_params: list[str] | None = None) -> Table:
+    """A terminal table of runs: sweep, arm, seed, status, key params, best metric, duration."""
+    if key_params is None:
+        keys = set()
+        for s in runs["searched"]:
+            keys.update(s)
+        key_params = sorted(keys)[:4]
+    r = runs.copy()
+    score_col = "score"
+    if sort not in ("val/mAP50", "score", "mAP") and "metrics." + sort in r:
+        score_col = "metrics." + sort
+    elif sort in ("duration", "duration_s", "start", "start_time"):
+        score_col = "duration_s" if sort.startswith("duration") else "start_ms"
+    asc = score_col in ("start_ms",) or sort.endswith("loss")
+    r = r.assign(_k=r[score_col] if asc else -r[score_col]).sort_values(
+        ["_k", "sweep", "arm", "seed", "trial_id"], na_position="last")
+    rows, raw = [], []
+    for _, x in r.iterrows():
+        seed = DASH if not math.isfinite(x["seed"]) else str(int(x["seed"]))
+        dur = DASH if not math.isfinite(x["duration_s"]) else _duration(x["duration_s"])
+        vals = [_param_value(x.get("params." + k)) for k in key_params]
+        rows.append([str(x["sweep"] or DASH), str(x["arm"]), seed, x["status"]]
+                    + [DASH if v is None else fparam(v) for v in vals]
+                    + [fnum(x["score"]), dur, str(x["run_id"])[:8]])
+        raw.append([x["sweep"], x["arm"], x["seed"], x["status"]] + vals
+                   + [x["score"], x["duration_s"], x["run_id"]])
+    t = Table("runs", "Runs", ["Sweep", "Arm", "Seed", "Status"] + key_params
+              + ["Best mAP@0.5", "Duration", "Run"], rows, raw,
+              numeric={2, len(key_params) + 4, len(key_params) + 5})
+    t.raw_columns = ["sweep", "arm", "seed", "status"] + key_params + ["score", "duration_s", "run_id"]
+    return t
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def curves(data: SweepData, key: str) -> pd.DataFrame:
+    """Per arm and step: mean, std, n of ``key`` over the arm's finished runs (for plots)."""
+    fin = data.finished[["run_id", "arm"]]
+    h = data.history[data.history["key"] == key].merge(fin, on="run_id")
+    if h.empty:
+        return pd.DataFrame(columns=["arm", "step", "mean", "std", "n"])
+    g = h.groupby(["arm", "step"])["value"]
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.size()}).reset_index()
+    return out.sort_values(["arm", "step"]).reset_index(drop=True)
+
+
+__all__ = ["Table", "arm_stats", "summary_table", "ablation_table", "per_class_table",
+           "other_runs_table", "search_table", "best_override", "param_importances",
+           "importance_table", "runs_table", "curves", "best_run", "distributions"]

@@ -1,0 +1,243 @@
+"""Reports read back from a real (sqlite) MLflow store filled with known runs.
+
+Every number in the tables is checked against a value computed by hand here; regenerating gives
+byte-identical files; failed, running and early-stopped runs are listed but never averaged.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.entities import Metric, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from ssd_core.errors import UserError  # noqa: E402
+
+T0 = 1_700_000_000_000  # ms; fixed so the store (and the report) is the same every time
+ARMS = ["base", "aug", "lite", "wd"]
+NOTES = {"base": "initial implementation", "aug": "stronger augmentation (sample patch, zoom out)",
+         "lite": "lite heads", "wd": "weight decay 1e-3"}
+# (arm, seed, status, val/mAP50 per epoch)
+ABL = [
+    ("base", 0, "finished", [0.30, 0.48, 0.47]),
+    ("base", 1, "finished", [0.31, 0.50, 0.49]),
+    ("base", 2, "finished", [0.20, 0.45, 0.49]),
+    ("aug", 0, "finished", [0.40, 0.58, 0.57]),
+    ("aug", 1, "finished", [0.35, 0.59, 0.61]),
+    ("aug", 2, "finished", [0.57, 0.52, 0.55]),
+    ("aug", 3, "failed", [0.05]),
+    ("lite", 0, "finished", [0.20, 0.40, 0.39]),
+    ("lite", 1, "early_stopped", [0.20]),
+    ("lite", 2, "running", [0.10, 0.15]),
+    ("wd", 10, "finished", [0.30, 0.52, 0.50]),
+    ("wd", 11, "finished", [0.30, 0.50, 0.54]),
+]
+CLASS_OFFSETS = {"RBC": 0.10, "WBC": 0.05, "Platelets": -0.15}
+HPO_SPACE = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+             "train.weight_decay": {"type": "uniform", "low": 0.0, "high": 1e-3},
+             "model.backbone": {"type": "choice", "values": ["vgg16", "mobilenet_v2"]}}
+# (trial, status, lr, wd, backbone, val/mAP50 per epoch)
+HPO = [
+    ("t00", "finished", 1e-3, 5e-4, "vgg16", [0.40, 0.55]),
+    ("t01", "finished", 1e-2, 1e-4, "vgg16", [0.30, 0.45]),
+    ("t02", "finished", 3e-4, 9e-4, "mobilenet_v2", [0.20, 0.35]),
+    ("t03", "early_stopped", 5e-2, 2e-4, "vgg16", [0.05]),
+    ("t04", "finished", 2e-3, 3e-4, "vgg16", [0.50, 0.62]),
+    ("t05", "failed", 9e-2, 1e-4, "mobilenet_v2", []),
+    ("t06", "finished", 1e-4, 7e-4, "mobilenet_v2", [0.10, 0.22]),
+    ("t07", "finished", 5e-3, 6e-4, "vgg16", [0.45, 0.58]),
+    ("t08", "early_stopped", 4e-4, 8e-4, "mobilenet_v2", [0.12]),
+    ("t09", "finished", 7e-4, 4e-4, "vgg16", [0.42, 0.51]),
+]
+_MLFLOW_END = {"finished": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED"}
+
+
+def _new_run(client, exp_id, start, tags, params=None, metrics=(), status=None, end=None):
+    run_id = client.create_run(exp_id, start_time=start, tags=tags).info.run_id
+    params = [mlflow.entities.Param(k, str(v)) for k, v in (params or {}).items()]
+    client.log_batch(run_id, metrics=list(metrics), params=params)
+    if status in _MLFLOW_END:
+        client.set_terminated(run_id, _MLFLOW_END[status], end_time=end)
+    return run_id
+
+
+def _fill(uri: str) -> None:
+    try:
+        from experiments.tracking import ensure_store
+        ensure_store(uri)
+    except ImportError:
+        pass
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("ssdlab")
+    parent = _new_run(client, exp, T0, {"ssdlab.kind": "sweep", "ssdlab.sweep": "abl",
+                                        "ssdlab.arms": json.dumps(ARMS), "ssdlab.baseline_arm": "base",
+                                        "ssdlab.search_space": "{}", "ssdlab.metric": "val/mAP50",
+                                        "ssdlab.mode": "max"})
+    for i, (arm, seed, status, curve) in enumerate(ABL):
+        start = T0 + 1000 * (i + 1)
+        ms = []
+        for step, v in enumerate(curve):
+            ts = start + 60_000 * (step + 1)
+            ms += [Metric("val/mAP50", v, ts, step), Metric("train/loss", 3.0 - v - 0.1 * step, ts, step),
+                   Metric("perf/train_img_s", 100.0 + 10 * i + step, ts, step),
+                   Metric("cost/device_hours", 0.01 * (step + 1), ts, step)]
+            if arm in ("base", "aug"):
+                ms += [Metric(f"val/AP50/{c}", v + o + 0.001 * step, ts, step) for c, o in CLASS_OFFSETS.items()]
+        tags = {"mlflow.parentRunId": parent, "ssdlab.kind": "trial", "ssdlab.sweep": "abl",
+                "ssdlab.arm": arm, "ssdlab.seed": str(seed), "ssdlab.note": NOTES[arm],
+                "ssdlab.trial_id": f"abl_{i:03d}", "ssdlab.status": status, "ssdlab.searched": "[]"}
+        if status == "failed":
+            tags["ssdlab.error"] = "Traceback ...\nNonFiniteLossError: loss is nan at epoch 1"
+        _new_run(client, exp, start, tags, {"train.epochs": 3, "train.lr": 0.001, "train.seed": seed},
+                 ms, status, end=start + 60_000 * len(curve) + 5_000)
+    hp = _new_run(client, exp, T0 + 100_000, {
+        "ssdlab.kind": "sweep", "ssdlab.sweep": "hpo", "ssdlab.arms": json.dumps(["search"]),
+        "ssdlab.baseline_arm": "search", "ssdlab.search_space": json.dumps(HPO_SPACE),
+        "ssdlab.metric": "val/mAP50", "ssdlab.mode": "max"})
+    for i, (tid, status, lr, wd, bb, curve) in enumerate(HPO):
+        start = T0 + 200_000 + 1000 * i
+        ms = [Metric("val/mAP50", v, start + 60_000 * (s + 1), s) for s, v in enumerate(curve)]
+        tags = {"mlflow.parentRunId": hp, "ssdlab.kind": "trial", "ssdlab.sweep": "hpo",
+                "ssdlab.arm": "search", "ssdlab.seed": "0", "ssdlab.trial_id": tid,
+                "ssdlab.status": status, "ssdlab.searched": json.dumps(sorted(HPO_SPACE))}
+        _new_run(client, exp, start, tags, {"train.lr": lr, "train.weight_decay": wd,
+                                            "model.backbone": bb, "train.epochs": 2}, ms, status,
+                 end=start + 200_000)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    _fill(uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def abl(store):
+    from reports.load import load_sweep
+    return load_sweep("abl", store)
+
+
+def _best(arm):
+    return {seed: max(c) for a, seed, s, c in ABL if a == arm and s == "finished"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_load_sweep_reads_arms_status_and_best_over_epochs(abl):
+    assert abl.arms == ARMS and abl.baseline == "base" and abl.metric == "val/mAP50"
+    assert len(abl.runs) == len(ABL)
+    assert list(abl.runs["arm"]) == [a for arm in ARMS for a, *_ in ABL if a == arm]
+    got = {(r.arm, int(r.seed)): (r.status, r.score, r.final) for r in abl.runs.itertuples()}
+    for arm, seed, status, curve in ABL:
+        assert got[(arm, seed)] == (status, pytest.approx(max(curve)), pytest.approx(curve[-1]))
+    fin = abl.runs[abl.runs["status"] == "finished"]
+    assert fin["duration_s"].tolist() == [60.0 * 3 + 5] * len(fin)
+    assert abl.runs.loc[abl.runs["status"] == "running", "duration_s"].isna().all()
+
+
+def test_unknown_sweep_names_sweep_store_and_lists_found(store):
+    from reports.load import load_sweep
+    with pytest.raises(UserError) as e:
+        load_sweep("nope", store)
+    msg = str(e.value)
+    assert "'nope'" in msg and store in msg and "abl, hpo" in msg
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_summary_table_means_stds_and_bold_best(abl):
+    from reports.tables import summary_table
+    t = summary_table(abl)
+    assert t.columns == ["No", "mAP@0.5", "Note"]
+    # base: best per seed 0.48, 0.50, 0.49 -> mean 0.49, std 0.01 (hand computed)
+    assert t.rows[0] == ["1", "0.490 ± 0.010", "initial implementation"]
+    # aug finished: 0.58, 0.61, 0.57 -> mean 0.58667, sd sqrt(((-.00667)^2+.02333^2+.01667^2)/2)
+    aug = np.array([0.58, 0.61, 0.57])
+    assert t.rows[1] == ["2", f"{aug.mean():.3f} ± {aug.std(ddof=1):.3f}", NOTES["aug"]]
+    assert t.rows[1][1] == "0.587 ± 0.021"
+    assert t.rows[2] == ["3", "0.400", "lite heads"]  # one finished seed: no ±
+    assert t.rows[3] == ["4", "0.530 ± 0.014", NOTES["wd"]]
+    assert t.bold == {(1, 1)}
+    assert t.raw[0][2] == pytest.approx(0.49) and t.raw[0][3] == pytest.approx(0.01)
+
+
+def test_ablation_paired_delta_ci_and_p_by_hand(abl):
+    from scipy import stats as sps
+
+    from reports.tables import ablation_table, arm_stats
+    a = arm_stats(abl).set_index("arm")
+    base, aug = _best("base"), _best("aug")
+    d = np.array([aug[s] - base[s] for s in (0, 1, 2)])  # 0.10, 0.11, 0.08
+    mean, sd = d.mean(), d.std(ddof=1)
+    half = 4.302652729749464 * sd / math.sqrt(3)  # t_{0.975, 2}
+    assert mean == pytest.approx(0.29 / 3)
+    r = a.loc["aug"]
+    assert r["method"] == "paired" and r["pairs"] == 3
+    assert r["delta"] == pytest.approx(mean)
+    assert (r["low"], r["high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert r["p"] == pytest.approx(sps.ttest_rel([aug[s] for s in (0, 1, 2)], [base[s] for s in (0, 1, 2)]).pvalue)
+    assert (r["finished"], r["failed"], r["early_stopped"], r["running"]) == (3, 1, 0, 0)
+    # device-hours: every run's last cumulative value (0.03 per 3-epoch run, 0.01 for the failed one)
+    assert r["device_hours"] == pytest.approx(0.03 * 3 + 0.01)
+    # img/s: mean of the finished runs' last perf/train_img_s = 100 + 10*i + 2 (i = run index 3,4,5)
+    assert r["img_s"] == pytest.approx(np.mean([100 + 10 * i + 2 for i in (3, 4, 5)]))
+    t = ablation_table(abl)
+    row = t.rows[1]
+    assert row[:3] == ["aug", "3", "0.587 ± 0.021"]
+    assert row[3] == f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]" == "+0.097 [+0.059, +0.135]"
+    assert row[4] == f"{r['p']:.3f}" and row[5] == "1 failed" and row[6] == "3"
+    assert t.rows[0][3] == "baseline" and t.rows[0][5] == "–"
+    assert any("t(0.975, n-1)" in n for n in t.notes)
+
+
+def test_ablation_single_seed_and_unpaired_fallbacks(abl):
+    from scipy import stats as sps
+
+    from reports.tables import ablation_table, arm_stats
+    a = arm_stats(abl).set_index("arm")
+    base = np.array(list(_best("base").values()))
+    lite = a.loc["lite"]  # one finished seed: difference of means only
+    assert lite["method"] == "single" and lite["delta"] == pytest.approx(0.40 - base.mean())
+    assert math.isnan(lite["low"]) and math.isnan(lite["p"])
+    assert (lite["early_stopped"], lite["running"], lite["n"]) == (1, 1, 1)
+    wd = np.array([0.52, 0.54])  # seeds 10, 11: none shared with the baseline -> Welch
+    va, vb = wd.var(ddof=1) / 2, base.var(ddof=1) / 3
+    dof = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 2)
+    half = sps.t.ppf(0.975, dof) * math.sqrt(va + vb)
+    w = a.loc["wd"]
+    assert w["method"] == "welch" and w["delta"] == pytest.approx(wd.mean() - base.mean())
+    assert (w["low"], w["high"]) == (pytest.approx(0.04 - half), pytest.approx(0.04 + half))
+    assert w["p"] == pytest.approx(sps.ttest_ind(wd, base, equal_var=False).pvalue)
+    t = ablation_table(abl)
+    assert t.rows[2][3] == "-0.090 (1)" and t.rows[2][4] == "–"
+    assert t.rows[2][5] == "1 early-stopped, 1 running"
+    assert t.rows[3][3].endswith("(w)")
+    assert any("Welch" in n for n in t.notes) and any("single run" in n for n in t.notes)
+
+
+def test_other_runs_and_per_class_at_best_epoch(abl):
+    from reports.tables import other_runs_table, per_class_table
+    o = other_runs_table(abl)
+    assert [(r[0], r[1], r[3]) for r in o.rows] == [("aug", "3", "failed"), ("lite", "1", "early_stopped"),
+                                                    ("lite", "2", "running")]
+    assert o.rows[0][6] == "NonFiniteLossError: loss is nan at epoch 1"
+    assert o.rows[2][4:6] == ["1", "0.150"]
+    assert "9 finished, 1 early-stopped, 1 failed, 1 running (total 12)" in o.notes[0]
+    p = per_class_table(abl)
+    assert p.columns == ["Arm", "Seed", "mAP@0.5", "Platelets", "RBC", "WBC"]
+    # base's best run: seed 1 (0.50 at epoch 1); aug's: seed 1 (0.61 at epoch 2)
+    assert p.rows[0] == ["base", "1", "0.500", f"{0.50 - 0.15 + 0.001:.3f}", f"{0.60 + 0.001:.3f}", f"{0.55 + 0.001:.3f}"]
+    assert p.rows[1][:3] == ["aug", "1", "0.610"] and p.raw[1][4] == 2
+    assert p.raw[1][6:] == [pytest.approx(0.61 + o + 0.002) for o in (-0.15, 0.10, 0.05)]
+    assert p.rows[2] == ["lite", "0", "0.400", "–", "–", "–"]  # no per-class AP logged
+    assert p.bold == {(1, 2), (1, 3), (1, 4), (1, 5)}
