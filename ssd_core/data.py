@@ -386,13 +386,14 @@ class COCODataset(_DetectionDataset):
     training targets; annotation(i) keeps them with difficult=True, the VOC way of "ignore".
     """
 
-    def __init__(self, image_dir: str | Path, instances_json: str | Path, transform: Callable | None = None,
+    def __init__(self, image_dir: str | Path, instances_json: str | Path | Sequence[str],
+                 transform: Callable | None = None, class_names: Sequence[str] | None = None,
                  skip_bad: bool = False, cache_images: bool = False,
                  remove_images_without_annotations: bool = False):
         super().__init__(transform, keep_difficult=False, skip_bad=skip_bad, cache_images=cache_images)
         from pycocotools.coco import COCO
 
-        self.image_dir, self.instances_json = Path(image_dir), Path(instances_json)
+        self.image_dir, self.instances_json = _coco_paths(Path(image_dir), instances_json)
         if not self.instances_json.is_file():
             raise DataError(f"{self.instances_json}: COCO instances file not found")
         try:
@@ -402,11 +403,16 @@ class COCODataset(_DetectionDataset):
             raise DataError(f"{self.instances_json}: not a COCO instances file: {exc!r}") from exc
         cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
         self.class_names = [c["name"] for c in cats]
+        if class_names is not None and list(class_names) != self.class_names:
+            raise DataError(f"{self.instances_json}: class_names {list(class_names)} do not match the "
+                            f"categories in id order {self.class_names}")
+        self.category_ids = [c["id"] for c in cats]  # category_ids[label - 1] is the COCO id of label
         self.cat_id_to_contiguous = {c["id"]: k + 1 for k, c in enumerate(cats)}
         self.contiguous_to_cat_id = {k: c for c, k in self.cat_id_to_contiguous.items()}
         self.ids: list[int] = sorted(self.coco.getImgIds())
         if remove_images_without_annotations:
             self.ids = [i for i in self.ids if self.coco.getAnnIds(imgIds=i, iscrowd=False)]
+        self.image_ids = self.ids
         self.records = [self._record(i) for i in self.ids]
 
     def _record(self, image_id: int) -> _Record:
@@ -431,6 +437,19 @@ class COCODataset(_DetectionDataset):
         target = Target(torch.as_tensor(b[keep], dtype=torch.float32).reshape(-1, 4),
                         torch.as_tensor(labels[keep]), torch.as_tensor(crowd[keep]))
         return _Record(self.image_dir / info["file_name"], self.instances_json, target, (w, h))
+
+
+def _coco_paths(image_dir: Path, instances: str | Path | Sequence[str]) -> tuple[Path, Path]:
+    """(image_dir, instances.json), or the split form (root, ["val2017"]) ->
+    (root/val2017, root/annotations/instances_val2017.json) used by train.build_dataset."""
+    if isinstance(instances, (list, tuple)):
+        if len(instances) != 1:
+            raise DataError(f"{image_dir}: COCODataset reads one split at a time, got {list(instances)}")
+        instances = instances[0]
+    path = Path(instances)
+    if path.suffix == ".json" or path.is_file():
+        return image_dir, path
+    return image_dir / path.name, image_dir / "annotations" / f"instances_{path.name}.json"
 
 
 # --------------------------------------------------------------------------------------------
