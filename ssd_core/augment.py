@@ -1,0 +1,429 @@
+"""The paper's training augmentation (Liu et al. 2016, sec. 2.2 "Data augmentation", sec. 3.6 zoom out),
+fused into one resample.
+
+    SSDAugmentation(cfg, size)   photometric distort, zoom out, sample patch, flip, resize to S x S
+    ResizeOnly(size)             evaluation: resize to S x S
+    build_transform(cfg, size, train)
+
+Transform contract: `t(img: PIL.Image (lazy or loaded), boxes float32 [n, 4] pixel xyxy, labels int64 [n])
+-> (image uint8 [3, S, S], boxes float32 [k, 4] xyxy in [0, 1], labels int64 [k])`.
+
+How it is fast. Zoom out, sample patch, flip and resize are all axis-aligned affine maps, so their
+composition is one *source rectangle* in original-image pixels (it extends past the image where zoom
+out added mean-filled canvas). `sample_geometry` draws that rectangle exactly as the sequential
+pipeline would (zoom-out canvas, then a patch of it); `render` resamples only the part of the
+rectangle that lies inside the image, once, straight to its place on a mean-filled S x S output. The
+4x canvas is never materialised. For a lazy JPEG the decoder itself works at a reduced scale (PIL
+`draft`, DCT scaling by 1/2, 1/4, 1/8) when the rectangle is much larger than the output. Photometric
+distortion is pointwise, so it runs on the small resampled patch (before pasting on the mean canvas,
+which the reference does not distort either), vectorised in numpy.
+
+Sample-patch options (config `augment.sample_patch`): `min_ious` is a list of minimum IoUs, where a
+`null` entry means "the whole image"; `any_patch: true` (default) adds the paper's "randomly sample a
+patch" option (no IoU constraint); `whole_image: true` adds the whole image when `min_ious` lacks a
+`null`. The paper's set is therefore `min_ious: [null, 0.1, 0.3, 0.5, 0.7, 0.9]` + `any_patch: true`.
+A patch passes the min-IoU test only when EVERY ground-truth box has IoU >= min_iou with it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+from .errors import ConfigError, DataError
+from .imageio import exif_orientation, load_rgb, to_rgb
+
+__all__ = [
+    "AugmentSettings", "augment_settings", "Geometry", "Photometric",
+    "sample_rect", "sample_geometry", "sample_photometric", "photometric_distort",
+    "map_boxes", "render", "SSDAugmentation", "ResizeOnly", "build_transform",
+]
+
+MEAN = (123, 117, 104)
+WHOLE = None  # the sample-patch mode "use the whole (zoomed) image"
+ANY = float("-inf")  # the sample-patch mode "any patch": no IoU constraint
+_MAX_ROUNDS = 1000  # safety net for the reference's `while True` over modes
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings: read from any object or dict with the config's field names.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AugmentSettings:
+    photometric: bool = True
+    channel_swap: bool = False  # the reference's "random lighting noise"; off by default
+    zoom_out_p: float = 0.5
+    zoom_out_max: float = 4.0
+    sample_patch: bool = True
+    modes: tuple = (WHOLE, 0.1, 0.3, 0.5, 0.7, 0.9, ANY)
+    min_scale: float = 0.3
+    max_aspect: float = 2.0
+    max_trials: int = 50
+    flip: bool = True
+
+
+def _get(cfg: Any, dotted: str, default: Any) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+    return default if node is None else node
+
+
+def augment_settings(cfg: Any = None) -> AugmentSettings:
+    """Normalise an AugmentConfig-like object or dict (None = paper defaults); ConfigError names the key."""
+    if isinstance(cfg, AugmentSettings):
+        return cfg
+
+    def number(key: str, default: float, lo: float, hi: float = math.inf) -> float:
+        value = _get(cfg, key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ConfigError(f"augment config: augment.{key} = {value!r}, expected a number in [{lo}, {hi}]")
+        return float(value)
+
+    raw = _get(cfg, "sample_patch.min_ious", [WHOLE, 0.1, 0.3, 0.5, 0.7, 0.9])
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+        raise ConfigError(f"augment config: augment.sample_patch.min_ious = {raw!r}, expected a list")
+    modes = []
+    for v in raw:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+            raise ConfigError(f"augment config: augment.sample_patch.min_ious entry {v!r} is not null or in [0, 1]")
+        modes.append(WHOLE if v is None else float(v))
+    if bool(_get(cfg, "sample_patch.whole_image", False)) and WHOLE not in modes:
+        modes.insert(0, WHOLE)
+    if bool(_get(cfg, "sample_patch.any_patch", True)):
+        modes.append(ANY)
+    sample_patch = bool(_get(cfg, "sample_patch.enabled", True))
+    if sample_patch and not modes:
+        raise ConfigError("augment config: augment.sample_patch has no options (min_ious empty, any_patch false)")
+    trials = _get(cfg, "sample_patch.max_trials", 50)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"augment config: augment.sample_patch.max_trials = {trials!r}, expected an int >= 1")
+    return AugmentSettings(
+        photometric=bool(_get(cfg, "photometric", True)),
+        channel_swap=bool(_get(cfg, "channel_swap", False)),
+        zoom_out_p=number("zoom_out.p", 0.5, 0.0, 1.0),
+        zoom_out_max=number("zoom_out.max", 4.0, 1.0),
+        sample_patch=sample_patch,
+        modes=tuple(modes),
+        min_scale=number("sample_patch.min_scale", 0.3, 1e-3, 1.0),
+        max_aspect=number("sample_patch.max_aspect", 2.0, 1.0),
+        max_trials=trials,
+        flip=bool(_get(cfg, "flip", True)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: zoom out + sample patch + flip as one source rectangle.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Geometry:
+    """One draw of the geometric augmentation, in original-image pixels.
+
+    rect: the source rectangle x0, y0, x1, y1 that becomes the S x S output (may extend past the image
+    where zoom out added canvas); flip: mirror horizontally; zoom: the canvas ratio (1 = no zoom out);
+    offset: where the image sits on the canvas; mode: the sample-patch option drawn (WHOLE=None, ANY,
+    or a minimum IoU).
+    """
+
+    rect: tuple[float, float, float, float]
+    flip: bool = False
+    zoom: float = 1.0
+    offset: tuple[float, float] = (0.0, 0.0)
+    mode: Optional[float] = WHOLE
+
+
+def sample_rect(rng: np.random.Generator, width: float, height: float, boxes: torch.Tensor,
+                modes: Sequence[Optional[float]], max_trials: int = 50, min_scale: float = 0.3,
+                max_aspect: float = 2.0) -> tuple[Optional[float], np.ndarray]:
+    """Sample patch (sec. 2.2) on a width x height image: -> (mode, rect xyxy float64).
+
+    As the reference: pick a mode at random; try up to `max_trials` patches with sides in
+    [min_scale, 1] of the image and aspect h/w in [1/max_aspect, max_aspect]; accept the first one whose
+    IoU with EVERY box is >= the mode's minimum and that contains at least one box centre; when all
+    trials fail, pick a mode again. The trials of one round are drawn and tested at once.
+    """
+    n = boxes.shape[0]
+    boxes = boxes.double()
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    whole = np.array([0.0, 0.0, width, height])
+    for _ in range(_MAX_ROUNDS):
+        mode = modes[int(rng.integers(len(modes)))]
+        if mode is WHOLE:
+            return WHOLE, whole
+        u = rng.random((4, max_trials))
+        w = width * (min_scale + (1 - min_scale) * u[0])
+        h = height * (min_scale + (1 - min_scale) * u[1])
+        x0, y0 = u[2] * (width - w), u[3] * (height - h)
+        rects = torch.from_numpy(np.stack([x0, y0, x0 + w, y0 + h], 1))
+        ok = torch.from_numpy((h / w >= 1 / max_aspect) & (h / w <= max_aspect))
+        if n:
+            ok &= box_iou(rects, boxes).min(1).values >= mode
+            inside = ((centres[None, :, 0] > rects[:, None, 0]) & (centres[None, :, 1] > rects[:, None, 1])
+                      & (centres[None, :, 0] < rects[:, None, 2]) & (centres[None, :, 1] < rects[:, None, 3]))
+            ok &= inside.any(1)
+        hits = torch.nonzero(ok)
+        if len(hits):
+            return mode, rects[int(hits[0])].numpy()
+    return WHOLE, whole
+
+
+def sample_geometry(rng: np.random.Generator, settings: AugmentSettings, width: int, height: int,
+                    boxes: torch.Tensor) -> Geometry:
+    """Zoom out (p, canvas ratio U(1, max) per side, image at a uniform offset), then sample patch on the
+    canvas, then flip: returned as one rectangle in original-image coordinates."""
+    zoom, left, top = 1.0, 0.0, 0.0
+    if rng.random() < settings.zoom_out_p:
+        zoom = float(rng.uniform(1.0, settings.zoom_out_max))
+        left = float(rng.uniform(0.0, width * zoom - width))
+        top = float(rng.uniform(0.0, height * zoom - height))
+    cw, ch = width * zoom, height * zoom
+    mode, rect = WHOLE, np.array([0.0, 0.0, cw, ch])
+    if settings.sample_patch:
+        shift = torch.tensor([left, top, left, top], dtype=torch.float64)
+        mode, rect = sample_rect(rng, cw, ch, boxes.double() + shift, settings.modes, settings.max_trials,
+                                 settings.min_scale, settings.max_aspect)
+    flip = bool(settings.flip and rng.random() < 0.5)
+    x0, y0, x1, y1 = (float(v) for v in rect)
+    return Geometry((x0 - left, y0 - top, x1 - left, y1 - top), flip, zoom, (left, top), mode)
+
+
+def map_boxes(boxes: torch.Tensor, labels: torch.Tensor, rect: Sequence[float], flip: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes through the rectangle's affine map: keep those whose centre lies inside the rectangle
+    (the paper's rule), clip to it, normalise to [0, 1], mirror when flipped; drop empty boxes."""
+    r = torch.tensor(rect, dtype=torch.float64)
+    b = boxes.double()
+    c = (b[:, :2] + b[:, 2:]) / 2
+    keep = (c > r[:2]).all(1) & (c < r[2:]).all(1)
+    b = torch.minimum(torch.maximum(b[keep], r[:2].repeat(2)), r[2:].repeat(2))
+    wh = (r[2:] - r[:2]).repeat(2)
+    b = ((b - r[:2].repeat(2)) / wh).clamp_(0, 1)
+    if flip:
+        b = torch.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], 1)
+    nonempty = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return b[nonempty].float(), labels[keep][nonempty]
+
+
+# --------------------------------------------------------------------------------------------------
+# Photometric distortion (the reference's PhotometricDistort), vectorised at output size.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Photometric:
+    """One draw: each op is None when skipped (each has p = 0.5)."""
+
+    brightness: Optional[float] = None  # added, U(-32, 32)
+    contrast: Optional[float] = None  # multiplied, U(0.5, 1.5)
+    contrast_first: bool = True  # contrast before (True) or after the HSV part, at random
+    saturation: Optional[float] = None  # HSV S multiplied, U(0.5, 1.5)
+    hue: Optional[float] = None  # HSV H shifted, U(-18, 18) degrees
+    channels: Optional[tuple[int, int, int]] = None  # channel swap permutation (optional)
+
+
+_PERMS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def sample_photometric(rng: np.random.Generator, channel_swap: bool = False) -> Photometric:
+    u = rng.random(9)
+    return Photometric(
+        brightness=-32 + 64 * u[1] if u[0] < 0.5 else None,
+        contrast_first=bool(u[2] < 0.5),
+        contrast=0.5 + u[4] if u[3] < 0.5 else None,
+        saturation=0.5 + u[6] if u[5] < 0.5 else None,
+        hue=-18 + 36 * u[8] if u[7] < 0.5 else None,
+        channels=_PERMS[int(rng.integers(6))] if channel_swap and rng.random() < 0.5 else None,
+    )
+
+
+def _hue_saturation(x: np.ndarray, saturation: float, hue: float) -> np.ndarray:
+    """Scale HSV saturation and rotate HSV hue (degrees) of planar float RGB [3, h, w] in [0, 255].
+
+    Exact HSV arithmetic without a colour-space round trip: V = max, chroma C = V * S; saturation
+    scales C (S capped at 1); hue in sextants from the max channel; each channel is rebuilt as
+    V - C * clip(min(k, 4 - k), 0, 1), k = (n + H) mod 6, n = 5, 3, 1 for R, G, B.
+    """
+    r, g, b = x
+    v = np.maximum(np.maximum(r, g), b)
+    c = v - np.minimum(np.minimum(r, g), b)
+    if hue == 0.0:  # saturation only: every channel moves towards V by the same factor
+        factor = np.minimum(np.float32(saturation), v / np.maximum(c, np.float32(1e-6)))
+        return v - (v - x) * factor
+    is_r = (v == r).astype(np.float32)  # branch-free: masks as 0/1 weights
+    is_g = (v == g) * (1 - is_r)
+    is_b = 1 - is_r - is_g
+    h = is_r * (g - b) + is_g * (b - r + 2 * c) + is_b * (r - g + 4 * c)
+    h /= np.maximum(c, np.float32(1e-6))
+    h += np.float32(hue / 60.0)
+    h += (h < 0) * np.float32(6)  # [0, 6)
+    c *= np.float32(saturation)
+    np.minimum(c, v, out=c)
+    out = np.empty_like(x)
+    for i, n in enumerate((5.0, 3.0, 1.0)):  # R, G, B
+        k = h + np.float32(n)
+        k -= (k >= 6) * np.float32(6)
+        f = np.minimum(k, 4 - k)
+        np.clip(f, 0, 1, out=f)
+        f *= c
+        np.subtract(v, f, out=out[i])
+    return out
+
+
+def photometric_distort(img: np.ndarray, p: Photometric) -> np.ndarray:
+    """Apply one Photometric draw to planar uint8 RGB [3, h, w]; values are clipped to [0, 255] after
+    each op (the reference clips only at the end; torchvision clips after each op too)."""
+    if p == Photometric(contrast_first=p.contrast_first):
+        return img
+    x = img.astype(np.float32, order="C")  # planar: contiguous channel planes
+    if p.brightness is not None:
+        x += np.float32(p.brightness)
+        np.clip(x, 0, 255, out=x)
+    if p.contrast is not None and p.contrast_first:
+        x *= np.float32(p.contrast)
+        np.clip(x, 0, 255, out=x)
+    if p.saturation is not None or p.hue is not None:
+        x = _hue_saturation(x, 1.0 if p.saturation is None else p.saturation, p.hue or 0.0)
+    if p.contrast is not None and not p.contrast_first:
+        x *= np.float32(p.contrast)
+        np.clip(x, 0, 255, out=x)
+    if p.channels is not None:
+        x = x[list(p.channels)]
+    return np.rint(x, out=x).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decode + resample once.
+# --------------------------------------------------------------------------------------------------
+def _upright(img: Image.Image) -> Image.Image:
+    """Images with an EXIF rotation are decoded in full (no draft) and turned upright first."""
+    return load_rgb(img) if exif_orientation(img) != 1 else img
+
+
+def _decode(img: Image.Image, rect: Sequence[float], size: int, reduced: bool) -> tuple[Image.Image, float]:
+    """RGB pixels of `img`, decoded at a reduced JPEG scale when the rectangle allows: -> (rgb, scale)
+    where reduced-image pixel = original pixel / scale."""
+    scale = 1.0
+    width, height = img.size
+    if reduced and getattr(img, "tile", None) and hasattr(img, "draft"):
+        rw, rh = rect[2] - rect[0], rect[3] - rect[1]
+        need = (max(1, math.ceil(width * size / rw)), max(1, math.ceil(height * size / rh)))
+        if need[0] * 2 <= width and need[1] * 2 <= height:
+            drafted = img.draft("RGB", need)
+            if drafted is not None:
+                scale = width / drafted[1][2]
+    try:
+        return to_rgb(img), scale
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        name = getattr(img, "filename", "") or "<in-memory image>"
+        raise DataError(f"{name}: cannot decode image: {exc}") from exc
+
+
+def render(img: Image.Image, rect: Sequence[float], size: int, mean: Sequence[int] = MEAN,
+           flip: bool = False, photometric: Optional[Photometric] = None, reduced_decode: bool = True,
+           reducing_gap: Optional[float] = 2.0) -> torch.Tensor:
+    """The S x S uint8 [3, S, S] view of source rectangle `rect` (original pixels): the part inside the
+    image is resampled once (bilinear, antialiased) onto a mean-filled output; flip folded in."""
+    width, height = img.size
+    rgb, scale = _decode(img, rect, size, reduced_decode)
+    x0, y0, x1, y1 = (v / scale for v in rect)
+    bw, bh = width / scale, height / scale  # image extent in decoded pixels
+    sx, sy = size / (x1 - x0), size / (y1 - y0)
+    # Output pixels wholly covered by the image; the source box is their exact pre-image.
+    u0 = min(size, max(0, math.ceil((max(x0, 0.0) - x0) * sx - 1e-6)))
+    u1 = min(size, max(0, math.floor((min(x1, bw) - x0) * sx + 1e-6)))
+    v0 = min(size, max(0, math.ceil((max(y0, 0.0) - y0) * sy - 1e-6)))
+    v1 = min(size, max(0, math.floor((min(y1, bh) - y0) * sy + 1e-6)))
+    out = np.empty((3, size, size), np.uint8)
+    out[...] = np.asarray(mean, np.uint8)[:, None, None]
+    if u1 > u0 and v1 > v0:
+        box = (max(0.0, x0 + u0 / sx), max(0.0, y0 + v0 / sy), min(bw, x0 + u1 / sx), min(bh, y0 + v1 / sy))
+        patch = rgb.resize((u1 - u0, v1 - v0), Image.BILINEAR, box=box, reducing_gap=reducing_gap)
+        if flip:
+            patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
+            u0, u1 = size - u1, size - u0
+        planar = np.asarray(patch).transpose(2, 0, 1)
+        out[:, v0:v1, u0:u1] = planar if photometric is None else photometric_distort(planar, photometric)
+    return torch.from_numpy(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# The transforms.
+# --------------------------------------------------------------------------------------------------
+def _as_targets(img: Image.Image, boxes, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    b = torch.as_tensor(np.asarray(boxes, np.float32) if not torch.is_tensor(boxes) else boxes).float()
+    lab = torch.as_tensor(np.asarray(labels, np.int64) if not torch.is_tensor(labels) else labels).long()
+    if b.numel() == 0:
+        b = b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4 or lab.shape != (b.shape[0],):
+        name = getattr(img, "filename", "") or "<in-memory image>"
+        raise DataError(f"{name}: boxes must be [n, 4] with n labels, got boxes {tuple(b.shape)} and "
+                        f"labels {tuple(lab.shape)}")
+    return b, lab
+
+
+class _Seeded:
+    """Per-process random state: a numpy Generator seeded from (seed, torch.initial_seed()), so each
+    DataLoader worker (torch seeds them base_seed + worker_id) draws its own stream, reproducibly."""
+
+    def __init__(self, seed: Optional[int] = None):
+        self.seed = seed
+        self._key: Optional[int] = None
+        self._rng: Optional[np.random.Generator] = None
+
+    def generator(self) -> np.random.Generator:
+        key = torch.initial_seed()
+        if self._rng is None or key != self._key:
+            entropy = [key] if self.seed is None else [int(self.seed), key]
+            self._key, self._rng = key, np.random.default_rng(np.random.SeedSequence(entropy))
+        return self._rng
+
+
+class SSDAugmentation(_Seeded):
+    """Training transform: photometric distort, zoom out, sample patch, flip, resize (sec. 2.2, 3.6).
+
+    `cfg` is an AugmentConfig-like object or dict (see module docstring). `rng` in __call__ overrides
+    the transform's own generator (tests). `reduced_decode` lets JPEGs decode at 1/2..1/8 scale.
+    """
+
+    def __init__(self, cfg: Any = None, size: int = 300, mean: Sequence[int] = MEAN, seed: Optional[int] = None,
+                 reduced_decode: bool = True, reducing_gap: Optional[float] = 2.0):
+        super().__init__(seed)
+        self.settings = augment_settings(cfg)
+        self.size, self.mean = int(size), tuple(int(m) for m in mean)
+        self.reduced_decode, self.reducing_gap = reduced_decode, reducing_gap
+
+    def __call__(self, img: Image.Image, boxes, labels, rng: Optional[np.random.Generator] = None):
+        rng = rng if rng is not None else self.generator()
+        boxes, labels = _as_targets(img, boxes, labels)
+        img = _upright(img)
+        geo = sample_geometry(rng, self.settings, img.size[0], img.size[1], boxes)
+        photo = sample_photometric(rng, self.settings.channel_swap) if self.settings.photometric else None
+        image = render(img, geo.rect, self.size, self.mean, geo.flip, photo, self.reduced_decode, self.reducing_gap)
+        out_boxes, out_labels = map_boxes(boxes, labels, geo.rect, geo.flip)
+        return image, out_boxes, out_labels
+
+
+class ResizeOnly:
+    """Evaluation transform: the whole image resized to S x S; boxes divided by the image size."""
+
+    def __init__(self, size: int = 300, reduced_decode: bool = True, reducing_gap: Optional[float] = 2.0):
+        self.size, self.reduced_decode, self.reducing_gap = int(size), reduced_decode, reducing_gap
+
+    def __call__(self, img: Image.Image, boxes, labels):
+        boxes, labels = _as_targets(img, boxes, labels)
+        img = _upright(img)
+        w, h = img.size
+        image = render(img, (0.0, 0.0, float(w), float(h)), self.size, MEAN, False, None,
+                       self.reduced_decode, self.reducing_gap)
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        return image, (boxes / scale).clamp_(0, 1), labels
+
+
+def build_transform(augment_cfg: Any, size: int, train: bool, mean: Sequence[int] = MEAN, seed: Optional[int] = None):
+    """The training pipeline when `train`, else ResizeOnly."""
+    return SSDAugmentation(augment_cfg, size, mean, seed=seed) if train else ResizeOnly(size)
