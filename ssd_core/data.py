@@ -514,8 +514,8 @@ class DatasetReport:
     images: int = 0
     objects: dict[str, int] = field(default_factory=dict)
     difficult: dict[str, int] = field(default_factory=dict)
-    min_size: tuple[int, int] | None = None   # (w, h) of the smallest image by area
-    max_size: tuple[int, int] | None = None
+    min_size: tuple[int, int] | None = None   # (smallest width, smallest height)
+    max_size: tuple[int, int] | None = None   # (largest width, largest height)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -533,7 +533,8 @@ class DatasetReport:
         lines += [f"  class {c}: {self.objects.get(c, 0)} objects ({self.difficult.get(c, 0)} difficult)"
                   for c in self.class_names]
         if self.min_size:
-            lines.append(f"  image size: {self.min_size[0]}x{self.min_size[1]} .. {self.max_size[0]}x{self.max_size[1]}")
+            lines.append(f"  image size: width {self.min_size[0]}..{self.max_size[0]}, "
+                         f"height {self.min_size[1]}..{self.max_size[1]}")
         lines.append(f"  problems: {len(self.problems)}" if self.problems else "  problems: none")
         lines += [f"  - {p.message}" for p in self.problems]
         return "\n".join(lines)
@@ -602,8 +603,8 @@ def check_dataset(root: str | Path, image_sets: Sequence[str] | None = None,
             report.objects[name] = report.objects.get(name, 0) + 1
             report.difficult[name] = report.difficult.get(name, 0) + int(diff)
     if sizes:
-        report.min_size = min(sizes, key=lambda s: s[0] * s[1])
-        report.max_size = max(sizes, key=lambda s: s[0] * s[1])
+        report.min_size = (min(s[0] for s in sizes), min(s[1] for s in sizes))
+        report.max_size = (max(s[0] for s in sizes), max(s[1] for s in sizes))
     return report
 
 
