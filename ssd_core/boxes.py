@@ -1,0 +1,118 @@
+"""Box geometry, default-box matching and offset encoding (paper section 2.2, eq. 2).
+
+Conventions: ground truth boxes are xyxy normalised to [0, 1]; default boxes (priors) are
+``[P, 4]`` cx, cy, w, h. A batch of targets is padded: ``boxes [B, M, 4]``, ``labels [B, M]``
+with label 0 marking a padding row. Everything here is vectorised over the batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+VARIANCES = (0.1, 0.2)
+# Largest log-size offset decode() exponentiates (torchvision's BoxCoder clip, log(1000 / 16)):
+# keeps exp() finite for wild untrained outputs.
+LOG_SIZE_CLIP = math.log(1000.0 / 16)
+_EPS = 1e-6  # smallest width/height a matched box is encoded with (no log(0) from a sliver box)
+
+
+def cxcywh_to_xyxy(b: Tensor) -> Tensor:
+    cxcy, wh = b[..., :2], b[..., 2:]
+    return torch.cat((cxcy - 0.5 * wh, cxcy + 0.5 * wh), dim=-1)
+
+
+def xyxy_to_cxcywh(b: Tensor) -> Tensor:
+    xy1, xy2 = b[..., :2], b[..., 2:]
+    return torch.cat((0.5 * (xy1 + xy2), xy2 - xy1), dim=-1)
+
+
+def encode(matched_xyxy: Tensor, priors: Tensor, variances=VARIANCES) -> Tensor:
+    """Paper eq. 2 regression targets g^cx, g^cy, g^w, g^h of boxes w.r.t. their default boxes.
+
+    g^cx = (g_cx - d_cx) / (v0 d_w), g^w = log(g_w / d_w) / v1 (same for y/h). ``matched_xyxy`` is
+    ``[..., P, 4]``, ``priors`` ``[P, 4]`` cx, cy, w, h. Sizes are clamped to 1e-6 so a degenerate
+    box gives a large finite target, never -inf/NaN.
+    """
+    g = xyxy_to_cxcywh(matched_xyxy)
+    center = (g[..., :2] - priors[:, :2]) / (variances[0] * priors[:, 2:])
+    size = torch.log(g[..., 2:].clamp(min=_EPS) / priors[:, 2:]) / variances[1]
+    return torch.cat((center, size), dim=-1)
+
+
+def decode(loc: Tensor, priors: Tensor, variances=VARIANCES) -> Tensor:
+    """Inverse of :func:`encode`: predicted offsets ``[..., P, 4]`` -> xyxy boxes ``[..., P, 4]``.
+
+    Log-size offsets are clipped at log(1000/16) (as torchvision's BoxCoder) so exp() stays finite.
+    """
+    priors = priors.to(loc.dtype)
+    center = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp((loc[..., 2:] * variances[1]).clamp(max=LOG_SIZE_CLIP))
+    return torch.cat((center - 0.5 * size, center + 0.5 * size), dim=-1)
+
+
+def batched_iou(gt_xyxy: Tensor, priors_xyxy: Tensor) -> Tensor:
+    """IoU of every ground truth with every default box: ``[B, M, 4] x [P, 4] -> [B, M, P]``.
+
+    Same arithmetic as torchvision's ``box_iou`` but batched and written for a CPU: the [B, M, P]
+    temporaries dominate, so the intersection is built in three reused buffers (in place) from
+    contiguous prior coordinate rows. A zero-area box has IoU 0 with every default box.
+    """
+    x1, y1, x2, y2 = priors_xyxy.t().contiguous()                # each [P], contiguous
+    g = gt_xyxy.unsqueeze(-1)                                     # [B, M, 4, 1]
+    gx1, gy1, gx2, gy2 = g[:, :, 0], g[:, :, 1], g[:, :, 2], g[:, :, 3]   # each [B, M, 1]
+    inter = torch.minimum(x2, gx2)
+    tmp = torch.maximum(x1, gx1)
+    inter.sub_(tmp).clamp_(min=0)                                 # intersection width
+    torch.minimum(y2, gy2, out=tmp)
+    union = torch.maximum(y1, gy1)
+    inter.mul_(tmp.sub_(union).clamp_(min=0))                     # x intersection height
+    area_g = (gx2 - gx1).clamp(min=0) * (gy2 - gy1).clamp(min=0)
+    torch.add(area_g, (x2 - x1) * (y2 - y1), out=union)
+    return inter.div_(union.sub_(inter))
+
+
+def match_indices(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """Paper section 2.2 matching strategy: index of the ground truth each default box is matched to.
+
+    Returns ``[B, P]`` long, -1 for background. Every default box with IoU >= threshold gets its
+    best ground truth, then each ground truth takes the default box with its best IoU (so every
+    object is matched; this wins over the threshold match, as in torchvision's ``SSDMatcher``).
+    Padding rows (label 0) and degenerate boxes (zero width or height) never match anything.
+    """
+    B, M = gt_labels.shape
+    P = priors.shape[0]
+    matched = torch.full((B, P + 1), -1, dtype=torch.long, device=gt_labels.device)  # +1: dummy column
+    if M == 0:
+        return matched[:, :P]
+    valid = (gt_labels > 0) & (gt_boxes[..., 2] > gt_boxes[..., 0]) & (gt_boxes[..., 3] > gt_boxes[..., 1])
+    gt_boxes = gt_boxes.masked_fill(~valid.unsqueeze(-1), 0.0)   # padding -> zero-area box: IoU 0
+    iou = batched_iou(gt_boxes, cxcywh_to_xyxy(priors).to(gt_boxes.dtype))   # [B, M, P]
+    # Best ground truth per default box, only where it clears the threshold (a sparse set): a
+    # max-with-indices over M of the whole [B, M, P] is several times slower than amax + gather.
+    b, p = (iou.amax(dim=1) >= iou_threshold).nonzero(as_tuple=True)
+    matched[b, p] = iou[b, :, p].argmax(dim=1)
+    # Best default box per ground truth; padding rows write to the dummy column P.
+    best_prior = iou.max(dim=2).indices
+    target_col = torch.where(valid, best_prior, P)
+    matched.scatter_(1, target_col, torch.arange(M, device=gt_labels.device).expand(B, M))
+    return matched[:, :P]
+
+
+def match(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, iou_threshold: float = 0.5,
+          variances=VARIANCES) -> tuple[Tensor, Tensor]:
+    """Match padded targets to default boxes and encode them.
+
+    ``gt_boxes [B, M, 4]`` xyxy in [0, 1], ``gt_labels [B, M]`` (0 = padding), ``priors [P, 4]``
+    cx, cy, w, h -> ``(loc_targets [B, P, 4], conf_targets [B, P] long)`` with 0 = background.
+    Background rows of ``loc_targets`` hold the encoding of ground truth 0 (ignored by the loss).
+    """
+    if gt_labels.shape[1] == 0:  # no rows at all: everything is background
+        gt_boxes = gt_boxes.new_zeros(gt_boxes.shape[0], 1, 4)
+        gt_labels = gt_labels.new_zeros(gt_labels.shape[0], 1)
+    idx = match_indices(gt_boxes, gt_labels, priors, iou_threshold)
+    safe = idx.clamp(min=0)
+    conf_targets = torch.where(idx >= 0, gt_labels.gather(1, safe), 0)
+    matched_boxes = gt_boxes.gather(1, safe.unsqueeze(-1).expand(-1, -1, 4))
+    return encode(matched_boxes, priors.to(gt_boxes.dtype), variances), conf_targets
