@@ -19,9 +19,10 @@ the feature-map sizes the network really produces (priors.paper_prior_spec).
 """
 from __future__ import annotations
 
-from itertools import chain
+import copy
 
 import torch
+import torchvision
 from torch import Tensor, nn
 
 from ssd_core.backbones import IMAGENET_MEAN, IMAGENET_STD, Base, build_base, xavier_init
@@ -105,15 +106,28 @@ class SSDFeatures(nn.Module):
         return maps
 
 
-def dry_run_sizes(module: nn.Module, image_size: int) -> list[int]:
-    """Side of every map `module` returns for a square image, computed on the meta device (no compute).
+SHAPE_PRESERVING = (
+    nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+    nn.Dropout, torchvision.ops.StochasticDepth,
+)
 
-    Parameters and buffers are swapped for meta tensors with torch.func.functional_call, so the module
-    itself is left untouched.
+
+def dry_run_sizes(module: nn.Module, image_size: int) -> list[int]:
+    """Side of every map `module` returns for a square image, from a dry run on the meta device.
+
+    The run uses a shadow copy whose parameters and buffers are meta tensors (no data copied, nothing
+    computed) in eval mode, with the layers that cannot change shapes (BatchNorm, activations, dropout)
+    swapped for Identity since their meta kernels are slow; `module` itself is left untouched.
     """
-    meta = {k: torch.empty_like(v, device="meta") for k, v in chain(module.named_parameters(), module.named_buffers())}
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in module.parameters()}
+    memo.update({id(b): torch.empty_like(b, device="meta") for b in module.buffers()})
+    shadow = copy.deepcopy(module, memo).eval()
+    for name, layer in list(shadow.named_modules()):
+        if isinstance(layer, SHAPE_PRESERVING):
+            parent, _, child = name.rpartition(".")
+            setattr(shadow.get_submodule(parent), child, nn.Identity())
     with torch.no_grad():
-        maps = torch.func.functional_call(module, meta, (torch.empty(2, 3, image_size, image_size, device="meta"),))
+        maps = shadow(torch.empty(1, 3, image_size, image_size, device="meta"))
     sizes = []
     for m in maps:
         if m.shape[-1] != m.shape[-2]:
