@@ -88,17 +88,18 @@ def _pair_iou(a: np.ndarray, b: np.ndarray, pixel_inclusive: bool) -> np.ndarray
     return inter / np.maximum(area_a + area_b - inter, np.finfo(np.float64).tiny)
 
 
-def _best_ground_truth(det_key, det_boxes, gt_key, gt_boxes, pixel_inclusive):
+def _best_ground_truth(det_key, det_boxes, gt_key, gt_boxes, num_keys, pixel_inclusive):
     """For every detection: max IoU over the ground truth of its (image, class) and the first argmax.
 
-    All (detection, box) pairs of the same group are laid out detection by detection, so the max and
-    the first argmax are segment reductions (np.maximum/minimum.reduceat). -inf / -1 where no box.
+    Group keys are dense (image * (C + 1) + label), so each detection finds its group's boxes with a
+    bincount table; all (detection, box) pairs are laid out detection by detection, so the max and the
+    first argmax are segment reductions (np.maximum/minimum.reduceat). -inf / -1 where no box.
     """
     n = det_key.size
     gt_order = np.argsort(gt_key, kind="stable")  # keeps the file order of boxes within a group
-    sorted_keys = gt_key[gt_order]
-    start = np.searchsorted(sorted_keys, det_key, side="left")
-    count = np.searchsorted(sorted_keys, det_key, side="right") - start
+    per_key = np.bincount(gt_key, minlength=num_keys)
+    start = (np.cumsum(per_key) - per_key)[det_key]
+    count = per_key[det_key]
     ovmax = np.full(n, -np.inf)
     jmax = np.full(n, -1, dtype=np.int64)
     total = int(count.sum())
@@ -116,6 +117,20 @@ def _best_ground_truth(det_key, det_boxes, gt_key, gt_boxes, pixel_inclusive):
     return ovmax, jmax
 
 
+def _dense_ids(ids: np.ndarray) -> np.ndarray:
+    """Image ids -> small non-negative ints (dataset indices pass through; anything else via np.unique)."""
+    if ids.dtype.kind in "iu" and (ids.size == 0 or (ids.min() >= 0 and ids.max() < 4 * ids.size + 1024)):
+        return ids.astype(np.int64)
+    return np.unique(ids, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _rank_order(labels: np.ndarray, scores: np.ndarray, num_classes: int) -> np.ndarray:
+    """Order by class, then score descending, ties in input order (two stable sorts; radix on labels)."""
+    by_score = np.argsort(-scores, kind="stable")
+    small = labels[by_score].astype(np.int16 if num_classes < 2**15 else np.int64)
+    return by_score[np.argsort(small, kind="stable")]
+
+
 def _segment_starts(labels_sorted: np.ndarray, num_classes: int):
     count = np.bincount(labels_sorted, minlength=num_classes + 1)[1:]
     return np.cumsum(count) - count, count
@@ -131,19 +146,22 @@ def _per_class_ap(label_s, tp_s, fp_s, npos, num_classes):
     with np.errstate(divide="ignore", invalid="ignore"):
         rec = tpc / npos[cls].astype(np.float64)
     prec = tpc / np.maximum(tpc + fpc, _EPS)
-    # Precision envelope max(prec[k:]) within each class: a reversed running max over the (exact)
-    # rank of each value, offset per class so that no maximum leaks into the class before it.
-    values, rank = np.unique(prec, return_inverse=True)
-    lift = (num_classes - cls).astype(np.int64) * values.size
-    envelope = values[np.maximum.accumulate((rank.reshape(-1) + lift)[::-1])[::-1] - lift]
-    # 11-point: the first detection with rec >= t is start + #(rec < t) (rec is non-decreasing).
+    # Precision envelope max(prec[k:]) within each class: one reversed running max, with each class
+    # lifted by 2 per class so that no maximum leaks into the class before it (prec is in [0, 1]; the
+    # lift costs at most a few ulps of 2 * num_classes, i.e. < 1e-13).
+    lift = 2.0 * (num_classes - cls)
+    envelope = np.maximum.accumulate((prec + lift)[::-1])[::-1] - lift
+    # 11-point: reached_k = #{t <= rec_k} is non-decreasing within a class, so the first detection
+    # with rec >= T[j] is start + #{k in class: reached_k <= j}: one histogram of (class, reached).
+    reached = np.searchsorted(VOC07_RECALL_THRESHOLDS, rec, side="right")  # exact comparisons
+    hist = np.bincount(cls * 12 + reached, minlength=num_classes * 12).reshape(num_classes, 12)
+    below = np.cumsum(hist, axis=1)[:, :11]                                    # [C, 11]
+    hit = below < count[:, None]
+    p = np.zeros((num_classes, 11))
+    p[hit] = envelope[(start[:, None] + below)[hit]]
     ap07 = np.zeros(num_classes)
-    for t in VOC07_RECALL_THRESHOLDS:  # 11 vectorised steps
-        below = np.bincount(cls, weights=rec < t, minlength=num_classes).astype(np.int64)
-        reached = below < count
-        p = np.zeros(num_classes)
-        p[reached] = envelope[(start + below)[reached]]
-        ap07 += p / 11.0
+    for j in range(11):  # summed in the reference's order
+        ap07 += p[:, j] / 11.0
     # Area: sum over detections of (rec_k - rec_{k-1}) * envelope_k, rec_{-1} = 0 at each class start.
     prev = np.concatenate(([0.0], rec[:-1]))
     prev[start[count > 0]] = 0.0
@@ -194,16 +212,15 @@ def evaluate_voc(det_image, det_label, det_score, det_boxes,
     if not np.isfinite(det_score).all():
         raise ValueError("evaluate_voc: det_score contains nan or inf")
 
-    # Images -> dense ints, groups = (image, class).
-    _, image_idx = np.unique(np.concatenate([det_image, gt_image]), return_inverse=True)
-    image_idx = image_idx.reshape(-1).astype(np.int64)
+    # Images -> dense ints, groups = (image, class) -> dense keys.
+    image_idx = _dense_ids(np.concatenate([det_image, gt_image]))
     det_key = image_idx[:n] * (num_classes + 1) + det_label
     gt_key = image_idx[n:] * (num_classes + 1) + gt_label
+    num_keys = (int(image_idx.max()) + 1) * (num_classes + 1) if image_idx.size else 0
 
-    ovmax, jmax = _best_ground_truth(det_key, det_boxes, gt_key, gt_boxes, pixel_inclusive)
+    ovmax, jmax = _best_ground_truth(det_key, det_boxes, gt_key, gt_boxes, num_keys, pixel_inclusive)
 
-    # Rank: class, then score descending, ties in input order (lexsort is stable).
-    order = np.lexsort((-det_score, det_label))
+    order = _rank_order(det_label, det_score, num_classes)
     hit = ovmax > iou_threshold
     hit_difficult = np.zeros(n, dtype=bool)
     hit_difficult[hit] = gt_difficult[jmax[hit]]

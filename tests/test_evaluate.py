@@ -42,9 +42,12 @@ def reference_voc_ap(rec, prec, use_07_metric=True):
 def reference_voc_eval(dets, gts, image_ids, cls, ovthresh=0.5):
     """dets: list of (image, label, score, [x1, y1, x2, y2] 1-based inclusive); gts: list of
     (image, label, box, difficult). Returns (ap07, ap_area, npos) of class `cls`."""
+    recs = {img: [] for img in image_ids}  # the parsed annotations (py-faster-rcnn caches them)
+    for g in gts:
+        recs[g[0]].append(g)
     class_recs, npos = {}, 0
     for img in image_ids:
-        mine = [g for g in gts if g[0] == img and g[1] == cls]
+        mine = [g for g in recs[img] if g[1] == cls]
         bbox = np.array([g[2] for g in mine], dtype=np.float64).reshape(-1, 4)
         difficult = np.array([g[3] for g in mine], dtype=bool)
         npos += int(np.sum(~difficult))
@@ -255,6 +258,19 @@ def test_best_box_already_taken_makes_a_false_positive_like_the_reference():
     r = run(dets, gts)
     assert r["AP50"]["c1"] == pytest.approx(reference_voc_eval(dets, gts, [0], 1)[0], abs=1e-12)
     assert r["AP50_area"]["c1"] == pytest.approx(0.5, abs=1e-12)  # rec .5 .5: only the first counts
+
+
+def test_recall_exactly_at_a_threshold_uses_the_reference_floats():
+    # 10 objects; recall reaches exactly 0.3 and 0.7, just below the reference's thresholds
+    # 0.30000000000000004 and 0.7000000000000001 (np.arange(0, 1.1, 0.1)), so those do not count.
+    gts = [(i, 1, BOX, False) for i in range(10)]
+    scores = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6]
+    dets = [(i, 1, s, BOX) for i, s in zip([0, 1, 2], scores[:3])] + [(20, 1, scores[3], BOX)] \
+        + [(i, 1, s, BOX) for i, s in zip([3, 4, 5, 6], scores[4:])] + [(30, 1, 0.5, BOX)]
+    r = check_against_reference(dets, gts, list(range(31)), 1)
+    # t = 0, .1, .2: precision 1; t = .3+eps, .4, .5, .6+eps: 7/8 (rec .4 .. .7); t = .7+eps and up: 0.
+    # Exact thresholds would give (4 * 1 + 4 * 7/8) / 11 instead.
+    assert r["AP50"]["c1"] == pytest.approx((3 * 1.0 + 4 * 7 / 8) / 11, abs=1e-12)
 
 
 def test_score_ties_keep_input_order():
