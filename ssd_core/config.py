@@ -32,8 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ssd_core.errors import ConfigError
 
 BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s")
-# Smallest input each backbone's six feature maps survive (the last extra layer needs >= 1 cell).
-MIN_IMAGE_SIZE = {"vgg16": 256, "resnet50": 128, "mobilenet_v2": 64, "efficientnet_v2_s": 64}
+# Smallest input each backbone takes: its stride-8 tap must be at least 4 x 4 (ssd_core.model
+# measures the maps of any larger size and stacks extra layers down to 1 x 1).
+MIN_IMAGE_SIZE = {"vgg16": 32, "resnet50": 32, "mobilenet_v2": 32, "efficientnet_v2_s": 32}
 MAX_IMAGE_SIZE = 1024
 DATA_ROOT_ENV = "SSDLAB_DATA_ROOT"
 

@@ -1,0 +1,92 @@
+"""Checkpoints: written atomically, loaded with `torch.load(..., weights_only=True)`.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled classes):
+model, optimizer, scheduler and scaler state, epoch, iteration, the RNG states of torch, CUDA,
+numpy, Python and the data loader's generator, the class names and the resolved config.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from ssd_core.errors import CheckpointError
+
+REQUIRED_KEYS = ("model", "config", "class_names")
+
+
+def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> Path:
+    """Write `state` to `path` atomically (a temporary file in the same folder, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu"
+                    ) -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint`; CheckpointError naming the file when it is
+    missing, corrupt, not a ssdlab checkpoint, or holds pickled objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, disallowed global: all "corrupt" to a user
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a ssdlab checkpoint (a {type(state).__name__}, expected a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a ssdlab checkpoint: missing keys {missing}")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    """model.load_state_dict with a CheckpointError naming the file on a shape or key mismatch."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[:4])
+        raise CheckpointError(f"{path}: checkpoint does not match the model built from the config: {detail}") from None
+
+
+# ---------------------------------------------------------------- RNG states (weights_only friendly)
+
+
+def rng_state(loader_generator: Optional[torch.Generator] = None) -> dict[str, Any]:
+    """torch, CUDA, numpy, Python and data-loader generator states as tensors and lists."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+        "loader": loader_generator.get_state() if loader_generator is not None else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any], loader_generator: Optional[torch.Generator] = None) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if loader_generator is not None and state.get("loader") is not None:
+        loader_generator.set_state(state["loader"])

@@ -1,0 +1,187 @@
+"""ssd_core.train: the loop on a tiny synthetic set (64 px, MobileNetV2 x0.35, 3 iterations an epoch)."""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ssd_core.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from ssd_core.config import ExperimentConfig, validate_config
+from ssd_core.errors import CheckpointError, ConfigError, NonFiniteLossError
+from ssd_core.train import Callback, evaluate_checkpoint, fit, lr_factor, param_groups
+
+CLASSES = ["circle", "square", "triangle", "cross"]
+
+
+def tiny_config(root: Path, out: Path, **train) -> ExperimentConfig:
+    return validate_config({
+        "name": "tiny",
+        "model": {"backbone": "mobilenet_v2", "image_size": 64, "width_mult": 0.35, "lite_heads": True},
+        "data": {"root": str(root), "train_sets": ["SHAPES/train"], "val_sets": ["SHAPES/val"],
+                 "class_names": CLASSES, "synthetic": {"images": 40, "seed": 0, "image_size": 96}},
+        "augment": {"photometric": True, "zoom_out": {"p": 0.5, "max": 2.0}, "flip": True},
+        "train": {"epochs": 3, "batch_size": 8, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
+                  "warmup_iters": 2, "schedule": {"type": "cosine"}, "device": "cpu", "log_every": 100, **train},
+        "eval": {"every_epochs": 1, "score_threshold": 0.05},
+        "output": {"dir": str(out)},
+    }, source="tiny.yaml")
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after: int | None = None):
+        self.events, self.stop_after = [], stop_after
+
+    def on_fit_start(self, cfg, run_dir):
+        self.events.append(("start", Path(run_dir)))
+
+    def on_epoch_end(self, epoch, metrics, run_dir):
+        last = Path(run_dir) / "last.pt"
+        self.events.append(("epoch", epoch, dict(metrics), hashlib.sha256(last.read_bytes()).hexdigest()))
+        if epoch == self.stop_after:
+            raise KeyboardInterrupt(f"stop after epoch {epoch}")
+
+    def on_fit_end(self, result):
+        self.events.append(("end", result))
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    from ssd_core.synth import ensure_synthetic
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    ensure_synthetic(root, images=40, seed=0, image_size=96)
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_run(shapes, tmp_path_factory):
+    torch.set_num_threads(1)
+    cfg = tiny_config(shapes, tmp_path_factory.mktemp("runs"))
+    rec = Recorder()
+    result = fit(cfg, callbacks=[rec])
+    return cfg, result, rec
+
+
+def test_fit_reports_checkpoints_and_loss_falls(full_run):
+    cfg, result, rec = full_run
+    assert [e[0] for e in rec.events] == ["start", "epoch", "epoch", "epoch", "end"]
+    assert [e[1] for e in rec.events[1:4]] == [1, 2, 3] and rec.events[-1][1] is result
+    assert result.epochs == 3 and result.iterations == 9  # 24 training images / batch 8
+    history = result.metrics_history
+    assert history[-1]["train/loss"] < 0.8 * history[0]["train/loss"]
+    for m in history:
+        assert math.isclose(m["train/loss"], m["train/loss_loc"] + m["train/loss_conf"], rel_tol=1e-6)
+        assert {"train/lr", "perf/train_img_s", "cost/device_hours", "val/mAP50", "val/mAP50_area"} <= set(m)
+        assert {f"val/AP50/{c}" for c in CLASSES} <= set(m)
+    assert result.best_metric == max(m["val/mAP50"] for m in history)
+    state = torch.load(result.run_dir / "last.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["iteration"] == 9 and state["class_names"] == CLASSES
+    assert {"optimizer", "scheduler", "scaler", "rng", "config", "config_hash"} <= set(state)
+    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python", "loader"}
+    best = torch.load(result.run_dir / "best.pt", weights_only=True)
+    assert best["epoch"] == result.best_epoch
+    assert (result.run_dir / "config.yaml").is_file() and len((result.run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_reaches_the_same_weights(full_run, tmp_path):
+    cfg, result, _ = full_run
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, callbacks=[Recorder(stop_after=2)], run_dir=tmp_path)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
+    resumed = fit(cfg, run_dir=tmp_path, resume=True)
+    assert resumed.epochs == 3 and resumed.iterations == 9 and len(resumed.metrics_history) == 3
+    want = torch.load(result.run_dir / "last.pt", weights_only=True)["model"]
+    got = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
+    assert [m["train/loss"] for m in resumed.metrics_history] == pytest.approx(
+        [m["train/loss"] for m in result.metrics_history], abs=1e-6)
+
+
+def test_resume_refuses_another_config(full_run, tmp_path):
+    cfg, result, _ = full_run
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e-3})})
+    with pytest.raises(CheckpointError, match="last.pt: written by config"):
+        fit(other, run_dir=result.run_dir, resume=True)
+
+
+def test_evaluate_checkpoint_reproduces_the_logged_map(full_run):
+    cfg, result, _ = full_run
+    metrics = evaluate_checkpoint(cfg, result.best_checkpoint, split="val")
+    logged = result.metrics_history[result.best_epoch - 1]
+    assert metrics["val/mAP50"] == pytest.approx(logged["val/mAP50"], abs=1e-9)
+    assert metrics.keys() == {k for k in logged if k.startswith("val/")}
+    test = evaluate_checkpoint(cfg, result.best_checkpoint, split="test")  # SHAPES/test
+    assert set(test) >= {"test/mAP50", "test/AP50/circle"} and 0 <= test["test/mAP50"] <= 1
+
+
+def test_non_finite_loss_names_iteration_and_keeps_last_checkpoint(shapes, tmp_path, monkeypatch):
+    from ssd_core import loss as loss_module
+    original, calls = loss_module.MultiBoxLoss.forward, []
+
+    def poisoned(self, *args):
+        parts = original(self, *args)
+        calls.append(1)
+        return type(parts)(parts.total * float("nan"), parts.loc, parts.conf) if len(calls) == 5 else parts
+
+    monkeypatch.setattr(loss_module.MultiBoxLoss, "forward", poisoned)
+    rec = Recorder()
+    with pytest.raises(NonFiniteLossError) as info:
+        fit(tiny_config(shapes, tmp_path, epochs=3), callbacks=[rec], run_dir=tmp_path / "run")
+    message = str(info.value)
+    assert "iteration 5 (epoch 2, lr " in message and "total=nan" in message and "last.pt" in message
+    epoch1_hash = rec.events[1][3]
+    assert hashlib.sha256((tmp_path / "run" / "last.pt").read_bytes()).hexdigest() == epoch1_hash
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_class_list_that_does_not_match_the_data(shapes, tmp_path):
+    cfg = tiny_config(shapes, tmp_path).model_dump()
+    cfg["data"]["class_names"] = ["circle", "square"]
+    with pytest.raises(ConfigError, match=r"tiny\.yaml: data\.class_names .*Annotations/.*\.xml"):
+        fit(validate_config(cfg, "tiny.yaml"), run_dir=tmp_path / "run")
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="corrupt.pt: cannot read checkpoint"):
+        load_checkpoint(corrupt)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": {}, "config": {}, "class_names": [], "obj": ExperimentConfig()}, pickled)
+    with pytest.raises(CheckpointError, match="pickled.pt: cannot read checkpoint"):
+        load_checkpoint(pickled)
+    partial = save_checkpoint({"model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match=r"partial.pt: not a ssdlab checkpoint: missing keys \['config', 'class_names'\]"):
+        load_checkpoint(partial)
+    with pytest.raises(CheckpointError, match="other.pt: checkpoint does not match the model"):
+        load_model_state(nn.Linear(2, 3), {"model": nn.Linear(2, 4).state_dict()}, tmp_path / "other.pt")
+    assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes leave no temporary files
+
+
+def test_lr_factor_warmup_and_schedules():
+    base = {"train": {"warmup_iters": 4, "schedule": {"type": "multistep", "milestones": [10, 20], "gamma": 0.1}}}
+    f = lr_factor(ExperimentConfig.model_validate(base), iters_per_epoch=5, total_iters=30)
+    assert [f(i) for i in (0, 1, 3, 9, 10, 19, 20, 29)] == pytest.approx([0.25, 0.5, 1, 1, 0.1, 0.1, 0.01, 0.01])
+    base["train"]["schedule"].update(unit="epoch", milestones=[2])
+    f = lr_factor(ExperimentConfig.model_validate(base), iters_per_epoch=5, total_iters=30)
+    assert [f(i) for i in (9, 10, 29)] == pytest.approx([1, 0.1, 0.1])
+    f = lr_factor(ExperimentConfig.model_validate({"train": {"schedule": {"type": "cosine"}}}), 5, 100)
+    assert [f(0), f(50), f(100)] == pytest.approx([1, 0.5, 0], abs=1e-12)
+    f = lr_factor(ExperimentConfig.model_validate({"train": {"schedule": {"type": "constant"}}}), 5, 100)
+    assert f(0) == f(99) == 1
+
+
+def test_no_decay_for_norms_and_biases():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    decay, rest = param_groups(net, 5e-4, no_decay_norm_bias=True)
+    assert [p.shape for p in decay["params"]] == [(4, 3, 3, 3)] and decay["weight_decay"] == 5e-4
+    assert len(rest["params"]) == 3 and rest["weight_decay"] == 0
+    (everything,) = param_groups(net, 5e-4, no_decay_norm_bias=False)
+    assert len(everything["params"]) == 4
