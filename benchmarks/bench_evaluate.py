@@ -9,7 +9,8 @@ is py-faster-rcnn's voc_eval written loop by loop (tests/test_evaluate.py); it i
 --ref-images images and extrapolated linearly to the full set (its cost is one Python step per
 detection), or on everything with --full-reference. Repetitions are interleaved so that load from
 other processes hits both. Both run on one thread. Prints per-class agreement on the subset and
-`RESULT voc_eval ours_s ref_s ratio` (ratio = ref_s / ours_s).
+`RESULT voc_eval ours_s ref_s ratio` (wall-clock medians, ratio = ref_s / ours_s), and the same
+from process CPU time, which load from other processes on a shared machine inflates less.
 """
 from __future__ import annotations
 
@@ -84,9 +85,10 @@ def reference(dets, gts, image_ids, num_classes):
 
 
 def timed(fn, *args):
-    t0 = time.perf_counter()
+    """-> (wall s, this process's CPU s, result)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args)
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def main() -> None:
@@ -112,15 +114,21 @@ def main() -> None:
     diffs = [max(abs(got["AP50"][n] - e[0]), abs(got["AP50_area"][n] - e[1])) for n, e in zip(names, expected)]
     print(f"max |ours - reference| over 20 classes, both APs: {max(diffs):.2e} (mAP50 {got['mAP50']:.4f})")
 
-    t_ours, t_ref = [], []
+    t_ours, t_ref, c_ours, c_ref = [], [], [], []
+    scale = args.images / ref_images
     for _ in range(args.reps):  # interleaved
-        t, result = timed(ours, full, names)
-        t_ours.append(t)
-        t_ref.append(timed(reference, *ref_input, 20)[0] * args.images / ref_images)
+        wall, cpu, result = timed(ours, full, names)
+        t_ours.append(wall), c_ours.append(cpu)
+        wall, cpu, _ = timed(reference, *ref_input, 20)
+        t_ref.append(wall * scale), c_ref.append(cpu * scale)
     ours_s, ref_s = statistics.median(t_ours), statistics.median(t_ref)
-    print(f"ours (full set): {', '.join(f'{t:.3f}' for t in t_ours)} s; full-set mAP50 {result['mAP50']:.4f}")
-    print(f"reference ({'full set' if ref_images == args.images else f'{ref_images} images x {args.images / ref_images:.2f}'}):"
-          f" {', '.join(f'{t:.2f}' for t in t_ref)} s")
+    how = "full set" if ref_images == args.images else f"{ref_images} images x {scale:.2f}"
+    print(f"ours (full set) wall: {', '.join(f'{t:.3f}' for t in t_ours)} s; "
+          f"CPU: {', '.join(f'{t:.3f}' for t in c_ours)} s; full-set mAP50 {result['mAP50']:.4f}")
+    print(f"reference ({how}) wall: {', '.join(f'{t:.2f}' for t in t_ref)} s; "
+          f"CPU: {', '.join(f'{t:.2f}' for t in c_ref)} s")
+    print(f"CPU-time medians: ours {statistics.median(c_ours):.3f} s, reference {statistics.median(c_ref):.2f} s, "
+          f"ratio {statistics.median(c_ref) / statistics.median(c_ours):.1f}")
     print(f"RESULT voc_eval {ours_s:.3f} {ref_s:.3f} {ref_s / ours_s:.1f}")
 
 
