@@ -223,12 +223,12 @@ def ensure_synthetic(root: str | Path, images: int = 300, seed: int = 0, image_s
     try:
         generate(tmp, images, seed, image_size)
         for _ in range(5):
-            if _is_complete(base, params):  # another process won the race with the same set
-                return root
             try:
                 os.rename(tmp / SUBDIR, base)
                 return root
-            except OSError:                  # base exists: stale or other parameters; move it aside
+            except OSError:                  # base exists: another process won the race, or it is stale
+                if _is_complete(base, params):
+                    return root
                 aside = Path(tempfile.mkdtemp(prefix=".synth-old-", dir=root))
                 try:
                     os.rename(base, aside / SUBDIR)
