@@ -310,6 +310,12 @@ class FakeDetections(NamedTuple):  # the layout of ssd_core.postprocess.Detectio
     counts: torch.Tensor
 
 
+try:
+    from ssd_core.postprocess import Detections as FakeDetections  # noqa: F811 (the real one when present)
+except ImportError:
+    pass
+
+
 class Target(NamedTuple):
     boxes: torch.Tensor
     labels: torch.Tensor

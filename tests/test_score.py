@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.cli import main
+from experiments import cli
 from experiments.commands.score import score_coco, score_voc
 from ssd_core.errors import DataError
 from tests.test_evaluate import reference_voc_eval, tiny_coco
@@ -60,6 +60,16 @@ def random_voc(seed, num_images=25):
         dets.append((int(rng.integers(0, num_images)), int(rng.integers(1, 4)), float(np.round(rng.random(), 3)),
                      [float(x1), float(y1), float(x1 + 20), float(y1 + 30)]))
     return gts, dets, list(range(num_images))
+
+
+@pytest.fixture(autouse=True)
+def only_score_command(monkeypatch):
+    """The real `ssdlab` main (UserError -> exit 2), without importing the other areas (mlflow: seconds)."""
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("experiments.commands.score",))
+
+
+def main(argv):
+    return cli.main(argv)
 
 
 def run_cli(argv, capsys):
