@@ -98,14 +98,14 @@ def default_steps(image_size: int, feature_maps: Sequence[int]) -> tuple[float, 
 
     image_size / f is rounded to the nearest power of two when that power times f is within 10% of the
     image side (the map came from stride-2 layers: 300/38 -> 8, 300/10 -> 32, 300/5 -> 64); otherwise
-    the exact ratio is kept (maps from unpadded convs: 300/3 -> 100, 300/1 -> 300). Gives
-    8, 16, 32, 64, 100, 300 at 300 px and 8, 16, ..., 512 at 512 px.
+    the exact ratio is kept (maps from unpadded convs: 300/3 -> 100); a 1x1 map always gets the image
+    side (its box is centred). Gives 8, 16, 32, 64, 100, 300 at 300 px and 8, 16, ..., 512 at 512 px.
     """
     steps = []
     for f in feature_maps:
         power = 2.0 ** round(math.log2(image_size / f))
         exact = image_size / f
-        step = power if abs(power * f - image_size) <= 0.1 * image_size else exact
+        step = power if f > 1 and abs(power * f - image_size) <= 0.1 * image_size else exact
         steps.append(int(step) if float(step).is_integer() else step)
     return tuple(steps)
 

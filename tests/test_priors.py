@@ -77,6 +77,7 @@ def test_default_steps_round_like_the_reference():
     assert default_steps(512, MAPS_512) == (8, 16, 32, 64, 128, 256, 512)
     assert default_steps(128, (16, 8, 4, 2, 1)) == (8, 16, 32, 64, 128)
     assert default_steps(160, (20, 10, 5, 3, 1)) == (8, 16, 32, pytest.approx(160 / 3), 160)
+    assert default_steps(33, (5, 3, 1)) == (6.6, 11, 33)  # odd sizes: spread evenly, 1x1 map centred
 
 
 def test_known_box_values():
