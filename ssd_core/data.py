@@ -325,8 +325,9 @@ class VOCDataset(_DetectionDataset):
     image_sets: e.g. ["VOC2007/trainval", "VOC2012/trainval"] (07+12) or ["BCCD/test"].
     class_names: None -> VOC_CLASSES when every subdir is VOCyyyy, else inferred (sorted) from the
     annotations. Difficult objects are excluded from training items unless keep_difficult, and
-    always present in annotation(i). Unreadable annotations or images raise DataError naming the
-    file, or with skip_bad are dropped at construction and counted in `skipped`.
+    always present in annotation(i). A malformed annotation or a missing image raises DataError
+    naming the file, or with skip_bad is dropped at construction and counted in `skipped`; an image
+    that turns out unreadable when its item is read is handled by __getitem__ the same way.
     """
 
     def __init__(self, root: str | Path, image_sets: Sequence[str] | str,
