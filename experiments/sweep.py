@@ -1,0 +1,418 @@
+"""Run a sweep: SweepSpec -> Ray Tune experiments (OptunaSearch, ASHA, resources, resume) -> MLflow.
+
+    spec = load_sweep("sweeps/demo.yaml")
+    run_sweep(spec)                           # local Ray; address="auto" or "HOST:PORT" for a cluster
+    run_sweep(spec, resume=True)              # after the driver died: Tuner.restore(...)
+
+Roles:
+
+* Workers run `train_fn(cfg, callbacks=[report], run_dir, resume)` (`ssd_core.train.fit` by
+  default; injectable for tests). The callback calls `ray.tune.report(metrics, checkpoint)` each
+  epoch with `last.pt` + `best.pt`. A retried trial (FailureConfig) or a restored one gets its
+  latest Tune checkpoint back and resumes fit from it. Workers never touch MLflow.
+* The driver is the single MLflow writer: `MLflowTuneCallback` (a `ray.tune.Callback`) turns
+  trial events into parent/child runs through `tracking.SweepTracker`, whose run identity is
+  found again by tags after a restore, and which never logs a step twice.
+* Early stopping: ASHA (time_attr `epoch`) for search phases, and for arms only when the sweep
+  asks. A trial that ASHA stops before its last epoch is tagged `ssdlab.status=early_stopped`.
+* A non-finite loss (`NonFiniteLossError`) fails its trial with `ssdlab.error`; a marker in the
+  run dir makes any retry fail at once instead of training into the same NaN again.
+
+The searcher sees the metric under the internal key `ssdlab_objective`: the latest evaluated
+value of the sweep metric (the mode's worst value before the first evaluation), so epochs
+without an evaluation (eval.every_epochs > 1) still carry one. MLflow only gets metric names with
+a "/" (train/loss, val/mAP50, ...) as reported by fit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from experiments.sweep_spec import Phase, SweepSpec, parent_params, parent_tags, plan
+from ssd_core.config import ExperimentConfig, apply_overrides, config_hash, flatten, resolve_data_root, to_yaml
+from ssd_core.errors import ConfigError, NonFiniteLossError
+
+OBJECTIVE = "ssdlab_objective"
+NONFINITE_MARKER = "NONFINITE_LOSS.txt"
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+DEFAULT_STORAGE = "runs/ray"
+# experiments.tracking statuses (not imported here: workers must not pay for importing MLflow)
+STATUS_FINISHED, STATUS_EARLY_STOPPED, STATUS_FAILED = "finished", "early_stopped", "failed"
+
+
+# --------------------------------------------------------------------------- trial configs
+
+
+@dataclass
+class TrialJob:
+    """What every worker needs (shipped once via tune.with_parameters)."""
+
+    spec: SweepSpec
+    train_fn: Callable
+    cwd: str          # the driver's working directory: relative data paths resolve against it
+    gpu: float
+
+    def resolve(self, config: dict[str, Any]) -> ExperimentConfig:
+        """Trial config (Tune's `config` dict) -> the resolved ExperimentConfig, data root absolute."""
+        meta = config["ssdlab"]
+        cfg = self.spec.resolve(meta.get("arm"), int(meta["seed"]), searched_params(config))
+        try:
+            root = resolve_data_root(cfg)
+        except ConfigError:
+            return cfg
+        if not root.is_absolute():
+            root = Path(self.cwd) / root
+        return apply_overrides(cfg, {"data.root": str(root)})
+
+
+def searched_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The dotted config keys a trial config carries besides its `ssdlab` metadata."""
+    return {k: v for k, v in config.items() if k != "ssdlab"}
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+class TuneReporter:
+    """fit callback in the worker: each epoch -> `ray.tune.report(metrics, checkpoint)`."""
+
+    def __init__(self, metric: str, mode: str):
+        self.metric, self.mode = metric, mode
+        self.objective = float("-inf") if mode == "max" else float("inf")
+
+    def on_epoch_end(self, epoch: int, metrics: dict, run_dir) -> None:
+        from ray import tune
+
+        if self.metric in metrics:
+            self.objective = float(metrics[self.metric])
+        worst = -1e30 if self.mode == "max" else 1e30
+        objective = self.objective if abs(self.objective) != float("inf") else worst
+        result = {**metrics, "epoch": int(epoch), OBJECTIVE: objective}
+        with tempfile.TemporaryDirectory(prefix="ssdlab-ckpt-") as tmp:
+            for name in CHECKPOINT_FILES:
+                src = Path(run_dir) / name
+                if src.is_file():
+                    try:
+                        os.link(src, Path(tmp) / name)
+                    except OSError:
+                        shutil.copy2(src, Path(tmp) / name)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _cap_gpu_memory(fraction: float) -> None:
+    """Fractional GPUs pack trials on one card: cap this worker's CUDA memory to its share."""
+    if 0 < fraction < 1:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(fraction)
+
+
+def run_trial(config: dict[str, Any], job: TrialJob) -> None:
+    """The Tune trainable: resolve the trial config, restore the Tune checkpoint, train."""
+    from ray import tune
+
+    cfg = job.resolve(config)
+    _cap_gpu_memory(job.gpu)
+    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / NONFINITE_MARKER
+    if marker.exists():  # a retry of a trial whose loss went non-finite: fail again, at once
+        raise NonFiniteLossError(marker.read_text())
+    resume = False
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            for name in CHECKPOINT_FILES:
+                if (Path(ckpt_dir) / name).is_file():
+                    shutil.copy2(Path(ckpt_dir) / name, run_dir / name)
+        resume = (run_dir / "last.pt").is_file()
+    reporter = TuneReporter(job.spec.metric, job.spec.mode)
+    try:
+        job.train_fn(cfg, callbacks=[reporter], run_dir=run_dir, resume=resume)
+    except NonFiniteLossError as exc:
+        marker.write_text(str(exc))
+        raise
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _error_line(trial) -> str:
+    """The trial's exception as one line ('NonFiniteLossError: ...'), from Ray's error file."""
+    text = ""
+    try:
+        if trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text()
+    except (OSError, AttributeError):
+        pass
+    if not text:
+        err = trial.get_error() if hasattr(trial, "get_error") else None
+        text = str(err or "trial failed")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    hits = [ln for ln in lines if "Error" in ln.split(":", 1)[0] or "Exception" in ln.split(":", 1)[0]]
+    line = hits[-1] if hits else lines[-1] if lines else "trial failed"
+    return line.replace("ssd_core.errors.", "")
+
+
+class MLflowTuneCallback:
+    """The driver's single MLflow writer, as a `ray.tune.Callback` (built by `make_callback`)."""
+
+
+def make_callback(spec: SweepSpec, job: TrialJob, tracker, phase: Phase):
+    from ray import tune
+
+    class _Callback(tune.Callback, MLflowTuneCallback):
+        def __init__(self):
+            self.spec, self.job, self.tracker, self.phase = spec, job, tracker, phase
+            self._stopped_early: set[str] = set()
+            self._cfg: dict[str, ExperimentConfig] = {}
+
+        def _ensure(self, trial) -> str:
+            tid = trial.trial_id
+            if tid not in self._cfg:
+                self._cfg[tid] = self.job.resolve(trial.config)
+            cfg = self._cfg[tid]
+            meta = trial.config["ssdlab"]
+            arm, seed = meta.get("arm"), meta["seed"]
+            searched = searched_params(trial.config)
+            tags = {"ssdlab.seed": seed, "ssdlab.config_hash": config_hash(cfg), "ssdlab.trial_id": tid,
+                    "ssdlab.phase": self.phase.kind, "ssdlab.experiment": self.phase.dirname}
+            if arm:
+                tags["ssdlab.arm"] = arm
+                tags["ssdlab.note"] = self.spec.file.arms[arm].note
+            if self.phase.kind == "search":
+                tags["ssdlab.searched"] = json.dumps(sorted(searched))
+            name = "-".join(str(p) for p in (arm, f"s{seed}", tid) if p is not None)
+            return self.tracker.child(tid, params=flatten(cfg), tags=tags, run_name=name)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._ensure(trial)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self._ensure(trial)
+            epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+            metrics = {k: v for k, v in result.items()
+                       if "/" in k and not k.startswith("config/") and isinstance(v, (int, float))}
+            self.tracker.log_epoch(trial.trial_id, epoch, metrics)
+            if result.get("done") and epoch < self._cfg[trial.trial_id].train.epochs:
+                self._stopped_early.add(trial.trial_id)  # a scheduler STOP before the last epoch
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._ensure(trial)
+            status = STATUS_EARLY_STOPPED if trial.trial_id in self._stopped_early else STATUS_FINISHED
+            self.tracker.end_child(trial.trial_id, status, config_yaml=to_yaml(self._cfg[trial.trial_id]),
+                                   checkpoint=_best_checkpoint(trial))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._ensure(trial)
+            self.tracker.end_child(trial.trial_id, STATUS_FAILED, error=_error_line(trial),
+                                   config_yaml=to_yaml(self._cfg[trial.trial_id]))
+
+        def __getstate__(self):
+            state = self.__dict__.copy()
+            state["_cfg"] = {}
+            return state
+
+    return _Callback()
+
+
+def _best_checkpoint(trial) -> Optional[Path]:
+    ckpt = getattr(trial, "checkpoint", None)
+    if ckpt is None:
+        return None
+    path = Path(ckpt.path) / "best.pt"
+    return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- search space
+
+
+class DefineByRun:
+    """Optuna define-by-run space (picklable: the searcher is checkpointed with the experiment).
+
+    Parameters are sampled in file order; `when: {key: value}` samples a parameter only when each
+    key equals the value, looking first at the parameters sampled so far, then at the arm's config.
+    """
+
+    def __init__(self, space: dict[str, dict], base_flat: dict[str, Any]):
+        self.space, self.base_flat = space, base_flat
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for key, dist in self.space.items():
+            when = dist.get("when") or {}
+            if any(chosen.get(k, self.base_flat.get(k)) != v for k, v in when.items()):
+                continue
+            if "uniform" in dist:
+                chosen[key] = trial.suggest_float(key, *dist["uniform"])
+            elif "loguniform" in dist:
+                chosen[key] = trial.suggest_float(key, *dist["loguniform"], log=True)
+            elif "int" in dist:
+                chosen[key] = trial.suggest_int(key, *dist["int"])
+            else:
+                chosen[key] = trial.suggest_categorical(key, dist["choice"])
+
+
+def make_sampler(search):
+    import optuna
+
+    from experiments.sweep_spec import grid_points
+
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=search.seed)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    if search.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=search.seed)
+    points = grid_points(search.space)
+    axes = {k: sorted({p[k] for p in points}, key=repr) for k in search.space}
+    return optuna.samplers.GridSampler(axes, seed=search.seed)
+
+
+# --------------------------------------------------------------------------- tuners
+
+
+def _trainable(job: TrialJob):
+    from ray import tune
+
+    res = {"cpu": job.spec.file.resources.cpu, "gpu": job.spec.file.resources.gpu}
+    return tune.with_resources(tune.with_parameters(run_trial, job=job), res)
+
+
+def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callback, best_params=None):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    f = spec.file
+    search_alg = scheduler = None
+    asha = spec.asha
+    if phase.kind == "search":
+        meta = dict(phase.trials[0])
+        param_space = {"ssdlab": meta}
+        base_flat = flatten(spec.resolve(phase.arm, meta["seed"]))
+        search_alg = OptunaSearch(space=DefineByRun(f.search.space, base_flat), metric=OBJECTIVE,
+                                  mode=spec.mode, sampler=make_sampler(f.search))
+        num_samples = phase.num_samples
+    else:
+        trials = [{**t} for t in phase.trials]
+        param_space = {"ssdlab": tune.grid_search(trials), **(best_params or {})}
+        num_samples = 1
+    if asha is not None and phase.kind != "confirm":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_t(phase.arm),
+                                  grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
+    tune_config = tune.TuneConfig(metric=OBJECTIVE, mode=spec.mode, search_alg=search_alg, scheduler=scheduler,
+                                  num_samples=num_samples, max_concurrent_trials=f.max_concurrent,
+                                  reuse_actors=True)
+    run_config = tune.RunConfig(
+        name=phase.dirname, storage_path=str(storage), callbacks=[callback], verbose=0,
+        failure_config=tune.FailureConfig(max_failures=f.failure.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    return tune.Tuner(_trainable(job), param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _best_params(results, mode: str) -> dict[str, Any]:
+    best = results.get_best_result(metric=OBJECTIVE, mode=mode, scope="last", filter_nan_and_inf=True)
+    return searched_params(best.config)
+
+
+@dataclass
+class SweepResult:
+    name: str
+    storage: Path
+    parent_run_id: str
+    trials: int
+    wall_s: float
+    results: list  # one ray.tune.ResultGrid per phase
+
+
+def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return True
+
+
+def prepare_inputs(spec: SweepSpec, job: TrialJob) -> None:
+    """Shared inputs, once, in the driver: the synthetic data set of every arm that asks for one."""
+    from ssd_core.synth import ensure_synthetic
+
+    done = set()
+    for arm in spec.arm_names or [None]:
+        cfg = job.resolve({"ssdlab": {"arm": arm, "seed": spec.file.seeds[0]}})
+        s = cfg.data.synthetic
+        if s is None:
+            continue
+        key = (cfg.data.root, s.images, s.seed, s.image_size)
+        if key not in done:
+            ensure_synthetic(cfg.data.root, images=s.images, seed=s.seed, image_size=s.image_size)
+            done.add(key)
+
+
+def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: Optional[str] = None,
+              resume: bool = False, storage: str | os.PathLike | None = None,
+              num_cpus: Optional[int] = None) -> SweepResult:
+    """Run (or with `resume`, continue) every phase of `spec`; MLflow gets one parent + one child per trial."""
+    from ray import tune
+
+    from experiments.tracking import SweepTracker, ensure_store
+
+    if train_fn is None:
+        from ssd_core.train import fit as train_fn
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    start = time.perf_counter()
+    storage = Path(storage or DEFAULT_STORAGE).resolve() / spec.name
+    job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu)
+    phases = plan(spec)
+    if not resume:
+        for ph in phases:
+            if tune.Tuner.can_restore(str(storage / ph.dirname)):
+                raise ConfigError(f"{spec.path}: name: {storage / ph.dirname} already holds this sweep's "
+                                  f"trials; continue it with --resume or remove that folder")
+    prepare_inputs(spec, job)
+    f = spec.file
+    ensure_store(f.tracking.uri)
+    tracker = SweepTracker(f.tracking.uri, spec.experiment_name, spec.name, str(storage),
+                           parent_tags=parent_tags(spec), parent_params=parent_params(spec),
+                           log_checkpoints=f.tracking.log_checkpoints)
+    parent = tracker.start()
+    started_ray = _init_ray(address, num_cpus)
+    grids, best_by_arm, trials = [], {}, 0
+    try:
+        for ph in phases:
+            callback = make_callback(spec, job, tracker, ph)
+            best = best_by_arm.get(ph.arm) if ph.kind == "confirm" else None
+            path = storage / ph.dirname
+            if resume and tune.Tuner.can_restore(str(path)):
+                tuner = tune.Tuner.restore(str(path), _trainable(job), resume_unfinished=True)
+            else:
+                tuner = _new_tuner(spec, job, ph, storage, callback, best_params=best)
+            grid = tuner.fit()
+            grids.append(grid)
+            trials += len(grid)
+            if ph.kind == "search":
+                best_by_arm[ph.arm] = _best_params(grid, spec.mode)
+        tracker.finish(STATUS_FINISHED)
+    except BaseException:
+        tracker.finish(STATUS_FAILED)
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return SweepResult(spec.name, storage, parent, trials, time.perf_counter() - start, grids)

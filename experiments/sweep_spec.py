@@ -1,0 +1,441 @@
+"""Sweep files: YAML -> a validated `SweepSpec` -> a plan of phases and trials. No Ray here.
+
+A sweep file (sweeps/*.yaml) names a base experiment config, overrides, and either ablation arms,
+an Optuna search, or both:
+
+    name: voc-lr-wd-aug
+    experiment: ../experiments/configs/ssd300_voc_vgg16.yaml   # relative to the sweep file
+    overrides: {train.epochs: 24}
+    search:                                   # optional
+      sampler: tpe                            # tpe | random | grid | gp
+      num_samples: 32
+      metric: val/mAP50
+      mode: max
+      seed: 0
+      space:                                  # ordered; dotted config keys
+        train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+        augment.zoom_out.p: {uniform: [0.0, 0.8]}
+        train.batch_size: {int: [8, 32]}      # inclusive
+        augment.photometric: {choice: [true, false]}
+        augment.zoom_out.max: {uniform: [2.0, 4.0], when: {augment.photometric: true}}
+    scheduler: {asha: {grace_period: 2, reduction_factor: 3}}   # or none (the default)
+    arms:                                     # optional, ordered; the first is the baseline
+      initial:  {note: "first implementation", overrides: {augment.sample_patch.enabled: false}}
+      +augment: {note: "sample patch and zoom out", overrides: {}}
+    seeds: [0, 1, 2]
+    resources: {cpu: 4, gpu: 0.5}             # per trial
+    max_concurrent: 8
+    failure: {max_failures: 2}
+    tracking: {uri: sqlite:///mlflow.db, experiment: voc-lr-wd-aug, log_checkpoints: true}
+
+Conditional parameters: `when: {key: value, ...}` samples the parameter only when every listed
+key equals the value, where a key is either a parameter sampled earlier in `space` (order
+matters) or, when not sampled, the trial's resolved config value. Otherwise the config keeps its
+value. A grid sampler takes `choice` and `int` parameters only, without `when`.
+
+What the combinations mean (the trial plan, `plan(spec)`):
+
+* arms only: every arm x every seed, an explicit trial list at equal budget. No early stopping
+  unless `scheduler` asks for it.
+* search only: `num_samples` Optuna trials, each trained with `seeds[0]`. With more seeds, a
+  *confirm* phase then retrains the best configuration (by the last reported metric) with each
+  of `seeds[1:]` at full budget, so the winner comes with error bars.
+* arms + search: the search runs once per arm (arm overrides applied first, same space, same
+  sampler seed, `num_samples` trials each; a separate Optuna study per arm), each followed by its
+  confirm phase: every arm is compared at its own best hyperparameters.
+
+Each phase is one Ray Tune experiment under `<storage>/<name>/<phase>`. Trial overrides are
+applied in this order: sweep `overrides`, arm `overrides`, `train.seed`, searched parameters.
+Everything is validated before anything starts; errors are `ConfigError`s naming the sweep file
+and the key.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config
+from ssd_core.errors import ConfigError
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+DEFAULT_METRIC, DEFAULT_MODE = "val/mAP50", "max"
+_NAME = re.compile(r"^[A-Za-z0-9+][A-Za-z0-9_.+-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchSpec(_Strict):
+    sampler: Literal["tpe", "random", "grid", "gp"] = "tpe"
+    num_samples: Optional[int] = Field(None, gt=0)  # grid: defaults to the grid size
+    metric: Optional[str] = None
+    mode: Optional[Literal["max", "min"]] = None
+    seed: int = 0
+    space: dict[str, dict[str, Any]]
+
+
+class AshaSpec(_Strict):
+    grace_period: int = Field(1, gt=0)
+    reduction_factor: float = Field(3, gt=1)
+    max_t: Optional[int] = Field(None, gt=0)  # null -> train.epochs of the resolved config
+
+
+class SchedulerSpec(_Strict):
+    asha: Optional[AshaSpec] = None
+
+
+class ArmSpec(_Strict):
+    note: str = ""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+
+class FailureSpec(_Strict):
+    max_failures: int = Field(0, ge=0)
+
+
+class TrackingSpec(_Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: Optional[str] = None  # null -> the sweep name
+    log_checkpoints: bool = True
+
+
+class SweepFile(_Strict):
+    """The YAML schema (structure only; `load_sweep` adds the cross-checks)."""
+
+    name: str
+    experiment: str
+    description: str = ""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    search: Optional[SearchSpec] = None
+    scheduler: Union[SchedulerSpec, Literal["none"], None] = None
+    arms: Optional[dict[str, ArmSpec]] = None
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    metric: Optional[str] = None  # for arms-only sweeps with a scheduler; search.metric wins
+    mode: Optional[Literal["max", "min"]] = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    max_concurrent: Optional[int] = Field(None, gt=0)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+
+@dataclass
+class SweepSpec:
+    """A validated sweep: the file's fields plus the resolved base config."""
+
+    path: Path
+    file: SweepFile
+    base: ExperimentConfig       # base experiment + sweep overrides
+    metric: str
+    mode: str
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def arm_names(self) -> list[str]:
+        return list(self.file.arms or {})
+
+    @property
+    def experiment_name(self) -> str:
+        return self.file.tracking.experiment or self.file.name
+
+    @property
+    def asha(self) -> Optional[AshaSpec]:
+        sched = self.file.scheduler
+        return sched.asha if isinstance(sched, SchedulerSpec) else None
+
+    def arm_overrides(self, arm: Optional[str]) -> dict[str, Any]:
+        return dict(self.file.arms[arm].overrides) if arm else {}
+
+    def trial_overrides(self, arm: Optional[str], seed: int, params: dict[str, Any] | None = None) -> dict:
+        """Sweep overrides, then arm overrides, then the seed, then the searched parameters."""
+        return {**self.file.overrides, **self.arm_overrides(arm), "train.seed": seed, **(params or {})}
+
+    def resolve(self, arm: Optional[str], seed: int, params: dict[str, Any] | None = None) -> ExperimentConfig:
+        """The trial's config: `base` (with the sweep overrides) + arm, seed and searched params."""
+        return apply_overrides(self.base, {**self.arm_overrides(arm), "train.seed": seed, **(params or {})})
+
+    @property
+    def base_config_path(self) -> Path:
+        return (self.path.parent / self.file.experiment).resolve()
+
+    def max_t(self, arm: Optional[str] = None) -> int:
+        asha = self.asha
+        if asha and asha.max_t:
+            return asha.max_t
+        return self.resolve(arm, self.file.seeds[0]).train.epochs
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _fail(path: Path, key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {msg}")
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and fully validate a sweep file; ConfigError names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sweep keys, got {type(data).__name__}")
+    return validate_sweep(data, path)
+
+
+def validate_sweep(data: dict, path: Path) -> SweepSpec:
+    try:
+        sf = SweepFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("invalid sweep: " + "; ".join(_pyd_messages(exc, path))) from None
+    if not _NAME.match(sf.name):
+        raise _fail(path, "name", f"{sf.name!r}: use letters, digits and _ . + - only")
+    cfg_path = (path.parent / sf.experiment).resolve()
+    if not cfg_path.is_file():
+        raise _fail(path, "experiment", f"base config {cfg_path} not found (paths are relative to the sweep file)")
+    keys = config_keys()
+    _check_keys(path, "overrides", sf.overrides, keys)
+    raw_base = load_config(cfg_path)
+    base = _apply(path, "overrides", raw_base, sf.overrides)
+    if not sf.seeds:
+        raise _fail(path, "seeds", "empty: expected at least one seed")
+    if len(set(sf.seeds)) != len(sf.seeds):
+        raise _fail(path, "seeds", f"{sf.seeds} repeats a seed")
+    if sf.resources.gpu > 1 and sf.resources.gpu != int(sf.resources.gpu):
+        raise _fail(path, "resources.gpu", f"{sf.resources.gpu}: fractions are for one GPU (<= 1) only")
+    arms = sf.arms or {}
+    if sf.arms is not None and not arms:
+        raise _fail(path, "arms", "empty: expected at least one arm or no `arms` key")
+    for name, arm in arms.items():
+        if not _NAME.match(str(name)):
+            raise _fail(path, f"arms.{name}", "arm names use letters, digits and _ . + - only")
+        _check_keys(path, f"arms.{name}.overrides", arm.overrides, keys)
+        _apply(path, f"arms.{name}.overrides", base, arm.overrides)
+    metric, mode = _metric_and_mode(sf, path)
+    if sf.search is not None:
+        for arm in (list(arms) or [None]):
+            arm_cfg = _apply(path, f"arms.{arm}.overrides", base, arms[arm].overrides) if arm else base
+            _check_space(path, sf.search, arm_cfg, keys)
+        if sf.search.sampler == "grid":
+            size = len(grid_points(sf.search.space))
+            if sf.search.num_samples is not None and sf.search.num_samples > size:
+                raise _fail(path, "search.num_samples", f"{sf.search.num_samples} exceeds the grid size {size}")
+    spec = SweepSpec(path=path, file=sf, base=base, metric=metric, mode=mode)
+    asha = spec.asha
+    if asha is not None:
+        for arm in (list(arms) or [None]):
+            max_t = spec.max_t(arm)
+            if asha.grace_period > max_t:
+                raise _fail(path, "scheduler.asha.grace_period",
+                            f"{asha.grace_period} exceeds max_t {max_t} (train.epochs{' of arm ' + arm if arm else ''})")
+    return spec
+
+
+def _pyd_messages(exc: ValidationError, path: Path) -> list[str]:
+    out = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if "input" in err and err["type"] not in ("extra_forbidden", "missing"):
+            msg += f" (got {err['input']!r})"
+        out.append(f"{path}: {key or '<root>'}: {msg}")
+    return out
+
+
+def _check_keys(path: Path, where: str, mapping: dict, keys: set[str]) -> None:
+    for key in mapping:
+        if key not in keys:
+            import difflib
+
+            near = difflib.get_close_matches(str(key), sorted(keys), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise _fail(path, f"{where}.{key}", f"not a config key{hint}")
+
+
+def _apply(path: Path, where: str, cfg: ExperimentConfig, overrides: dict) -> ExperimentConfig:
+    try:
+        return apply_overrides(cfg, overrides)
+    except ConfigError as exc:
+        raise _fail(path, where, f"the resulting config is invalid: {exc}") from None
+
+
+def _metric_and_mode(sf: SweepFile, path: Path) -> tuple[str, str]:
+    s = sf.search
+    for attr in ("metric", "mode"):
+        top, inner = getattr(sf, attr), getattr(s, attr) if s else None
+        if top is not None and inner is not None and top != inner:
+            raise _fail(path, f"search.{attr}", f"{inner!r} disagrees with the top-level {attr} {top!r}")
+    metric = (s and s.metric) or sf.metric or DEFAULT_METRIC
+    mode = (s and s.mode) or sf.mode or DEFAULT_MODE
+    return metric, mode
+
+
+def _check_space(path: Path, search: SearchSpec, cfg: ExperimentConfig, keys: set[str]) -> None:
+    if not search.space:
+        raise _fail(path, "search.space", "empty: expected at least one parameter")
+    seen: list[str] = []
+    for key, dist in search.space.items():
+        where = f"search.space.{key}"
+        if key not in keys:
+            _check_keys(path, "search.space", {key: None}, keys)
+        if not isinstance(dist, dict):
+            raise _fail(path, where, f"expected a mapping like {{uniform: [lo, hi]}}, got {dist!r}")
+        kinds = [k for k in dist if k in DISTRIBUTIONS]
+        unknown = [k for k in dist if k not in DISTRIBUTIONS and k != "when"]
+        if unknown or len(kinds) != 1:
+            raise _fail(path, where, f"expected exactly one of {', '.join(DISTRIBUTIONS)} (plus optional when), got {sorted(dist)}")
+        kind, arg = kinds[0], dist[kinds[0]]
+        values = _check_distribution(path, where, kind, arg)
+        for value in values:  # the extremes / every choice must give a valid config
+            _apply(path, f"{where}.{kind}", cfg, {key: value})
+        when = dist.get("when")
+        if when is not None:
+            if not isinstance(when, dict) or not when:
+                raise _fail(path, f"{where}.when", f"expected a mapping {{key: value}}, got {when!r}")
+            for wkey in when:
+                if wkey not in keys:
+                    _check_keys(path, f"{where}.when", {wkey: None}, keys)
+                if wkey in search.space and wkey not in seen:
+                    raise _fail(path, f"{where}.when.{wkey}", "refers to a parameter sampled later; list it first")
+            if search.sampler == "grid":
+                raise _fail(path, f"{where}.when", "the grid sampler takes no conditional parameters")
+        if search.sampler == "grid" and kind not in ("choice", "int"):
+            raise _fail(path, where, f"the grid sampler takes choice and int parameters only, got {kind}")
+        seen.append(key)
+
+
+def _check_distribution(path: Path, where: str, kind: str, arg: Any) -> list[Any]:
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise _fail(path, f"{where}.choice", f"expected a non-empty list, got {arg!r}")
+        bad = [v for v in arg if not (v is None or isinstance(v, (bool, int, float, str)))]
+        if bad:
+            raise _fail(path, f"{where}.choice", f"choices must be numbers, strings, booleans or null, got {bad}")
+        return list(arg)
+    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+        raise _fail(path, f"{where}.{kind}", f"expected [low, high], got {arg!r}")
+    lo, hi = arg
+    if not lo < hi:
+        raise _fail(path, f"{where}.{kind}", f"low {lo} must be below high {hi}")
+    if kind == "loguniform" and lo <= 0:
+        raise _fail(path, f"{where}.{kind}", f"low {lo} must be > 0 for a log scale")
+    if kind == "int" and not all(isinstance(v, int) for v in arg):
+        raise _fail(path, f"{where}.{kind}", f"expected integer bounds, got {arg!r}")
+    return [lo, hi]
+
+
+def grid_points(space: dict[str, dict]) -> list[dict[str, Any]]:
+    """Every combination of a grid space (choice values, int ranges inclusive)."""
+    axes = {k: (d["choice"] if "choice" in d else list(range(d["int"][0], d["int"][1] + 1))) for k, d in space.items()}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Phase:
+    """One Ray Tune experiment: `grid` (explicit trials), `search` (Optuna) or `confirm` (reseeds)."""
+
+    kind: Literal["grid", "search", "confirm"]
+    dirname: str
+    arm: Optional[str] = None
+    trials: list[dict[str, Any]] = field(default_factory=list)  # grid/confirm: {"arm", "seed"}
+    num_samples: int = 1
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def plan(spec: SweepSpec) -> list[Phase]:
+    """The phases of a sweep, in run order (see the module docstring)."""
+    arms = spec.arm_names
+    seeds = list(spec.file.seeds)
+    s = spec.file.search
+    if s is None:
+        trials = [{"arm": a, "seed": seed} for a in (arms or [None]) for seed in seeds]
+        return [Phase("grid", "trials", trials=trials, num_samples=1)]
+    n = s.num_samples or len(grid_points(s.space))
+    phases = []
+    for i, arm in enumerate(arms or [None]):
+        tag = f"{i:02d}-{_slug(arm)}-" if arm else ""
+        phases.append(Phase("search", f"{tag}search", arm=arm, num_samples=n,
+                            trials=[{"arm": arm, "seed": seeds[0]}]))
+        if len(seeds) > 1:
+            phases.append(Phase("confirm", f"{tag}confirm", arm=arm,
+                                trials=[{"arm": arm, "seed": seed} for seed in seeds[1:]]))
+    return phases
+
+
+def describe(spec: SweepSpec) -> str:
+    """The dry-run text: trial plan, resources, tracking."""
+    f = spec.file
+    lines = [f"sweep {f.name}  ({spec.path})", f"  base config: {spec.base_config_path}"]
+    if f.overrides:
+        lines.append(f"  overrides: {json.dumps(f.overrides)}")
+    lines.append(f"  metric: {spec.metric} ({spec.mode})")
+    total = 0
+    for ph in plan(spec):
+        if ph.kind == "search":
+            s = f.search
+            n = ph.num_samples
+            lines.append(f"  phase {ph.dirname}: Optuna {s.sampler} search (seed {s.seed}), {n} trials"
+                         f"{' in arm ' + ph.arm if ph.arm else ''}, train.seed={ph.trials[0]['seed']}")
+            for key, dist in s.space.items():
+                lines.append(f"      {key}: {json.dumps(dist)}")
+        else:
+            n = len(ph.trials)
+            what = "best searched config x seeds" if ph.kind == "confirm" else "arms x seeds"
+            lines.append(f"  phase {ph.dirname}: {n} trials ({what})")
+            for t in ph.trials:
+                note = f.arms[t["arm"]].note if t["arm"] else ""
+                lines.append(f"      arm={t['arm'] or '-'} seed={t['seed']}" + (f"  # {note}" if note else ""))
+        total += n
+    asha = spec.asha
+    sched = (f"ASHA (epoch; grace {asha.grace_period}, reduction {asha.reduction_factor}, "
+             f"max_t {spec.max_t(spec.arm_names[0] if spec.arm_names else None)})") if asha else "none (equal budget)"
+    lines += [f"  early stopping: {sched}" + (" (not in confirm phases)" if asha and f.search else ""),
+              f"  trials: {total}; per trial cpu={f.resources.cpu:g} gpu={f.resources.gpu:g}; "
+              f"max_concurrent={f.max_concurrent or 'as resources allow'}; max_failures={f.failure.max_failures}",
+              f"  tracking: {f.tracking.uri} experiment={spec.experiment_name} "
+              f"log_checkpoints={f.tracking.log_checkpoints}"]
+    return "\n".join(lines)
+
+
+def parent_tags(spec: SweepSpec) -> dict[str, str]:
+    """The parent run's tags (docs/interfaces.md, MLflow conventions)."""
+    arms = spec.arm_names
+    return {
+        "ssdlab.arms": json.dumps(arms),
+        "ssdlab.baseline_arm": arms[0] if arms else "",
+        "ssdlab.search_space": json.dumps(spec.file.search.space if spec.file.search else {}),
+        "ssdlab.metric": spec.metric,
+        "ssdlab.mode": spec.mode,
+        "ssdlab.seeds": json.dumps(list(spec.file.seeds)),
+        "ssdlab.sampler": spec.file.search.sampler if spec.file.search else "",
+        "ssdlab.note": spec.file.description,
+    }
+
+
+def parent_params(spec: SweepSpec) -> dict[str, Any]:
+    """The base config (after the sweep overrides) as the parent's params."""
+    return flatten(spec.base)
