@@ -9,8 +9,9 @@ the ``max_detections`` (200) best survivors of all classes. Same result as torch
 NMS has two exact, loop-free back ends, picked by size:
 - small groups (trained models: a few dozen candidates per class) run a dense greedy NMS over a
   padded [G, K, K] IoU tensor (a fixed-point iteration, see :func:`grouped_nms`);
-- large groups (an untrained model: hundreds of candidates per class) go to one
-  ``torchvision.ops.batched_nms`` call with the group id as the category.
+- large groups (an untrained model: hundreds of candidates per class) go to
+  ``torchvision.ops.batched_nms`` with the group id as the category (its C++ NMS kernel per
+  group), in a few chunks of ~8k candidates so its per-group dispatch stays linear.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from .loss import log_sum_exp
 
 # Dense NMS holds a [G, K, K] IoU tensor; above this many elements torchvision's NMS kernel wins.
 DENSE_NMS_MAX_ELEMENTS = 1 << 21
+# Candidates per torchvision batched_nms call in the large-group back end.
+NMS_CHUNK = 8192
 # Above this many thresholded candidates, the per-class top_k comes from a dense topk, not a sort.
 SPARSE_CANDIDATES_PER_IMAGE = 4096
 
@@ -88,9 +91,7 @@ def grouped_nms(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
     _, counts = torch.unique_consecutive(group, return_counts=True)
     G, K = counts.numel(), int(counts.max())
     if G * K * K > DENSE_NMS_MAX_ELEMENTS:
-        kept = batched_nms(boxes, torch.arange(n, 0, -1, dtype=torch.float32, device=boxes.device), group,
-                           iou_threshold)
-        return torch.zeros(n, dtype=torch.bool, device=boxes.device).index_fill_(0, kept, True)
+        return _chunked_batched_nms(boxes, group, counts, iou_threshold)
     gid = torch.repeat_interleave(torch.arange(G, device=boxes.device), counts)
     rank = torch.arange(n, device=boxes.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     padded = boxes.new_zeros(G, K, 4)
@@ -107,6 +108,26 @@ def grouped_nms(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
             break
         keep = new
     return keep[gid, rank]
+
+
+def _chunked_batched_nms(boxes: Tensor, group: Tensor, counts: Tensor, iou_threshold: float) -> Tensor:
+    """Large groups: torchvision's ``batched_nms`` (its C++ NMS kernel per group) with the group id
+    as the category. Its dispatch scans all N candidates once per group (O(groups x N)), so the
+    candidates are cut, at group boundaries, into chunks of about NMS_CHUNK (one call when small).
+    """
+    n = group.numel()
+    rank_scores = torch.arange(n, 0, -1, dtype=torch.float32, device=boxes.device)  # sorted order = score order
+    starts = torch.cumsum(counts, 0) - counts
+    chunk = torch.repeat_interleave(torch.div(starts, NMS_CHUNK, rounding_mode="floor"), counts)
+    _, sizes = torch.unique_consecutive(chunk, return_counts=True)
+    keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    offset = 0
+    for size in sizes.tolist():                                   # a few chunks of work, not classes
+        part = slice(offset, offset + size)
+        kept = batched_nms(boxes[part], rank_scores[part], group[part], iou_threshold)
+        keep[offset + kept] = True
+        offset += size
+    return keep
 
 
 def _pairwise_iou(b: Tensor) -> Tensor:
