@@ -151,7 +151,7 @@ def sample_rect(rng: np.random.Generator, width: float, height: float, boxes: to
     """
     n = boxes.shape[0]
     boxes = boxes.double()
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    centres = ((boxes[:, :2] + boxes[:, 2:]) / 2).numpy()
     whole = np.array([0.0, 0.0, width, height])
     for _ in range(_MAX_ROUNDS):
         mode = modes[int(rng.integers(len(modes)))]
@@ -161,16 +161,16 @@ def sample_rect(rng: np.random.Generator, width: float, height: float, boxes: to
         w = width * (min_scale + (1 - min_scale) * u[0])
         h = height * (min_scale + (1 - min_scale) * u[1])
         x0, y0 = u[2] * (width - w), u[3] * (height - h)
-        rects = torch.from_numpy(np.stack([x0, y0, x0 + w, y0 + h], 1))
-        ok = torch.from_numpy((h / w >= 1 / max_aspect) & (h / w <= max_aspect))
+        rects = np.stack([x0, y0, x0 + w, y0 + h], 1)
+        ok = (h / w >= 1 / max_aspect) & (h / w <= max_aspect)
         if n:
-            ok &= box_iou(rects, boxes).min(1).values >= mode
-            inside = ((centres[None, :, 0] > rects[:, None, 0]) & (centres[None, :, 1] > rects[:, None, 1])
-                      & (centres[None, :, 0] < rects[:, None, 2]) & (centres[None, :, 1] < rects[:, None, 3]))
-            ok &= inside.any(1)
-        hits = torch.nonzero(ok)
+            if mode != ANY:
+                ok &= box_iou(torch.from_numpy(rects), boxes).min(1).values.numpy() >= mode
+            cx, cy = centres[None, :, 0], centres[None, :, 1]
+            ok &= ((cx > rects[:, 0:1]) & (cy > rects[:, 1:2]) & (cx < rects[:, 2:3]) & (cy < rects[:, 3:4])).any(1)
+        hits = np.flatnonzero(ok)
         if len(hits):
-            return mode, rects[int(hits[0])].numpy()
+            return mode, rects[hits[0]]
     return WHOLE, whole
 
 
