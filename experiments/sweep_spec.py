@@ -56,7 +56,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -120,7 +120,7 @@ class SweepFile(_Strict):
     description: str = ""
     overrides: dict[str, Any] = Field(default_factory=dict)
     search: Optional[SearchSpec] = None
-    scheduler: Union[SchedulerSpec, Literal["none"], None] = None
+    scheduler: Optional[SchedulerSpec] = None  # `none` in the file reads as null
     arms: Optional[dict[str, ArmSpec]] = None
     seeds: list[int] = Field(default_factory=lambda: [0])
     metric: Optional[str] = None  # for arms-only sweeps with a scheduler; search.metric wins
@@ -155,8 +155,7 @@ class SweepSpec:
 
     @property
     def asha(self) -> Optional[AshaSpec]:
-        sched = self.file.scheduler
-        return sched.asha if isinstance(sched, SchedulerSpec) else None
+        return self.file.scheduler.asha if self.file.scheduler else None
 
     def arm_overrides(self, arm: Optional[str]) -> dict[str, Any]:
         return dict(self.file.arms[arm].overrides) if arm else {}
@@ -202,6 +201,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 
 def validate_sweep(data: dict, path: Path) -> SweepSpec:
+    if data.get("scheduler") == "none":
+        data = {**data, "scheduler": None}
     try:
         sf = SweepFile.model_validate(data)
     except ValidationError as exc:
