@@ -198,17 +198,16 @@ def map_boxes(boxes: torch.Tensor, labels: torch.Tensor, rect: Sequence[float], 
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes through the rectangle's affine map: keep those whose centre lies inside the rectangle
     (the paper's rule), clip to it, normalise to [0, 1], mirror when flipped; drop empty boxes."""
-    r = torch.tensor(rect, dtype=torch.float64)
-    b = boxes.double()
-    c = (b[:, :2] + b[:, 2:]) / 2
-    keep = (c > r[:2]).all(1) & (c < r[2:]).all(1)
-    b = torch.minimum(torch.maximum(b[keep], r[:2].repeat(2)), r[2:].repeat(2))
-    wh = (r[2:] - r[:2]).repeat(2)
-    b = ((b - r[:2].repeat(2)) / wh).clamp_(0, 1)
+    x0, y0, x1, y1 = (float(v) for v in rect)
+    b = boxes.numpy().astype(np.float64)  # a handful of boxes: numpy beats torch's per-op overhead
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    keep = (cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)
+    lo, scale = np.array([x0, y0, x0, y0]), np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0])
+    b = np.clip((b[keep] - lo) / scale, 0.0, 1.0)
     if flip:
-        b = torch.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], 1)
+        b = np.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], 1)
     nonempty = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-    return b[nonempty].float(), labels[keep][nonempty]
+    return torch.from_numpy(b[nonempty].astype(np.float32)), labels[torch.from_numpy(np.flatnonzero(keep)[nonempty])]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,28 +248,38 @@ def _hue_saturation(x: np.ndarray, saturation: float, hue: float) -> np.ndarray:
     V - C * clip(min(k, 4 - k), 0, 1), k = (n + H) mod 6, n = 5, 3, 1 for R, G, B.
     """
     r, g, b = x
-    v = np.maximum(np.maximum(r, g), b)
-    c = v - np.minimum(np.minimum(r, g), b)
+    eps, six = np.float32(1e-6), np.float32(6)
+    v = np.maximum(r, g)
+    np.maximum(v, b, out=v)
+    c = np.minimum(r, g)
+    np.minimum(c, b, out=c)
+    np.subtract(v, c, out=c)  # chroma = V * S
     if hue == 0.0:  # saturation only: every channel moves towards V by the same factor
-        factor = np.minimum(np.float32(saturation), v / np.maximum(c, np.float32(1e-6)))
-        return v - (v - x) * factor
-    is_r = (v == r).astype(np.float32)  # branch-free: masks as 0/1 weights
-    is_g = (v == g) * (1 - is_r)
-    is_b = 1 - is_r - is_g
-    h = is_r * (g - b) + is_g * (b - r + 2 * c) + is_b * (r - g + 4 * c)
-    h /= np.maximum(c, np.float32(1e-6))
-    h += np.float32(hue / 60.0)
-    h += (h < 0) * np.float32(6)  # [0, 6)
+        factor = np.divide(v, np.maximum(c, eps))
+        np.minimum(factor, np.float32(saturation), out=factor)
+        out = v - x
+        out *= factor
+        return np.subtract(v, out, out=out)
+    h = g - b  # hue numerator, max = R: (G - B)
+    t = b - r + 2 * c  # max = G: (B - R) + 2C
+    np.copyto(h, t, where=(v == g) & (v != r))
+    np.subtract(r, g, out=t)  # max = B: (R - G) + 4C
+    t += 4 * c
+    np.copyto(h, t, where=(v == b) & (v != r) & (v != g))
+    np.divide(h, np.maximum(c, eps), out=h)
+    h += np.float32(hue / 60.0) + six  # hue in sextants, shifted into (4.7, 11.3)
     c *= np.float32(saturation)
-    np.minimum(c, v, out=c)
+    np.minimum(c, v, out=c)  # S' = min(S * s, 1)
     out = np.empty_like(x)
     for i, n in enumerate((5.0, 3.0, 1.0)):  # R, G, B
-        k = h + np.float32(n)
-        k -= (k >= 6) * np.float32(6)
-        f = np.minimum(k, 4 - k)
+        k = np.add(h, np.float32(n), out=t)
+        k -= six * (k >= six)  # k mod 6, branch-free
+        k -= six * (k >= six)
+        f = np.subtract(np.float32(4), k, out=out[i])
+        np.minimum(f, k, out=f)
         np.clip(f, 0, 1, out=f)
         f *= c
-        np.subtract(v, f, out=out[i])
+        np.subtract(v, f, out=f)
     return out
 
 
