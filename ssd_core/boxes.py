@@ -52,16 +52,17 @@ def decode(loc: Tensor, priors: Tensor, variances=VARIANCES) -> Tensor:
     return torch.cat((center - 0.5 * size, center + 0.5 * size), dim=-1)
 
 
-def batched_iou(gt_xyxy: Tensor, priors_xyxy: Tensor) -> Tensor:
-    """IoU of every ground truth with every default box: ``[B, M, 4] x [P, 4] -> [B, M, P]``.
+def _overlap(gt_xyxy: Tensor, priors_xyxy: Tensor, ratio: bool) -> Tensor:
+    """``[..., 4] x [P, 4] -> [..., P]``: IoU, or with ``ratio`` inter / (area_g + area_p).
 
-    Same arithmetic as torchvision's ``box_iou`` but batched and written for a CPU: the [B, M, P]
-    temporaries dominate, so the intersection is built in three reused buffers (in place) from
-    contiguous prior coordinate rows. A zero-area box has IoU 0 with every default box.
+    Written for a CPU, where the [..., P] temporaries dominate: the intersection is built in three
+    reused buffers (in place) from contiguous prior coordinate rows. The ratio r is a monotone
+    function of the IoU (IoU = r / (1 - r)) one pass cheaper, for argmax and threshold tests.
+    A zero-area box overlaps nothing (the area of a default box is always positive).
     """
     x1, y1, x2, y2 = priors_xyxy.t().contiguous()                # each [P], contiguous
-    g = gt_xyxy.unsqueeze(-1)                                     # [B, M, 4, 1]
-    gx1, gy1, gx2, gy2 = g[:, :, 0], g[:, :, 1], g[:, :, 2], g[:, :, 3]   # each [B, M, 1]
+    g = gt_xyxy.unsqueeze(-1)                                     # [..., 4, 1]
+    gx1, gy1, gx2, gy2 = g[..., 0, :], g[..., 1, :], g[..., 2, :], g[..., 3, :]   # each [..., 1]
     inter = torch.minimum(x2, gx2)
     tmp = torch.maximum(x1, gx1)
     inter.sub_(tmp).clamp_(min=0)                                 # intersection width
@@ -70,7 +71,15 @@ def batched_iou(gt_xyxy: Tensor, priors_xyxy: Tensor) -> Tensor:
     inter.mul_(tmp.sub_(union).clamp_(min=0))                     # x intersection height
     area_g = (gx2 - gx1).clamp(min=0) * (gy2 - gy1).clamp(min=0)
     torch.add(area_g, (x2 - x1) * (y2 - y1), out=union)
-    return inter.div_(union.sub_(inter))
+    if not ratio:
+        union.sub_(inter)
+    return inter.div_(union)
+
+
+def batched_iou(gt_xyxy: Tensor, priors_xyxy: Tensor) -> Tensor:
+    """IoU of every ground truth with every default box: ``[B, M, 4] x [P, 4] -> [B, M, P]``
+    (any leading dims). Same values as torchvision's ``box_iou``, faster on a CPU."""
+    return _overlap(gt_xyxy, priors_xyxy, ratio=False)
 
 
 def match_indices(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, iou_threshold: float = 0.5) -> Tensor:
@@ -80,24 +89,32 @@ def match_indices(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, iou_thres
     best ground truth, then each ground truth takes the default box with its best IoU (so every
     object is matched; this wins over the threshold match, as in torchvision's ``SSDMatcher``).
     Padding rows (label 0) and degenerate boxes (zero width or height) never match anything.
+
+    The overlaps are computed once for the valid ground truths only (padding is ~half of a
+    padded batch), as [G, P], and reduced per image with a scatter-max.
     """
     B, M = gt_labels.shape
     P = priors.shape[0]
-    matched = torch.full((B, P + 1), -1, dtype=torch.long, device=gt_labels.device)  # +1: dummy column
-    if M == 0:
-        return matched[:, :P]
+    matched = torch.full((B, P), -1, dtype=torch.long, device=gt_labels.device)
     valid = (gt_labels > 0) & (gt_boxes[..., 2] > gt_boxes[..., 0]) & (gt_boxes[..., 3] > gt_boxes[..., 1])
-    gt_boxes = gt_boxes.masked_fill(~valid.unsqueeze(-1), 0.0)   # padding -> zero-area box: IoU 0
-    iou = batched_iou(gt_boxes, cxcywh_to_xyxy(priors).to(gt_boxes.dtype))   # [B, M, P]
-    # Best ground truth per default box, only where it clears the threshold (a sparse set): a
-    # max-with-indices over M of the whole [B, M, P] is several times slower than amax + gather.
-    b, p = (iou.amax(dim=1) >= iou_threshold).nonzero(as_tuple=True)
-    matched[b, p] = iou[b, :, p].argmax(dim=1)
-    # Best default box per ground truth; padding rows write to the dummy column P.
-    best_prior = iou.max(dim=2).indices
-    target_col = torch.where(valid, best_prior, P)
-    matched.scatter_(1, target_col, torch.arange(M, device=gt_labels.device).expand(B, M))
-    return matched[:, :P]
+    img, row = valid.nonzero(as_tuple=True)                       # valid ground truths, image-major
+    G = img.numel()
+    if G == 0:
+        return matched
+    r = _overlap(gt_boxes[img, row], cxcywh_to_xyxy(priors).to(gt_boxes.dtype), ratio=True)   # [G, P]
+    # Best ground truth per default box, where it clears the threshold (IoU >= t <=> r >= t/(1+t)).
+    best = r.new_zeros(B, P).scatter_reduce_(0, img.unsqueeze(1).expand(G, P), r, "amax")
+    b, p = (best >= iou_threshold / (1.0 + iou_threshold)).nonzero(as_tuple=True)   # sparse
+    counts = torch.bincount(img, minlength=B)
+    first = torch.cumsum(counts, 0) - counts                      # compact index of each image's 1st gt
+    slot = torch.arange(int(counts.max()), device=img.device)
+    cand = first[b].unsqueeze(1) + slot                           # [Npos, Mv] compact gt indices
+    ok = slot < counts[b].unsqueeze(1)
+    r_cand = torch.where(ok, r[cand.clamp(max=G - 1), p.unsqueeze(1)], -1.0)
+    matched[b, p] = row[cand.gather(1, r_cand.argmax(dim=1, keepdim=True)).squeeze(1)]
+    # Best default box per ground truth overrides (SSDMatcher order).
+    matched[img, r.max(dim=1).indices] = row
+    return matched
 
 
 def match(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, iou_threshold: float = 0.5,
