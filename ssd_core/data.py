@@ -253,8 +253,11 @@ class _DetectionDataset(Dataset):
         """(target, (w, h)) in the upright frame; reads the image header once per index."""
         if i not in self._upright:
             rec = self.records[i]
-            img = img if img is not None else open_image(rec.image)
-            stored, o = img.size, exif_orientation(img)
+            if img is None:
+                with open_image(rec.image) as header:   # header only; close the file again
+                    stored, o = header.size, exif_orientation(header)
+            else:
+                stored, o = img.size, exif_orientation(img)
             upright = _upright_size(stored, o)
             t = rec.target
             if rec.size in ((0, 0), tuple(stored)):
@@ -287,7 +290,8 @@ class _DetectionDataset(Dataset):
             img = open_image(rec.image)
             target, (w, h) = self._frame(i, img)
             if self.cache_images:
-                img = self._cache[i] = load_rgb(img)
+                with img:
+                    img = self._cache[i] = load_rgb(img)
         else:
             target, (w, h) = self._frame(i)
         keep = target.difficult.logical_not() | self.keep_difficult
@@ -299,7 +303,11 @@ class _DetectionDataset(Dataset):
                 return image, boxes / torch.tensor([w, h, w, h], dtype=torch.float32), labels, i
             image, boxes, labels = self.transform(img, boxes, labels)
         except _DECODE_ERRORS as exc:
+            img.close()
             raise DataError(f"{rec.image}: cannot decode image: {exc}") from exc
+        except DataError:
+            img.close()
+            raise
         return image, boxes, labels, i
 
     def __getitem__(self, i: int):
@@ -587,14 +595,12 @@ def check_dataset(root: str | Path, image_sets: Sequence[str] | None = None,
                 continue
         report.problems += [Problem(str(xml), str(w.message), skippable=True) for w in caught]
         try:
-            img = open_image(image)
-            if decode:
-                load_rgb(img)
-            size = img.size
+            with open_image(image) as img:
+                size = load_rgb(img).size if decode else _upright_size(img.size, exif_orientation(img))
         except DataError as exc:
             report.problems.append(Problem(str(image), str(exc), skippable=True))
             continue
-        if raw.size != (0, 0) and raw.size != size and raw.size != size[::-1]:
+        if raw.size not in ((0, 0), size, size[::-1]):
             report.problems.append(Problem(str(xml), f"{xml}: annotation size {raw.size[0]}x{raw.size[1]} does "
                                            f"not match image {image} ({size[0]}x{size[1]})", skippable=True))
         report.images += 1

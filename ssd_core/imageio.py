@@ -107,7 +107,8 @@ def load_rgb(img: Image.Image | str | os.PathLike) -> Image.Image:
 
     A truncated or corrupt file raises DataError naming the file.
     """
-    if isinstance(img, (str, os.PathLike)):
+    opened = isinstance(img, (str, os.PathLike))
+    if opened:
         img = open_image(img)
     name = _name(img)
     try:
@@ -115,4 +116,6 @@ def load_rgb(img: Image.Image | str | os.PathLike) -> Image.Image:
         upright = ImageOps.exif_transpose(img) if exif_orientation(img) != 1 else img
         return to_rgb(upright)
     except _DECODE_ERRORS as exc:
+        if opened:
+            img.close()
         raise DataError(f"{name}: cannot decode image: {exc}") from exc

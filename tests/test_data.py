@@ -157,6 +157,7 @@ def test_transform_gets_the_lazy_image_and_pixel_boxes(voc):
     assert seen["boxes"].dtype == torch.float32 and seen["boxes"].tolist() == [[10, 0, 20, 10]]
     assert seen["labels"].dtype == torch.int64 and seen["labels"].tolist() == [2]
     assert image.shape == (3, 8, 8) and boxes.tolist() == [[0.25, 0, 0.5, 0.25]] and i == 1
+    seen["img"].close()                                       # a real transform decodes (and closes) it
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
