@@ -117,7 +117,9 @@ def test_truncated_jpeg_opens_lazily_then_fails_to_decode_naming_the_file(tmp_pa
     Image.fromarray(noise).save(tmp_path / "full.jpg", quality=95)
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    img = open_image(tmp_path / "cut.jpg")                   # the header is intact: lazy open works
-    assert img.size == (64, 64)
+    with open_image(tmp_path / "cut.jpg") as img:            # the header is intact: lazy open works
+        assert img.size == (64, 64)
+        with pytest.raises(DataError, match="cut.jpg.*decode"):
+            load_rgb(img)
     with pytest.raises(DataError, match="cut.jpg.*decode"):
-        load_rgb(img)
+        load_rgb(tmp_path / "cut.jpg")                       # from a path: the file is closed again
