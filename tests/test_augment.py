@@ -397,3 +397,24 @@ def test_fused_image_matches_materialised_canvas_crop_resize():
     assert diff[:, 5:22, 7:23].max() <= 1  # the image's interior (x 5..25, y 3.3..23.3): the same resample
     assert diff.mean() < 6  # the image border: one resample vs. blending with the canvas
     assert (fused[:, :3, :] == np.array(MEAN)[:, None, None]).all()  # rows above the image: mean
+
+
+# ------------------------------------------------------------------------------------- real data
+@pytest.mark.filterwarnings("ignore:.*degenerate box")  # BCCD has one point-sized box; data.py warns
+def test_bccd_items_through_the_dataset(bccd_root):
+    """Real JPEGs (lazy, drafted) with their VOC boxes, through VOCDataset as train.py wires it."""
+    from ssd_core.data import VOCDataset
+    torch.manual_seed(0)
+    train = VOCDataset(bccd_root, ["BCCD/train"], transform=build_transform(None, 300, train=True))
+    evalset = VOCDataset(bccd_root, ["BCCD/train"], transform=build_transform(None, 300, train=False))
+    for i in range(6):
+        image, boxes, labels, idx = train[i]
+        assert image.shape == (3, 300, 300) and image.dtype == torch.uint8 and idx == i
+        assert len(boxes) == len(labels) and len(boxes) >= 1
+        assert (boxes >= 0).all() and (boxes <= 1).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert set(labels.tolist()) <= {1, 2, 3}
+        image, boxes, labels, _ = evalset[i]
+        w, h = evalset.image_size(i)
+        target = evalset.annotation(i)
+        keep = ~target.difficult
+        torch.testing.assert_close(boxes, target.boxes[keep] / torch.tensor([w, h, w, h], dtype=torch.float32))
