@@ -29,6 +29,7 @@ STATUSES = ("finished", "early_stopped", "failed", "running")
 _MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed",
                   "RUNNING": "running", "SCHEDULED": "running"}
 _BULK_CHUNK = 500
+BULK_HISTORY = True  # False: one get_metric_history call per run (the reference the benchmark beats)
 CLASS_AP_PREFIX = "val/AP50/"
 
 
@@ -153,7 +154,7 @@ def metric_histories(client: MlflowClient, run_ids: list[str], keys: list[str]) 
     twice (a resumed trial) keeps its latest value."""
     rows: list[tuple[str, str, int, int, float]] = []
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    bulk = getattr(store, "get_metric_history_bulk", None)
+    bulk = getattr(store, "get_metric_history_bulk", None) if BULK_HISTORY else None
     for key in keys:
         if bulk is not None:
             for i in range(0, len(run_ids), _BULK_CHUNK):

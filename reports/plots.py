@@ -1,5 +1,6 @@
 """Report plots (matplotlib Agg, PNG bytes), deterministic: fixed dpi and size, no Software/date
-metadata, so the same store gives byte-identical PNGs.
+metadata, so the same store gives byte-identical PNGs. Margins are fixed (no constrained layout:
+it draws every figure twice, and a 1,000-run report must stay fast).
 
 * ``learning_curves``  mean over seeds with a ±1 std band, per arm: train loss and the sweep metric
 * ``param_scatter``    the metric against each searched parameter (log axis for log distributions)
@@ -16,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reports import tables  # noqa: E402
@@ -39,8 +41,8 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
     if not keys:
         return None
     with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
         for ax, key in zip(axes[0], keys):
             c = tables.curves(data, key)
             for i, arm in enumerate(data.arms[:max_arms]):
@@ -52,6 +54,7 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
                 ax.fill_between(a["step"], a["mean"] - a["std"], a["mean"] + a["std"],
                                 color=f"C{i % 10}", alpha=0.2, lw=0)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(key if key != data.metric else f"{tables.metric_label(key)} ({key})")
             ax.set_title(f"{key}: mean ± std over seeds")
         axes[0][-1].legend(loc="best")
@@ -67,8 +70,9 @@ def param_scatter(data: SweepData) -> bytes | None:
     ncol = min(3, len(keys))
     nrow = math.ceil(len(keys) / ncol)
     with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.55 / (3.4 * nrow),
+                            top=1 - 0.4 / (3.4 * nrow), wspace=0.28, hspace=0.45)
         for ax, key in zip(axes.flat, keys):
             x_all = runs.get("params." + key, pd.Series(index=runs.index, dtype=object)).map(tables._param_value)
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x_all.dropna())
@@ -77,7 +81,12 @@ def param_scatter(data: SweepData) -> bytes | None:
                 m = (runs["status"] == status) & x_all.notna()
                 if not m.any():
                     continue
-                x = x_all[m].astype(float) if numeric else x_all[m].map(lambda v: cats.index(str(v)))
+                if numeric:
+                    x = x_all[m].astype(float)
+                else:  # categories: index plus a deterministic jitter (golden-ratio sequence)
+                    pos = np.flatnonzero(m.to_numpy())
+                    x = x_all[m].map(lambda v: cats.index(str(v))).to_numpy() \
+                        + ((pos * 0.6180339887) % 1 - 0.5) * 0.3
                 ax.scatter(x, runs.loc[m, "score"], c=color, marker=marker, s=22, alpha=0.8,
                            label=status.replace("_", "-"))
             if not numeric:
@@ -98,7 +107,10 @@ def importance_bar(importances: dict[str, float], title: str = "Parameter import
         return None
     keys = list(importances)[::-1]  # most important on top
     with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(6, 0.5 * len(keys) + 1.4), layout="constrained")
+        height = 0.5 * len(keys) + 1.4
+        fig, ax = plt.subplots(figsize=(6, height))
+        fig.subplots_adjust(left=min(0.55, 0.04 + 0.0135 * max(map(len, keys))), right=0.95,
+                            bottom=0.55 / height, top=1 - 0.35 / height)
         ax.barh(keys, [importances[k] for k in keys], color="C0")
         for y, k in enumerate(keys):
             ax.text(importances[k], y, f" {importances[k]:.2f}", va="center", fontsize=8)
@@ -115,16 +127,18 @@ def search_history(data: SweepData) -> bytes | None:
     runs = runs.sort_values(["start_ms", "trial_id"]).reset_index(drop=True)
     order = np.arange(1, len(runs) + 1)
     with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+        fig, ax = plt.subplots(figsize=(7, 4))
+        fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
         for status, (color, marker) in STATUS_STYLE.items():
             m = (runs["status"] == status).to_numpy()
             if m.any():
                 ax.scatter(order[m], runs.loc[m, "score"], c=color, marker=marker, s=20, alpha=0.8,
                            label=status.replace("_", "-"))
         fin = runs["score"].where(runs["status"] == "finished")
-        best = fin.cummax() if data.mode == "max" else fin.cummin()
+        best = (fin.cummax() if data.mode == "max" else fin.cummin()).ffill()
         ax.step(order, best, where="post", color="k", lw=1.4, label="running best (finished)")
         ax.set_xlabel("trial (start order)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(tables.metric_label(data.metric))
         ax.set_title(f"{data.sweep}: search history")
         ax.legend(loc="best")

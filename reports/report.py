@@ -39,7 +39,9 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
                  with_plots: bool = True, evaluator: str = "ped-anova") -> Report:
     data = load_sweep(sweep, tracking_uri)
     arms = tables.arm_stats(data)
-    sections: list[Any] = [tables.summary_table(data, arms), tables.ablation_table(data, arms)]
+    sections: list[Any] = [tables.summary_table(data, arms)]
+    if len(data.arms) > 1:
+        sections.append(tables.ablation_table(data, arms))
     if data.runs["status"].ne("finished").any():
         sections.append(tables.other_runs_table(data))
     if any(c.startswith("metrics." + "val/AP50/") for c in data.runs.columns):
@@ -57,7 +59,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     if with_plots:
         for name, png in (("learning_curves", plots.learning_curves(data)),
                           ("params", plots.param_scatter(data)),
-                          ("importance", plots.importance_bar(imp)),
+                          ("importance", plots.importance_bar(imp, f"Parameter importance ({evaluator})")),
                           ("search_history", plots.search_history(data) if data.searched else None)):
             if png is not None:
                 figs[name] = png

@@ -116,7 +116,7 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
             "pairs": delta.n, "method": delta.method,
             "epochs_min": epochs.min() if len(epochs) else math.nan,
             "epochs_max": epochs.max() if len(epochs) else math.nan,
-            "device_hours": float(_num(_col(r, "metrics.cost/device_hours")).fillna(0).sum()),
+            "device_hours": _num(_col(r, "metrics.cost/device_hours")).sum(min_count=1),
             "img_s": stats.mean_std(_num(_col(f, "metrics.perf/train_img_s")).tolist()).mean,
         })
     return pd.DataFrame(rows)
@@ -203,7 +203,8 @@ def per_class_table(data: SweepData) -> Table:
     classes = sorted({k[len(prefix):] for k in data.history["key"].unique() if k.startswith(prefix)}
                      | {c[len("metrics." + prefix):] for c in data.runs.columns
                         if c.startswith("metrics." + prefix)})
-    h = data.history.set_index(["run_id", "key", "step"])["value"]
+    h = data.history[data.history["key"].str.startswith(prefix)]
+    h = h.set_index(["run_id", "key", "step"])["value"]
     rows, raw, bold = [], [], set()
     label = metric_label(data.metric)
     for arm in data.arms:

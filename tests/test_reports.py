@@ -241,3 +241,124 @@ def test_other_runs_and_per_class_at_best_epoch(abl):
     assert p.raw[1][6:] == [pytest.approx(0.61 + o + 0.002) for o in (-0.15, 0.10, 0.05)]
     assert p.rows[2] == ["lite", "0", "0.400", "–", "–", "–"]  # no per-class AP logged
     assert p.bold == {(1, 2), (1, 3), (1, 4), (1, 5)}
+
+
+# --------------------------------------------------------------------------- search (HPO)
+
+
+@pytest.fixture(scope="module")
+def hpo(store):
+    from reports.load import load_sweep
+    return load_sweep("hpo", store)
+
+
+def test_search_table_top_k_counts_and_best_override(hpo):
+    import yaml
+
+    from reports.tables import best_override, search_table
+    t = search_table(hpo, top_k=3)
+    fin = sorted((t_ for t_ in HPO if t_[1] == "finished"), key=lambda t_: -max(t_[5]))
+    assert [r[1] for r in t.rows] == [t_[0] for t_ in fin[:3]] == ["t04", "t07", "t00"]
+    assert t.columns == ["Rank", "Trial", "Arm", "Seed", "model.backbone", "train.lr", "train.weight_decay", "mAP@0.5"]
+    assert t.rows[0] == ["1", "t04", "search", "0", "vgg16", "0.002", "0.0003", "0.620"]
+    assert t.raw[0][5:8] == ["vgg16", 0.002, 0.0003]
+    assert "7 finished, 2 stopped early by ASHA, 1 failed, 0 running" in t.notes[0]
+    text = best_override(hpo)
+    assert "# best trial t04" in text and "-o train.lr=0.002" in text
+    assert yaml.safe_load(text) == {"model": {"backbone": "vgg16"}, "train": {"lr": 0.002, "weight_decay": 0.0003}}
+
+
+def test_importances_equal_optuna_on_the_same_trials_and_are_deterministic(hpo):
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from reports.tables import distributions, param_importances
+    dists = {"model.backbone": CategoricalDistribution(["vgg16", "mobilenet_v2"]),
+             "train.lr": FloatDistribution(1e-4, 1e-1, log=True),
+             "train.weight_decay": FloatDistribution(0.0, 1e-3)}
+    assert distributions(HPO_SPACE) == dists
+    study = optuna.create_study(direction="maximize")
+    for tid, status, lr, wd, bb, curve in sorted(HPO):
+        if status == "finished":
+            study.add_trial(optuna.trial.create_trial(
+                params={"model.backbone": bb, "train.lr": lr, "train.weight_decay": wd},
+                distributions=dists, value=max(curve)))
+    want = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    got = param_importances(hpo)
+    assert got == pytest.approx(want) and list(got) == sorted(want, key=lambda k: (-want[k], k))
+    assert sum(got.values()) == pytest.approx(1.0)
+    assert param_importances(hpo) == got
+
+
+# --------------------------------------------------------------------------- files and commands
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_report_regenerates_byte_identical_in_every_format(store, tmp_path):
+    from reports.report import build_report, write_report
+    for sweep in ("abl", "hpo"):
+        a = write_report(build_report(sweep, store), tmp_path / sweep / "a", ("md", "csv", "tex", "html"))
+        b = write_report(build_report(sweep, store), tmp_path / sweep / "b", ("md", "csv", "tex", "html"))
+        fa, fb = _files(tmp_path / sweep / "a"), _files(tmp_path / sweep / "b")
+        assert fa == fb and len(a) == len(b) == len(fa)
+    names = set(_files(tmp_path / "hpo" / "a"))
+    assert {"report.md", "report.tex", "report.html", "summary.csv", "search.csv", "importance.csv",
+            "learning_curves.png", "params.png", "importance.png", "search_history.png"} <= names
+    html = (tmp_path / "hpo" / "a" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and 'src="http' not in html
+    md = (tmp_path / "abl" / "a" / "report.md").read_text()
+    assert "| 2 | **0.587 ± 0.021** | stronger augmentation (sample patch, zoom out) |" in md
+    assert "| aug | 3 | **0.587 ± 0.021** | +0.097 [+0.059, +0.135] | 0.008 | 1 failed |" in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "abl" / "a" / "ablation.csv").read_text())))
+    assert [r["arm"] for r in rows] == ARMS and float(rows[1]["delta"]) == pytest.approx(0.29 / 3)
+    tex = (tmp_path / "abl" / "a" / "report.tex").read_text()
+    assert r"\textbf{0.587 $\pm$ 0.021}" in tex and r"95\% CI" in tex
+    png = (tmp_path / "abl" / "a" / "learning_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in png
+
+
+def test_cli_report_runs_and_unknown_sweep(store, tmp_path, capsys):
+    from experiments.cli import main
+    out = tmp_path / "out"
+    assert main(["report", "--sweep", "abl", "--tracking-uri", store, "--format", "md,csv",
+                 "--out", str(out), "--no-plots"]) == 0
+    assert "## Experiment summary: abl" in capsys.readouterr().out
+    assert (out / "report.md").is_file() and (out / "ablation.csv").is_file()
+    assert main(["report", "--sweep", "zzz", "--tracking-uri", store]) == 2
+    err = capsys.readouterr().err
+    assert "'zzz'" in err and "abl, hpo" in err and store in err
+    assert main(["report", "--sweep", "abl", "--tracking-uri", store, "--format", "pdf"]) == 2
+    assert "pdf" in capsys.readouterr().err
+    assert main(["runs", "--sweep", "hpo", "--tracking-uri", store]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["Sweep", "Arm", "Seed", "Status"]
+    # sorted by best mAP: t04 first, the failed run (no metric) last
+    assert lines[2].split()[3:7] == ["finished", "vgg16", "0.002", "0.0003"] and "0.620" in lines[2]
+    assert lines[-1].split()[3] == "failed" and len(lines) == 2 + len(HPO)
+    assert main(["runs", "--tracking-uri", store, "--limit", "5"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2 + 5
+
+
+def test_cli_ui_starts_mlflow_ui_on_localhost(store, monkeypatch, capsys):
+    from experiments.cli import main
+    from reports import commands
+    calls = []
+
+    class FakePopen:
+        def __init__(self, cmd):
+            calls.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(commands.subprocess, "Popen", FakePopen)
+    assert main(["ui", "--port", "5123", "--tracking-uri", store]) == 0
+    assert calls == [[commands.sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                      "--host", "127.0.0.1", "--port", "5123"]]
+    assert "http://127.0.0.1:5123" in capsys.readouterr().out
+    assert main(["ui", "--tracking-uri", "sqlite:////nonexistent/x.db"]) == 2
+    assert "/nonexistent/x.db" in capsys.readouterr().err and len(calls) == 1
