@@ -1,0 +1,113 @@
+"""reports.stats (mean ± std, paired-t delta with its CI and p) and reports.render, checked by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from reports import render, stats
+from reports.tables import Table, distributions, fmean, fnum, fp
+
+T_0975_2 = 4.302652729749464  # t_{0.975, 2} (tables)
+T_0975_3 = 3.182446305284263  # t_{0.975, 3}
+
+
+def test_mean_std_sample_std_and_degenerate_cases():
+    m = stats.mean_std([0.48, 0.50, 0.49])
+    assert (m.mean, m.std, m.n) == (pytest.approx(0.49), pytest.approx(0.01), 3)
+    one = stats.mean_std([0.4])
+    assert one.mean == 0.4 and math.isnan(one.std) and one.n == 1
+    empty = stats.mean_std([math.nan, None])
+    assert empty.n == 0 and math.isnan(empty.mean)
+    assert stats.mean_std([1.0, math.nan, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 2)
+
+
+def test_paired_delta_by_hand_and_against_ttest_rel():
+    base = {0: 0.48, 1: 0.50, 2: 0.49, 3: 0.47}
+    arm = {0: 0.58, 1: 0.61, 2: 0.57, 3: 0.60, 9: 0.99}  # seed 9 has no partner: left out
+    d = np.array([0.10, 0.11, 0.08, 0.13])
+    mean, sd = 0.105, math.sqrt(((d - 0.105) ** 2).sum() / 3)
+    half = T_0975_3 * sd / 2
+    r = stats.paired_delta(arm, base)
+    assert r.method == "paired" and r.n == 4
+    assert r.delta == pytest.approx(mean)
+    assert (r.low, r.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    t = mean / (sd / 2)
+    assert r.p == pytest.approx(2 * sps.t.sf(t, 3))
+    assert r.p == pytest.approx(sps.ttest_rel([0.58, 0.61, 0.57, 0.60], [0.48, 0.50, 0.49, 0.47]).pvalue)
+
+
+def test_paired_delta_zero_spread_and_confidence_level():
+    r = stats.paired_delta({0: 0.6, 1: 0.7}, {0: 0.5, 1: 0.6})  # both differences exactly 0.1
+    assert r.delta == pytest.approx(0.1) and r.low == pytest.approx(0.1) and r.high == pytest.approx(0.1)
+    assert r.p == 0.0
+    same = stats.paired_delta({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})
+    assert same.delta == 0 and same.p == 1.0
+    r90 = stats.paired_delta({0: 0.58, 1: 0.61, 2: 0.57}, {0: 0.48, 1: 0.50, 2: 0.49}, confidence=0.9)
+    r95 = stats.paired_delta({0: 0.58, 1: 0.61, 2: 0.57}, {0: 0.48, 1: 0.50, 2: 0.49})
+    sd = np.std([0.10, 0.11, 0.08], ddof=1)
+    assert r95.high - r95.delta == pytest.approx(T_0975_2 * sd / math.sqrt(3))
+    assert r90.high - r90.delta == pytest.approx(2.919985580355516 * sd / math.sqrt(3))
+
+
+def test_unpaired_welch_single_and_empty_fallbacks():
+    a, b = [0.52, 0.54], [0.48, 0.50, 0.49]
+    w = stats.paired_delta({10: 0.52, 11: 0.54}, {0: 0.48, 1: 0.50, 2: 0.49})
+    va, vb = np.var(a, ddof=1) / 2, np.var(b, ddof=1) / 3
+    dof = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 2)
+    half = sps.t.ppf(0.975, dof) * math.sqrt(va + vb)
+    assert w.method == "welch" and w.delta == pytest.approx(0.04)
+    assert (w.low, w.high) == (pytest.approx(0.04 - half), pytest.approx(0.04 + half))
+    assert w.p == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    s = stats.paired_delta({0: 0.40}, {0: 0.48, 1: 0.50, 2: 0.49})
+    assert s.method == "single" and s.delta == pytest.approx(-0.09) and math.isnan(s.low) and math.isnan(s.p)
+    assert stats.paired_delta({}, {0: 0.5}).method == "none"
+    assert "t(0.975, n-1)" in stats.footnote("paired") and "Welch" in stats.footnote("welch")
+
+
+def test_number_formats():
+    assert fnum(0.4904) == "0.490" and fnum(0.0967, sign=True) == "+0.097" and fnum(math.nan) == "–"
+    assert fmean(stats.MeanStd(0.58667, 0.02082, 3)) == "0.587 ± 0.021"
+    assert fmean(stats.MeanStd(0.4, math.nan, 1)) == "0.400" and fmean(stats.MeanStd(math.nan, math.nan, 0)) == "–"
+    assert (fp(0.00822), fp(0.0004), fp(math.nan)) == ("0.008", "<0.001", "–")
+
+
+def _table():
+    return Table("t", "A & B_1", ["No", "mAP@0.5", "Note"], [["1", "0.490 ± 0.010", "a|b 100%"]],
+                 [[1, 0.49, math.nan]], bold={(0, 1)}, notes=["n_1"], numeric={0, 1},
+                 raw_columns=["no", "mean", "std"])
+
+
+def test_render_markdown_latex_csv_html_escape_and_bold():
+    t = _table()
+    md = render.table_markdown(t)
+    assert md.splitlines() == ["| No | mAP@0.5 | Note |", "|---:|---:|---|",
+                               "| 1 | **0.490 ± 0.010** | a\\|b 100% |"]
+    tex = render.table_latex(t)
+    assert r"\caption{A \& B\_1}" in tex and r"\textbf{0.490 $\pm$ 0.010} & a|b 100\% \\" in tex
+    assert r"\begin{tabular}{rrl}" in tex
+    assert render.table_csv(t) == "no,mean,std\n1,0.49,\n"
+    page = render.html_page("T <x>", [t], {"curve": b"\x89PNG"})
+    assert "<title>T &lt;x&gt;</title>" in page and "<b>0.490 ± 0.010</b>" in page
+    assert 'src="data:image/png;base64,iVBORw==' in page
+
+
+def test_search_space_to_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    d = distributions({
+        "train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "train.momentum": {"dist": "uniform", "lower": 0.8, "upper": 0.99},
+        "train.batch_size": {"type": "int", "low": 8, "high": 32, "step": 8},
+        "model.backbone": ["vgg16", "resnet50"],
+        "augment.zoom_out.p": {"choice": [0.0, 0.5]},
+        "train.warmup": {"randint": [0, 5]},
+        "bad": "nonsense",
+    })
+    assert d == {"train.lr": FloatDistribution(1e-4, 1e-2, log=True),
+                 "train.momentum": FloatDistribution(0.8, 0.99),
+                 "train.batch_size": IntDistribution(8, 32, step=8),
+                 "model.backbone": CategoricalDistribution(["vgg16", "resnet50"]),
+                 "augment.zoom_out.p": CategoricalDistribution([0.0, 0.5]),
+                 "train.warmup": IntDistribution(0, 4)}
