@@ -326,6 +326,7 @@ def _decode(img: Image.Image, rect: Sequence[float], size: int, reduced: bool) -
             if drafted is not None:
                 scale = width / drafted[1][2]
     try:
+        img.load()  # decode now (at the drafted scale), so a corrupt file fails here with its name
         return to_rgb(img), scale
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         name = getattr(img, "filename", "") or "<in-memory image>"

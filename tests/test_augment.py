@@ -73,6 +73,15 @@ def test_bad_boxes_name_the_image():
         ResizeOnly(16)(img, torch.zeros(3, 5), torch.ones(3, dtype=torch.int64))
 
 
+def test_truncated_jpeg_names_the_file(tmp_path):
+    path = tmp_path / "broken.jpg"
+    data = jpeg_bytes(gradient_image(200, 150))
+    path.write_bytes(data[: len(data) * 2 // 3])  # header intact, scan data cut
+    for t in (ResizeOnly(16), SSDAugmentation(None, 16, seed=0)):
+        with pytest.raises(DataError, match="broken.jpg"):
+            t(Image.open(path), torch.tensor([[1.0, 1.0, 9.0, 9.0]]), torch.tensor([1]))
+
+
 # -------------------------------------------------------------------------------------- sample patch
 def test_sample_rect_honours_min_iou_for_every_box_and_offers_all_seven_modes():
     rng = np.random.default_rng(0)
