@@ -1,6 +1,6 @@
 """MultiBox loss and post-processing, per-call ms: ssd_core against torchvision's SSD code path.
 
-    python -m benchmarks.bench_loss_postprocess [--quick] [--threads 1|2] [--batch 32]
+    python -m benchmarks.bench_loss_postprocess [--quick] [--threads 1|2] [--batch 32] [--cases loss,post_random]
 
 SSD300: 8732 default boxes (ssd_core.priors, VOC scales), 21 classes, batch 32, 1-10 objects per
 image (padded targets for ours, per-image target dicts in pixels for torchvision).
@@ -105,6 +105,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="few repetitions")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--cases", default="loss,loss_fwd_bwd,post_trained,post_random")
     ap.add_argument("--clock", choices=("cpu", "wall", "auto"), default="auto",
                     help="process CPU time (robust when colleagues load the cores; default with 1 thread) "
                          "or wall-clock time (default with more threads)")
@@ -132,17 +133,22 @@ def main(argv=None) -> None:
     ours_loss = criterion(loc, conf, priors, boxes, labels).total
     ref_loss = torchvision_loss(ssd, matcher, loc, conf, anchors_px, targets_px)
     print(f"loss ours {ours_loss.item():.5f}  torchvision {ref_loss.item():.5f} (default-box ties may differ)")
-    compare("loss", lambda: criterion(loc, conf, priors, boxes, labels),
-            lambda: torchvision_loss(ssd, matcher, loc, conf, anchors_px, targets_px), reps)
+    cases = args.cases.split(",")
+    if "loss" in cases:
+        compare("loss", lambda: criterion(loc, conf, priors, boxes, labels),
+                lambda: torchvision_loss(ssd, matcher, loc, conf, anchors_px, targets_px), reps)
 
     loc_g, conf_g = loc.clone().requires_grad_(), conf.clone().requires_grad_()
-    compare("loss_fwd_bwd", lambda: criterion(loc_g, conf_g, priors, boxes, labels).total.backward(),
-            lambda: torchvision_loss(ssd, matcher, loc_g, conf_g, anchors_px, targets_px).backward(), reps)
+    if "loss_fwd_bwd" in cases:
+        compare("loss_fwd_bwd", lambda: criterion(loc_g, conf_g, priors, boxes, labels).total.backward(),
+                lambda: torchvision_loss(ssd, matcher, loc_g, conf_g, anchors_px, targets_px).backward(), reps)
 
     anchors01 = [cxcywh_to_xyxy(priors)] * B
     shapes = [(1, 1)] * B                      # boxes stay in [0, 1] for both
     for case, conf in (("post_trained", trained_like(B, P, gen)),
                        ("post_random", torch.randn(B, P, NUM_CLASSES, generator=gen))):
+        if case not in cases:
+            continue
         heads = {"bbox_regression": loc, "cls_logits": conf}
         det = postprocess(loc, conf, priors)
         ref = SSD.postprocess_detections(ssd, heads, anchors01, shapes)
