@@ -86,6 +86,10 @@ class TuneReporter:
         self.metric, self.mode = metric, mode
         self.objective = float("-inf") if mode == "max" else float("inf")
 
+    def on_fit_start(self, cfg, run_dir) -> None: ...
+
+    def on_fit_end(self, result) -> None: ...
+
     def on_epoch_end(self, epoch: int, metrics: dict, run_dir) -> None:
         from ray import tune
 
@@ -318,8 +322,12 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
     return tune.Tuner(_trainable(job), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def _best_params(results, mode: str) -> dict[str, Any]:
-    best = results.get_best_result(metric=OBJECTIVE, mode=mode, scope="last", filter_nan_and_inf=True)
+def _best_params(results, mode: str) -> Optional[dict[str, Any]]:
+    """The searched params of the best trial by its last objective; None when no trial reported one."""
+    try:
+        best = results.get_best_result(metric=OBJECTIVE, mode=mode, scope="last", filter_nan_and_inf=True)
+    except RuntimeError:
+        return None
     return searched_params(best.config)
 
 
@@ -396,6 +404,10 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
         for ph in phases:
             callback = make_callback(spec, job, tracker, ph)
             best = best_by_arm.get(ph.arm) if ph.kind == "confirm" else None
+            if ph.kind == "confirm" and best is None:
+                print(f"sweep {spec.name}: no trial of {ph.dirname.replace('confirm', 'search')} reported "
+                      f"{spec.metric}; skipping {ph.dirname}")
+                continue
             path = storage / ph.dirname
             if resume and tune.Tuner.can_restore(str(path)):
                 tuner = tune.Tuner.restore(str(path), _trainable(job), resume_unfinished=True)
