@@ -183,6 +183,7 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str
                               errors="coerce"),
         "trial_id": _col(df, "tags.ssdlab.trial_id").fillna(df["run_id"]),
         "note": _col(df, "tags.ssdlab.note").fillna(""),
+        "phase": _col(df, "tags.ssdlab.phase").fillna(""),  # grid | search | confirm ("" = grid)
         "config_hash": _col(df, "tags.ssdlab.config_hash").fillna(""),
         "error": _col(df, "tags.ssdlab.error").fillna(""),
         "status": _col(df, "tags.ssdlab.status").fillna(df["status"].map(_MLFLOW_STATUS)),

@@ -63,7 +63,8 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
 
 def param_scatter(data: SweepData) -> bytes | None:
     keys = data.searched
-    runs = data.runs[data.runs["status"].isin(STATUS_STYLE)]
+    runs = tables.search_runs(data)
+    runs = runs[runs["status"].isin(STATUS_STYLE)]
     if not keys or runs.empty:
         return None
     dists = tables.distributions(data.search_space)
@@ -121,7 +122,8 @@ def importance_bar(importances: dict[str, float], title: str = "Parameter import
 
 
 def search_history(data: SweepData) -> bytes | None:
-    runs = data.runs[data.runs["status"].isin(STATUS_STYLE) & data.runs["score"].notna()]
+    runs = tables.search_runs(data)
+    runs = runs[runs["status"].isin(STATUS_STYLE) & runs["score"].notna()]
     if runs.empty:
         return None
     runs = runs.sort_values(["start_ms", "trial_id"]).reset_index(drop=True)

@@ -91,11 +91,52 @@ def _col(runs: pd.DataFrame, name: str) -> pd.Series:
 # --------------------------------------------------------------------------- per-arm statistics
 
 
+def search_runs(data: SweepData) -> pd.DataFrame:
+    """The trials of the Optuna search phases (all trials when the store has no phase tags)."""
+    runs = data.runs
+    search = runs[runs["phase"] == "search"]
+    return search if len(search) or not data.searched else runs[runs["phase"] != "confirm"]
+
+
+def arm_members(data: SweepData) -> pd.DataFrame:
+    """The runs that make an arm's result (column ``selected`` marks a search trial used as a seed).
+
+    Grid and confirm runs are members. In a search sweep an arm's configuration is its best search
+    trial, retrained with the other seeds by the confirm phase: that trial (found by its searched
+    parameter values) is the first seed. An arm with search trials only is its best search trial.
+    """
+    runs = data.runs.assign(selected=False)
+    if not (runs["phase"] == "search").any():
+        return runs
+    members = [runs[runs["phase"] != "search"]]
+    keys = ["params." + k for k in data.searched if "params." + k in runs]
+    for arm in data.arms:
+        search = runs[(runs["arm"] == arm) & (runs["phase"] == "search") & (runs["status"] == "finished")]
+        if search.empty:
+            continue
+        confirm = runs[(runs["arm"] == arm) & (runs["phase"] == "confirm")]
+        if confirm.empty:
+            pick = best_run(search, data.mode)
+        else:
+            want = tuple(confirm.iloc[0][k] for k in keys)
+            same = search[[tuple(r) == want for r in search[keys].itertuples(index=False)]]
+            if same.empty:
+                continue
+            pick = same.sort_values("trial_id").iloc[0]
+        members.append(pick.to_frame().T.assign(selected=True))
+    out = pd.concat(members)
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    for c in ("score", "final", "best_step", "last_step", "duration_s", "start_ms", "end_ms"):
+        out[c] = pd.to_numeric(out[c], errors="coerce")
+    return out.sort_index()
+
+
+
 def arm_stats(data: SweepData) -> pd.DataFrame:
     """One row per arm (sweep-file order): counts per status, mean/std over finished seeds, delta
     against the baseline arm (reports/stats.py), epochs, device-hours, images/s."""
-    runs = data.runs
-    fin = data.finished
+    runs = arm_members(data)
+    fin = runs[runs["status"] == "finished"]
     base = fin[fin["arm"] == data.baseline]
     base_by_seed = dict(zip(base["seed"], base["score"]))
     rows = []
@@ -105,7 +146,8 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
         ms = stats.mean_std(f["score"].tolist())
         delta = (stats.paired_delta(dict(zip(f["seed"], f["score"])), base_by_seed)
                  if arm != data.baseline else stats.Delta(*(math.nan,) * 4, 0, "baseline"))
-        notes = [n for n in r["note"] if n]
+        notes = [n for n in r["note"] if n] or ([data.parent_tags.get("ssdlab.note", "")]
+                                                 if len(data.arms) == 1 else [])
         epochs = _num(_col(f, "params.train.epochs")).dropna()
         rows.append({
             "arm": arm, "note": notes[0] if notes else "",
@@ -116,6 +158,7 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
             "pairs": delta.n, "method": delta.method,
             "epochs_min": epochs.min() if len(epochs) else math.nan,
             "epochs_max": epochs.max() if len(epochs) else math.nan,
+            "selected": int(f["selected"].sum()),
             "device_hours": _num(_col(r, "metrics.cost/device_hours")).sum(min_count=1),
             "img_s": stats.mean_std(_num(_col(f, "metrics.perf/train_img_s")).tolist()).mean,
         })
@@ -128,6 +171,13 @@ def _best_arm_rows(a: pd.DataFrame, mode: str) -> set[int]:
         return set()
     best = vals.max() if mode == "max" else vals.min()
     return {i for i, v in enumerate(vals) if v == best}
+
+
+def _selected_note(a: pd.DataFrame) -> list[str]:
+    if not a["selected"].sum():
+        return []
+    return ["Searched arms: the first seed is the best search trial (picked on the validation "
+            "metric, so optimistic); the other seeds retrain that configuration (confirm phase)."]
 
 
 def _other_counts(row) -> str:
@@ -152,7 +202,7 @@ def summary_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     t = Table("summary", f"Experiment summary: {data.sweep}", ["No", label, "Note"], rows, raw,
               bold={(i, 1) for i in best}, numeric={0, 1})
     t.raw_columns = ["no", "arm", "mean", "std", "n_seeds", "note"]
-    t.notes = [score_note(data) + " Best in bold; rows in sweep-file order."]
+    t.notes = [score_note(data) + " Best in bold; rows in sweep-file order."] + _selected_note(a)
     return t
 
 
@@ -189,7 +239,7 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     t.raw_columns = ["arm", "n_seeds", "seeds", "mean", "std", "delta", "ci_low", "ci_high", "p",
                      "method", "early_stopped", "failed", "running", "epochs", "device_hours",
                      "img_s"]
-    t.notes = [score_note(data)]
+    t.notes = [score_note(data)] + _selected_note(a)
     t.notes += [stats.footnote(m) for m in ("paired", "welch", "single") if m in methods]
     t.notes.append("Seeds: finished runs. Not averaged: early-stopped (ASHA), failed and running "
                    "runs (listed below). Epochs: configured `train.epochs`. Device-h: total "
@@ -207,8 +257,10 @@ def per_class_table(data: SweepData) -> Table:
     h = h.set_index(["run_id", "key", "step"])["value"]
     rows, raw, bold = [], [], set()
     label = metric_label(data.metric)
+    members = arm_members(data)
+    fin = members[members["status"] == "finished"]
     for arm in data.arms:
-        f = data.finished[data.finished["arm"] == arm]
+        f = fin[fin["arm"] == arm]
         if f.empty:
             continue
         best = best_run(f, data.mode)
@@ -278,7 +330,8 @@ def _param_value(text: Any) -> Any:
 def search_table(data: SweepData, top_k: int = 10) -> Table:
     """Top-k finished trials by score with their searched parameters."""
     keys = data.searched
-    f = data.finished
+    runs = search_runs(data)
+    f = runs[runs["status"] == "finished"]
     key = f["score"] if data.mode == "min" else -f["score"]
     top = f.assign(_k=key).sort_values(["_k", "trial_id"], na_position="last").head(top_k)
     label = metric_label(data.metric)
@@ -289,7 +342,7 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
         rows.append([str(i + 1), str(r["trial_id"]), r["arm"], seed]
                     + [fparam(v) for v in vals] + [fnum(r["score"])])
         raw.append([i + 1, r["trial_id"], r["run_id"], r["arm"], r["seed"]] + vals + [r["score"]])
-    counts = data.runs["status"].value_counts()
+    counts = runs["status"].value_counts()
     t = Table("search", f"Search: top {len(rows)} of {len(f)} finished trials: {data.sweep}",
               ["Rank", "Trial", "Arm", "Seed"] + keys + [label], rows, raw,
               bold={(0, len(keys) + 4)} if rows else set(), numeric={0, 3, len(keys) + 4})
@@ -303,7 +356,8 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
 
 def best_override(data: SweepData) -> str:
     """The best finished trial's searched parameters as a YAML override block (nested config)."""
-    f = data.finished
+    runs = search_runs(data)
+    f = runs[runs["status"] == "finished"]
     if f.empty:
         return ""
     best = best_run(f, data.mode)
@@ -325,9 +379,10 @@ def best_override(data: SweepData) -> str:
 
 
 def distributions(search_space: dict[str, Any]) -> dict[str, Any]:
-    """``ssdlab.search_space`` JSON -> Optuna distributions. Accepts ``{type|dist: loguniform|
-    uniform|int|randint|lograndint|choice|categorical|grid, low/high (lower/upper), values/choices,
-    step/q, log}``, ``{loguniform: [low, high]}`` and plain lists (categorical)."""
+    """``ssdlab.search_space`` JSON -> Optuna distributions. The sweep-file form (experiments/
+    sweep_spec.py) is ``{loguniform|uniform|int: [low, high(, step)]}`` or ``{choice: [...]}``, with
+    an optional ``when:`` condition; also accepted: ``{type|dist: ..., low/high (lower/upper),
+    values/choices, step/q, log}`` and plain lists (categorical)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     out = {}
@@ -336,12 +391,15 @@ def distributions(search_space: dict[str, Any]) -> dict[str, Any]:
             spec = {"type": "choice", "values": spec}
         if not isinstance(spec, dict):
             continue
-        if len(spec) == 1 and isinstance(next(iter(spec.values())), list) and \
-                next(iter(spec)) not in ("values", "choices", "categories"):
-            name, args = next(iter(spec.items()))
-            spec = ({"type": name, "values": args} if name in ("choice", "categorical", "grid",
-                                                                "grid_search")
-                    else {"type": name, "low": args[0], "high": args[1]})
+        short = [k for k, v in spec.items() if isinstance(v, list)
+                 and k not in ("values", "choices", "categories", "when")]
+        if len(short) == 1 and not any(k in spec for k in ("type", "dist", "distribution")):
+            name, args = short[0], spec[short[0]]
+            if name in ("choice", "categorical", "grid", "grid_search"):
+                spec = {"type": name, "values": args}
+            elif len(args) >= 2:
+                spec = {"type": name, "low": args[0], "high": args[1],
+                        **({"step": args[2]} if len(args) > 2 else {})}
         kind = str(spec.get("type", spec.get("dist", spec.get("distribution", "")))).lower()
         low = spec.get("low", spec.get("lower", spec.get("min")))
         high = spec.get("high", spec.get("upper", spec.get("max")))
@@ -383,13 +441,15 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova") -> dict[str
     if not dists:
         return {}
     trials = []
-    for _, r in data.finished.sort_values("trial_id").iterrows():
+    runs = search_runs(data)
+    for _, r in runs[runs["status"] == "finished"].sort_values("trial_id").iterrows():
         if not math.isfinite(r["score"]):
             continue
-        try:
-            params = {k: _to_dist(_param_value(r.get("params." + k)), d) for k, d in dists.items()}
-            trials.append(optuna.trial.create_trial(params=params, distributions=dists,
-                                                    value=float(r["score"])))
+        try:  # a conditional parameter (`when:`) missing from a trial is left out of that trial
+            params = {k: _to_dist(_param_value(r.get("params." + k)), d) for k, d in dists.items()
+                      if _param_value(r.get("params." + k)) is not None}
+            trials.append(optuna.trial.create_trial(
+                params=params, distributions={k: dists[k] for k in params}, value=float(r["score"])))
         except (ValueError, TypeError):
             continue  # a trial outside the recorded space (edited sweep) is left out
     if len(trials) < 2:
@@ -463,7 +523,8 @@ def _duration(s: float) -> str:
 
 def curves(data: SweepData, key: str) -> pd.DataFrame:
     """Per arm and step: mean, std, n of ``key`` over the arm's finished runs (for plots)."""
-    fin = data.finished[["run_id", "arm"]]
+    members = arm_members(data)
+    fin = members.loc[members["status"] == "finished", ["run_id", "arm"]]
     h = data.history[data.history["key"] == key].merge(fin, on="run_id")
     if h.empty:
         return pd.DataFrame(columns=["arm", "step", "mean", "std", "n"])

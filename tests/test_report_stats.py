@@ -103,6 +103,8 @@ def test_search_space_to_optuna_distributions():
         "model.backbone": ["vgg16", "resnet50"],
         "augment.zoom_out.p": {"choice": [0.0, 0.5]},
         "train.warmup": {"randint": [0, 5]},
+        "augment.zoom_out.max": {"uniform": [1.5, 3.0], "when": {"augment.zoom_out.p": 0.5}},
+        "train.epochs": {"int": [10, 30, 5]},
         "bad": "nonsense",
     })
     assert d == {"train.lr": FloatDistribution(1e-4, 1e-2, log=True),
@@ -110,4 +112,6 @@ def test_search_space_to_optuna_distributions():
                  "train.batch_size": IntDistribution(8, 32, step=8),
                  "model.backbone": CategoricalDistribution(["vgg16", "resnet50"]),
                  "augment.zoom_out.p": CategoricalDistribution([0.0, 0.5]),
-                 "train.warmup": IntDistribution(0, 4)}
+                 "train.warmup": IntDistribution(0, 4),
+                 "augment.zoom_out.max": FloatDistribution(1.5, 3.0),
+                 "train.epochs": IntDistribution(10, 30, step=5)}

@@ -56,6 +56,8 @@ HPO = [
     ("t08", "early_stopped", 4e-4, 8e-4, "mobilenet_v2", [0.12]),
     ("t09", "finished", 7e-4, 4e-4, "vgg16", [0.42, 0.51]),
 ]
+# the confirm phase retrains the best search trial's configuration (t04) with seeds 1 and 2
+CONFIRM = [(1, [0.50, 0.58]), (2, [0.52, 0.60])]
 _MLFLOW_END = {"finished": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED"}
 
 
@@ -97,19 +99,28 @@ def _fill(uri: str) -> None:
             tags["ssdlab.error"] = "Traceback ...\nNonFiniteLossError: loss is nan at epoch 1"
         _new_run(client, exp, start, tags, {"train.epochs": 3, "train.lr": 0.001, "train.seed": seed},
                  ms, status, end=start + 60_000 * len(curve) + 5_000)
-    hp = _new_run(client, exp, T0 + 100_000, {
-        "ssdlab.kind": "sweep", "ssdlab.sweep": "hpo", "ssdlab.arms": json.dumps(["search"]),
-        "ssdlab.baseline_arm": "search", "ssdlab.search_space": json.dumps(HPO_SPACE),
+    hp = _new_run(client, exp, T0 + 100_000, {  # a search sweep without arms, as sweep.py logs it
+        "ssdlab.kind": "sweep", "ssdlab.sweep": "hpo", "ssdlab.arms": "[]", "ssdlab.baseline_arm": "",
+        "ssdlab.search_space": json.dumps(HPO_SPACE), "ssdlab.note": "TPE over lr, wd and backbone",
         "ssdlab.metric": "val/mAP50", "ssdlab.mode": "max"})
     for i, (tid, status, lr, wd, bb, curve) in enumerate(HPO):
         start = T0 + 200_000 + 1000 * i
         ms = [Metric("val/mAP50", v, start + 60_000 * (s + 1), s) for s, v in enumerate(curve)]
         tags = {"mlflow.parentRunId": hp, "ssdlab.kind": "trial", "ssdlab.sweep": "hpo",
-                "ssdlab.arm": "search", "ssdlab.seed": "0", "ssdlab.trial_id": tid,
+                "ssdlab.seed": "0", "ssdlab.trial_id": tid, "ssdlab.phase": "search",
                 "ssdlab.status": status, "ssdlab.searched": json.dumps(sorted(HPO_SPACE))}
         _new_run(client, exp, start, tags, {"train.lr": lr, "train.weight_decay": wd,
                                             "model.backbone": bb, "train.epochs": 2}, ms, status,
                  end=start + 200_000)
+    for seed, curve in CONFIRM:
+        start = T0 + 400_000 + 1000 * seed
+        ms = [Metric("val/mAP50", v, start + 60_000 * (s + 1), s) for s, v in enumerate(curve)]
+        tags = {"mlflow.parentRunId": hp, "ssdlab.kind": "trial", "ssdlab.sweep": "hpo",
+                "ssdlab.seed": str(seed), "ssdlab.trial_id": f"c{seed}", "ssdlab.phase": "confirm",
+                "ssdlab.status": "finished"}
+        _new_run(client, exp, start, tags, {"train.lr": 2e-3, "train.weight_decay": 3e-4,
+                                            "model.backbone": "vgg16", "train.epochs": 2}, ms,
+                 "finished", end=start + 200_000)
 
 
 @pytest.fixture(scope="module")
@@ -260,12 +271,23 @@ def test_search_table_top_k_counts_and_best_override(hpo):
     fin = sorted((t_ for t_ in HPO if t_[1] == "finished"), key=lambda t_: -max(t_[5]))
     assert [r[1] for r in t.rows] == [t_[0] for t_ in fin[:3]] == ["t04", "t07", "t00"]
     assert t.columns == ["Rank", "Trial", "Arm", "Seed", "model.backbone", "train.lr", "train.weight_decay", "mAP@0.5"]
-    assert t.rows[0] == ["1", "t04", "search", "0", "vgg16", "0.002", "0.0003", "0.620"]
+    assert t.rows[0] == ["1", "t04", "(none)", "0", "vgg16", "0.002", "0.0003", "0.620"]
     assert t.raw[0][5:8] == ["vgg16", 0.002, 0.0003]
     assert "7 finished, 2 stopped early by ASHA, 1 failed, 0 running" in t.notes[0]
     text = best_override(hpo)
-    assert "# best trial t04" in text and "-o train.lr=0.002" in text
+    assert "# best trial t04" in text  # confirm runs are not search trials and "-o train.lr=0.002" in text
     assert yaml.safe_load(text) == {"model": {"backbone": "vgg16"}, "train": {"lr": 0.002, "weight_decay": 0.0003}}
+
+
+def test_search_sweep_arm_is_the_best_trial_plus_its_confirm_seeds(hpo):
+    from reports.tables import arm_members, summary_table
+    assert hpo.arms == ["(none)"] and hpo.baseline == "(none)"
+    m = arm_members(hpo)
+    assert sorted(m["trial_id"]) == ["c1", "c2", "t04"] and list(m["selected"]) .count(True) == 1
+    t = summary_table(hpo)
+    scores = np.array([0.62, 0.58, 0.60])  # t04 (seed 0), confirm seeds 1 and 2
+    assert t.rows == [["1", f"{scores.mean():.3f} ± {scores.std(ddof=1):.3f}", "TPE over lr, wd and backbone"]]
+    assert t.rows[0][1] == "0.600 ± 0.020"
 
 
 def test_importances_equal_optuna_on_the_same_trials_and_are_deterministic(hpo):
@@ -339,7 +361,7 @@ def test_cli_report_runs_and_unknown_sweep(store, tmp_path, capsys):
     assert lines[0].split()[:4] == ["Sweep", "Arm", "Seed", "Status"]
     # sorted by best mAP: t04 first, the failed run (no metric) last
     assert lines[2].split()[3:7] == ["finished", "vgg16", "0.002", "0.0003"] and "0.620" in lines[2]
-    assert lines[-1].split()[3] == "failed" and len(lines) == 2 + len(HPO)
+    assert lines[-1].split()[3] == "failed" and len(lines) == 2 + len(HPO) + len(CONFIRM)
     assert main(["runs", "--tracking-uri", store, "--limit", "5"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2 + 5
 
