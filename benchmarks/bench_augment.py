@@ -8,7 +8,8 @@ Resize((S, S)), SanitizeBoundingBoxes) on the same images and boxes.
 Cases: (1) `memory`: images already decoded (ours: loaded PIL images; torchvision: uint8 tensors);
 (2) `jpeg`: both decode from JPEG bytes in the loop (ours: lazy PIL open + draft; torchvision:
 torchvision.io.decode_jpeg), and `jpeg_nodraft`: ours with reduced-scale decoding switched off.
-Repetitions are interleaved (ours, reference, ours, ...) so load from other processes hits both.
+Repetitions are interleaved (ours, reference, ours, ...) so load from other processes hits both; CPU
+(process) time is printed too, as it is less sensitive to that load.
 Images: BCCD JPEGs from ../shared/data/bccd when present, else synthetic JPEGs made here.
 Each case ends with a line `RESULT name ours_img_s ref_img_s ratio`.
 """
@@ -96,25 +97,27 @@ def run_ref(pipeline, images, boxes, labels) -> int:
     return len(images)
 
 
-def interleaved(name: str, ours, ref, rounds: int) -> None:
-    t_ours = t_ref = 0.0
-    n_ours = n_ref = 0
+def interleaved(cases: dict, ref, rounds: int) -> None:
+    """Time each of `cases` (name -> ours) and the reference in turn, `rounds` times; wall and CPU time."""
+    wall = {name: 0.0 for name in [*cases, "ref"]}
+    cpu, count = dict(wall), dict.fromkeys(wall, 0)
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        n_ours += ours()
-        t1 = time.perf_counter()
-        n_ref += ref()
-        t2 = time.perf_counter()
-        t_ours += t1 - t0
-        t_ref += t2 - t1
-    a, b = n_ours / t_ours, n_ref / t_ref
-    print(f"{name:14s} ours {a:8.1f} img/s   torchvision.v2 {b:8.1f} img/s   ratio {a / b:5.2f}x")
-    print(f"RESULT {name} {a:.1f} {b:.1f} {a / b:.2f}")
+        for name, fn in [*cases.items(), ("ref", ref)]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            count[name] += fn()
+            wall[name] += time.perf_counter() - w0
+            cpu[name] += time.process_time() - c0
+    b, b_cpu = count["ref"] / wall["ref"], count["ref"] / cpu["ref"]
+    for name in cases:
+        a, a_cpu = count[name] / wall[name], count[name] / cpu[name]
+        print(f"{name:14s} ours {a:7.1f} img/s   torchvision.v2 {b:7.1f} img/s   ratio {a / b:5.2f}x"
+              f"   (CPU time: {a_cpu:.1f} vs {b_cpu:.1f} img/s, {a_cpu / b_cpu:.2f}x)")
+        print(f"RESULT {name} {a:.1f} {b:.1f} {a / b:.2f}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and rounds (about 30 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer images and rounds (about 30 s when idle)")
     parser.add_argument("--size", type=int, default=300)
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
@@ -137,14 +140,13 @@ def main(argv=None) -> None:
         im.load()
         pil_images.append(im)
     tensors = [decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8)) for d in jpegs]
-    interleaved("memory", lambda: run_ours(ours, pil_images, boxes, labels),
+    interleaved({"memory": lambda: run_ours(ours, pil_images, boxes, labels)},
                 lambda: run_ref(ref, tensors, boxes, labels), rounds)
 
     lazy = [lambda d=d: Image.open(io.BytesIO(d)) for d in jpegs]
     raw = [lambda d=d: decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8)) for d in jpegs]
-    interleaved("jpeg", lambda: run_ours(ours, lazy, boxes, labels),
-                lambda: run_ref(ref, raw, boxes, labels), rounds)
-    interleaved("jpeg_nodraft", lambda: run_ours(ours_full, lazy, boxes, labels),
+    interleaved({"jpeg": lambda: run_ours(ours, lazy, boxes, labels),
+                 "jpeg_nodraft": lambda: run_ours(ours_full, lazy, boxes, labels)},
                 lambda: run_ref(ref, raw, boxes, labels), rounds)
 
 
