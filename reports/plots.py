@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reports import tables  # noqa: E402
@@ -90,10 +90,17 @@ def param_scatter(data: SweepData) -> bytes | None:
                         + ((pos * 0.6180339887) % 1 - 0.5) * 0.3
                 ax.scatter(x, runs.loc[m, "score"], c=color, marker=marker, s=22, alpha=0.8,
                            label=status.replace("_", "-"))
+            dist = dists.get(key)
             if not numeric:
                 ax.set_xticks(range(len(cats)), cats)
-            elif getattr(dists.get(key), "log", False):
+                ax.set_xlim(-0.5, len(cats) - 0.5)
+            elif getattr(dist, "log", False):
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap
+                ax.set_xlim(dist.low / 1.15, dist.high * 1.15)  # the searched range
+            elif hasattr(dist, "low"):
+                pad = 0.03 * (dist.high - dist.low)
+                ax.set_xlim(dist.low - pad, dist.high + pad)
             ax.set_xlabel(key)
             ax.set_ylabel(tables.metric_label(data.metric))
         for ax in list(axes.flat)[len(keys):]:
