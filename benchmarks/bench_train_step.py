@@ -10,7 +10,8 @@ torchvision gets float images in [0, 1] and normalises (and resizes, a no-op siz
 
 Cases (both models get the same treatment):
 - ``fp32``: plain fp32, NCHW.
-- ``cl``: fp32, model and input in ``torch.channels_last``.
+- ``cl``: fp32, models (and our input batch) in ``torch.channels_last``; torchvision's transform
+  builds its own NCHW batch, which its first conv converts.
 - ``bf16``: channels_last + ``torch.autocast("cpu", dtype=torch.bfloat16)`` around forward and
   loss (our loss reduces in fp32 whatever the head dtype).
 
@@ -67,8 +68,8 @@ def ours_step(model, opt, criterion, images, boxes, labels, memory_format, bf16)
     return loss.detach()
 
 
-def ref_step(model, opt, images, targets, memory_format, bf16):
-    x = [img.contiguous(memory_format=memory_format) for img in (images.float() / 255.0).unbind(0)]
+def ref_step(model, opt, images, targets, bf16):
+    x = list((images.float() / 255.0).unbind(0))       # its transform batches (and normalises) them itself
     with autocast(bf16):
         losses = model(x, targets)
         loss = losses["bbox_regression"] + losses["classification"]
@@ -104,7 +105,7 @@ def main(argv=None) -> None:
         ref = ref.to(memory_format=memory_format)
         criterion, opt_ours, opt_ref = MultiBoxLoss(), sgd(ours), sgd(ref)
         run_ours = lambda: ours_step(ours, opt_ours, criterion, images, boxes, labels, memory_format, bf16)  # noqa: E731
-        run_ref = lambda: ref_step(ref, opt_ref, images, targets, memory_format, bf16)  # noqa: E731
+        run_ref = lambda: ref_step(ref, opt_ref, images, targets, bf16)  # noqa: E731
         first = (run_ours().item(), run_ref().item())          # warm-up step (allocations, oneDNN primitives)
         t_ours, t_ref = [], []
         for i in range(reps):
