@@ -7,7 +7,7 @@ stock `MLflowLoggerCallback` and the same fake trials (same epochs, same sleep, 
 epoch). Both run in one Ray session, one trial at a time (so wall - compute is pure overhead), and
 repetitions alternate ours / reference so load from other processes hits both.
 
-    python -m benchmarks.bench_sweep_overhead [--trials 6] [--epochs 3] [--epoch-s 0.2] [--reps 2]
+    python -m benchmarks.bench_sweep_overhead [--trials 6] [--epochs 3] [--epoch-s 0.2] [--reps 3] [--warmup 1]
 
 Prints `RESULT sweep_overhead_per_trial_s <ours> reference <ref> ratio <ours/ref>`.
 """
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--epoch-s", type=float, default=0.2)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="uncounted first repetitions (imports, worker start)")
     args = ap.parse_args(argv)
     import ray
     import ray.cloudpickle
@@ -105,10 +106,14 @@ def main(argv=None) -> int:
     ours, ref = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for rep in range(args.reps):
-            ours.append((run_ours(work, rep, args.trials, args.epochs, args.epoch_s) - compute) / args.trials)
-            ref.append((run_reference(work, rep, args.trials, args.epochs, args.epoch_s) - compute) / args.trials)
-            print(f"rep {rep}: ours {ours[-1]:.2f} s/trial, reference {ref[-1]:.2f} s/trial", flush=True)
+        for rep in range(args.warmup + args.reps):
+            o = (run_ours(work, rep, args.trials, args.epochs, args.epoch_s) - compute) / args.trials
+            r = (run_reference(work, rep, args.trials, args.epochs, args.epoch_s) - compute) / args.trials
+            warm = rep < args.warmup
+            if not warm:
+                ours.append(o)
+                ref.append(r)
+            print(f"rep {rep}{' (warm-up)' if warm else ''}: ours {o:.2f} s/trial, reference {r:.2f} s/trial", flush=True)
     ray.shutdown()
     o, r = statistics.median(ours), statistics.median(ref)
     print(f"{args.trials} trials x {args.epochs} epochs x {args.epoch_s} s compute, one at a time, {args.reps} reps")
