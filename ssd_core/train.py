@@ -123,7 +123,7 @@ def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: O
     from ssd_core.augment import build_transform
 
     root = resolve_data_root(cfg)
-    if cfg.data.synthetic is not None and not root.exists():
+    if cfg.data.synthetic is not None:  # idempotent: regenerates only a missing, partial or different set
         from ssd_core.synth import ensure_synthetic
         s = cfg.data.synthetic
         ensure_synthetic(root, images=s.images, seed=s.seed, image_size=s.image_size)
