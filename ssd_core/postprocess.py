@@ -28,6 +28,8 @@ from .loss import log_sum_exp
 
 # Dense NMS holds a [G, K, K] IoU tensor; above this many elements torchvision's NMS kernel wins.
 DENSE_NMS_MAX_ELEMENTS = 1 << 21
+# Fixed-point steps of the dense NMS before handing a (freak) long suppression chain to torchvision.
+DENSE_NMS_MAX_STEPS = 64
 # Candidates per torchvision batched_nms call in the large-group back end.
 NMS_CHUNK = 8192
 # Above this many thresholded candidates, the per-class top_k comes from a dense topk, not a sort.
@@ -102,12 +104,12 @@ def grouped_nms(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
     later = torch.ones(K, K, dtype=torch.bool, device=boxes.device).triu_(1)
     suppress = (iou > iou_threshold) & later & valid.unsqueeze(1)
     keep = valid
-    while True:
+    for _ in range(DENSE_NMS_MAX_STEPS):
         new = valid & ~(keep.unsqueeze(2) & suppress).any(dim=1)
         if torch.equal(new, keep):
-            break
+            return keep[gid, rank]
         keep = new
-    return keep[gid, rank]
+    return _chunked_batched_nms(boxes, group, counts, iou_threshold)   # a freak long chain
 
 
 def _chunked_batched_nms(boxes: Tensor, group: Tensor, counts: Tensor, iou_threshold: float) -> Tensor:

@@ -108,3 +108,14 @@ def test_no_detections():
     out = postprocess(torch.zeros(2, 50, 4), conf, random_priors(50, torch.Generator().manual_seed(3)))
     assert out.counts.tolist() == [0, 0]
     assert out.boxes.shape == (2, 200, 4) and (out.boxes == 0).all() and (out.labels == 0).all()
+
+
+@pytest.mark.parametrize("max_steps", [64, 3])
+def test_long_suppression_chain(monkeypatch, max_steps):
+    # Box i overlaps i+1 (IoU 0.67) but not i+2 (0.43): greedy NMS keeps every other box, and the
+    # fixed point needs ~n/2 steps (with 3 allowed steps it hands over to torchvision).
+    monkeypatch.setattr(pp, "DENSE_NMS_MAX_STEPS", max_steps)
+    x = torch.arange(40) * 0.02
+    boxes = torch.stack((x, torch.zeros(40), x + 0.1, torch.ones(40)), dim=1)
+    keep = grouped_nms(boxes, torch.zeros(40, dtype=torch.long), 0.45)
+    assert keep.nonzero().flatten().tolist() == list(range(0, 40, 2))
