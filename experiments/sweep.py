@@ -180,6 +180,8 @@ def make_callback(spec: SweepSpec, job: TrialJob, tracker, phase: Phase):
 
         def _ensure(self, trial) -> str:
             tid = trial.trial_id
+            if tid in self._cfg and tid in self.tracker._children:
+                return self.tracker._children[tid]
             if tid not in self._cfg:
                 self._cfg[tid] = self.job.resolve(trial.config)
             cfg = self._cfg[tid]

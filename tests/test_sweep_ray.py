@@ -31,7 +31,7 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
     """fit's signature and checkpoint behaviour, no network. val/mAP50 = lr * epoch.
 
     lr >= 0.5 -> NonFiniteLossError at epoch 2. name 'crash' -> the worker dies (os._exit) once at
-    epoch 3, flagged by a file in output.dir. `test/start_epoch` records where it resumed from."""
+    epoch 2, flagged by a file in output.dir. `test/start_epoch` records where it resumed from."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
@@ -43,7 +43,7 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
         if cfg.train.lr >= 0.5 and epoch == 2:
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch} (lr {cfg.train.lr})")
         flag = Path(cfg.output.dir) / f"crashed-{cfg.train.seed}"
-        if cfg.name == "crash" and epoch == 3 and not flag.exists():
+        if cfg.name == "crash" and epoch == 2 and not flag.exists():
             flag.parent.mkdir(parents=True, exist_ok=True)
             flag.write_text("died once")
             os._exit(1)
@@ -93,13 +93,14 @@ def history(client, run, key="val/mAP50"):
 def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
     """12 concurrent trials (4 arms x 3 seeds) log to a fresh store through the driver: none loses
     a metric; the NaN arm fails with its reason while the others finish; the arm whose worker dies
-    at epoch 3 resumes from its epoch-2 checkpoint and still has one run with one history."""
+    at epoch 2 resumes from its epoch-1 checkpoint and still has one run with one history."""
     path = write_sweep(tmp_path, {
         "name": "twelve",
         "arms": {"base": {"note": "baseline"},
                  "lr02": {"note": "higher lr", "overrides": {"train.lr": 0.02}},
                  "nan": {"note": "diverges", "overrides": {"train.lr": 0.6}},
                  "crash": {"note": "worker dies once", "overrides": {"name": "crash"}}},
+        "overrides": {"train.epochs": 3},
         "seeds": [0, 1, 2],
         "resources": {"cpu": 0.16},
         "failure": {"max_failures": 1},
@@ -123,12 +124,12 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
     for arm, lr in (("base", 0.01), ("lr02", 0.02), ("crash", 0.01)):
         for r in by_arm[arm]:
             assert r.data.tags["ssdlab.status"] == "finished" and r.info.status == "FINISHED"
-            assert history(client, r) == [(e, pytest.approx(lr * e)) for e in (1, 2, 3, 4)]  # no metric lost
+            assert history(client, r) == [(e, pytest.approx(lr * e)) for e in (1, 2, 3)]  # no metric lost
             assert r.data.params["train.lr"] == str(lr) and r.data.params["train.seed"] == r.data.tags["ssdlab.seed"]
             assert r.data.tags["ssdlab.note"] and len(r.data.tags["ssdlab.config_hash"]) == 12
             assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"config.yaml", "checkpoints"}
-    for r in by_arm["crash"]:  # resumed from the Tune checkpoint written after epoch 2
-        assert history(client, r, "test/start_epoch") == [(1, 0), (2, 0), (3, 2), (4, 2)]
+    for r in by_arm["crash"]:  # resumed from the Tune checkpoint written after epoch 1
+        assert history(client, r, "test/start_epoch") == [(1, 0), (2, 1), (3, 1)]
     for r in by_arm["nan"]:
         assert r.data.tags["ssdlab.status"] == "failed" and r.info.status == "FAILED"
         assert r.data.tags["ssdlab.error"].startswith("NonFiniteLossError: non-finite loss at epoch 2")
