@@ -6,8 +6,6 @@ default; a cluster with --address or $RAY_ADDRESS. Trial state lives under STORA
 """
 from __future__ import annotations
 
-import os
-
 
 def register(subparsers) -> None:
     sw = subparsers.add_parser("sweep", help="run a sweep file (Ray Tune + Optuna + MLflow)")
@@ -27,8 +25,7 @@ def sweep(args) -> int:
     if args.dry_run:
         print(describe(spec))
         return 0
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from experiments.sweep import run_sweep
+    from experiments.sweep import run_sweep  # Ray sets each worker's OMP_NUM_THREADS to its CPUs
 
     result = run_sweep(spec, address=args.address, resume=args.resume, storage=args.storage,
                        num_cpus=args.num_cpus)
