@@ -155,6 +155,22 @@ def test_load_sweep_reads_arms_status_and_best_over_epochs(abl):
     assert abl.runs.loc[abl.runs["status"] == "running", "duration_s"].isna().all()
 
 
+def test_sql_fast_path_equals_the_mlflow_api(store, abl, monkeypatch):
+    import pandas as pd
+
+    from reports import load
+    hpo_fast, runs_fast = load.load_sweep("hpo", store), load.load_runs(store)
+    monkeypatch.setattr(load, "FAST_SQL", False)
+    api = load.load_sweep("abl", store)
+    pd.testing.assert_frame_equal(abl.runs, api.runs)
+    pd.testing.assert_frame_equal(abl.history, api.history)
+    hpo_api = load.load_sweep("hpo", store)
+    pd.testing.assert_frame_equal(hpo_fast.runs, hpo_api.runs)
+    pd.testing.assert_frame_equal(hpo_fast.history, hpo_api.history)
+    pd.testing.assert_frame_equal(runs_fast, load.load_runs(store))
+    assert len(runs_fast) == len(ABL) + len(HPO) + len(CONFIRM)
+
+
 def test_unknown_sweep_names_sweep_store_and_lists_found(store):
     from reports.load import load_sweep
     with pytest.raises(UserError) as e:
