@@ -36,6 +36,12 @@ def test_fresh_store_opened_by_many_processes_at_once(tmp_path):
     assert sorted(r.info.run_name for r in runs) == ["p0", "p1", "p2"]
 
 
+def test_ensure_store_leaves_servers_alone_and_is_idempotent(uri):
+    assert ensure_store("http://tracking.invalid:5000") == "http://tracking.invalid:5000"  # nothing to create
+    assert ensure_store(uri) == uri == ensure_store(uri)
+    assert Path(uri[len("sqlite:///"):]).is_file()
+
+
 def test_params_are_text_and_truncated():
     params = tracking.params_of({"a": 1, "b": "x" * 600, "c": [1, 2], "d": None, "e": True})
     got = {p.key: p.value for p in params}
