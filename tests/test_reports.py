@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 mlflow = pytest.importorskip("mlflow")
-from mlflow.entities import Metric, RunTag  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ssd_core.errors import UserError  # noqa: E402
