@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,11 +92,31 @@ def _search(uri: str, tag: tuple[str, str] | None = None) -> pd.DataFrame:
     if tag is not None:
         value = tag[1].replace("'", "\\'")
         flt = f"tags.`{tag[0]}` = '{value}'"
-    mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.search_runs(filter_string=flt, search_all_experiments=True, output_format="pandas")
+        with _tracking_uri(uri):
+            return mlflow.search_runs(filter_string=flt, search_all_experiments=True,
+                                      output_format="pandas")
     except mlflow.exceptions.MlflowException as exc:
         raise UserError(f"cannot read the MLflow store {uri}: {exc}") from exc
+
+
+@contextmanager
+def _tracking_uri(uri: str):
+    """``uri`` as MLflow's tracking URI for the block only (a report must not redirect the
+    caller's later runs)."""
+    from mlflow.tracking._tracking_service import utils
+
+    use = getattr(utils, "_use_tracking_uri", None)
+    if use is not None:
+        with use(uri):
+            yield
+        return
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def _sql_engine(uri: str):

@@ -167,7 +167,9 @@ def test_sql_fast_path_equals_the_mlflow_api(store, abl, monkeypatch):
     hpo_api = load.load_sweep("hpo", store)
     pd.testing.assert_frame_equal(hpo_fast.runs, hpo_api.runs)
     pd.testing.assert_frame_equal(hpo_fast.history, hpo_api.history)
+    before = mlflow.get_tracking_uri()
     pd.testing.assert_frame_equal(runs_fast, load.load_runs(store))
+    assert mlflow.get_tracking_uri() == before  # the caller's tracking URI is left alone
     assert len(runs_fast) == len(ABL) + len(HPO) + len(CONFIRM)
 
 
