@@ -63,10 +63,10 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
                           ("search_history", plots.search_history(data) if data.searched else None)):
             if png is not None:
                 figs[name] = png
-    store = data.tracking_uri
-    meta = ("text", "Source", f"Sweep `{sweep}` read from the MLflow store `{store}` "
-            f"(parent run {data.parent_id or '(none)'}; {len(data.runs)} trial runs; "
-            f"metric `{data.metric}`, mode {data.mode}; baseline arm `{data.baseline}`).")
+    # The store's path is left out on purpose: a copy of the store regenerates identical files.
+    meta = ("text", "Source", f"Sweep `{sweep}` read back from MLflow (parent run "
+            f"{data.parent_id or '(none)'}; {len(data.runs)} trial runs; metric `{data.metric}`, "
+            f"mode {data.mode}; baseline arm `{data.baseline}`).")
     return Report(f"ssdlab report: {sweep}", [meta] + sections, figs, data)
 
 

@@ -346,6 +346,11 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
     t = Table("search", f"Search: top {len(rows)} of {len(f)} finished trials: {data.sweep}",
               ["Rank", "Trial", "Arm", "Seed"] + keys + [label], rows, raw,
               bold={(0, len(keys) + 4)} if rows else set(), numeric={0, 3, len(keys) + 4})
+    if len(data.arms) == 1:  # a search without arms: the Arm column says nothing
+        t.columns.pop(2)
+        t.rows = [r[:2] + r[3:] for r in t.rows]
+        t.bold = {(i, j - 1) for i, j in t.bold}
+        t.numeric = {j - 1 if j > 2 else j for j in t.numeric}
     t.raw_columns = ["rank", "trial_id", "run_id", "arm", "seed"] + keys + ["score"]
     t.notes = [f"Trials: {int(counts.get('finished', 0))} finished, "
                f"{int(counts.get('early_stopped', 0))} stopped early by ASHA, "

@@ -288,8 +288,8 @@ def test_search_table_top_k_counts_and_best_override(hpo):
     t = search_table(hpo, top_k=3)
     fin = sorted((t_ for t_ in HPO if t_[1] == "finished"), key=lambda t_: -max(t_[5]))
     assert [r[1] for r in t.rows] == [t_[0] for t_ in fin[:3]] == ["t04", "t07", "t00"]
-    assert t.columns == ["Rank", "Trial", "Arm", "Seed", "model.backbone", "train.lr", "train.weight_decay", "mAP@0.5"]
-    assert t.rows[0] == ["1", "t04", "(none)", "0", "vgg16", "0.002", "0.0003", "0.620"]
+    assert t.columns == ["Rank", "Trial", "Seed", "model.backbone", "train.lr", "train.weight_decay", "mAP@0.5"]
+    assert t.rows[0] == ["1", "t04", "0", "vgg16", "0.002", "0.0003", "0.620"] and t.bold == {(0, 6)}
     assert t.raw[0][5:8] == ["vgg16", 0.002, 0.0003]
     assert "7 finished, 2 stopped early by ASHA, 1 failed, 0 running" in t.notes[0]
     text = best_override(hpo)
@@ -346,6 +346,11 @@ def test_report_regenerates_byte_identical_in_every_format(store, tmp_path):
         b = write_report(build_report(sweep, store, with_plots=with_plots), tmp_path / sweep / "b", fmts)
         fa, fb = _files(tmp_path / sweep / "a"), _files(tmp_path / sweep / "b")
         assert fa == fb and len(a) == len(b) == len(fa)
+    copy = tmp_path / "copy" / "mlflow.db"  # a teammate's copy of the store, at another path
+    copy.parent.mkdir()
+    copy.write_bytes(Path(store[len("sqlite:///"):]).read_bytes())
+    write_report(build_report("abl", f"sqlite:///{copy}", with_plots=False), tmp_path / "abl" / "c", fmts)
+    assert _files(tmp_path / "abl" / "c") == _files(tmp_path / "abl" / "a")
     names = set(_files(tmp_path / "hpo" / "a"))
     assert {"report.md", "report.tex", "report.html", "summary.csv", "search.csv", "importance.csv",
             "learning_curves.png", "params.png", "importance.png", "search_history.png"} <= names
