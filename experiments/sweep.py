@@ -373,6 +373,39 @@ def prepare_inputs(spec: SweepSpec, job: TrialJob) -> None:
             done.add(key)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ray Tune stopped before every trial ended (SIGINT/SIGTERM): continue with `--resume`."""
+
+
+SNAPSHOT = "sweep_snapshot.json"
+
+
+def _snapshot(spec: SweepSpec) -> dict[str, Any]:
+    return {"sweep": spec.file.model_dump(mode="json"), "base": flatten(spec.base)}
+
+
+def check_snapshot(spec: SweepSpec, storage: Path, resume: bool) -> None:
+    """A resumed sweep must train exactly what it started with: the sweep file and the resolved base
+    config are recorded at launch, and `--resume` refuses (ConfigError) when either changed."""
+    path = storage / SNAPSHOT
+    now = _snapshot(spec)
+    if resume and path.is_file():
+        then = json.loads(path.read_text())
+        diff = sorted(k for part in ("sweep", "base") for k in set(then[part]) | set(now[part])
+                      if then[part].get(k) != now[part].get(k))
+        if diff:
+            where = "experiment" if any(k in then["base"] or k in now["base"] for k in diff) else "<sweep>"
+            raise ConfigError(f"{spec.path}: {where}: changed since this sweep started ({path}); resuming needs "
+                              f"the same sweep and base config; differing keys: {', '.join(diff[:10])}")
+        return
+    storage.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(now, indent=1, sort_keys=True, default=str))
+
+
+def _expected_trials(phase: Phase) -> int:
+    return phase.num_samples if phase.kind == "search" else len(phase.trials)
+
+
 def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: Optional[str] = None,
               resume: bool = False, storage: str | os.PathLike | None = None,
               num_cpus: Optional[int] = None) -> SweepResult:
@@ -393,6 +426,7 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
             if tune.Tuner.can_restore(str(storage / ph.dirname)):
                 raise ConfigError(f"{spec.path}: name: {storage / ph.dirname} already holds this sweep's "
                                   f"trials; continue it with --resume or remove that folder")
+    check_snapshot(spec, storage, resume)
     prepare_inputs(spec, job)
     f = spec.file
     ensure_store(f.tracking.uri)
@@ -418,9 +452,16 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
             grid = tuner.fit()
             grids.append(grid)
             trials += len(grid)
+            if grid.num_terminated + grid.num_errors < _expected_trials(ph):
+                raise SweepInterrupted(f"sweep {spec.name}: {ph.dirname} stopped with "
+                                       f"{grid.num_terminated + grid.num_errors} of {_expected_trials(ph)} trials "
+                                       f"ended; continue with --resume")
             if ph.kind == "search":
                 best_by_arm[ph.arm] = _best_params(grid, spec.mode)
         tracker.finish(STATUS_FINISHED)
+    except KeyboardInterrupt:
+        tracker.finish("killed")  # resumable: ssdlab.status stays meaningful, MLflow status KILLED
+        raise
     except BaseException:
         tracker.finish(STATUS_FAILED)
         raise

@@ -323,9 +323,12 @@ class SweepTracker:
         return self.parent_id
 
     def finish(self, status: str = STATUS_FINISHED) -> None:
+        """End the parent run: finished | failed, or "killed" (interrupted, resumable: the tag
+        stays `running`, the MLflow status becomes KILLED)."""
         if self.parent_id is None:
             return
-        self.client.set_tag(self.parent_id, "ssdlab.status", status)
+        if status != "killed":
+            self.client.set_tag(self.parent_id, "ssdlab.status", status)
         self.client.set_terminated(self.parent_id, _MLFLOW_STATUS.get(status, "FINISHED"))
 
     # ---- children

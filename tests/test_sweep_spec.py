@@ -197,3 +197,19 @@ def test_shipped_sweep_files_validate(path):
     assert plan(spec) and spec.file.tracking.uri.startswith("sqlite:///")
     if spec.file.name == "demo":
         assert spec.file.search.num_samples >= 8 and spec.asha is not None
+
+
+def test_resume_refuses_a_changed_base_config(tmp_path):
+    from experiments.sweep import SNAPSHOT, check_snapshot
+
+    storage = tmp_path / "ray" / "s1"
+    check_snapshot(load_sweep(write(tmp_path, GOOD)), storage, resume=False)  # the launch records it
+    assert (storage / SNAPSHOT).is_file()
+    check_snapshot(load_sweep(write(tmp_path, GOOD)), storage, resume=True)  # unchanged: fine
+    path = write(tmp_path, GOOD)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**BASE, "train": {"epochs": 8}}))
+    with pytest.raises(ConfigError, match=r"experiment: changed since this sweep started .* train.epochs"):
+        check_snapshot(load_sweep(path), storage, resume=True)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    with pytest.raises(ConfigError, match=r"<sweep>: changed since .* differing keys: max_concurrent"):
+        check_snapshot(load_sweep(write(tmp_path, with_({"max_concurrent": 2}))), storage, resume=True)

@@ -6,6 +6,8 @@ default; a cluster with --address or $RAY_ADDRESS. Trial state lives under STORA
 """
 from __future__ import annotations
 
+import sys
+
 
 def register(subparsers) -> None:
     sw = subparsers.add_parser("sweep", help="run a sweep file (Ray Tune + Optuna + MLflow)")
@@ -25,10 +27,14 @@ def sweep(args) -> int:
     if args.dry_run:
         print(describe(spec))
         return 0
-    from experiments.sweep import run_sweep  # Ray sets each worker's OMP_NUM_THREADS to its CPUs
+    from experiments.sweep import SweepInterrupted, run_sweep  # Ray sizes each worker's threads to its CPUs
 
-    result = run_sweep(spec, address=args.address, resume=args.resume, storage=args.storage,
-                       num_cpus=args.num_cpus)
+    try:
+        result = run_sweep(spec, address=args.address, resume=args.resume, storage=args.storage,
+                           num_cpus=args.num_cpus)
+    except SweepInterrupted as exc:
+        print(f"ssdlab sweep: interrupted: {exc}", file=sys.stderr)
+        return 130
     print(f"sweep {result.name}: {result.trials} trials in {result.wall_s:.0f} s; "
           f"state {result.storage}; MLflow parent run {result.parent_run_id} "
           f"({spec.file.tracking.uri}, experiment {spec.experiment_name})")
