@@ -15,7 +15,9 @@ from pathlib import Path
 
 from ssd_core.errors import UserError
 
-from reports.load import resolve_tracking_uri
+# reports.load imports MLflow (seconds): it is imported inside the handlers, so every other
+# `ssdlab` command starts fast.
+
 
 
 def register(subparsers) -> None:
@@ -44,6 +46,8 @@ def register(subparsers) -> None:
 
 
 def _store(uri: str | None) -> str:
+    from reports.load import resolve_tracking_uri
+
     uri = resolve_tracking_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise UserError(f"MLflow store {uri} not found (no such database file); pass --tracking-uri")
