@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/ssdlab sweep sweeps/demo.yaml
+	$(BIN)/ssdlab sweep sweeps/demo.yaml --restart
 	$(BIN)/ssdlab report --sweep demo
 
 bench: $(STAMP)

@@ -406,9 +406,29 @@ def _expected_trials(phase: Phase) -> int:
     return phase.num_samples if phase.kind == "search" else len(phase.trials)
 
 
+def archive_sweep(spec: SweepSpec, storage: Path) -> Optional[Path]:
+    """Move a previous launch's trial state aside (`<name>.<UTC time>`) so the sweep can start afresh,
+    and repoint its MLflow parent run's `ssdlab.storage` tag there: the old runs stay in the store,
+    complete and findable, and the new launch gets a parent run of its own. Returns the new folder."""
+    if not storage.exists():
+        return None
+    from experiments.tracking import client_for, ensure_store, experiment_id, find_run
+
+    target = storage.with_name(f"{storage.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    uri = spec.file.tracking.uri
+    ensure_store(uri)
+    client = client_for(uri)
+    run = find_run(client, experiment_id(client, spec.experiment_name, uri),
+                   {"ssdlab.kind": "sweep", "ssdlab.sweep": spec.name, "ssdlab.storage": str(storage)})
+    storage.rename(target)
+    if run is not None:
+        client.set_tag(run.info.run_id, "ssdlab.storage", str(target))
+    return target
+
+
 def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: Optional[str] = None,
               resume: bool = False, storage: str | os.PathLike | None = None,
-              num_cpus: Optional[int] = None) -> SweepResult:
+              num_cpus: Optional[int] = None, restart: bool = False) -> SweepResult:
     """Run (or with `resume`, continue) every phase of `spec`; MLflow gets one parent + one child per trial."""
     from ray import tune
 
@@ -421,11 +441,15 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
     storage = Path(storage or DEFAULT_STORAGE).resolve() / spec.name
     job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu)
     phases = plan(spec)
+    if restart and not resume:
+        archived = archive_sweep(spec, storage)
+        if archived is not None:
+            print(f"ssdlab sweep: previous launch of {spec.name!r} moved to {archived}")
     if not resume:
         for ph in phases:
             if tune.Tuner.can_restore(str(storage / ph.dirname)):
                 raise ConfigError(f"{spec.path}: name: {storage / ph.dirname} already holds this sweep's "
-                                  f"trials; continue it with --resume or remove that folder")
+                                  f"trials; continue it with --resume, or start afresh with --restart (keeps the old runs)")
     check_snapshot(spec, storage, resume)
     prepare_inputs(spec, job)
     f = spec.file

@@ -189,8 +189,9 @@ def resnet50_base(pretrained: bool = False) -> Base:
     )
 
 
-def mobilenet_v2_base(pretrained: bool = False, width_mult: float = 1.0) -> Base:
-    """MobileNetV2 taps: expansion of block 14 (SSDLite's C4) and the last 1x1 conv; block 7 unstrided."""
+def mobilenet_v2_base(pretrained: bool = False, width_mult: float = 1.0, output_stride: int = 8) -> Base:
+    """MobileNetV2 taps: expansion of block 14 (SSDLite's C4) and the last 1x1 conv; block 7 unstrided
+    for output_stride 8 (the paper's 38x38 first map), left as is for 16 (SSDLite's 19x19, ~3x cheaper)."""
     if pretrained and width_mult != 1.0:
         raise ConfigError(
             f"model.width_mult={width_mult}: torchvision has ImageNet weights for mobilenet_v2 only at width_mult=1.0; "
@@ -201,7 +202,8 @@ def mobilenet_v2_base(pretrained: bool = False, width_mult: float = 1.0) -> Base
         weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V2
         load_into(net, load_imagenet_weights(weights), weights)
     f = net.features
-    unstride(f[7])  # first block of the stride-16 stage
+    if output_stride == 8:
+        unstride(f[7])  # first block of the stride-16 stage
     expand = f[14].conv[0]  # block 14 is stride 2 without a residual, so it can be split
     return Base(
         stages=[nn.Sequential(*f[:14], expand), nn.Sequential(*f[14].conv[1:], *f[15:])],
@@ -211,14 +213,16 @@ def mobilenet_v2_base(pretrained: bool = False, width_mult: float = 1.0) -> Base
     )
 
 
-def efficientnet_v2_s_base(pretrained: bool = False) -> Base:
-    """EfficientNetV2-S taps: end of stage 5 (160 ch) and the last 1x1 conv (1280 ch); stage 4 unstrided."""
+def efficientnet_v2_s_base(pretrained: bool = False, output_stride: int = 8) -> Base:
+    """EfficientNetV2-S taps: end of stage 5 (160 ch) and the last 1x1 conv (1280 ch); stage 4 unstrided
+    for output_stride 8, left as is for 16."""
     net = torchvision.models.efficientnet_v2_s()
     if pretrained:
         weights = torchvision.models.EfficientNet_V2_S_Weights.IMAGENET1K_V1
         load_into(net, load_imagenet_weights(weights), weights)
     f = net.features
-    unstride(f[4][0])  # first block of the stride-16 stage
+    if output_stride == 8:
+        unstride(f[4][0])  # first block of the stride-16 stage
     return Base(
         stages=[f[:6], f[6:]],
         out_channels=[f[5][-1].out_channels, f[-1].out_channels],
@@ -227,12 +231,19 @@ def efficientnet_v2_s_base(pretrained: bool = False) -> Base:
     )
 
 
-def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0) -> Base:
-    """The base network by name; width_mult applies to mobilenet_v2 only."""
+def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0, output_stride: int = 8) -> Base:
+    """The base network by name; width_mult applies to mobilenet_v2 only, output_stride 16 (the stride of
+    the first map; 8 is the paper's layout) to mobilenet_v2 and efficientnet_v2_s only."""
     if name not in BACKBONES:
         raise ConfigError(f"model.backbone={name!r} is not one of {', '.join(BACKBONES)}")
     if width_mult != 1.0 and name != "mobilenet_v2":
         raise ConfigError(f"model.width_mult={width_mult} applies to mobilenet_v2 only, not {name}")
+    if output_stride not in (8, 16):
+        raise ConfigError(f"model.output_stride={output_stride}: expected 8 (paper layout) or 16")
+    if output_stride != 8 and name not in ("mobilenet_v2", "efficientnet_v2_s"):
+        raise ConfigError(f"model.output_stride={output_stride} applies to mobilenet_v2 and efficientnet_v2_s only, not {name}")
     if name == "mobilenet_v2":
-        return mobilenet_v2_base(pretrained, width_mult)
+        return mobilenet_v2_base(pretrained, width_mult, output_stride)
+    if name == "efficientnet_v2_s":
+        return efficientnet_v2_s_base(pretrained, output_stride)
     return {"vgg16": vgg16_base, "resnet50": resnet50_base, "efficientnet_v2_s": efficientnet_v2_s_base}[name](pretrained)

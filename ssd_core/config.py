@@ -52,6 +52,9 @@ class ModelConfig(_Section):
     width_mult: float = Field(1.0, gt=0, le=2.0)
     lite_heads: bool = False
     prior_scales: Literal["voc", "coco"] = "voc"
+    # Stride of the first feature map: 8 is the paper's layout (38x38 at 300 px); 16 keeps MobileNetV2's
+    # and EfficientNetV2's native strides (SSDLite's 19x19), about 3x cheaper on a CPU.
+    output_stride: Literal[8, 16] = 8
 
     @model_validator(mode="after")
     def _size_fits_backbone(self) -> "ModelConfig":
@@ -62,6 +65,8 @@ class ModelConfig(_Section):
                 f"expected {low} <= image_size <= {MAX_IMAGE_SIZE}")
         if self.width_mult != 1.0 and self.backbone != "mobilenet_v2":
             raise ValueError(f"width_mult applies to mobilenet_v2 only, not {self.backbone!r}")
+        if self.output_stride != 8 and self.backbone not in ("mobilenet_v2", "efficientnet_v2_s"):
+            raise ValueError(f"output_stride 16 applies to mobilenet_v2 and efficientnet_v2_s only, not {self.backbone!r}")
         return self
 
 

@@ -198,14 +198,15 @@ def build_ssd(backbone: str = "vgg16", num_classes: int = 21, image_size: int = 
     max_sizes, aspect_ratios, clip. For vgg16 at 300 px with 21 classes this is the paper's SSD300
     (26,285,486 parameters, 8732 default boxes); at 512 px SSD512 (24,564 default boxes).
     """
-    unknown = set(options) - {"lite_heads", "prior_scales", "width_mult", *PRIOR_OPTIONS}
+    unknown = set(options) - {"lite_heads", "prior_scales", "width_mult", "output_stride", *PRIOR_OPTIONS}
     if unknown:
         raise ConfigError(f"build_ssd: unknown model option(s) {sorted(unknown)}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"model.num_classes={num_classes!r}: need an int >= 2 (background + at least one class)")
     if not isinstance(image_size, int) or image_size < 32:
         raise ConfigError(f"model.image_size={image_size!r}: need an int >= 32")
-    base = build_base(backbone, pretrained=pretrained, width_mult=float(options.get("width_mult", 1.0)))
+    base = build_base(backbone, pretrained=pretrained, width_mult=float(options.get("width_mult", 1.0)),
+                      output_stride=int(options.get("output_stride", 8)))
     extras, extra_channels = make_extras(base, dry_run_sizes(base, image_size)[-1])
     features = SSDFeatures(base, extras)
     spec = paper_prior_spec(

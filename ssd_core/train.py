@@ -152,6 +152,8 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
     options: dict[str, Any] = {"lite_heads": m.lite_heads, "prior_scales": m.prior_scales}
     if m.backbone == "mobilenet_v2":
         options["width_mult"] = m.width_mult
+    if m.output_stride != 8:
+        options["output_stride"] = m.output_stride
     return build_ssd(m.backbone, num_classes=num_classes, image_size=m.image_size,
                      pretrained=m.pretrained, **options)
 

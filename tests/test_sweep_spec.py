@@ -213,3 +213,29 @@ def test_resume_refuses_a_changed_base_config(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
     with pytest.raises(ConfigError, match=r"<sweep>: changed since .* differing keys: max_concurrent"):
         check_snapshot(load_sweep(write(tmp_path, with_({"max_concurrent": 2}))), storage, resume=True)
+
+
+def test_restart_archives_the_old_launch_and_keeps_its_runs(tmp_path):
+    """`ssdlab sweep --restart` (make demo runs it twice in a row): the old Ray state moves aside, the old
+    parent run stays in MLflow but points at the moved folder, so the next launch gets a parent of its own."""
+    from experiments.sweep import archive_sweep
+    from experiments.tracking import client_for, ensure_store, experiment_id, find_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_sweep(write(tmp_path, with_({"tracking/uri": uri})))
+    storage = tmp_path / "ray" / spec.name
+    assert archive_sweep(spec, storage) is None  # nothing launched yet: nothing to move
+    (storage / "search").mkdir(parents=True)
+    (storage / "search" / "state.json").write_text("{}")
+    ensure_store(uri)
+    client = client_for(uri)
+    exp = experiment_id(client, spec.experiment_name, uri)
+    ident = {"ssdlab.kind": "sweep", "ssdlab.sweep": spec.name, "ssdlab.storage": str(storage)}
+    old = client.create_run(exp, tags=ident)
+
+    moved = archive_sweep(spec, storage)
+
+    assert not storage.exists() and (moved / "search" / "state.json").is_file()
+    assert moved.name.startswith(f"{spec.name}.")
+    assert find_run(client, exp, ident) is None  # a new launch will not reuse the old parent
+    assert client.get_run(old.info.run_id).data.tags["ssdlab.storage"] == str(moved)

@@ -14,6 +14,8 @@ def register(subparsers) -> None:
     sw.add_argument("file", help="sweep YAML, e.g. sweeps/demo.yaml")
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT (default: $RAY_ADDRESS, else local)")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its Ray Tune state")
+    sw.add_argument("--restart", action="store_true",
+                    help="start afresh: move a previous launch's state aside (its MLflow runs are kept)")
     sw.add_argument("--storage", default=None, help="trial state folder (default: runs/ray)")
     sw.add_argument("--dry-run", action="store_true", help="print the trial plan and resources, run nothing")
     sw.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
@@ -31,7 +33,7 @@ def sweep(args) -> int:
 
     try:
         result = run_sweep(spec, address=args.address, resume=args.resume, storage=args.storage,
-                           num_cpus=args.num_cpus)
+                           num_cpus=args.num_cpus, restart=args.restart)
     except SweepInterrupted as exc:
         print(f"ssdlab sweep: interrupted: {exc}", file=sys.stderr)
         return 130
