@@ -266,3 +266,23 @@ def test_pretrained_loads_a_file_placed_in_the_hub_cache(offline_hub):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         build_ssd("mobilenet_v2", num_classes=3, image_size=64, pretrained=True)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_v2_s"])
+def test_output_stride_16_keeps_the_native_strides(backbone):
+    """SSDLite layout: the first map at stride 16 (19x19 at 300 px) instead of the paper's 38x38."""
+    kwargs = {"width_mult": 0.35} if backbone == "mobilenet_v2" else {}
+    paper = build_ssd(backbone, num_classes=4, image_size=300, lite_heads=True, **kwargs)
+    lite = build_ssd(backbone, num_classes=4, image_size=300, lite_heads=True, output_stride=16, **kwargs)
+    assert paper.prior_spec.feature_maps[:2] == (38, 19)
+    assert lite.prior_spec.feature_maps[:2] == (19, 10)
+    with torch.no_grad():
+        loc, conf = lite.eval()(torch.zeros(1, 3, 300, 300))
+    assert loc.shape == (1, lite.priors.shape[0], 4) and conf.shape == (1, lite.priors.shape[0], 4)
+
+
+def test_output_stride_is_checked():
+    with pytest.raises(ConfigError, match="output_stride"):
+        build_ssd("vgg16", num_classes=4, image_size=300, output_stride=16)
+    with pytest.raises(ConfigError, match="output_stride"):
+        build_ssd("mobilenet_v2", num_classes=4, image_size=300, output_stride=32)
