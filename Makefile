@@ -27,8 +27,10 @@ demo: $(STAMP)
 	$(BIN)/ssdlab sweep sweeps/demo.yaml --restart
 	$(BIN)/ssdlab report --sweep demo
 
+BENCHMARKS := bench_loss_postprocess bench_train_step bench_augment bench_evaluate bench_report bench_sweep_overhead
+
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	for b in $(BENCHMARKS); do OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs mlflow.db mlruns reports/out

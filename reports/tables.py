@@ -436,8 +436,28 @@ def _to_dist(value: Any, dist) -> Any:
     return int(value) if isinstance(dist, IntDistribution) else float(value)
 
 
+def _importance_runs(data: SweepData) -> pd.DataFrame:
+    """The search trials importances are computed over, each with a comparable ``score``.
+
+    With ASHA most trials stop early, so finished trials alone are too few (a demo sweep finishes one of
+    eight). Finished and early-stopped trials are used together, each scored by its best metric up to
+    the last epoch that all of them reached (ASHA's first rung), so a long trial is not favoured
+    merely for having trained longer. Without early-stopped trials this is the finished trials' score."""
+    runs = search_runs(data)
+    runs = runs[runs["status"].isin(["finished", "early_stopped"])]
+    if not (runs["status"] == "early_stopped").any() or data.history.empty:
+        return runs
+    h = data.history[(data.history["key"] == data.metric) & data.history["run_id"].isin(runs["run_id"])]
+    if h.empty:
+        return runs
+    common = int(h.groupby("run_id")["step"].max().min())
+    h = h[h["step"] <= common].groupby("run_id")["value"]
+    best = h.max() if data.mode == "max" else h.min()
+    return runs.assign(score=runs["run_id"].map(best).astype(float).fillna(float("nan")))
+
+
 def param_importances(data: SweepData, evaluator: str = "ped-anova") -> dict[str, float]:
-    """Optuna parameter importances over the finished trials, from an in-memory study rebuilt with
+    """Optuna parameter importances over the search trials (see ``_importance_runs``), from an in-memory study rebuilt with
     ``optuna.trial.create_trial``. ``ped-anova`` (Optuna's default, deterministic) or ``fanova``
     (seeded, needs scikit-learn). Empty when fewer than 2 usable trials or no distributions."""
     import optuna
@@ -446,8 +466,8 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova") -> dict[str
     if not dists:
         return {}
     trials = []
-    runs = search_runs(data)
-    for _, r in runs[runs["status"] == "finished"].sort_values("trial_id").iterrows():
+    runs = _importance_runs(data)
+    for _, r in runs.sort_values("trial_id").iterrows():
         if not math.isfinite(r["score"]):
             continue
         try:  # a conditional parameter (`when:`) missing from a trial is left out of that trial
@@ -478,7 +498,8 @@ def importance_table(imp: dict[str, float], evaluator: str = "ped-anova") -> Tab
               [[k, v] for k, v in imp.items()], numeric={1})
     t.raw_columns = ["param", "importance"]
     t.notes = [f"`optuna.importance.get_param_importances` ({evaluator}) on an in-memory study "
-               "rebuilt from the finished trials; distributions from `ssdlab.search_space`; "
+               "rebuilt from the finished and early-stopped trials, each scored by its best value up to the last "
+               "epoch all of them reached; distributions from `ssdlab.search_space`; "
                "normalised to sum to 1."]
     return t
 
