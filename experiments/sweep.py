@@ -57,6 +57,7 @@ class TrialJob:
     train_fn: Callable
     cwd: str          # the driver's working directory: relative data paths resolve against it
     gpu: float
+    storage: str = ""  # the sweep's state folder (runs/ray/<name>); trial run dirs live under it
 
     def resolve(self, config: dict[str, Any]) -> ExperimentConfig:
         """Trial config (Tune's `config` dict) -> the resolved ExperimentConfig, data root absolute."""
@@ -118,13 +119,23 @@ def _cap_gpu_memory(fraction: float) -> None:
             torch.cuda.set_per_process_memory_fraction(fraction)
 
 
+def trial_run_dir(job: TrialJob, trial_id: str) -> Path:
+    """`<storage>/trials/<trial_id>`: the trial's run directory (last.pt, best.pt, metrics.jsonl).
+
+    Not inside Ray's trial folder: Ray syncs that folder to storage while the trial writes, and would
+    trip over the atomic checkpoint writes' temporary files. A retried or restored trial finds its
+    files here again (and Tune's reported checkpoint, copied in, is the authority on resume)."""
+    base = Path(job.storage) if job.storage else Path(job.cwd) / DEFAULT_STORAGE / job.spec.name
+    return base / "trials" / trial_id
+
+
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     """The Tune trainable: resolve the trial config, restore the Tune checkpoint, train."""
     from ray import tune
 
     cfg = job.resolve(config)
     _cap_gpu_memory(job.gpu)
-    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    run_dir = trial_run_dir(job, tune.get_context().get_trial_id())
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / NONFINITE_MARKER
     if marker.exists():  # a retry of a trial whose loss went non-finite: fail again, at once
@@ -439,7 +450,7 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
     storage = Path(storage or DEFAULT_STORAGE).resolve() / spec.name
-    job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu)
+    job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu, storage=str(storage))
     phases = plan(spec)
     if restart and not resume:
         archived = archive_sweep(spec, storage)
