@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
-CALIBRATION_STEPS = 2
+CALIBRATION_STEPS = 5
 
 
 def _data_root(arg: str | None) -> Path:
