@@ -57,7 +57,7 @@ class TrialJob:
     train_fn: Callable
     cwd: str          # the driver's working directory: relative data paths resolve against it
     gpu: float
-    storage: str = ""  # the sweep's state folder (runs/ray/<name>); trial run dirs live under it
+    storage: str      # the sweep's state folder (runs/ray/<name>); trial run dirs live under it
 
     def resolve(self, config: dict[str, Any]) -> ExperimentConfig:
         """Trial config (Tune's `config` dict) -> the resolved ExperimentConfig, data root absolute."""
@@ -125,8 +125,7 @@ def trial_run_dir(job: TrialJob, trial_id: str) -> Path:
     Not inside Ray's trial folder: Ray syncs that folder to storage while the trial writes, and would
     trip over the atomic checkpoint writes' temporary files. A retried or restored trial finds its
     files here again (and Tune's reported checkpoint, copied in, is the authority on resume)."""
-    base = Path(job.storage) if job.storage else Path(job.cwd) / DEFAULT_STORAGE / job.spec.name
-    return base / "trials" / trial_id
+    return Path(job.storage) / "trials" / trial_id
 
 
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
