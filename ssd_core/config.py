@@ -148,10 +148,12 @@ class AugmentConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Learning-rate schedule after warmup. Milestones count `unit`s (iterations or epochs)."""
+    """Learning-rate schedule after warmup. Milestones count `unit`s (iterations or epochs); with unit
+    "time" the schedule runs on elapsed wall-clock time over train.time_budget_s (milestones are
+    fractions of it), so a budgeted run anneals exactly when its budget ends on any machine."""
 
     type: Literal["multistep", "cosine", "constant"] = "multistep"
-    unit: Literal["iter", "epoch"] = "iter"
+    unit: Literal["iter", "epoch", "time"] = "iter"
     milestones: list[float] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0, le=1)
 
@@ -183,7 +185,18 @@ class TrainConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(20, gt=0)
-    time_budget_s: Optional[float] = Field(None, gt=0)
+    time_budget_s: Optional[float] = Field(None, gt=0)  # wall-clock stop (seconds, evaluation included)
+
+    @model_validator(mode="after")
+    def _time_schedule_has_budget(self) -> "TrainConfig":
+        s = self.schedule
+        if s.unit == "time":
+            if self.time_budget_s is None:
+                raise ValueError("schedule.unit 'time' needs train.time_budget_s (the seconds the schedule spans)")
+            if any(m >= 1 for m in s.milestones):
+                raise ValueError(f"schedule.milestones {s.milestones}: with unit 'time' they are fractions "
+                                 f"of train.time_budget_s, each in (0, 1)")
+        return self
 
 
 class EvalConfig(_Section):

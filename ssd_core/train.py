@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -176,18 +176,28 @@ def build_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999))
 
 
-def lr_factor(cfg: ExperimentConfig, iters_per_epoch: int, total_iters: int):
-    """it -> multiplier of train.lr: linear warmup times the multistep/cosine/constant schedule."""
+def lr_factor(cfg: ExperimentConfig, iters_per_epoch: int, total_iters: int,
+              clock: Optional[Callable[[], float]] = None):
+    """it -> multiplier of train.lr: linear warmup (iterations) times the multistep/cosine/constant
+    schedule. With schedule.unit "time" the schedule's position is clock() / train.time_budget_s
+    (clock: elapsed seconds of the run) instead of the iteration."""
     s, warmup = cfg.train.schedule, cfg.train.warmup_iters
-    scale = iters_per_epoch if s.unit == "epoch" else 1
-    milestones = [m * scale for m in s.milestones]
+    if s.unit == "time":
+        if clock is None:
+            raise ValueError("lr_factor: schedule.unit 'time' needs a clock")
+        budget = float(cfg.train.time_budget_s)
+        position, end, milestones = (lambda it: min(clock(), budget)), budget, [m * budget for m in s.milestones]
+    else:
+        scale = iters_per_epoch if s.unit == "epoch" else 1
+        position, end, milestones = (lambda it: min(it, total_iters)), max(1, total_iters), [m * scale for m in s.milestones]
 
     def factor(it: int) -> float:
         f = min(1.0, (it + 1) / warmup) if warmup else 1.0
+        x = position(it)
         if s.type == "multistep":
-            f *= s.gamma ** sum(it >= m for m in milestones)
+            f *= s.gamma ** sum(x >= m for m in milestones)
         elif s.type == "cosine":
-            f *= 0.5 * (1 + math.cos(math.pi * min(it, total_iters) / max(1, total_iters)))
+            f *= 0.5 * (1 + math.cos(math.pi * x / end))
         return f
 
     return factor
@@ -282,6 +292,8 @@ def _autocast(cfg: ExperimentConfig, device: torch.device):
 
 # ---------------------------------------------------------------- the loop
 
+_clock = time.perf_counter  # the run's clock (time budget, time schedule); tests substitute a fake one
+
 
 def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None, resume: bool = False
         ) -> FitResult:
@@ -314,7 +326,12 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, iters_per_epoch, total_iters))
+    start, elapsed_before = _clock(), 0.0  # elapsed_before: seconds of the run before a resume
+
+    def elapsed() -> float:  # the run's wall-clock seconds: train.time_budget_s and schedule.unit "time"
+        return elapsed_before + _clock() - start
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, iters_per_epoch, total_iters, elapsed))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.amp == "fp16")
     criterion = MultiBoxLoss()
     generator = getattr(loader, "generator", None)
@@ -334,6 +351,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
         epoch, iteration = int(state["epoch"]), int(state["iteration"])
         history, best, best_epoch = list(state["history"]), state["best_metric"], state["best_epoch"]
         device_s = float(state.get("device_seconds", 0.0))
+        elapsed_before = float(state.get("elapsed_seconds", 0.0))
         set_rng_state(state["rng"], generator)
 
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -344,7 +362,6 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     metric_key = METRIC_KEYS[cfg.eval.metric]
     reference = None  # the val ground truth, read once
     stopped = False
-    start = time.perf_counter()
     progress = _Progress(total_iters, iteration, t.log_every)
 
     def checkpoint_state() -> dict[str, Any]:
@@ -352,7 +369,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                 "epoch": epoch, "iteration": iteration, "rng": rng_state(generator),
                 "history": history, "best_metric": best, "best_epoch": best_epoch,
-                "device_seconds": device_s, "class_names": class_names,
+                "device_seconds": device_s, "elapsed_seconds": elapsed(), "class_names": class_names,
                 "config": cfg.model_dump(mode="json"), "config_yaml": to_yaml(cfg),
                 "config_hash": config_hash(cfg), "config_source": cfg.source}
 
@@ -393,7 +410,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
                 sums += values
                 progress.update(iteration, values[0].item(), lr,
                                 n_img / max(1e-9, time.perf_counter() - t_epoch))
-                if t.time_budget_s and time.perf_counter() - start > t.time_budget_s:
+                if t.time_budget_s and elapsed() > t.time_budget_s:
                     stopped = True
                 if iteration >= total_iters or stopped:
                     break

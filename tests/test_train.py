@@ -178,6 +178,41 @@ def test_lr_factor_warmup_and_schedules():
     assert f(0) == f(99) == 1
 
 
+def test_lr_factor_on_the_time_budget():
+    """schedule.unit time: the schedule's position is the clock over train.time_budget_s, whatever the
+    iteration; warmup still counts iterations; milestones are fractions of the budget."""
+    now = [0.0]
+    cfg = ExperimentConfig.model_validate({"train": {"warmup_iters": 2, "time_budget_s": 100,
+                                                     "schedule": {"type": "cosine", "unit": "time"}}})
+    f = lr_factor(cfg, iters_per_epoch=5, total_iters=10, clock=lambda: now[0])
+    assert f(0) == pytest.approx(0.5)
+    for t, expected in [(0, 1), (50, 0.5), (100, 0), (250, 0)]:
+        now[0] = t
+        assert f(7) == f(10_000) == pytest.approx(expected, abs=1e-12)
+    cfg = ExperimentConfig.model_validate({"train": {"time_budget_s": 100, "schedule": {
+        "type": "multistep", "unit": "time", "milestones": [0.6, 0.9], "gamma": 0.1}}})
+    f = lr_factor(cfg, 5, 10, clock=lambda: now[0])
+    assert [(now.__setitem__(0, t), f(3))[1] for t in (59, 60, 89, 95)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    with pytest.raises(ValueError, match="needs a clock"):
+        lr_factor(cfg, 5, 10)
+
+
+def test_fit_on_a_time_schedule_anneals_when_the_budget_ends(shapes, tmp_path, monkeypatch):
+    """A fake clock that advances 5 s at every reading (fit reads it at the scheduler step and at the
+    budget check of each iteration, once at the start, LambdaLR's first step, and at each checkpoint):
+    with a 45 s budget the cosine reaches exactly 0 at iteration 4, which then stops the run."""
+    import ssd_core.train as train_mod
+    readings = iter(range(10_000))
+    monkeypatch.setattr(train_mod, "_clock", lambda: 5.0 * next(readings))
+    cfg = tiny_config(shapes, tmp_path, epochs=50, warmup_iters=0, time_budget_s=45,
+                      schedule={"type": "cosine", "unit": "time"})
+    result = fit(cfg, run_dir=tmp_path / "run")
+    assert result.stopped_by_budget and result.iterations == 4 and result.epochs == 2
+    lrs = [m["train/lr"] for m in result.metrics_history]
+    assert lrs == pytest.approx([3e-3 * 0.5 * (1 + math.cos(math.pi * 30 / 45)), 0.0], abs=1e-12)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["elapsed_seconds"] == 55.0
+
+
 def test_no_decay_for_norms_and_biases():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     decay, rest = param_groups(net, 5e-4, no_decay_norm_bias=True)
