@@ -1,24 +1,24 @@
 """BCCD acceptance: train on BCCD/train and test on BCCD/test within a CPU wall-clock budget, side by side
 with torchvision's ssdlite320_mobilenet_v3_large under its own reference recipe.
 
-    python -m benchmarks.bccd_acceptance [--budget-min 30] [--quick] [--data-root PATH]
+    python -m benchmarks.bccd_acceptance [--budget-min 30] [--seeds 0 1 2] [--quick] [--data-root PATH]
                                          [--config experiments/configs/bccd_mobilenet_v2.yaml]
                                          [--threads 1] [--json OUT]
 
-Ours: `ssd_core.train.fit` on the config (default bccd_mobilenet_v2.yaml), with `train.max_iters`
-set so the schedule ends inside the budget and `train.time_budget_s` as a hard stop.
+Ours: `ssd_core.train.fit` on the config (default bccd_mobilenet_v2.yaml) with `train.time_budget_s`
+= the budget and `train.schedule.unit: time`, so its warmup + cosine schedule spans exactly the budget.
 Reference: `ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)` (nothing is
 downloaded), torchvision's detection-reference recipe for it: "ssdlite" augmentation (RandomIoUCrop,
 horizontal flip), SGD momentum 0.9, weight decay 4e-5, lr 0.15 at batch 192 scaled linearly to our
-batch, linear warmup then cosine annealing (per iteration here, so it ends inside the budget), its
-own post-processing (score 0.001, NMS 0.55, 300 per image).
+batch, the reference's first-epoch linear warmup, then cosine annealing over the same wall-clock budget,
+its own post-processing (score 0.001, NMS 0.55, 300 per image).
 
 Both sides: the same images and annotations (ssd_core.data.VOCDataset, EXIF-upright), the same
-batch size, the same training wall-clock budget (measured after a 3-step calibration sets the
-iteration count), then the same VOC07 11-point mAP@0.5 code (ssd_core.evaluate.evaluate_voc) on
-BCCD/test. The two run at the same time in two processes with --threads threads each, so load from
-other users hits both alike. --quick is a 1-minute budget each (a smoke run, not a result).
-Prints both mAPs and the ratio (ours / reference).
+batch size and seed, the same training wall-clock budget, then the same VOC07 11-point mAP@0.5 code
+(ssd_core.evaluate.evaluate_voc) on BCCD/test. The two run at the same time in two processes with
+--threads threads each, so load from other users hits both alike; seeds run one pair after another.
+--quick is a 1-minute budget each (a smoke run, not a result). Prints every run, the mean mAPs,
+their ratio (ours / reference) and how many seeds ours won.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
-CALIBRATION_STEPS = 5
 
 
 def _data_root(arg: str | None) -> Path:
@@ -44,50 +43,27 @@ def _data_root(arg: str | None) -> Path:
 # ---------------------------------------------------------------- ours
 
 
-def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str) -> dict:
+def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str, seed: int) -> dict:
+    import shutil
     import torch
     torch.set_num_threads(threads)
-    from ssd_core.config import apply_overrides, load_config
-    from ssd_core.data import make_loader
-    from ssd_core.loss import MultiBoxLoss
-    from ssd_core.train import build_dataset, build_model, build_optimizer, fit, seed_everything
+    from ssd_core.config import load_config
+    from ssd_core.train import build_model, fit
 
     cfg = load_config(config, [f"data.root={root}", "data.val_sets=[BCCD/test]", "eval.every_epochs=1000000",
-                               "train.device=cpu", f"output.dir={out_dir}"])
-    seed_everything(cfg.train.seed)
-    train_ds = build_dataset(cfg, "train", train=True)
-    loader = make_loader(train_ds, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
-    model = build_model(cfg, len(train_ds.class_names) + 1)
-    opt, loss_fn = build_optimizer(cfg, model), MultiBoxLoss()
-
-    def step(batch) -> None:
-        loc, conf = model(model.normalize(batch.images))
-        loss = loss_fn(loc, conf, model.priors, batch.boxes, batch.labels).total
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    s_per_iter = _calibrate(step, loader)
-    iters = max(1, int(0.95 * budget_s / s_per_iter))
-    cfg = apply_overrides(cfg, {"train.max_iters": iters, "train.time_budget_s": budget_s,
-                                "train.warmup_iters": min(cfg.train.warmup_iters, iters // 10)})
+                               "train.device=cpu", f"output.dir={out_dir}", f"train.seed={seed}",
+                               "train.max_iters=null", "train.epochs=1000000", f"train.time_budget_s={budget_s}",
+                               "train.schedule.unit=time"])
+    run_dir = Path(out_dir) / f"ours-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    result = fit(cfg, run_dir=Path(out_dir) / "ours")
+    result = fit(cfg, run_dir=run_dir)
     final = result.final_metrics
+    params = sum(p.numel() for p in build_model(cfg, len(cfg.data.class_names) + 1).parameters())
     return {"name": f"ssdlab {cfg.name}", "mAP50": final.get("val/mAP50"), "mAP50_area": final.get("val/mAP50_area"),
             "AP50": {k.rsplit("/", 1)[1]: v for k, v in final.items() if k.startswith("val/AP50/")},
-            "iterations": result.iterations, "planned_iterations": iters, "s_per_iter_calibrated": s_per_iter,
-            "wall_s": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters())}
-
-
-def _calibrate(step, loader) -> float:
-    """Seconds per training step: one warm-up step, then CALIBRATION_STEPS timed; not counted in the budget."""
-    batches = iter(loader)
-    step(next(batches))
-    t = time.perf_counter()
-    for _ in range(CALIBRATION_STEPS):
-        step(next(batches))
-    return (time.perf_counter() - t) / CALIBRATION_STEPS
+            "iterations": result.iterations, "wall_s": time.perf_counter() - t0, "params": params,
+            "config": str(config), "seed": seed}
 
 
 # ---------------------------------------------------------------- reference
@@ -120,7 +96,7 @@ class _ReferenceData:
         return image, {"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"]}, i
 
 
-def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir: str) -> dict:
+def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir: str, seed: int) -> dict:
     import torch
     torch.set_num_threads(threads)
     from torch.utils.data import DataLoader
@@ -131,19 +107,20 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
     from ssd_core.train import seed_everything
 
     cfg = load_config(config, [f"data.root={root}"])
-    seed_everything(cfg.train.seed)
+    seed_everything(seed)
     names = cfg.data.class_names
     train_set = VOCDataset(root, cfg.data.train_sets, class_names=names)
     test_set = VOCDataset(root, ["BCCD/test"], class_names=names)
     batch = cfg.train.batch_size
     collate = lambda items: tuple(zip(*items))  # noqa: E731
     loader = DataLoader(_ReferenceData(train_set, train=True), batch_size=batch, shuffle=True, drop_last=True,
-                        collate_fn=collate, generator=torch.Generator().manual_seed(cfg.train.seed))
+                        collate_fn=collate, generator=torch.Generator().manual_seed(seed))
     model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=len(train_set.class_names) + 1)
     lr = 0.15 * batch / 192  # the reference's lr 0.15 at 8 GPUs x 24 images, scaled linearly
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=4e-5)
+    warmup = min(1000, len(loader) - 1)  # the reference's first-epoch linear warmup from lr/1000
 
-    def step(items, factor: float = 1.0) -> None:
+    def step(items, factor: float) -> None:
         images, targets, _ = items
         for g in opt.param_groups:
             g["lr"] = lr * factor
@@ -156,21 +133,15 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
         opt.step()
 
     model.train()
-    s_per_iter = _calibrate(step, loader)
-    iters = max(1, int(0.95 * budget_s / s_per_iter))
-    warmup = min(1000, len(loader) - 1, iters // 10)
-    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=len(train_set.class_names) + 1)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=4e-5)
-    seed_everything(cfg.train.seed)
-    model.train()
     t0, it = time.perf_counter(), 0
-    while it < iters and time.perf_counter() - t0 < budget_s:
+    while time.perf_counter() - t0 < budget_s:
         for items in loader:
-            warm = 0.001 + (1 - 0.001) * it / warmup if it < warmup else 1.0
-            step(items, warm * 0.5 * (1 + math.cos(math.pi * it / iters)))
-            it += 1
-            if it >= iters or time.perf_counter() - t0 >= budget_s:
+            elapsed = time.perf_counter() - t0
+            if elapsed >= budget_s:
                 break
+            warm = 0.001 + (1 - 0.001) * it / warmup if it < warmup else 1.0
+            step(items, warm * 0.5 * (1 + math.cos(math.pi * elapsed / budget_s)))  # cosine over the budget
+            it += 1
 
     model.eval()
     test_loader = DataLoader(_ReferenceData(test_set, train=False), batch_size=batch, collate_fn=collate)
@@ -185,8 +156,8 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
     det = {k: torch.cat(v).numpy() for k, v in det.items()}
     voc = evaluate_voc(**det, **ground_truth_from_dataset(test_set), class_names=test_set.class_names)
     return {"name": "torchvision ssdlite320_mobilenet_v3_large", "mAP50": voc["mAP50"], "mAP50_area": voc["mAP50_area"],
-            "AP50": voc["AP50"], "iterations": it, "planned_iterations": iters, "s_per_iter_calibrated": s_per_iter,
-            "wall_s": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters())}
+            "AP50": voc["AP50"], "iterations": it, "wall_s": time.perf_counter() - t0,
+            "params": sum(p.numel() for p in model.parameters()), "seed": seed}
 
 
 # ---------------------------------------------------------------- driver
@@ -199,15 +170,30 @@ def _child(fn_name: str, args: tuple, queue) -> None:
         queue.put((fn_name, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
+def run_pair(args, root: Path, budget_s: float, seed: int) -> tuple[dict, dict]:
+    """Ours and the reference at the same time, one process each."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    common = (args.config, str(root), budget_s, args.threads, args.out, seed)
+    procs = [ctx.Process(target=_child, args=(name, common, queue)) for name in ("run_ours", "run_reference")]
+    for proc in procs:
+        proc.start()
+    results = dict(queue.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return results["run_ours"], results["run_reference"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-min", type=float, default=30.0, help="training wall-clock budget per model (minutes)")
     p.add_argument("--quick", action="store_true", help="1 minute each: checks that everything runs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one pair of runs per seed, one after another")
     p.add_argument("--data-root", default=None, help="folder holding BCCD/ (default $SSDLAB_DATA_ROOT or ../shared/data/bccd)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--threads", type=int, default=1, help="torch threads per model (both run at once)")
     p.add_argument("--out", default=str(REPO / "runs" / "bccd_acceptance"), help="run folder")
-    p.add_argument("--json", default=None, help="write both results here")
+    p.add_argument("--json", default=None, help="write all results here")
     args = p.parse_args(argv)
     budget_s = 60.0 if args.quick else args.budget_min * 60
     root = _data_root(args.data_root)
@@ -217,32 +203,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     print(f"BCCD acceptance: budget {budget_s / 60:.1f} min per model, {args.threads} thread(s) each, "
-          f"both at once; data {root}", flush=True)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    common = (args.config, str(root), budget_s, args.threads, args.out)
-    procs = [ctx.Process(target=_child, args=(name, common, queue)) for name in ("run_ours", "run_reference")]
-    for proc in procs:
-        proc.start()
-    results = dict(queue.get() for _ in procs)
-    for proc in procs:
-        proc.join()
-    ours, ref = results["run_ours"], results["run_reference"]
-    for r in (ours, ref):
-        if "error" in r:
-            print(f"failed: {r['error']}", file=sys.stderr)
-    if "error" in ours or "error" in ref:
-        return 1
-    print(f"{'model':<44} {'params':>9} {'iters':>6} {'wall s':>8} {'mAP50 VOC07':>12} {'area':>6}")
-    for r in (ours, ref):
-        print(f"{r['name']:<44} {r['params']:>9,} {r['iterations']:>6} {r['wall_s']:>8.0f} "
-              f"{100 * r['mAP50']:>12.1f} {100 * r['mAP50_area']:>6.1f}")
-    ratio = ours["mAP50"] / ref["mAP50"] if ref["mAP50"] else float("inf")
-    print(f"RESULT bccd_acceptance ours_mAP50 {100 * ours['mAP50']:.1f} ref_mAP50 {100 * ref['mAP50']:.1f} "
-          f"ratio {ratio:.2f} budget_min {budget_s / 60:.1f}")
+          f"both at once; seeds {args.seeds}; data {root}", flush=True)
+    print(f"{'seed':>4} {'model':<44} {'params':>9} {'iters':>6} {'wall s':>7} {'mAP50':>6} {'area':>6}  AP50 per class")
+    pairs = []
+    for seed in args.seeds:
+        ours, ref = run_pair(args, root, budget_s, seed)
+        failed = [r["error"] for r in (ours, ref) if "error" in r]
+        if failed:
+            print("failed: " + "; ".join(failed), file=sys.stderr)
+            return 1
+        for r in (ours, ref):
+            per_class = " ".join(f"{k} {100 * v:.1f}" for k, v in r["AP50"].items())
+            print(f"{seed:>4} {r['name']:<44} {r['params']:>9,} {r['iterations']:>6} {r['wall_s']:>7.0f} "
+                  f"{100 * r['mAP50']:>6.1f} {100 * r['mAP50_area']:>6.1f}  {per_class}", flush=True)
+        pairs.append((ours, ref))
+    ours_map = [o["mAP50"] for o, _ in pairs]
+    ref_map = [r["mAP50"] for _, r in pairs]
+    wins = sum(o > r for o, r in zip(ours_map, ref_map))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    ratio = mean(ours_map) / mean(ref_map) if mean(ref_map) else float("inf")
+    print(f"RESULT bccd_acceptance ours_mAP50 {100 * mean(ours_map):.1f} ref_mAP50 {100 * mean(ref_map):.1f} "
+          f"(means over {len(pairs)} seed(s)) ratio {ratio:.2f} ours_wins {wins}/{len(pairs)} budget_min {budget_s / 60:.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"budget_s": budget_s, "ours": ours, "reference": ref,
-                                               "ratio": ratio}, indent=2, default=float))
+        Path(args.json).write_text(json.dumps({"budget_s": budget_s, "seeds": args.seeds, "ratio": ratio, "wins": wins,
+                                               "pairs": [{"ours": o, "reference": r} for o, r in pairs]},
+                                              indent=2, default=float))
     return 0
 
 
