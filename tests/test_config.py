@@ -51,8 +51,8 @@ def test_paper_recipe_is_encoded():
     ({"augment": {"sample_patch": {"min_ious": [0.1, 1.2]}}}, "augment.sample_patch.min_ious", "outside [0, 1]"),
     ({"data": {"class_names": ["a", "b", "a"]}}, "data.class_names", "repeats ['a']"),
     ({"eval": {"metric": "coco"}}, "eval.metric", "needs data.format 'coco'"),
-    ({"train": {"schedule": {"unit": "time"}}}, "train", "needs train.time_budget_s"),
-    ({"train": {"time_budget_s": 60, "schedule": {"unit": "time", "milestones": [0.5, 2]}}}, "train",
+    ({"train": {"schedule": {"unit": "time"}}}, "train.schedule.unit", "needs train.time_budget_s"),
+    ({"train": {"time_budget_s": 60, "schedule": {"unit": "time", "milestones": [0.5, 2]}}}, "train.schedule.milestones",
      "fractions of train.time_budget_s"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, data, key, expected):
