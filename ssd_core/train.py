@@ -206,22 +206,29 @@ def lr_factor(cfg: ExperimentConfig, iters_per_epoch: int, total_iters: int,
 class _Progress:
     """tqdm bar (loss, lr, img/s, ETA) on a TTY; plain lines every log_every iterations otherwise."""
 
-    def __init__(self, total: int, initial: int, log_every: int, stream=None) -> None:
+    def __init__(self, total: int, initial: int, log_every: int, stream=None,
+                 remaining: Optional[Callable[[], float]] = None) -> None:
         self.stream = stream or sys.stderr
-        self.total, self.log_every, self.bar = total, log_every, None
+        self.total, self.log_every, self.bar, self.remaining = total, log_every, None, remaining
         self.t0, self.n0 = time.perf_counter(), initial
         if self.stream.isatty():
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=self.stream)
+            self.bar = tqdm(total=None if remaining else total, initial=initial, unit="it", dynamic_ncols=True,
+                            file=self.stream)
+
+    def eta(self, it: int) -> float:
+        """Seconds left: by the iteration rate, or by the time budget (`remaining`) when that ends sooner."""
+        rate = (it - self.n0) / max(1e-9, time.perf_counter() - self.t0)
+        eta = (self.total - it) / rate if rate > 0 else float("inf")
+        return min(eta, self.remaining()) if self.remaining else eta
 
     def update(self, it: int, loss: float, lr: float, img_s: float) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}", refresh=False)
+            extra = {"left": f"{self.eta(it):.0f}s"} if self.remaining else {}
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}", **extra, refresh=False)
         elif it % self.log_every == 0 or it == self.total:
-            rate = (it - self.n0) / max(1e-9, time.perf_counter() - self.t0)
-            eta = (self.total - it) / rate if rate > 0 else float("nan")
-            print(f"iter {it}/{self.total} loss {loss:.4f} lr {lr:.3g} img/s {img_s:.1f} eta {eta:.0f}s",
+            print(f"iter {it}/{self.total} loss {loss:.4f} lr {lr:.3g} img/s {img_s:.1f} eta {self.eta(it):.0f}s",
                   file=self.stream, flush=True)
 
     def close(self) -> None:
@@ -362,7 +369,8 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     metric_key = METRIC_KEYS[cfg.eval.metric]
     reference = None  # the val ground truth, read once
     stopped = False
-    progress = _Progress(total_iters, iteration, t.log_every)
+    progress = _Progress(total_iters, iteration, t.log_every,
+                         remaining=(lambda: max(0.0, t.time_budget_s - elapsed())) if t.time_budget_s else None)
 
     def checkpoint_state() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -213,6 +213,16 @@ def test_fit_on_a_time_schedule_anneals_when_the_budget_ends(shapes, tmp_path, m
     assert load_checkpoint(tmp_path / "run" / "last.pt")["elapsed_seconds"] == 55.0
 
 
+def test_progress_eta_is_capped_by_the_time_budget():
+    import io
+    from ssd_core.train import _Progress
+    stream = io.StringIO()
+    progress = _Progress(total=10**9, initial=0, log_every=1, stream=stream, remaining=lambda: 42.0)
+    progress.update(1, 1.0, 1e-3, 3.0)
+    assert progress.eta(1) == 42.0 and stream.getvalue().endswith("eta 42s\n")
+    assert _Progress(total=10, initial=0, log_every=1, stream=io.StringIO()).eta(0) == float("inf")
+
+
 def test_no_decay_for_norms_and_biases():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     decay, rest = param_groups(net, 5e-4, no_decay_norm_bias=True)
