@@ -52,6 +52,12 @@ class ModelConfig(_Section):
     width_mult: float = Field(1.0, gt=0, le=2.0)
     lite_heads: bool = False
     prior_scales: Literal["voc", "coco"] = "voc"
+    # Default-box scales in percent of the image side (the Caffe rule, ssd_core/priors.py): first_ratio is
+    # the first map's box, min_ratio..max_ratio spread over the others; null takes prior_scales' values.
+    # A dataset of small objects (BCCD platelets, ~7% of the side) wants a smaller first_ratio.
+    prior_first_ratio: Optional[float] = Field(None, gt=0, lt=100)
+    prior_min_ratio: Optional[float] = Field(None, gt=0, lt=100)
+    prior_max_ratio: Optional[float] = Field(None, gt=0, le=100)
     # Stride of the first feature map: 8 is the paper's layout (38x38 at 300 px); 16 keeps MobileNetV2's
     # and EfficientNetV2's native strides (SSDLite's 19x19), about 3x cheaper on a CPU.
     output_stride: Literal[8, 16] = 8
@@ -67,6 +73,11 @@ class ModelConfig(_Section):
             raise ValueError(f"width_mult applies to mobilenet_v2 only, not {self.backbone!r}")
         if self.output_stride != 8 and self.backbone not in ("mobilenet_v2", "efficientnet_v2_s"):
             raise ValueError(f"output_stride 16 applies to mobilenet_v2 and efficientnet_v2_s only, not {self.backbone!r}")
+        lo, hi, first = self.prior_min_ratio, self.prior_max_ratio, self.prior_first_ratio
+        if lo is not None and hi is not None and not lo < hi:
+            raise ValueError(f"prior_max_ratio {hi} must be greater than prior_min_ratio {lo}")
+        if lo is not None and first is not None and not first < lo:
+            raise ValueError(f"prior_first_ratio {first} must be smaller than prior_min_ratio {lo}")
         return self
 
 

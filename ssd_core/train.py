@@ -154,6 +154,9 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
         options["width_mult"] = m.width_mult
     if m.output_stride != 8:
         options["output_stride"] = m.output_stride
+    for key in ("first_ratio", "min_ratio", "max_ratio"):
+        if getattr(m, f"prior_{key}") is not None:
+            options[key] = getattr(m, f"prior_{key}")
     return build_ssd(m.backbone, num_classes=num_classes, image_size=m.image_size,
                      pretrained=m.pretrained, **options)
 
