@@ -223,6 +223,17 @@ def test_progress_eta_is_capped_by_the_time_budget():
     assert _Progress(total=10, initial=0, log_every=1, stream=io.StringIO()).eta(0) == float("inf")
 
 
+def test_prior_ratios_from_the_config_reach_the_default_boxes(shapes, tmp_path):
+    from ssd_core.config import apply_overrides
+    from ssd_core.train import build_model
+    cfg = tiny_config(shapes, tmp_path)
+    default = build_model(cfg, 5).prior_spec
+    spec = build_model(apply_overrides(cfg, {"model.prior_first_ratio": 5, "model.prior_max_ratio": 80}), 5).prior_spec
+    assert default.min_sizes[0] == pytest.approx(0.10 * 64) and spec.min_sizes[0] == pytest.approx(0.05 * 64)
+    assert spec.max_sizes[0] == default.max_sizes[0] == pytest.approx(0.20 * 64)  # the VOC min_ratio 20 kept
+    assert spec.max_sizes[-1] < default.max_sizes[-1] and spec.feature_maps == default.feature_maps
+
+
 def test_no_decay_for_norms_and_biases():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     decay, rest = param_groups(net, 5e-4, no_decay_norm_bias=True)
