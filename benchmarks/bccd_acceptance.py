@@ -58,11 +58,12 @@ def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     result = fit(cfg, run_dir=run_dir)
+    wall_s = time.perf_counter() - t0
     final = result.final_metrics
     params = sum(p.numel() for p in build_model(cfg, len(cfg.data.class_names) + 1).parameters())
     return {"name": f"ssdlab {cfg.name}", "mAP50": final.get("val/mAP50"), "mAP50_area": final.get("val/mAP50_area"),
             "AP50": {k.rsplit("/", 1)[1]: v for k, v in final.items() if k.startswith("val/AP50/")},
-            "iterations": result.iterations, "wall_s": time.perf_counter() - t0, "params": params,
+            "iterations": result.iterations, "wall_s": wall_s, "params": params,
             "config": str(config), "seed": seed}
 
 

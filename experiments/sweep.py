@@ -333,7 +333,7 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
         # 2, not 1: Tune deletes a trial's older checkpoints as soon as it registers a new one, and saves
         # its experiment state a step later; with one kept, a driver killed in that window resumes the
         # trial from a deleted checkpoint and it fails. Two kept close that for epochs longer than
-        # Tune's snapshot period (>= 10 s); see the closing notes for the remaining window.
+        # Tune's snapshot period (>= 10 s); with shorter epochs a kill can still land in the window.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     return tune.Tuner(_trainable(job), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
