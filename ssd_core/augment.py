@@ -22,7 +22,10 @@ Sample-patch options (config `augment.sample_patch`): `min_ious` is a list of mi
 `null` entry means "the whole image"; `any_patch: true` (default) adds the paper's "randomly sample a
 patch" option (no IoU constraint); `whole_image: true` adds the whole image when `min_ious` lacks a
 `null`. The paper's set is therefore `min_ious: [null, 0.1, 0.3, 0.5, 0.7, 0.9]` + `any_patch: true`.
-A patch passes the min-IoU test only when EVERY ground-truth box has IoU >= min_iou with it.
+A patch passes the min-IoU test when AT LEAST ONE ground-truth box has IoU >= min_iou with it: the
+authors' Caffe `SatisfySampleConstraint` returns true at the first ground truth that satisfies it, as
+torchvision's `RandomIoUCrop` (`ious.max() < min_jaccard_overlap: continue`) and lufficc/SSD do.
+(Requiring EVERY box makes the 0.5-0.9 crops all but impossible on images with several objects.)
 """
 from __future__ import annotations
 
@@ -146,8 +149,9 @@ def sample_rect(rng: np.random.Generator, width: float, height: float, boxes: to
 
     As the reference: pick a mode at random; try up to `max_trials` patches with sides in
     [min_scale, 1] of the image and aspect h/w in [1/max_aspect, max_aspect]; accept the first one whose
-    IoU with EVERY box is >= the mode's minimum and that contains at least one box centre; when all
-    trials fail, pick a mode again. The trials of one round are drawn and tested at once.
+    IoU with AT LEAST ONE box is >= the mode's minimum (Caffe's SatisfySampleConstraint) and that
+    contains at least one box centre; when all trials fail, pick a mode again. The trials of one round
+    are drawn and tested at once.
     """
     n = boxes.shape[0]
     boxes = boxes.double()
@@ -165,7 +169,7 @@ def sample_rect(rng: np.random.Generator, width: float, height: float, boxes: to
         ok = (h / w >= 1 / max_aspect) & (h / w <= max_aspect)
         if n:
             if mode != ANY:
-                ok &= box_iou(torch.from_numpy(rects), boxes).min(1).values.numpy() >= mode
+                ok &= box_iou(torch.from_numpy(rects), boxes).max(1).values.numpy() >= mode  # any object
             cx, cy = centres[None, :, 0], centres[None, :, 1]
             ok &= ((cx > rects[:, 0:1]) & (cy > rects[:, 1:2]) & (cx < rects[:, 2:3]) & (cy < rects[:, 3:4])).any(1)
         hits = np.flatnonzero(ok)
