@@ -6,7 +6,9 @@ extra layers (model.py) continue from the last tap down to 1x1:
 
     vgg16     the paper (section 3, Fig. 2): conv4_3 (512 ch, pool3 in ceil mode -> 38x38, L2Norm with a
               learnable per-channel scale initialised to 20, ParseNet) and fc7 (1024 ch, 19x19): pool5
-              3x3 stride 1 pad 1, fc6 = 3x3 conv dilation 6 (1024 ch), fc7 = 1x1 conv, both Xavier init.
+              3x3 stride 1 pad 1, fc6 = 3x3 conv dilation 6 (1024 ch), fc7 = 1x1 conv. Pretrained, fc6/fc7
+              are the paper's "reduced fc" (`reduce_fc`): VGG16's ImageNet classifier subsampled, as every
+              port that reaches ~77 mAP does; from scratch (or vgg_weights "features") they are Xavier init.
     resnet50  NVIDIA's SSD300 v1.1: conv1 ... layer3, layer3's stride set to 1 -> one tap, 1024 ch, 38x38.
     mobilenet_v2, efficientnet_v2_s
               taps at the end of the nominal stride-16 stage (MobileNetV2: the expansion layer of block 14
@@ -15,8 +17,15 @@ extra layers (model.py) continue from the last tap down to 1x1:
               taps are 38x38 and 19x19 at 300 px (output stride 8 and 16).
 
 `input_mean` / `input_std` (0..255 units) are what the ImageNet weights expect: torchvision's ImageNet
-statistics, except vgg16 whose IMAGENET1K_FEATURES weights (ssd.pytorch's) take Caffe-style 0..255
-input minus the mean (123, 117, 104).
+statistics, except vgg16 from scratch or with IMAGENET1K_FEATURES weights (ssd.pytorch's), which take
+Caffe-style 0..255 input minus the mean (123, 117, 104).
+
+VGG16 weights (`vgg_weights`, used when pretrained):
+    "reduced_fc"  (default) torchvision's VGG16_Weights.IMAGENET1K_V1: conv1_1..conv5_3 as trained, and
+                  fc6/fc7 converted from the classifier by `reduce_fc` (paper sec. 3: "we convert fc6 and
+                  fc7 to convolutional layers, subsample parameters from fc6 and fc7"); ImageNet input
+                  statistics, as that checkpoint was trained with.
+    "features"    VGG16_Weights.IMAGENET1K_FEATURES (conv layers only, Caffe-style input); fc6/fc7 random.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from torch import Tensor, nn
 from ssd_core.errors import CheckpointError, ConfigError
 
 BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s")
+VGG_WEIGHTS = ("reduced_fc", "features")
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CAFFE_VGG_MEAN = (123.0, 117.0, 104.0)
@@ -139,8 +149,30 @@ def load_into(module: nn.Module, state: dict[str, Tensor], weights) -> None:
         ) from err
 
 
-def vgg16_base(pretrained: bool = False) -> Base:
+def reduce_fc(fc6_weight: Tensor, fc6_bias: Tensor, fc7_weight: Tensor, fc7_bias: Tensor,
+              channels: int = 512, grid: int = 7, out_step: int = 4, tap_step: int = 3) -> dict[str, Tensor]:
+    """VGG16's fully connected fc6/fc7 -> the paper's convolutional fc6 (3x3, atrous) and fc7 (1x1) by
+    subsampling ("reduced fc", as the authors' VGG_ILSVRC_16_layers_fc_reduced):
+
+        fc6 [4096, 512*7*7] -> [1024, 512, 3, 3]: every 4th output filter, every 3rd tap of the 7x7 grid
+                               (rows and columns 0, 3, 6): conv[k, c, a, b] = fc6[4k, c*49 + 21a + 3b]
+        fc7 [4096, 4096]    -> [1024, 1024, 1, 1]: every 4th row and every 4th column
+        biases              -> every 4th entry
+
+    Returns the state of `nn.Sequential(pool5, fc6, relu, fc7, relu)` (keys 1.* and 3.*)."""
+    out6 = fc6_weight.shape[0]
+    if fc6_weight.shape[1] != channels * grid * grid:
+        raise ValueError(f"fc6 weight {tuple(fc6_weight.shape)}: expected [N, {channels}*{grid}*{grid}]")
+    w6 = fc6_weight.reshape(out6, channels, grid, grid)[::out_step, :, ::tap_step, ::tap_step]
+    w7 = fc7_weight[::out_step, ::out_step]
+    return {"1.weight": w6.contiguous(), "1.bias": fc6_bias[::out_step].contiguous(),
+            "3.weight": w7.reshape(*w7.shape, 1, 1).contiguous(), "3.bias": fc7_bias[::out_step].contiguous()}
+
+
+def vgg16_base(pretrained: bool = False, vgg_weights: str = "reduced_fc") -> Base:
     """The paper's VGG16 (Fig. 2): conv1_1 ... conv4_3 (+ L2Norm), pool5 3x3/1, fc6 atrous, fc7."""
+    if vgg_weights not in VGG_WEIGHTS:
+        raise ConfigError(f"model.vgg_weights={vgg_weights!r} is not one of {', '.join(VGG_WEIGHTS)}")
     with torch.device("meta"):  # skip building (and initialising) VGG's 120M-parameter classifier
         features = torchvision.models.vgg16().features
     features = features.to_empty(device="cpu")
@@ -148,12 +180,6 @@ def vgg16_base(pretrained: bool = False) -> Base:
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
-    if pretrained:
-        weights = torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES
-        state = load_imagenet_weights(weights)
-        load_into(features, {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}, weights)
-    pools = [i for i, layer in enumerate(features) if isinstance(layer, nn.MaxPool2d)]
-    features[pools[2]].ceil_mode = True  # pool3: 75 -> 38 at 300 px
     fc6_fc7 = nn.Sequential(
         nn.MaxPool2d(kernel_size=3, stride=1, padding=1),  # pool5
         nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6),  # fc6, atrous
@@ -162,14 +188,31 @@ def vgg16_base(pretrained: bool = False) -> Base:
         nn.ReLU(inplace=True),
     )
     xavier_init(fc6_fc7)
+    mean, std = CAFFE_VGG_MEAN, (1.0, 1.0, 1.0)
+    if pretrained:
+        reduced = vgg_weights == "reduced_fc"
+        weights = (torchvision.models.VGG16_Weights.IMAGENET1K_V1 if reduced
+                   else torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES)
+        state = load_imagenet_weights(weights)
+        load_into(features, {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}, weights)
+        if reduced:
+            try:
+                fc = reduce_fc(state["classifier.0.weight"], state["classifier.0.bias"],
+                               state["classifier.3.weight"], state["classifier.3.bias"])
+            except (KeyError, ValueError) as err:
+                raise CheckpointError(f"{imagenet_weights_path(weights)}: no VGG16 classifier to reduce ({err})") from err
+            load_into(fc6_fc7, fc, weights)
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+    pools = [i for i, layer in enumerate(features) if isinstance(layer, nn.MaxPool2d)]
+    features[pools[2]].ceil_mode = True  # pool3: 75 -> 38 at 300 px
     return Base(
         stages=[features[: pools[3]], nn.Sequential(*features[pools[3] : pools[4]], *fc6_fc7)],
         out_channels=[512, 1024],
         tap_norms=[L2Norm(512, 20.0), nn.Identity()],
         extra_channels=((256, 512), (128, 256)),
         extra_batch_norm=False,
-        input_mean=CAFFE_VGG_MEAN,
-        input_std=(1.0, 1.0, 1.0),
+        input_mean=mean,
+        input_std=std,
     )
 
 
@@ -231,7 +274,8 @@ def efficientnet_v2_s_base(pretrained: bool = False, output_stride: int = 8) -> 
     )
 
 
-def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0, output_stride: int = 8) -> Base:
+def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0, output_stride: int = 8,
+               vgg_weights: str = "reduced_fc") -> Base:
     """The base network by name; width_mult applies to mobilenet_v2 only, output_stride 16 (the stride of
     the first map; 8 is the paper's layout) to mobilenet_v2 and efficientnet_v2_s only."""
     if name not in BACKBONES:
@@ -246,4 +290,6 @@ def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0, out
         return mobilenet_v2_base(pretrained, width_mult, output_stride)
     if name == "efficientnet_v2_s":
         return efficientnet_v2_s_base(pretrained, output_stride)
-    return {"vgg16": vgg16_base, "resnet50": resnet50_base, "efficientnet_v2_s": efficientnet_v2_s_base}[name](pretrained)
+    if name == "vgg16":
+        return vgg16_base(pretrained, vgg_weights)
+    return resnet50_base(pretrained)

@@ -61,6 +61,9 @@ class ModelConfig(_Section):
     # Stride of the first feature map: 8 is the paper's layout (38x38 at 300 px); 16 keeps MobileNetV2's
     # and EfficientNetV2's native strides (SSDLite's 19x19), about 3x cheaper on a CPU.
     output_stride: Literal[8, 16] = 8
+    # vgg16 with pretrained: "reduced_fc" = ImageNet VGG16 with fc6/fc7 subsampled into the atrous fc6 and
+    # fc7 (the paper's; ssd_core/backbones.py), "features" = conv layers only, fc6/fc7 from scratch.
+    vgg_weights: Literal["reduced_fc", "features"] = "reduced_fc"
 
     @model_validator(mode="after")
     def _size_fits_backbone(self) -> "ModelConfig":

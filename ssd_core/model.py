@@ -193,12 +193,13 @@ class SSD(nn.Module):
 def build_ssd(backbone: str = "vgg16", num_classes: int = 21, image_size: int = 300, pretrained: bool = False, **options) -> SSD:
     """SSD for `backbone` at `image_size` px with `num_classes` classes including background.
 
-    options: lite_heads (bool), prior_scales ("voc" | "coco"), width_mult (mobilenet_v2), and the prior
+    options: lite_heads (bool), prior_scales ("voc" | "coco"), width_mult (mobilenet_v2), vgg_weights
+    ("reduced_fc" | "features", vgg16 with pretrained; backbones.py), and the prior
     overrides of priors.paper_prior_spec: min_ratio, max_ratio, first_ratio, steps, min_sizes,
     max_sizes, aspect_ratios, clip. For vgg16 at 300 px with 21 classes this is the paper's SSD300
     (26,285,486 parameters, 8732 default boxes); at 512 px SSD512 (24,564 default boxes).
     """
-    unknown = set(options) - {"lite_heads", "prior_scales", "width_mult", "output_stride", *PRIOR_OPTIONS}
+    unknown = set(options) - {"lite_heads", "prior_scales", "width_mult", "output_stride", "vgg_weights", *PRIOR_OPTIONS}
     if unknown:
         raise ConfigError(f"build_ssd: unknown model option(s) {sorted(unknown)}")
     if not isinstance(num_classes, int) or num_classes < 2:
@@ -206,7 +207,8 @@ def build_ssd(backbone: str = "vgg16", num_classes: int = 21, image_size: int = 
     if not isinstance(image_size, int) or image_size < 32:
         raise ConfigError(f"model.image_size={image_size!r}: need an int >= 32")
     base = build_base(backbone, pretrained=pretrained, width_mult=float(options.get("width_mult", 1.0)),
-                      output_stride=int(options.get("output_stride", 8)))
+                      output_stride=int(options.get("output_stride", 8)),
+                      vgg_weights=str(options.get("vgg_weights", "reduced_fc")))
     extras, extra_channels = make_extras(base, dry_run_sizes(base, image_size)[-1])
     features = SSDFeatures(base, extras)
     spec = paper_prior_spec(

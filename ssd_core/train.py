@@ -154,6 +154,8 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
         options["width_mult"] = m.width_mult
     if m.output_stride != 8:
         options["output_stride"] = m.output_stride
+    if m.backbone == "vgg16":
+        options["vgg_weights"] = m.vgg_weights
     for key in ("first_ratio", "min_ratio", "max_ratio"):
         if getattr(m, f"prior_{key}") is not None:
             options[key] = getattr(m, f"prior_{key}")

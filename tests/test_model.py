@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ssd_core.backbones import L2Norm, imagenet_weights_path
+from ssd_core.backbones import IMAGENET_MEAN, IMAGENET_STD, L2Norm, imagenet_weights_path, reduce_fc
 from ssd_core.errors import CheckpointError, ConfigError, UserError
 from ssd_core.model import SSD, build_ssd, extra_layer_shape, flatten_predictions, normalize
 from ssd_core.priors import default_boxes
@@ -240,13 +240,75 @@ def test_pretrained_offline_names_the_expected_file(offline_hub):
     assert "TORCH_HOME" in message and "https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth" in message
 
 
-def test_pretrained_vgg16_offline_names_the_features_file(offline_hub, monkeypatch):
+def test_pretrained_vgg16_offline_names_the_weights_file(offline_hub, monkeypatch):
     def refuse(*args, **kwargs):
         raise URLError("no route to host (test)")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    with pytest.raises(CheckpointError, match="vgg16_features-amdegroot-88682ab5.pth"):
+    with pytest.raises(CheckpointError, match="vgg16-397923af.pth") as err:  # IMAGENET1K_V1: the default
         build_ssd("vgg16", pretrained=True)
+    assert "TORCH_HOME" in str(err.value) and str(offline_hub) in str(err.value)
+    with pytest.raises(CheckpointError, match="vgg16_features-amdegroot-88682ab5.pth"):
+        build_ssd("vgg16", pretrained=True, vgg_weights="features")
+    with pytest.raises(ConfigError, match="vgg_weights"):
+        build_ssd("vgg16", pretrained=True, vgg_weights="fc7")
+
+
+def test_reduce_fc_subsamples_filters_and_taps_by_hand():
+    """A fabricated small classifier (8 fc6 outputs over 2 channels x 7 x 7, 8 x 8 fc7): the conversion's
+    indices, shapes and biases against the rule written out element by element."""
+    g = torch.Generator().manual_seed(0)
+    fc6_w, fc6_b = torch.randn(8, 2 * 49, generator=g), torch.randn(8, generator=g)
+    fc7_w, fc7_b = torch.randn(8, 8, generator=g), torch.randn(8, generator=g)
+    out = reduce_fc(fc6_w, fc6_b, fc7_w, fc7_b, channels=2)
+    assert out["1.weight"].shape == (2, 2, 3, 3) and out["3.weight"].shape == (2, 2, 1, 1)
+    for k in range(2):
+        for c in range(2):
+            for a in range(3):
+                for b in range(3):
+                    assert out["1.weight"][k, c, a, b] == fc6_w[4 * k, c * 49 + 7 * (3 * a) + 3 * b]
+        assert out["1.bias"][k] == fc6_b[4 * k] and out["3.bias"][k] == fc7_b[4 * k]
+        for j in range(2):
+            assert out["3.weight"][k, j, 0, 0] == fc7_w[4 * k, 4 * j]
+    with pytest.raises(ValueError, match="fc6 weight"):
+        reduce_fc(torch.zeros(8, 50), fc6_b, fc7_w, fc7_b, channels=2)
+
+
+def test_pretrained_vgg16_default_is_imagenet_v1_with_reduced_fc(monkeypatch):
+    """vgg16 + pretrained loads IMAGENET1K_V1: conv weights copied unchanged, fc6/fc7 reduced from the
+    classifier, and the model normalises with the ImageNet statistics that checkpoint was trained with."""
+    from ssd_core import backbones
+
+    g = torch.Generator().manual_seed(1)
+    with torch.device("meta"):
+        names = torchvision.models.vgg16().state_dict()
+    state = {k: torch.randn(v.shape, generator=g) * 0.01 for k, v in names.items()}
+    asked = []
+
+    def fake_load(weights):
+        asked.append(weights)
+        return state
+
+    monkeypatch.setattr(backbones, "load_imagenet_weights", fake_load)
+    model = build_ssd("vgg16", num_classes=3, image_size=300, pretrained=True)
+    assert asked == [torchvision.models.VGG16_Weights.IMAGENET1K_V1]
+    base = model.features.base
+    conv1_1, conv4_3 = base.stages[0][0], base.stages[0][21]
+    assert torch.equal(conv1_1.weight, state["features.0.weight"]) and torch.equal(conv4_3.bias, state["features.21.bias"])
+    conv5_3 = base.stages[1][5]
+    assert torch.equal(conv5_3.weight, state["features.28.weight"])
+    fc6, fc7 = base.stages[1][8], base.stages[1][10]
+    assert fc6.dilation == (6, 6) and fc7.kernel_size == (1, 1)
+    ref = reduce_fc(state["classifier.0.weight"], state["classifier.0.bias"],
+                    state["classifier.3.weight"], state["classifier.3.bias"])
+    assert torch.equal(fc6.weight, ref["1.weight"]) and torch.equal(fc7.bias, ref["3.bias"])
+    assert torch.equal(fc6.weight[3, 100, 2, 1], state["classifier.0.weight"][12, 100 * 49 + 7 * 6 + 3])
+    assert base.input_mean == IMAGENET_MEAN and base.input_std == IMAGENET_STD
+    # the conv-only option keeps fc6/fc7 random and the Caffe-style input of that checkpoint
+    feats = build_ssd("vgg16", num_classes=3, image_size=300, pretrained=True, vgg_weights="features")
+    assert asked[-1] == torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES
+    assert not torch.equal(feats.features.base.stages[1][8].weight, ref["1.weight"])
+    assert feats.features.base.input_mean == (123.0, 117.0, 104.0)
 
 
 def test_pretrained_loads_a_file_placed_in_the_hub_cache(offline_hub):
