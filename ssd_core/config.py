@@ -93,14 +93,28 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Where the images and annotations are and which classes they hold."""
+    """Where the images and annotations are, which classes they hold, and the three splits:
+
+    train_sets  what the model trains on (minus the holdout slice when `holdout` is set)
+    val_sets    the SELECTION split: best.pt, ASHA and the Optuna objective look at it (`val/...`)
+    holdout     instead of val_sets: this fraction of the training images, a deterministic slice
+                (by a hash of each image's id and holdout_seed, the same for every seed and arm)
+    test_sets   the REPORTED split, scored once at the selected checkpoint (`test/...`); never used
+                to choose anything
+    Neither val_sets nor holdout: no selection split; the last epoch is the selected checkpoint.
+    """
 
     format: Literal["voc", "coco"] = "voc"
     root: Optional[str] = None          # null -> $SSDLAB_DATA_ROOT -> default_root
     default_root: Optional[str] = None  # per-config fallback, e.g. ../shared/data/bccd
     train_sets: list[str] = Field(default_factory=lambda: ["VOC2007/trainval", "VOC2012/trainval"])
-    val_sets: list[str] = Field(default_factory=lambda: ["VOC2007/test"])
+    val_sets: list[str] = Field(default_factory=list)
+    holdout: Optional[float] = Field(None, gt=0, lt=1)
+    holdout_seed: int = 0
+    test_sets: list[str] = Field(default_factory=list)
     class_names: Optional[list[str]] = None  # null -> VOC classes or inferred from the annotations
+    # Objects marked difficult are left out of training (and ignored by the VOC metric). The original
+    # SSD (Caffe) trains on them; set true to do the same.
     keep_difficult: bool = False
     num_workers: int = Field(0, ge=0)
     cache_images: bool = False
@@ -110,6 +124,16 @@ class DataConfig(_Section):
     def _check_lists(self) -> "DataConfig":
         if not self.train_sets:
             raise ValueError("train_sets is empty: expected at least one image set")
+        if self.val_sets and self.holdout is not None:
+            raise ValueError(f"holdout {self.holdout} and val_sets {self.val_sets} are two selection splits: "
+                             f"set one of them")
+        chosen_on = set(self.val_sets) & set(self.test_sets)
+        if chosen_on:
+            raise ValueError(f"test_sets {sorted(chosen_on)} also in val_sets: a model selected on the split it is "
+                             f"reported on is optimistically biased; use another val set or data.holdout")
+        trained_on = set(self.train_sets) & set(self.test_sets)
+        if trained_on:
+            raise ValueError(f"test_sets {sorted(trained_on)} also in train_sets")
         if self.class_names is not None:
             if not self.class_names:
                 raise ValueError("class_names is empty: expected null or a list of names")
@@ -221,8 +245,7 @@ class EvalConfig(_Section):
     nms_threshold: float = Field(0.45, gt=0, le=1)
     top_k: int = Field(400, gt=0)
     max_detections: int = Field(200, gt=0)
-    metric: Literal["voc07", "voc_area", "coco"] = "voc07"
-    split: str = "val"  # "val" -> data.val_sets, "train" -> data.train_sets, else an image set name
+    metric: Literal["voc07", "voc_area", "coco"] = "voc07"  # the selection metric, on the val split
     batch_size: Optional[int] = Field(None, gt=0)  # null -> train.batch_size
 
 

@@ -39,6 +39,7 @@ from .imageio import exif_orientation, load_rgb, open_image
 __all__ = [
     "VOC_CLASSES", "DataWarning", "Target", "Batch", "VOCDataset", "COCODataset", "read_image_set",
     "parse_voc_xml", "collate", "make_loader", "seed_worker", "check_dataset", "DatasetReport",
+    "image_keys", "holdout_mask", "select",
 ]
 
 VOC_CLASSES = (
@@ -145,8 +146,9 @@ def _read_voc_xml(path: Path) -> _RawAnnotation:
 
 
 def _to_target(raw: _RawAnnotation, class_names: Sequence[str], path: Path,
-               size: tuple[int, int] | None = None) -> Target:
-    """Map names to labels 1..C, convert 1-based inclusive -> 0-based xyxy, clip, drop degenerate."""
+               size: tuple[int, int] | None = None, clipped: list[str] | None = None) -> Target:
+    """Map names to labels 1..C, convert 1-based inclusive -> 0-based xyxy, clip, drop degenerate.
+    `clipped`: when given, one line per box that clipping changed is appended to it."""
     index = {n: i + 1 for i, n in enumerate(class_names)}
     unknown = [(k, n) for k, n in enumerate(raw.names) if n not in index]
     if unknown:
@@ -158,7 +160,12 @@ def _to_target(raw: _RawAnnotation, class_names: Sequence[str], path: Path,
     degenerate = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
     b[:, :2] -= 1.0
     if w > 0 and h > 0:
+        unclipped = b
         b = b.clip(0.0, np.array([w, h, w, h], np.float64))
+        if clipped is not None:
+            for k in np.flatnonzero((b != unclipped).any(1) & ~degenerate):
+                clipped.append(f"{path}: object {k} ({raw.names[k]}, box {raw.boxes[k].tolist()}) clipped to the "
+                               f"{w}x{h} image")
     degenerate |= (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
     if degenerate.any():
         dropped = ", ".join(f"object {k} ({raw.names[k]}, box {raw.boxes[k].tolist()})" for k in np.flatnonzero(degenerate))
@@ -462,6 +469,42 @@ def _coco_paths(image_dir: Path, instances: str | Path | Sequence[str]) -> tuple
 
 
 # --------------------------------------------------------------------------------------------
+# Holdout: a validation slice of the training images
+# --------------------------------------------------------------------------------------------
+def image_keys(dataset) -> list[str]:
+    """One stable text key per item: "subdir/image_id" (VOC) or the COCO image id."""
+    return [f"{i[0]}/{i[1]}" if isinstance(i, tuple) else str(i) for i in dataset.ids]
+
+
+def holdout_mask(keys: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
+    """True for the held-out keys: the round(fraction * n) keys (at least 1, at most n - 1) with the
+    smallest sha256(f"{seed}/{key}"). Deterministic and independent of the order of `keys`, so every
+    run, seed and arm on the same images holds out the same ones."""
+    import hashlib
+
+    n = len(keys)
+    if n < 2:
+        raise DataError(f"holdout {fraction}: {n} image(s) cannot be split into training and validation")
+    k = min(n - 1, max(1, round(fraction * n)))
+    digests = [hashlib.sha256(f"{seed}/{key}".encode()).hexdigest() for key in keys]
+    mask = np.zeros(n, bool)
+    mask[np.argsort(digests, kind="stable")[:k]] = True
+    return mask
+
+
+def select(dataset, keep: np.ndarray):
+    """Keep only the items where `keep` is true (in place; returns the dataset)."""
+    keep = np.asarray(keep, bool)
+    dataset.ids = [i for i, k in zip(dataset.ids, keep) if k]
+    dataset.records = [r for r, k in zip(dataset.records, keep) if k]
+    if hasattr(dataset, "image_ids"):
+        dataset.image_ids = dataset.ids
+    dataset._upright.clear()
+    dataset._cache.clear()
+    return dataset
+
+
+# --------------------------------------------------------------------------------------------
 # Batching
 # --------------------------------------------------------------------------------------------
 def collate(batch: Sequence[tuple]) -> Batch:
@@ -526,6 +569,7 @@ class DatasetReport:
     min_size: tuple[int, int] | None = None   # (smallest width, smallest height)
     max_size: tuple[int, int] | None = None   # (largest width, largest height)
     problems: list[Problem] = field(default_factory=list)
+    clipped: list[str] = field(default_factory=list)  # boxes past the image border (repaired: not problems)
 
     @property
     def ok(self) -> bool:
@@ -544,6 +588,9 @@ class DatasetReport:
         if self.min_size:
             lines.append(f"  image size: width {self.min_size[0]}..{self.max_size[0]}, "
                          f"height {self.min_size[1]}..{self.max_size[1]}")
+        if self.clipped:
+            lines.append(f"  warnings: {len(self.clipped)} boxes reach past the image border and are clipped to it")
+            lines += [f"  - {c}" for c in self.clipped]
         lines.append(f"  problems: {len(self.problems)}" if self.problems else "  problems: none")
         lines += [f"  - {p.message}" for p in self.problems]
         return "\n".join(lines)
@@ -589,7 +636,7 @@ def check_dataset(root: str | Path, image_sets: Sequence[str] | None = None,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)
             try:
-                target = _to_target(raw, class_names, xml)
+                target = _to_target(raw, class_names, xml, clipped=report.clipped)
             except DataError as exc:
                 report.problems.append(Problem(str(xml), str(exc), skippable=False))
                 continue

@@ -6,7 +6,11 @@ epochs; the paper's SSD300 is 120k iterations with the lr divided by 10 at 80k a
 Options: gradient clipping, AMP on CUDA (bf16, or fp16 with a GradScaler), channels_last,
 torch.compile. Seeding is deterministic (torch, numpy, Python, the loader's generator).
 
-Every `eval.every_epochs` epochs the model is scored with the VOC metric (and COCO AP on COCO data).
+Every `eval.every_epochs` epochs the model is scored on the selection split (`val/...`, the VOC
+metric, and COCO AP on COCO data); best.pt keeps the best such epoch. When training ends, the reported
+split (data.test_sets) is scored once at that selected checkpoint (`test/...`) and at the final weights
+(`test_last/...`), and the selected checkpoint's test detections are saved as test_detections.npz
+(ssd_core.metrics names every metric). Nothing is ever chosen on the test split.
 Metrics reach the outside world only through callbacks (ssd_core never imports Ray or MLflow):
 
     on_fit_start(cfg, run_dir) ; on_epoch_end(epoch, metrics, run_dir) ; on_fit_end(result)
@@ -19,6 +23,7 @@ the loader's generator).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -36,6 +41,7 @@ from ssd_core.checkpoint import (load_checkpoint, load_model_state, rng_state, s
                                  set_rng_state)
 from ssd_core.config import (ExperimentConfig, config_hash, resolve_data_root, to_yaml,
                              validate_config)
+from ssd_core import metrics as M
 from ssd_core.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 
@@ -51,7 +57,7 @@ class Callback:
 
 @dataclass
 class FitResult:
-    best_metric: Optional[float]          # the eval.metric value of the best epoch (None: never evaluated)
+    best_metric: Optional[float]          # the val eval.metric of the selected epoch (None: no val split)
     metrics_history: list[dict[str, float]]  # one dict per epoch, with "epoch" and "iteration"
     run_dir: Path
     best_epoch: Optional[int] = None
@@ -60,6 +66,7 @@ class FitResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     stopped_by_budget: bool = False       # train.time_budget_s ran out
     metric_name: str = "val/mAP50"
+    test_metrics: dict[str, float] = field(default_factory=dict)  # reported split, selected checkpoint
 
     @property
     def best_checkpoint(self) -> Path:
@@ -70,7 +77,7 @@ class FitResult:
         return self.run_dir / "last.pt"
 
 
-METRIC_KEYS = {"voc07": "val/mAP50", "voc_area": "val/mAP50_area", "coco": "coco/AP"}
+TEST_DETECTIONS = "test_detections.npz"  # the reported split's detections at the selected checkpoint
 
 
 # ---------------------------------------------------------------- setup
@@ -103,25 +110,33 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output.dir) / f"{cfg.name}-{config_hash(cfg)}"
 
 
-def _image_sets(cfg: ExperimentConfig, split: str) -> list[str]:
-    """'train' -> data.train_sets, 'val' -> data.val_sets; 'test' etc. -> that set in the val folders;
-    'VOC2007/test' -> itself."""
+def split_sets(cfg: ExperimentConfig, split: str) -> tuple[list[str], Optional[bool]]:
+    """(image sets, holdout side) of a split: 'train' -> data.train_sets minus the holdout slice,
+    'val' -> data.val_sets or the holdout slice of data.train_sets ([] when neither), 'test' ->
+    data.test_sets; anything else is an image set name ('BCCD/test', 'val2017'). The side is True
+    for the held-out images, False for the rest, None when no holdout applies."""
+    d = cfg.data
     if split == "train":
-        return list(cfg.data.train_sets)
+        return list(d.train_sets), (False if d.holdout is not None else None)
     if split == "val":
-        return list(cfg.data.val_sets or cfg.data.train_sets)
-    if "/" in split or cfg.data.format == "coco":
-        return [split]
-    folders = dict.fromkeys(s.rsplit("/", 1)[0] for s in (cfg.data.val_sets or cfg.data.train_sets) if "/" in s)
-    return [f"{d}/{split}" for d in folders] or [split]
+        if d.val_sets:
+            return list(d.val_sets), None
+        return (list(d.train_sets), True) if d.holdout is not None else ([], None)
+    if split == "test":
+        return list(d.test_sets), None
+    return [split], None
 
 
 def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: Optional[Sequence[str]] = None):
-    """The dataset for `split` with the training augmentation (train=True) or a plain resize.
+    """The dataset for `split` (see split_sets) with the training augmentation (train=True) or a plain
+    resize; None when the config has no such split (no val_sets/holdout, or no test_sets).
     `class_names` (default data.class_names) fixes the label order, e.g. the training set's classes."""
     from ssd_core import data as D
     from ssd_core.augment import build_transform
 
+    sets, held_out = split_sets(cfg, split)
+    if not sets:
+        return None
     root = resolve_data_root(cfg)
     if cfg.data.synthetic is not None:  # idempotent: regenerates only a missing, partial or different set
         from ssd_core.synth import ensure_synthetic
@@ -131,19 +146,25 @@ def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: O
         raise ConfigError(f"{cfg.source}: data.root: {root} does not exist")
     transform = build_transform(cfg.augment, cfg.model.image_size, train=train)
     names = cfg.data.class_names if class_names is None else list(class_names)
-    sets = _image_sets(cfg, split)
     try:
         if cfg.data.format == "voc":
-            return D.VOCDataset(root, sets, class_names=names, keep_difficult=cfg.data.keep_difficult,
-                                transform=transform, cache_images=cfg.data.cache_images)
-        if len(sets) != 1:
-            raise ConfigError(f"{cfg.source}: data.{split}_sets: COCO takes one set (e.g. [train2017]), got {sets}")
-        return D.COCODataset(root / sets[0], root / "annotations" / f"instances_{sets[0]}.json",
-                             transform=transform, class_names=names, cache_images=cfg.data.cache_images)
+            ds = D.VOCDataset(root, sets, class_names=names, keep_difficult=cfg.data.keep_difficult,
+                              transform=transform, cache_images=cfg.data.cache_images)
+        else:
+            if len(sets) != 1:
+                raise ConfigError(f"{cfg.source}: data.{split}_sets: COCO takes one set (e.g. [train2017]), got {sets}")
+            ds = D.COCODataset(root / sets[0], root / "annotations" / f"instances_{sets[0]}.json",
+                               transform=transform, class_names=names, cache_images=cfg.data.cache_images)
+        if held_out is not None:
+            mask = D.holdout_mask(D.image_keys(ds), cfg.data.holdout, cfg.data.holdout_seed)
+            D.select(ds, mask if held_out else ~mask)
     except DataError as exc:
         if names is not None and "class" in str(exc):
             raise ConfigError(f"{cfg.source}: data.class_names {names} do not match the data: {exc}") from None
+        if "holdout" in str(exc):
+            raise ConfigError(f"{cfg.source}: data.holdout: {exc}") from None
         raise
+    return ds
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
@@ -269,10 +290,11 @@ def _priors(model: nn.Module) -> torch.Tensor:
 
 
 def evaluate_model(model: nn.Module, dataset, cfg: ExperimentConfig, device: torch.device,
-                   prefix: str = "val", reference=None) -> dict[str, float]:
-    """VOC07 11-point and area mAP@0.5 (+ per class), and COCO AP on COCO data, as flat metrics.
-    `reference`: a DetectionAccumulator.for_dataset(dataset) to reuse its ground truth."""
-    from ssd_core.data import make_loader
+                   prefix: str = M.VAL, reference=None, save_detections=None) -> dict[str, float]:
+    """VOC07 11-point and area mAP@0.5 (+ per class), and COCO AP on COCO data, as flat metrics named
+    `<prefix>/...` (ssd_core.metrics). `reference`: a DetectionAccumulator.for_dataset(dataset) to reuse
+    its ground truth. `save_detections`: also write the detections + ground truth there (.npz)."""
+    from ssd_core.data import image_keys, make_loader
     from ssd_core.evaluate import DetectionAccumulator
 
     ref = reference if reference is not None else DetectionAccumulator.for_dataset(dataset)
@@ -282,24 +304,50 @@ def evaluate_model(model: nn.Module, dataset, cfg: ExperimentConfig, device: tor
                          pin_memory=device.type == "cuda", persistent_workers=False, drop_last=False)
     predict(model, loader, cfg, device, acc)
     voc = acc.evaluate(iou_threshold=0.5)
-    metrics = {f"{prefix}/mAP50": float(voc["mAP50"]), f"{prefix}/mAP50_area": float(voc["mAP50_area"])}
-    metrics.update({f"{prefix}/AP50/{c}": float(ap) for c, ap in voc["AP50"].items()})
+    metrics = {M.map50(prefix): float(voc["mAP50"]), M.map50_area(prefix): float(voc["mAP50_area"])}
+    metrics.update({M.class_ap50(prefix, c): float(ap) for c, ap in voc["AP50"].items()})
     if cfg.data.format == "coco":
-        metrics.update(_coco_metrics(dataset, acc))
+        metrics.update(_coco_metrics(dataset, acc, prefix))
+    if save_detections is not None:
+        acc.save(save_detections, image_keys(dataset))
     return metrics
 
 
-def _coco_metrics(dataset, acc) -> dict[str, float]:
+def _coco_metrics(dataset, acc, prefix: str) -> dict[str, float]:
     from ssd_core.evaluate import evaluate_coco
     results = acc.coco_results(label_to_category=dataset.contiguous_to_cat_id, image_id_map=dataset.ids)
     coco = evaluate_coco(dataset.coco, results)
-    return {f"coco/{k}": float(coco[k]) for k in ("AP", "AP50", "AP75") if k in coco}
+    return {M.coco_ap(prefix, k): float(coco[k]) for k in M.COCO_KEYS if k in coco}
 
 
 def _autocast(cfg: ExperimentConfig, device: torch.device):
     enabled = device.type == "cuda" and cfg.train.amp != "off"
     dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def score_test(model: nn.Module, test_ds, cfg: ExperimentConfig, device: torch.device,
+               selected_checkpoint=None, detections_path=None) -> dict[str, float]:
+    """The reported split, once: `test/...` at the selected weights (`selected_checkpoint`'s, or the
+    model's own when None: it is the selected one) and `test_last/mAP50(_area)` at the model's current
+    (final) weights. The selected weights' detections go to `detections_path` (.npz)."""
+    from ssd_core.evaluate import DetectionAccumulator
+
+    reference = DetectionAccumulator.for_dataset(test_ds)
+    last = evaluate_model(model, test_ds, cfg, device, prefix=M.TEST, reference=reference,
+                          save_detections=detections_path if selected_checkpoint is None else None)
+    if selected_checkpoint is None:
+        selected = last
+    else:
+        chosen = copy.deepcopy(model)
+        load_model_state(chosen, load_checkpoint(selected_checkpoint, map_location=device), selected_checkpoint)
+        selected = evaluate_model(chosen, test_ds, cfg, device, prefix=M.TEST, reference=reference,
+                                  save_detections=detections_path)
+        del chosen
+    out = dict(selected)
+    for name in (M.map50, M.map50_area):
+        out[M.last_of(name(M.TEST))] = last[name(M.TEST)]
+    return out
 
 
 # ---------------------------------------------------------------- the loop
@@ -323,7 +371,8 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
 
     train_ds = build_dataset(cfg, "train", train=True)
     class_names = list(train_ds.class_names)
-    val_ds = build_dataset(cfg, "val", train=False, class_names=class_names)
+    val_ds = build_dataset(cfg, M.VAL, train=False, class_names=class_names)    # None: select the last epoch
+    test_ds = build_dataset(cfg, M.TEST, train=False, class_names=class_names)  # None: nothing reported
     loader = make_loader(train_ds, batch_size=t.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                          seed=t.seed, pin_memory=device.type == "cuda", persistent_workers=False,
                          drop_last=len(train_ds) >= 2 * t.batch_size)
@@ -371,7 +420,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
         cb.on_fit_start(cfg, run_dir)
     step_model = torch.compile(model) if t.compile else model
     net = model
-    metric_key = METRIC_KEYS[cfg.eval.metric]
+    metric_key = M.metric_for(cfg.eval.metric, M.VAL)
     reference = None  # the val ground truth, read once
     stopped = False
     progress = _Progress(total_iters, iteration, t.log_every,
@@ -435,17 +484,23 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
                        "train/loss_conf": mean[2], "train/lr": optimizer.param_groups[0]["lr"],
                        "perf/train_img_s": n_img / max(1e-9, train_s)}
             last_epoch = stopped or epoch >= total_epochs or iteration >= total_iters
-            if epoch % cfg.eval.every_epochs == 0 or last_epoch:
-                t_eval = time.perf_counter()
+            t_eval = time.perf_counter()
+            if val_ds is not None and (epoch % cfg.eval.every_epochs == 0 or last_epoch):
                 if reference is None:
                     reference = DetectionAccumulator.for_dataset(val_ds)
-                metrics.update(evaluate_model(model, val_ds, cfg, device, reference=reference))
-                device_s += time.perf_counter() - t_eval
+                metrics.update(evaluate_model(model, val_ds, cfg, device, prefix=M.VAL, reference=reference))
+            # The selected checkpoint: the best val epoch so far (the last epoch without a val split).
+            improved = (metric_key in metrics and (best is None or metrics[metric_key] > best)) if val_ds is not None else True
+            if improved:
+                best, best_epoch = metrics.get(metric_key), epoch
+            if last_epoch and test_ds is not None:
+                metrics.update(score_test(model, test_ds, cfg, device, best_path if not improved else None,
+                                          run_dir / TEST_DETECTIONS))
+                metrics[M.TEST + "/selected_epoch"] = float(best_epoch)
+            metrics[M.FINAL] = 1.0 if last_epoch else 0.0
+            device_s += time.perf_counter() - t_eval
             metrics["cost/device_hours"] = device_s / 3600.0
             history.append(metrics)
-            improved = metric_key in metrics and (best is None or metrics[metric_key] > best)
-            if improved:
-                best, best_epoch = metrics[metric_key], epoch
             state = checkpoint_state()
             save_checkpoint(state, last_path)
             if improved or not best_path.exists():
@@ -457,9 +512,11 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     finally:
         progress.close()
 
+    final = history[-1] if history else {}
     result = FitResult(best_metric=best, metrics_history=history, run_dir=run_dir, best_epoch=best_epoch,
-                       epochs=epoch, iterations=iteration, final_metrics=history[-1] if history else {},
-                       stopped_by_budget=stopped, metric_name=metric_key)
+                       epochs=epoch, iterations=iteration, final_metrics=final,
+                       stopped_by_budget=stopped, metric_name=metric_key,
+                       test_metrics={k: v for k, v in final.items() if k.startswith(M.TEST + "/")})
     for cb in callbacks:
         cb.on_fit_end(result)
     return result
@@ -490,6 +547,9 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint, split: str = "val") -
         raise CheckpointError(f"{checkpoint}: trained on classes {class_names}, but {cfg.source} "
                               f"data.class_names is {list(cfg.data.class_names)}")
     dataset = build_dataset(cfg, split, train=False, class_names=class_names)
+    if dataset is None:
+        key = "data.val_sets (or data.holdout)" if split == M.VAL else f"data.{split}_sets"
+        raise ConfigError(f"{cfg.source}: {key}: empty, so there is no {split!r} split to evaluate on")
     model = build_model(cfg, len(class_names) + 1)
     load_model_state(model, state, checkpoint)
     model.to(device)

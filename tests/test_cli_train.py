@@ -16,7 +16,7 @@ def tiny_yaml(tmp_path: Path) -> Path:
     data = {
         "name": "cli_tiny",
         "model": {"backbone": "mobilenet_v2", "image_size": 64, "width_mult": 0.35, "lite_heads": True},
-        "data": {"root": str(tmp_path / "shapes"), "train_sets": ["SHAPES/train"], "val_sets": ["SHAPES/val"],
+        "data": {"root": str(tmp_path / "shapes"), "train_sets": ["SHAPES/train"], "val_sets": ["SHAPES/val"], "test_sets": ["SHAPES/test"],
                  "class_names": ["circle", "square", "triangle", "cross"],
                  "synthetic": {"images": 30, "seed": 1, "image_size": 96}},
         "train": {"epochs": 2, "batch_size": 8, "optimizer": "adamw", "lr": 3e-3, "warmup_iters": 1,

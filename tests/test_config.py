@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from ssd_core.config import (ExperimentConfig, HASH_EXCLUDED, apply_overrides, config_hash, config_keys,
-                             flatten, load_config, parse_overrides, resolve_data_root, to_yaml)
+                             flatten, load_config, parse_overrides, resolve_data_root, to_yaml,
+                             validate_config)
 from ssd_core.errors import ConfigError, UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -32,7 +33,8 @@ def test_paper_recipe_is_encoded():
     t = cfg.train
     assert (t.batch_size, t.optimizer, t.lr, t.momentum, t.weight_decay) == (32, "sgd", 1e-3, 0.9, 5e-4)
     assert t.max_iters == 120_000 and t.schedule.unit == "iter" and t.schedule.milestones == [80_000, 100_000]
-    assert cfg.data.train_sets == ["VOC2007/trainval", "VOC2012/trainval"] and cfg.data.val_sets == ["VOC2007/test"]
+    assert cfg.data.train_sets == ["VOC2007/trainval", "VOC2012/trainval"] and cfg.data.test_sets == ["VOC2007/test"]
+    assert cfg.data.val_sets == [] and cfg.data.holdout is None  # the final iteration is the model, as in the paper
     assert (cfg.eval.nms_threshold, cfg.eval.score_threshold, cfg.eval.max_detections) == (0.45, 0.01, 200)
 
 
@@ -161,3 +163,24 @@ def test_data_root_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("SSDLAB_DATA_ROOT")
     with pytest.raises(ConfigError, match="data.root: not set"):
         resolve_data_root(ExperimentConfig())
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_no_shipped_config_selects_on_its_test_split(path):
+    """Selection (val_sets / holdout) and reporting (test_sets) are different images in every shipped
+    config, and every config that has real data names the split it reports."""
+    d = load_config(path).data
+    assert d.test_sets, f"{path.name}: no test_sets: nothing to report"
+    assert not set(d.val_sets) & set(d.test_sets)
+    assert not any(s.endswith(("/test", "test2017")) for s in d.val_sets), d.val_sets
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"val_sets": ["B/test"], "test_sets": ["B/test"]}, "x.yaml: data.test_sets: test_sets ['B/test'] also in val_sets"),
+    ({"train_sets": ["B/train"], "test_sets": ["B/train"]}, "also in train_sets"),
+    ({"val_sets": ["B/val"], "holdout": 0.1}, "two selection splits"),
+    ({"holdout": 1.5}, "data.holdout"),
+])
+def test_split_rules_name_the_key(data, expected):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        validate_config({"data": {"train_sets": ["B/train"], **data}}, "x.yaml")

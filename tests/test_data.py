@@ -74,6 +74,38 @@ def test_boxes_outside_the_image_are_clipped(tmp_path):
     assert VOCDataset(root, ["SET/train"]).annotation(0).boxes.tolist() == [[0, 0, 40, 30]]
 
 
+def test_check_dataset_lists_clipped_boxes_as_warnings_not_problems(tmp_path, capsys):
+    root = make_voc(tmp_path, images={"a": ((40, 30), [("dog", (-5, 0, 50, 31), False), ("dog", (2, 2, 9, 9), False)]),
+                                      "b": ((40, 30), [("cat", (3, 3, 41, 12), False)])})
+    report = check_dataset(root)
+    assert report.ok and len(report.clipped) == 2
+    assert "a.xml: object 0 (dog, box [-5.0, 0.0, 50.0, 31.0]) clipped" in report.clipped[0]
+    assert "b.xml: object 0 (cat" in report.clipped[1]
+    text = report.format()
+    assert "warnings: 2 boxes reach past the image border" in text and "problems: none" in text
+
+
+def test_holdout_is_a_fixed_slice_whatever_the_order():
+    keys = [f"SET/{i:04d}" for i in range(200)]
+    mask = D.holdout_mask(keys, 0.1, seed=0)
+    assert mask.sum() == 20
+    shuffled = keys[::-1]
+    again = dict(zip(shuffled, D.holdout_mask(shuffled, 0.1, seed=0)))
+    assert [k for k, m in zip(keys, mask) if m] == sorted(k for k, m in again.items() if m)
+    assert not np.array_equal(mask, D.holdout_mask(keys, 0.1, seed=1))       # holdout_seed moves it
+    assert D.holdout_mask(keys[:3], 0.01).sum() == 1 and D.holdout_mask(keys[:3], 0.99).sum() == 2
+    with pytest.raises(DataError, match="holdout"):
+        D.holdout_mask(keys[:1], 0.5)
+
+
+def test_select_keeps_items_ids_and_annotations_together(voc):
+    ds = VOCDataset(voc, ["SET/train"], class_names=["dog", "cat"])
+    assert D.image_keys(ds) == ["SET/a", "SET/b"]
+    D.select(ds, np.array([False, True]))
+    assert D.image_keys(ds) == ["SET/b"] and len(ds) == 1
+    assert ds.annotation(0).labels.tolist() == [2] and ds[0][3] == 0
+
+
 def test_degenerate_boxes_are_dropped_with_one_warning_naming_file_and_objects(tmp_path):
     root = make_voc(tmp_path, images={"a": ((40, 30), [
         ("dog", (5, 5, 5, 9), False), ("cat", (3, 3, 9, 9), False), ("cat", (9, 9, 3, 12), False),

