@@ -74,6 +74,7 @@ BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
 NUM_CLASSES = 21                     # VOC: 20 classes + background, for parts 1 and 2
 PAPER_FWD_FLOPS = 35e9               # the issue's figure for SSD300-VGG16 forward per image
 TRAIN_FLOPS_PER_FWD = 3              # forward + backward (~2x forward) per training step
+LR = 1e-4   # part 2, both models: from random init on random images, 1e-3 diverges to inf/nan in ~4 steps
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity), first match on torch.cuda.get_device_name().
 BF16_PEAKS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
               ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A10G", 70e12), ("L40S", 362e12),
@@ -108,12 +109,12 @@ class Plan:
     p3_size: int = 300
     p3_workers: tuple = (1, 8, 16)
     p3_batch: int = 32
-    p3_seconds: float = 6.0
+    p3_seconds: float = 5.0
     p3_cap_s: float = 75.0
     # part 4
     p4_procs: tuple = (1, 2, 4)
     p4_batch: int = 16
-    p4_seconds: float = 20.0
+    p4_seconds: float = 15.0
     p4_warmup: int = 5
     p4_loader_workers: int = 3
     p4_threads: int = 2
@@ -134,11 +135,12 @@ class Plan:
             return cls(device=device)
         return cls(device=device, quick=True, deadline_s=300.0,
                    p1_batch=2, p1_reps=3, p1_cap_s=30.0,
-                   p2_size=268, p2_batches=(1, 2), p2_warmup=1, p2_iters=1, p2_cap_s=60.0,
+                   # torchvision's VGG16 SSD needs >= 268 px, where a CPU step costs ~1 s per image: batch 1
+                   p2_size=268, p2_batches=(1,), p2_warmup=0, p2_iters=1, p2_cap_s=60.0,
                    compile_backend="aot_eager" if device == "cpu" else "inductor", compile_batches=(1,),
                    compile_min_s=5.0, compile_cap_s=60.0,
-                   p3_size=128, p3_workers=(1, 2), p3_batch=2, p3_seconds=1.0, p3_cap_s=30.0,
-                   p4_procs=(1, 2), p4_batch=2, p4_seconds=2.0, p4_warmup=1, p4_loader_workers=1, p4_threads=1,
+                   p3_size=128, p3_workers=(1, 2), p3_batch=2, p3_seconds=0.5, p3_cap_s=30.0,
+                   p4_procs=(1, 2), p4_batch=2, p4_seconds=1.0, p4_warmup=1, p4_loader_workers=1, p4_threads=1,
                    p4_image_size=96, p4_cap_s=60.0, p4_ready_timeout_s=60.0,
                    p5_budget_s=3.0, p5_workers=1, p5_batch=2, p5_image_size=96, p5_extra_s=40.0,
                    synth_images=40)
@@ -227,7 +229,8 @@ class PartTimeout(Exception):
 
 @contextlib.contextmanager
 def time_cap(seconds: float):
-    """Raise PartTimeout in the main thread after `seconds` (SIGALRM; a no-op where it is missing)."""
+    """Raise PartTimeout in the main thread after `seconds`, and again every 10 s should one be swallowed
+    (an exception raised inside a __del__ is only printed). SIGALRM; a no-op where it is missing."""
     if not hasattr(signal, "SIGALRM"):
         yield
         return
@@ -236,7 +239,7 @@ def time_cap(seconds: float):
         raise PartTimeout(f"time cap of {seconds:.0f} s reached")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, max(1.0, seconds))
+    signal.setitimer(signal.ITIMER_REAL, max(1.0, seconds), 10.0)
     try:
         yield
     finally:
@@ -280,9 +283,12 @@ class DataSpec:
 
     def overrides(self) -> list[str]:
         """Config overrides that point bccd_mobilenet_v2.yaml at this data (val = the selection split)."""
-        out = [f"data.root={self.root}", f"data.val_sets=[{self.split('val')}]"]
+        out = [f"data.root={self.root}", f"data.train_sets=[{self.split('train')}]",
+               f"data.val_sets=[{self.split('val')}]"]
+        if "test_sets" in CONFIG_DATA_KEYS:   # the reported split, scored by fit itself
+            out.append(f"data.test_sets=[{self.split('test')}]")
         if self.source != "BCCD":
-            out += [f"data.train_sets=[{self.split('train')}]", f"data.class_names=[{','.join(self.class_names)}]"]
+            out.append(f"data.class_names=[{','.join(self.class_names)}]")
         return out
 
 
@@ -306,6 +312,14 @@ def resolve_data(arg: str, scratch: Path, plan: Plan, report: Optional[Report]) 
                    f"shapes set ({plan.synth_images} images) in {synth}; the part 5 mAP is NOT a BCCD figure")
     ensure_synthetic(synth, images=plan.synth_images, seed=0, image_size=160)
     return DataSpec(synth.resolve(), SUBDIR, list(SYNTH_CLASSES), "synthetic")
+
+
+def _config_data_keys() -> set:
+    import yaml
+    return set((yaml.safe_load(BCCD_CONFIG.read_text()) or {}).get("data") or {})
+
+
+CONFIG_DATA_KEYS = _config_data_keys() if BCCD_CONFIG.is_file() else set()
 
 
 class Repeat:
@@ -501,7 +515,6 @@ class TrainBench:
         self.cuda = torch.device(device).type == "cuda"
         self.size = plan.p2_size
         self.peak, self.device_name = bf16_peak(device)
-        torch.backends.cudnn.benchmark = True
         self.batches: dict[int, tuple] = {}
 
     def autocast(self):
@@ -528,7 +541,7 @@ class TrainBench:
         model = build_ssd("vgg16", NUM_CLASSES, self.size).to(self.device).train()
         model = model.to(memory_format=torch.channels_last)
         forward = torch.compile(model, backend=compile_backend, dynamic=False) if compile_backend else model
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
         criterion = MultiBoxLoss()
 
         def step(B: int):
@@ -552,7 +565,7 @@ class TrainBench:
             model.transform.fixed_size = (self.size, self.size)
             model.transform.min_size, model.transform.max_size = (self.size,), self.size
         model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
 
         def step(B: int):
             _, _, _, targets, floats = self.batch(B)
@@ -587,10 +600,8 @@ class TrainBench:
         else:
             ms = (time.perf_counter() - t0) * 1e3 / iters
         last = float(loss)
-        if not math.isfinite(last):
-            raise FloatingPointError(f"non-finite training loss {last} at batch {B}")
         out = {"batch": B, "ms_per_step": ms, "img_s": B * 1e3 / ms, "warmup_steps": warmup,
-               "warmup_s": warm_s, "timed_steps": iters, "last_loss": last}
+               "warmup_s": warm_s, "timed_steps": iters, "last_loss": last, "loss_finite": math.isfinite(last)}
         if self.cuda:
             out["peak_mem_gib"] = gib(torch.cuda.max_memory_allocated())
             out["peak_reserved_gib"] = gib(torch.cuda.max_memory_reserved())
@@ -606,15 +617,20 @@ class TrainBench:
         return out
 
     def run_config(self, which: str, B: int, compile_backend: Optional[str] = None) -> dict:
+        """A fresh model and optimizer, measured; cudnn.benchmark on for both models, off again after
+        (part 5's fit runs with the process default)."""
         import torch
         free_memory()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
         step, model = self.ours(compile_backend) if which == "ours" else self.torchvision()
         try:
             warmup = self.plan.p2_warmup + (2 if compile_backend else 0)
             return self.measure(step, B, warmup, self.plan.p2_iters)
         finally:
+            torch.backends.cudnn.benchmark = benchmark
             del step, model
             free_memory()
 
@@ -639,7 +655,8 @@ def part2_train_step(report: Report, section: dict, plan: Plan, device: str, ben
                              "CPU: fp32 (autocast is CUDA-only, as in fit) + channels_last"),
                    torchvision_input="list of pre-resized 300x300 float images in [0, 1]; its transform "
                                      "normalises and re-runs the (no-op) resize inside the timed step",
-                   optimizer="SGD lr 1e-3 momentum 0.9 wd 5e-4 (both)", eager={})
+                   optimizer=f"SGD lr {LR:g} momentum 0.9 wd 5e-4 (both; lr 1e-3 diverges from random init "
+                             f"on random images)", eager={})
     peak = f"{bench.peak / 1e12:.0f} TFLOP/s" if bench.peak else "unknown"
     report.log(f"[2] device {bench.device_name}; dense bf16 peak {peak}; forward at {S} px: ours "
                f"{fwd_ours / 1e9:.1f} GFLOP, torchvision {fwd_ref / 1e9:.1f} GFLOP (FlopCounterMode, 2 FLOPs per "
@@ -685,8 +702,9 @@ def part2c_compiled(report: Report, section: dict, plan: Plan, device: str, benc
         try:
             with time_cap(min(plan.compile_cap_s, left - 5)):
                 r = bench.run_config("ours", B, compile_backend=plan.compile_backend)
-        except PartTimeout as exc:
-            comp[f"b{B}"] = {"failed": one_line(exc), "seconds": time.perf_counter() - t0}
+        except Exception as exc:  # noqa: BLE001 - a time cap or a compiler error: record it, stop compiling
+            comp[f"b{B}"] = {"failed": one_line(exc), "seconds": time.perf_counter() - t0,
+                             "traceback": traceback.format_exc()[-4000:]}
             report.failed(f"2c_compile_b{B}", exc)
             report.save()
             break
@@ -890,8 +908,9 @@ def pack_worker(worker_dir: Path, rank: int) -> int:
 
     torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec["device"])
-    overrides = list(spec["overrides"]) + [f"train.batch_size={spec['batch']}", f"train.amp={spec['amp']}",
-                                           f"train.device={spec['device']}"]
+    overrides = list(spec["overrides"]) + [f"train.batch_size={spec['batch']}", f"train.device={spec['device']}"]
+    if spec["amp"] == "bf16":              # (YAML reads a bare `off` as false: leave the config's value)
+        overrides.append("train.amp=bf16")
     if spec["image_size"]:
         overrides.append(f"model.image_size={spec['image_size']}")
     cfg = load_config(BCCD_CONFIG, overrides)
@@ -969,15 +988,17 @@ def pack_worker(worker_dir: Path, rank: int) -> int:
 def part5_bccd_training(report: Report, section: dict, plan: Plan, device: str, data: DataSpec,
                         scratch: Path, budget_s: float) -> None:
     from ssd_core.config import load_config
-    from ssd_core.train import evaluate_checkpoint, fit
+    from ssd_core.train import fit
 
     run_dir = scratch / "bccd_run"
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = data.overrides() + [
-        f"data.num_workers={plan.p5_workers}", f"train.device={device}", f"train.amp={'bf16' if device == 'cuda' else 'off'}",
+        f"data.num_workers={plan.p5_workers}", f"train.device={device}",
         f"train.time_budget_s={budget_s}", "train.schedule.unit=time", "train.max_iters=null",
         "train.epochs=1000000", "eval.every_epochs=1000000", "eval.batch_size=32",
         f"output.dir={scratch}", f"train.log_every={20 if plan.quick else 200}"]
+    if device == "cuda":
+        overrides.append("train.amp=bf16")   # autocast is CUDA-only in fit; the config's value stays on a CPU
     if plan.p5_batch:
         overrides.append(f"train.batch_size={plan.p5_batch}")
     if plan.p5_image_size:
@@ -986,41 +1007,53 @@ def part5_bccd_training(report: Report, section: dict, plan: Plan, device: str, 
     section.update(config=str(BCCD_CONFIG.relative_to(REPO)), data=data.source, budget_s=budget_s,
                    overrides=overrides, batch=cfg.train.batch_size, image_size=cfg.model.image_size,
                    selection_split=data.split("val"), test_split=data.split("test"),
-                   protocol="fit evaluates once, at the end, on val (selection split); the final checkpoint "
-                            "last.pt is then scored on test")
+                   protocol="eval.every_epochs is huge: fit evaluates val (the selection split) once, at the "
+                            "end, so the selected checkpoint is the final one; test is scored on it, once")
     report.log(f"[5] fit {cfg.name} on {data.source} ({data.split('train')}), {budget_s:.0f} s budget, batch "
                f"{cfg.train.batch_size}, {cfg.model.image_size} px, amp {cfg.train.amp} ({device}), "
                f"{plan.p5_workers} loader workers")
     t0 = time.perf_counter()
     result = fit(cfg, run_dir=run_dir)
     fit_s = time.perf_counter() - t0
-    final = result.final_metrics
+    final = dict(result.final_metrics)
+    test_source = "fit (data.test_sets at the selected = final checkpoint)"
+    test_s = 0.0
+    if "test/mAP50" not in final:   # a fit that does not score data.test_sets itself: score last.pt here
+        from ssd_core.train import evaluate_checkpoint
+        t1 = time.perf_counter()
+        final.update(evaluate_checkpoint(cfg, result.last_checkpoint, split="test"))
+        test_s = time.perf_counter() - t1
+        test_source = "evaluate_checkpoint(last.pt, split='test')"
     images = result.iterations * cfg.train.batch_size
     train_img_s = [h["perf/train_img_s"] for h in result.metrics_history if "perf/train_img_s" in h]
-    t1 = time.perf_counter()
-    test = evaluate_checkpoint(cfg, result.last_checkpoint, split="test")
-    test_s = time.perf_counter() - t1
-    val_map = final.get("val/mAP50")
-    test_map = test.get("test/mAP50")
-    section.update(fit_wall_s=fit_s, test_eval_s=test_s, iterations=result.iterations, epochs=result.epochs,
-                   images_seen=images, stopped_by_budget=result.stopped_by_budget,
+
+    def per_class(prefix: str) -> dict:
+        return {k.rsplit("/", 1)[1]: v for k, v in final.items() if k.startswith(prefix + "/AP50/")}
+
+    val_map, test_map = final.get("val/mAP50"), final.get("test/mAP50")
+    if val_map is None or test_map is None:
+        raise RuntimeError(f"fit reported no val/mAP50 or test/mAP50: {sorted(final)}")
+    section.update(fit_wall_s=fit_s, test_eval_s=test_s, test_scored_by=test_source, iterations=result.iterations,
+                   epochs=result.epochs, images_seen=images, stopped_by_budget=result.stopped_by_budget,
                    train_img_s_mean_over_epochs=statistics.mean(train_img_s) if train_img_s else None,
                    images_per_wall_s=images / fit_s, final_train_loss=final.get("train/loss"),
-                   val_mAP50=val_map, val_mAP50_area=final.get("val/mAP50_area"),
-                   val_AP50={k.rsplit("/", 1)[1]: v for k, v in final.items() if k.startswith("val/AP50/")},
-                   test_mAP50=test_map, test_mAP50_area=test.get("test/mAP50_area"),
-                   test_AP50={k.rsplit("/", 1)[1]: v for k, v in test.items() if k.startswith("test/AP50/")})
+                   val_mAP50=val_map, val_mAP50_area=final.get("val/mAP50_area"), val_AP50=per_class("val"),
+                   test_mAP50=test_map, test_mAP50_area=final.get("test/mAP50_area"), test_AP50=per_class("test"),
+                   test_last_mAP50=final.get("test_last/mAP50"), best_epoch=result.best_epoch)
     for name in ("metrics.jsonl", "config.yaml"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, report.out / f"part5_{name}")
     report.log(f"[5] {result.iterations} iterations, {result.epochs} epochs in {fit_s:.1f} s "
-               f"({images / fit_s:.1f} img/s over the whole fit), final train loss {final.get('train/loss', float('nan')):.3f}")
+               f"({images / fit_s:.1f} img/s over the whole fit), final train loss "
+               f"{final.get('train/loss', float('nan')):.3f}")
     report.log(f"[5] val ({data.split('val')}) mAP@0.5 {val_map:.4f}  {section['val_AP50']}")
     report.log(f"[5] test ({data.split('test')}) mAP@0.5 {test_map:.4f}  {section['test_AP50']}  "
-               f"(final checkpoint; test eval {test_s:.1f} s)")
-    report.value(f"bccd_val_mAP50_{device}", "5", val_map, "VOC07 mAP@0.5", f"{data.source} val, after {budget_s:.0f} s")
+               f"(scored by {test_source})")
+    report.value(f"bccd_val_mAP50_{device}", "5", val_map, "VOC07 mAP@0.5",
+                 f"{data.source} {data.split('val')}, after {budget_s:.0f} s")
     report.value(f"bccd_test_mAP50_{device}", "5", test_map, "VOC07 mAP@0.5",
-                 f"{data.source} test, final checkpoint after {budget_s:.0f} s, {result.iterations} iterations")
+                 f"{data.source} {data.split('test')}, final checkpoint after {budget_s:.0f} s, "
+                 f"{result.iterations} iterations")
     report.value(f"bccd_train_img_s_{device}", "5", images / fit_s, "img/s", "images seen / fit wall time")
 
 
@@ -1092,8 +1125,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    global T_START
+    T_START = time.perf_counter()          # the deadline counts from here (also when called in-process)
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*skipped.*|.*clipped.*|.*dropped.*")
+    with contextlib.suppress(ImportError):     # repaired annotations: `ssdlab data check` reports those
+        from ssd_core.data import DataWarning
+        warnings.simplefilter("ignore", DataWarning)
     if args.worker == "pack":
         return pack_worker(Path(args.worker_dir), args.rank)
     if hasattr(signal, "SIGTERM"):      # a killed run still saves its JSON (the finally blocks run)
@@ -1103,6 +1140,8 @@ def main(argv=None) -> int:
         print("gpu_check: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     plan = Plan.make(args.device, args.quick)
+    if plan.quick and args.device == "cpu":
+        torch.set_num_threads(1)   # the smoke run: one thread stays fast when other work shares the cores
     if args.budget_s is not None:
         plan.p5_budget_s = args.budget_s
     if args.deadline_s is not None:
@@ -1171,8 +1210,9 @@ def main(argv=None) -> int:
                 section["compiled"]["traceback"] = traceback.format_exc()[-4000:]
                 report.failed("2c_compile", exc)
             section.setdefault("compiled", {})["seconds"] = time.perf_counter() - t0
-            if "3" in parts and report.data["parts"].get(PART_NAMES["3"], {}).get("rates"):
-                feed_check(report, report.data["parts"][PART_NAMES["3"]])
+            compiled_rates = [r for r in section.get("compiled", {}).values() if isinstance(r, dict) and "img_s" in r]
+            if compiled_rates and report.data["parts"].get(PART_NAMES["3"], {}).get("rates"):
+                feed_check(report, report.data["parts"][PART_NAMES["3"]])   # again, with the compiled rates
             report.save()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -1200,4 +1240,12 @@ def summary(report: Report) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as exc:   # SIGTERM (the JSON is saved by then) or an argparse error
+        code = exc.code if isinstance(exc.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written: leave without waiting for stray pools (compile workers, loader workers)
+    # that an interrupted part may have left behind.
+    os._exit(code)

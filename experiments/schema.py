@@ -27,6 +27,7 @@ class Status(str, Enum):
     EARLY_STOPPED = "early_stopped"  # a scheduler (ASHA) stopped it before its end
     FAILED = "failed"
     KILLED = "killed"              # a sweep interrupted (resumable); the tag keeps "running"
+    LOST = "lost"                  # a trial Ray Tune lost: the driver died before Tune's state recorded it
 
     def __str__(self) -> str:
         return self.value
@@ -34,7 +35,7 @@ class Status(str, Enum):
 
 # ssdlab status -> MLflow run status
 MLFLOW_STATUS = {Status.FINISHED: "FINISHED", Status.EARLY_STOPPED: "FINISHED", Status.FAILED: "FAILED",
-                 Status.KILLED: "KILLED", Status.RUNNING: "RUNNING"}
+                 Status.KILLED: "KILLED", Status.RUNNING: "RUNNING", Status.LOST: "KILLED"}
 # MLflow run status -> ssdlab status, for runs without an ssdlab.status tag
 FROM_MLFLOW = {"FINISHED": Status.FINISHED, "FAILED": Status.FAILED, "KILLED": Status.FAILED,
                "RUNNING": Status.RUNNING, "SCHEDULED": Status.RUNNING}

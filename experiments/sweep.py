@@ -34,16 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from experiments.schema import Kind, M, Status, Tag, best_index
 from experiments.sweep_spec import Phase, SweepSpec, parent_params, parent_tags, plan
 from ssd_core.config import ExperimentConfig, apply_overrides, config_hash, flatten, resolve_data_root, to_yaml
 from ssd_core.errors import ConfigError, NonFiniteLossError
 
 OBJECTIVE = "ssdlab_objective"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
-CHECKPOINT_FILES = ("last.pt", "best.pt")
+REPORTED = "reported.json"  # the whole Tune checkpoint: which epoch was reported (the weights stay in the run dir)
 DEFAULT_STORAGE = "runs/ray"
-# experiments.tracking statuses (not imported here: workers must not pay for importing MLflow)
-STATUS_FINISHED, STATUS_EARLY_STOPPED, STATUS_FAILED = "finished", "early_stopped", "failed"
 
 
 # --------------------------------------------------------------------------- trial configs
@@ -81,10 +80,15 @@ def searched_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class TuneReporter:
-    """fit callback in the worker: each epoch -> `ray.tune.report(metrics, checkpoint)`."""
+    """fit callback in the worker: each epoch -> `ray.tune.report(metrics, checkpoint)`.
 
-    def __init__(self, metric: str, mode: str):
-        self.metric, self.mode = metric, mode
+    The searcher's objective is the run's score so far (`score` in fit's metrics: its best val metric,
+    the best.pt epoch; ssd_core/metrics.py), or the sweep metric's best so far for a trainable that
+    reports no score. The Tune checkpoint is a marker naming the epoch (and config hash): the weights
+    stay in the trial's run dir, whose last.pt is always at least as new (it is written first)."""
+
+    def __init__(self, metric: str, mode: str, config_hash: str = ""):
+        self.metric, self.mode, self.config_hash = metric, mode, config_hash
         self.objective = float("-inf") if mode == "max" else float("inf")
 
     def on_fit_start(self, cfg, run_dir) -> None: ...
@@ -94,20 +98,35 @@ class TuneReporter:
     def on_epoch_end(self, epoch: int, metrics: dict, run_dir) -> None:
         from ray import tune
 
-        if self.metric in metrics:
-            self.objective = float(metrics[self.metric])
+        if M.SCORE in metrics:
+            self.objective = float(metrics[M.SCORE])
+        elif self.metric in metrics:
+            value = float(metrics[self.metric])
+            self.objective = value if (value > self.objective if self.mode == "max" else value < self.objective) \
+                else self.objective
         worst = -1e30 if self.mode == "max" else 1e30
         objective = self.objective if abs(self.objective) != float("inf") else worst
         result = {**metrics, "epoch": int(epoch), OBJECTIVE: objective}
         with tempfile.TemporaryDirectory(prefix="ssdlab-ckpt-") as tmp:
-            for name in CHECKPOINT_FILES:
-                src = Path(run_dir) / name
-                if src.is_file():
-                    try:
-                        os.link(src, Path(tmp) / name)
-                    except OSError:
-                        shutil.copy2(src, Path(tmp) / name)
+            marker = {"epoch": int(epoch), "iteration": metrics.get(M.ITERATION), "config_hash": self.config_hash}
+            (Path(tmp) / REPORTED).write_text(json.dumps(marker))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def replay(self, last_checkpoint: Path, after_epoch: int) -> int:
+        """Report again the epochs of `last_checkpoint`'s history after `after_epoch`: a driver killed
+        between a worker's report and Tune's state snapshot loses them from Tune's view, while last.pt
+        (the newest consistent state) has them. Returns how many were replayed."""
+        from ssd_core.checkpoint import load_checkpoint
+        from ssd_core.errors import CheckpointError
+
+        try:
+            history = load_checkpoint(last_checkpoint).get("history") or []
+        except CheckpointError:
+            return 0
+        todo = [m for m in history if int(m.get(M.EPOCH, 0)) > after_epoch]
+        for m in todo:
+            self.on_epoch_end(int(m[M.EPOCH]), m, last_checkpoint.parent)
+        return len(todo)
 
 
 def _cap_gpu_memory(fraction: float) -> None:
@@ -129,7 +148,11 @@ def trial_run_dir(job: TrialJob, trial_id: str) -> Path:
 
 
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
-    """The Tune trainable: resolve the trial config, restore the Tune checkpoint, train."""
+    """The Tune trainable: resolve the trial config, resume from the newest consistent state, train.
+
+    The newest consistent state is the trial's own last.pt (fit checks its config hash); Tune's
+    checkpoint only says which epoch Tune has seen, and the epochs after it are reported again first,
+    so Tune, ASHA and MLflow get one continuous history whatever moment a driver or worker died."""
     from ray import tune
 
     cfg = job.resolve(config)
@@ -139,15 +162,18 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     marker = run_dir / NONFINITE_MARKER
     if marker.exists():  # a retry of a trial whose loss went non-finite: fail again, at once
         raise NonFiniteLossError(marker.read_text())
-    resume = False
+    seen = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            for name in CHECKPOINT_FILES:
-                if (Path(ckpt_dir) / name).is_file():
-                    shutil.copy2(Path(ckpt_dir) / name, run_dir / name)
-        resume = (run_dir / "last.pt").is_file()
-    reporter = TuneReporter(job.spec.metric, job.spec.mode)
+            try:
+                seen = int(json.loads((Path(ckpt_dir) / REPORTED).read_text())["epoch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                seen = 0
+    reporter = TuneReporter(job.spec.metric, job.spec.mode, config_hash(cfg))
+    resume = (run_dir / "last.pt").is_file()
+    if resume:
+        reporter.replay(run_dir / "last.pt", seen)
     try:
         job.train_fn(cfg, callbacks=[reporter], run_dir=run_dir, resume=resume)
     except NonFiniteLossError as exc:
@@ -179,56 +205,63 @@ class MLflowTuneCallback:
     """The driver's single MLflow writer, as a `ray.tune.Callback` (built by `make_callback`)."""
 
 
+def trial_status(last_result: Optional[dict], planned_epochs: int) -> Status:
+    """FINISHED when the trial's last report was the epoch that ended its training (fit marks it `final`;
+    for a trainable without that mark: it reached train.epochs), else EARLY_STOPPED (a scheduler)."""
+    last = last_result or {}
+    if M.FINAL in last:
+        return Status.FINISHED if last[M.FINAL] else Status.EARLY_STOPPED
+    return Status.FINISHED if int(last.get(M.EPOCH, 0)) >= planned_epochs else Status.EARLY_STOPPED
+
+
 def make_callback(spec: SweepSpec, job: TrialJob, tracker, phase: Phase):
     from ray import tune
 
     class _Callback(tune.Callback, MLflowTuneCallback):
         def __init__(self):
             self.spec, self.job, self.tracker, self.phase = spec, job, tracker, phase
-            self._stopped_early: set[str] = set()
             self._cfg: dict[str, ExperimentConfig] = {}
 
         def _ensure(self, trial) -> str:
             tid = trial.trial_id
-            if tid in self._cfg and tid in self.tracker._children:
-                return self.tracker._children[tid]
+            if tid in self._cfg and self.tracker.run_id(tid) is not None:
+                return self.tracker.run_id(tid)
             if tid not in self._cfg:
                 self._cfg[tid] = self.job.resolve(trial.config)
             cfg = self._cfg[tid]
             meta = trial.config["ssdlab"]
             arm, seed = meta.get("arm"), meta["seed"]
             searched = searched_params(trial.config)
-            tags = {"ssdlab.seed": seed, "ssdlab.config_hash": config_hash(cfg), "ssdlab.trial_id": tid,
-                    "ssdlab.phase": self.phase.kind, "ssdlab.experiment": self.phase.dirname}
+            tags = {Tag.SEED: seed, Tag.CONFIG_HASH: config_hash(cfg), Tag.TRIAL_ID: tid,
+                    Tag.PHASE: self.phase.kind, Tag.EXPERIMENT: self.phase.dirname}
             if arm:
-                tags["ssdlab.arm"] = arm
-                tags["ssdlab.note"] = self.spec.file.arms[arm].note
+                tags[Tag.ARM] = arm
+                tags[Tag.NOTE] = self.spec.file.arms[arm].note
             if self.phase.kind == "search":
-                tags["ssdlab.searched"] = json.dumps(sorted(searched))
+                tags[Tag.SEARCHED] = json.dumps(sorted(searched))
             name = "-".join(str(p) for p in (arm, f"s{seed}", tid) if p is not None)
             return self.tracker.child(tid, params=flatten(cfg), tags=tags, run_name=name)
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self._ensure(trial)
-
+        # The child run is created at the trial's first report (or its error), not at its start: a
+        # trial that a killed driver started but Tune's state never recorded leaves no run behind.
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self._ensure(trial)
-            epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+            epoch = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
             metrics = {k: v for k, v in result.items()
                        if "/" in k and not k.startswith("config/") and isinstance(v, (int, float))}
             self.tracker.log_epoch(trial.trial_id, epoch, metrics)
-            if result.get("done") and epoch < self._cfg[trial.trial_id].train.epochs:
-                self._stopped_early.add(trial.trial_id)  # a scheduler STOP before the last epoch
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._ensure(trial)
-            status = STATUS_EARLY_STOPPED if trial.trial_id in self._stopped_early else STATUS_FINISHED
-            self.tracker.end_child(trial.trial_id, status, config_yaml=to_yaml(self._cfg[trial.trial_id]),
-                                   checkpoint=_best_checkpoint(trial))
+            tid = trial.trial_id
+            status = trial_status(getattr(trial, "last_result", None), self._cfg[tid].train.epochs)
+            run_dir = trial_run_dir(self.job, tid)
+            self.tracker.end_child(tid, status, config_yaml=to_yaml(self._cfg[tid]),
+                                   checkpoint=run_dir / "best.pt", detections=run_dir / M.TEST_DETECTIONS)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._ensure(trial)
-            self.tracker.end_child(trial.trial_id, STATUS_FAILED, error=_error_line(trial),
+            self.tracker.end_child(trial.trial_id, Status.FAILED, error=_error_line(trial),
                                    config_yaml=to_yaml(self._cfg[trial.trial_id]))
 
         def __getstate__(self):
@@ -237,14 +270,6 @@ def make_callback(spec: SweepSpec, job: TrialJob, tracker, phase: Phase):
             return state
 
     return _Callback()
-
-
-def _best_checkpoint(trial) -> Optional[Path]:
-    ckpt = getattr(trial, "checkpoint", None)
-    if ckpt is None:
-        return None
-    path = Path(ckpt.path) / "best.pt"
-    return path if path.is_file() else None
 
 
 # --------------------------------------------------------------------------- search space
@@ -334,17 +359,23 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
         # its experiment state a step later; with one kept, a driver killed in that window resumes the
         # trial from a deleted checkpoint and it fails. Two kept close that for epochs longer than
         # Tune's snapshot period (>= 10 s); with shorter epochs a kill can still land in the window.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+        # Every Tune checkpoint is a marker of a few bytes (the weights stay in the trial's run dir), so
+        # all are kept: Tune never deletes the one its last experiment snapshot points at.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None))
     return tune.Tuner(_trainable(job), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
 def _best_params(results, mode: str) -> Optional[dict[str, Any]]:
-    """The searched params of the best trial by its last objective; None when no trial reported one."""
-    try:
-        best = results.get_best_result(metric=OBJECTIVE, mode=mode, scope="last", filter_nan_and_inf=True)
-    except RuntimeError:
-        return None
-    return searched_params(best.config)
+    """The searched params of the phase's best trial (experiments.schema.best_index: finished trials
+    only, best score); None when no finished trial has one."""
+    rows = [r for r in results if r.metrics]
+    scores = [float(r.metrics.get(M.SCORE, r.metrics.get(OBJECTIVE, float("nan")))) for r in rows]
+    statuses = [Status.FINISHED.value if r.error is None and r.metrics.get(M.FINAL, 1) else Status.EARLY_STOPPED.value
+                for r in rows]
+    seeds = [r.config.get("ssdlab", {}).get("seed") for r in rows]
+    ids = [str(r.metrics.get("trial_id", i)) for i, r in enumerate(rows)]
+    i = best_index(scores, statuses, seeds, ids, mode)
+    return None if i is None else searched_params(rows[i].config)
 
 
 @dataclass
@@ -433,10 +464,10 @@ def archive_sweep(spec: SweepSpec, storage: Path) -> Optional[Path]:
     ensure_store(uri)
     client = client_for(uri)
     run = find_run(client, experiment_id(client, spec.experiment_name, uri),
-                   {"ssdlab.kind": "sweep", "ssdlab.sweep": spec.name, "ssdlab.storage": str(storage)})
+                   {Tag.KIND: Kind.SWEEP, Tag.SWEEP: spec.name, Tag.STORAGE: str(storage)})
     storage.rename(target)
     if run is not None:
-        client.set_tag(run.info.run_id, "ssdlab.storage", str(target))
+        client.set_tag(run.info.run_id, Tag.STORAGE, str(target))
     return target
 
 
@@ -489,6 +520,8 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
                 tuner = _new_tuner(spec, job, ph, storage, callback, best_params=best)
             grid = tuner.fit()
             grids.append(grid)
+            known = [str(r.metrics.get("trial_id")) for r in grid if r.metrics and r.metrics.get("trial_id")]
+            tracker.mark_lost(ph.dirname, known)
             trials += len(grid)
             if grid.num_terminated + grid.num_errors < _expected_trials(ph):
                 raise SweepInterrupted(f"sweep {spec.name}: {ph.dirname} stopped with "
@@ -496,12 +529,12 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
                                        f"ended; continue with --resume")
             if ph.kind == "search":
                 best_by_arm[ph.arm] = _best_params(grid, spec.mode)
-        tracker.finish(STATUS_FINISHED)
+        tracker.finish(Status.FINISHED)
     except KeyboardInterrupt:
-        tracker.finish("killed")  # resumable: ssdlab.status stays meaningful, MLflow status KILLED
+        tracker.finish(Status.KILLED)  # resumable: ssdlab.status stays meaningful, MLflow status KILLED
         raise
     except BaseException:
-        tracker.finish(STATUS_FAILED)
+        tracker.finish(Status.FAILED)
         raise
     finally:
         if started_ray:

@@ -61,11 +61,12 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from experiments.schema import M, Tag
 from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config
 from ssd_core.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-DEFAULT_METRIC, DEFAULT_MODE = "val/mAP50", "max"
+DEFAULT_MODE = "max"
 _NAME = re.compile(r"^[A-Za-z0-9+][A-Za-z0-9_.+-]*$")
 
 
@@ -230,7 +231,15 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
             raise _fail(path, f"arms.{name}", "arm names use letters, digits and _ . + - only")
         _check_keys(path, f"arms.{name}.overrides", arm.overrides, keys)
         _apply(path, f"arms.{name}.overrides", base, arm.overrides)
-    metric, mode = _metric_and_mode(sf, path)
+    metric, mode = _metric_and_mode(sf, path, base)
+    if sf.search is not None or (sf.scheduler is not None and sf.scheduler.asha is not None):
+        for arm in (list(arms) or [None]):
+            arm_cfg = _apply(path, f"arms.{arm}.overrides", base, arms[arm].overrides) if arm else base
+            if not arm_cfg.data.val_sets and arm_cfg.data.holdout is None:
+                what = "search" if sf.search is not None else "scheduler"
+                raise _fail(path, what, f"a search or early stopping chooses on the validation split, and the config"
+                            f"{' of arm ' + arm if arm else ''} has none: set data.val_sets or data.holdout "
+                            f"(overrides: {{data.holdout: 0.1}})")
     if sf.search is not None:
         for arm in (list(arms) or [None]):
             arm_cfg = _apply(path, f"arms.{arm}.overrides", base, arms[arm].overrides) if arm else base
@@ -278,14 +287,23 @@ def _apply(path: Path, where: str, cfg: ExperimentConfig, overrides: dict) -> Ex
         raise _fail(path, where, f"the resulting config is invalid: {exc}") from None
 
 
-def _metric_and_mode(sf: SweepFile, path: Path) -> tuple[str, str]:
+def _metric_and_mode(sf: SweepFile, path: Path, base: ExperimentConfig) -> tuple[str, str]:
+    """The sweep metric is the config's selection metric (val/<eval.metric>): the one best.pt, the
+    run's score and the reports use; another metric would select trials and checkpoints apart."""
     s = sf.search
     for attr in ("metric", "mode"):
         top, inner = getattr(sf, attr), getattr(s, attr) if s else None
         if top is not None and inner is not None and top != inner:
             raise _fail(path, f"search.{attr}", f"{inner!r} disagrees with the top-level {attr} {top!r}")
-    metric = (s and s.metric) or sf.metric or DEFAULT_METRIC
+    selection = M.metric_for(base.eval.metric, M.VAL)
+    metric = (s and s.metric) or sf.metric or selection
     mode = (s and s.mode) or sf.mode or DEFAULT_MODE
+    if metric != selection:
+        raise _fail(path, "search.metric" if s and s.metric else "metric",
+                    f"{metric!r}: sweeps select on the config's selection metric {selection!r} (eval.metric "
+                    f"{base.eval.metric!r}); change eval.metric to select on another")
+    if mode != DEFAULT_MODE:
+        raise _fail(path, "search.mode" if s and s.mode else "mode", f"{mode!r}: {selection} is maximised")
     return metric, mode
 
 
@@ -423,17 +441,17 @@ def describe(spec: SweepSpec) -> str:
 
 
 def parent_tags(spec: SweepSpec) -> dict[str, str]:
-    """The parent run's tags (docs/interfaces.md, MLflow conventions)."""
+    """The parent run's tags (experiments/schema.py, docs/interfaces.md)."""
     arms = spec.arm_names
     return {
-        "ssdlab.arms": json.dumps(arms),
-        "ssdlab.baseline_arm": arms[0] if arms else "",
-        "ssdlab.search_space": json.dumps(spec.file.search.space if spec.file.search else {}),
-        "ssdlab.metric": spec.metric,
-        "ssdlab.mode": spec.mode,
-        "ssdlab.seeds": json.dumps(list(spec.file.seeds)),
-        "ssdlab.sampler": spec.file.search.sampler if spec.file.search else "",
-        "ssdlab.note": spec.file.description,
+        Tag.ARMS: json.dumps(arms),
+        Tag.BASELINE_ARM: arms[0] if arms else "",
+        Tag.SEARCH_SPACE: json.dumps(spec.file.search.space if spec.file.search else {}),
+        Tag.METRIC: spec.metric,
+        Tag.MODE: spec.mode,
+        Tag.SEEDS: json.dumps(list(spec.file.seeds)),
+        Tag.SAMPLER: spec.file.search.sampler if spec.file.search else "",
+        Tag.NOTE: spec.file.description,
     }
 
 

@@ -1,18 +1,18 @@
 """MLflow conventions: one writer per process, idempotent run identity, batched logging.
 
-Names (docs/interfaces.md, "MLflow conventions"): metrics such as `train/loss`, `val/mAP50`,
-step = epoch; tags under `ssdlab.*`; child runs carry `mlflow.parentRunId`.
+Names live in experiments/schema.py (tags, statuses) and ssd_core/metrics.py (metric names): step =
+epoch; tags under `ssdlab.*`; child runs carry `mlflow.parentRunId`.
 
-Three pieces:
+Pieces, top-down:
 
 * `ensure_store(uri)` creates a fresh sqlite store's schema ONCE, under a file lock, before any
   parallel writer opens it (many processes migrating one new sqlite file at once fails).
-* `MLflowCallback` is the fit-callback (ssd_core.train.fit) used by `ssdlab train`: one run,
-  flattened config as params, metrics per epoch, config + best.pt as artifacts.
-* `SweepTracker` is the driver-side single writer of a sweep: one parent run per sweep, one child
-  run per trial. Runs are found again by their tags (sweep name + storage path for the parent,
-  sweep name + trial id for a child), and a metric step is never logged twice, so a restored
-  sweep keeps exactly one run per trial with one continuous history.
+* `RunWriter` is THE run writer: a run found again by its identity tags or created, params logged
+  once, a metric step never logged twice (so a resumed run keeps one continuous history), the
+  artifacts of a finished run (config.yaml, a weights-only best.pt, the test detections), its end.
+* `MLflowCallback` is the fit callback of `ssdlab train`: one RunWriter for one training run.
+* `SweepTracker` is the driver-side single writer of a sweep: a RunWriter for the parent run and
+  one per trial (child) run, picklable because Ray Tune pickles its callbacks.
 """
 from __future__ import annotations
 
@@ -21,23 +21,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from experiments.schema import MLFLOW_STATUS, Kind, Status, Tag
+
 PARAM_MAX_CHARS = 500
 _BATCH_METRICS, _BATCH_PARAMS, _BATCH_TAGS = 1000, 100, 100
 _READY: set[str] = set()
-
-STATUS_RUNNING, STATUS_FINISHED = "running", "finished"
-STATUS_EARLY_STOPPED, STATUS_FAILED = "early_stopped", "failed"
-_MLFLOW_STATUS = {
-    STATUS_FINISHED: "FINISHED",
-    STATUS_EARLY_STOPPED: "FINISHED",  # a legitimate end; `ssdlab.status` tells the difference
-    STATUS_FAILED: "FAILED",
-    "killed": "KILLED",
-}
 
 
 # --------------------------------------------------------------------------- store
@@ -104,13 +97,24 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def param_text(value: Any) -> str:
+    """A param value as MLflow shows it: floats with 6 significant digits (no repr noise), lists as JSON."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool) or value is None:
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.6g}"
+    elif isinstance(value, (list, dict)):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    return text[:PARAM_MAX_CHARS]
+
+
 def params_of(flat: Mapping[str, Any]) -> list[Param]:
     """Flattened config -> MLflow params (values as text, at most PARAM_MAX_CHARS characters)."""
-    out = []
-    for key, value in flat.items():
-        text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-        out.append(Param(key, text[:PARAM_MAX_CHARS]))
-    return out
+    return [Param(key, param_text(value)) for key, value in flat.items()]
 
 
 def metrics_of(metrics: Mapping[str, Any], step: int, timestamp: int | None = None) -> list[Metric]:
@@ -163,25 +167,6 @@ def last_step(client: MlflowClient, run) -> int:
     return max(steps)
 
 
-def _log_text_artifact(client: MlflowClient, run_id: str, text: str, name: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_text(text)
-        client.log_artifact(run_id, str(path))
-
-
-def config_text(cfg) -> str:
-    from ssd_core.config import to_yaml
-
-    return to_yaml(cfg)
-
-
-def _config_params_and_hash(cfg) -> tuple[list[Param], str]:
-    from ssd_core.config import config_hash, flatten
-
-    return params_of(flatten(cfg)), config_hash(cfg)
-
-
 def _error_text(exc: BaseException | str | None) -> str:
     if exc is None:
         return ""
@@ -189,108 +174,22 @@ def _error_text(exc: BaseException | str | None) -> str:
     return text.strip()[-4000:]
 
 
-# --------------------------------------------------------------------------- ssdlab train
+# --------------------------------------------------------------------------- the run writer
 
 
-class MLflowCallback:
-    """Fit callback (ssd_core.train.fit protocol) that logs one training run to MLflow.
+class RunWriter:
+    """One MLflow run, written idempotently (see the module docstring). Picklable: the client is
+    rebuilt lazily and the run is found again by its identity tags in a new process."""
 
-    `on_fit_start` starts the run (params = flattened config, tags `ssdlab.kind=train`,
-    `ssdlab.config_hash`, `ssdlab.run_dir`), `on_epoch_end` logs the epoch's metrics at
-    step=epoch, `on_fit_end` logs `config.yaml` and `best.pt` (if `log_checkpoint`) and ends the run.
-    With `resume=True` the run previously logged for the same run dir is continued: steps that are
-    already logged are skipped, so the history stays continuous. `on_fit_error(exc)` marks the run
-    failed with `ssdlab.error` (call it when fit raises).
-    """
-
-    def __init__(self, uri: str, experiment: str, run_name: str | None = None,
-                 tags: Mapping[str, Any] | None = None, log_checkpoint: bool = True, resume: bool = False):
-        self.uri, self.experiment, self.run_name = uri, experiment, run_name
-        self.tags = dict(tags or {})
-        self.log_checkpoint, self.resume = log_checkpoint, resume
-        self.client: MlflowClient | None = None
+    def __init__(self, uri: str, experiment: str):
+        self.uri, self.experiment = uri, experiment
         self.run_id: str | None = None
-        self.cfg = None
-        self._last_step = -1
-
-    def on_fit_start(self, cfg, run_dir) -> None:
-        self.cfg = cfg
-        self.client = client_for(self.uri)
-        exp_id = experiment_id(self.client, self.experiment, self.uri)
-        run_dir_tag = str(Path(run_dir).resolve()) if run_dir is not None else ""
-        params, chash = _config_params_and_hash(cfg)
-        run = None
-        if self.resume and run_dir_tag and "'" not in run_dir_tag:
-            run = find_run(self.client, exp_id, {"ssdlab.kind": "train", "ssdlab.run_dir": run_dir_tag})
-        if run is not None:
-            self.run_id = run.info.run_id
-            self._last_step = last_step(self.client, run)
-            self.client.update_run(self.run_id, status="RUNNING")
-            params = []  # params are immutable in MLflow and already logged
-        else:
-            name = self.run_name or getattr(cfg, "name", None)
-            self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
-        tags = {"ssdlab.kind": "train", "ssdlab.config_hash": chash, "ssdlab.run_dir": run_dir_tag,
-                "ssdlab.status": STATUS_RUNNING, **{k: str(v) for k, v in self.tags.items()}}
-        log_batch(self.client, self.run_id, params=params, tags=tags)
-
-    def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any], run_dir=None) -> None:
-        if self.run_id is None or epoch <= self._last_step:
-            return
-        log_batch(self.client, self.run_id, metrics=metrics_of(metrics, epoch))
-        self._last_step = epoch
-
-    def on_fit_end(self, result) -> None:
-        if self.run_id is None:
-            return
-        if self.cfg is not None:
-            _log_text_artifact(self.client, self.run_id, config_text(self.cfg), "config.yaml")
-        run_dir = getattr(result, "run_dir", None)
-        best = Path(run_dir) / "best.pt" if run_dir is not None else None
-        if self.log_checkpoint and best is not None and best.is_file():
-            self.client.log_artifact(self.run_id, str(best), artifact_path="checkpoints")
-        self.client.set_tag(self.run_id, "ssdlab.status", STATUS_FINISHED)
-        self.client.set_terminated(self.run_id, "FINISHED")
-        self.run_id = None
-
-    def on_fit_error(self, exc: BaseException) -> None:
-        if self.run_id is None:
-            return
-        log_batch(self.client, self.run_id, tags={"ssdlab.status": STATUS_FAILED, "ssdlab.error": _error_text(exc)})
-        self.client.set_terminated(self.run_id, "FAILED")
-        self.run_id = None
-
-
-# --------------------------------------------------------------------------- sweeps
-
-
-class SweepTracker:
-    """The single MLflow writer of a sweep (lives in the Ray driver; workers never touch MLflow).
-
-    Parent run identity: `ssdlab.kind=sweep` + `ssdlab.sweep` + `ssdlab.storage` (the Ray Tune
-    experiment path). Child identity: parent run id + `ssdlab.trial_id`. Both are looked up before
-    anything is created, so a restored driver finds its runs again. Steps at or below the last
-    logged step of a child are skipped. Picklable (the MLflow client is rebuilt lazily), because
-    Ray Tune pickles its callbacks into the experiment state.
-    """
-
-    def __init__(self, uri: str, experiment: str, sweep: str, storage: str,
-                 parent_tags: Mapping[str, Any] | None = None, parent_params: Mapping[str, Any] | None = None,
-                 log_checkpoints: bool = True):
-        self.uri, self.experiment, self.sweep, self.storage = uri, experiment, sweep, str(storage)
-        self.parent_tags = {k: str(v) for k, v in (parent_tags or {}).items()}
-        self.parent_params = dict(parent_params or {})
-        self.log_checkpoints = log_checkpoints
+        self.last_step = -1
         self._client: MlflowClient | None = None
         self._exp_id: str | None = None
-        self.parent_id: str | None = None
-        self._children: dict[str, str] = {}
-        self._last: dict[str, int] = {}
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state.update(_client=None, _exp_id=None, parent_id=None, _children={}, _last={})
-        return state
+        return {**self.__dict__, "_client": None, "_exp_id": None, "run_id": None, "last_step": -1}
 
     @property
     def client(self) -> MlflowClient:
@@ -304,77 +203,220 @@ class SweepTracker:
         self.client
         return self._exp_id
 
+    def open(self, ident: Mapping[str, str], params: Mapping[str, Any] = (), tags: Mapping[str, Any] = (),
+             run_name: str | None = None, resume: bool = True) -> str:
+        """Find the run whose tags equal `ident` (when `resume`) or create one; log the params it does
+        not have yet and `ident` + `tags`; mark it running. Returns the run id."""
+        run = find_run(self.client, self.exp_id, ident) if resume else None
+        new_params = params_of(dict(params))
+        if run is None:
+            run = self.client.create_run(self.exp_id, run_name=run_name)
+            self.last_step = -1
+        else:
+            new_params = [p for p in new_params if p.key not in run.data.params]  # params are immutable
+            self.last_step = last_step(self.client, run)
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        self.run_id = run.info.run_id
+        log_batch(self.client, self.run_id, params=new_params,
+                  tags={**ident, Tag.STATUS: Status.RUNNING, **{k: str(v) for k, v in dict(tags).items()}})
+        return self.run_id
+
+    def log_epoch(self, step: int, metrics: Mapping[str, Any]) -> bool:
+        """Log one epoch; False (and nothing written) when `step` is already logged."""
+        if self.run_id is None or step <= self.last_step:
+            return False
+        log_batch(self.client, self.run_id, metrics=metrics_of(metrics, step))
+        self.last_step = step
+        return True
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.run_id is not None:
+            log_batch(self.client, self.run_id, tags={k: str(v) for k, v in tags.items()})
+
+    def log_text(self, text: str, name: str, artifact_path: str | None = None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text)
+            self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def log_outputs(self, config_yaml: str | None = None, checkpoint: str | os.PathLike | None = None,
+                    detections: str | os.PathLike | None = None) -> None:
+        """config.yaml; checkpoints/best.pt as weights + config only (the resumable checkpoint, with its
+        optimizer state, stays in the run dir); the test detections (.npz) for re-scoring."""
+        from ssd_core.checkpoint import export_weights
+        from ssd_core.errors import CheckpointError
+
+        if self.run_id is None:
+            return
+        if config_yaml is not None:
+            self.log_text(config_yaml, "config.yaml")
+        if checkpoint is not None and Path(checkpoint).is_file():
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    slim = export_weights(checkpoint, Path(tmp) / Path(checkpoint).name)
+                except CheckpointError as exc:  # never lose the run over its artifact
+                    self.set_tags({Tag.ERROR: f"checkpoint not logged: {exc}"})
+                else:
+                    self.client.log_artifact(self.run_id, str(slim), artifact_path="checkpoints")
+        if detections is not None and Path(detections).is_file():
+            self.client.log_artifact(self.run_id, str(detections))
+
+    def end(self, status: Status | str, error: BaseException | str | None = None) -> None:
+        """Set `ssdlab.status` (+ `ssdlab.error`) and terminate with the matching MLflow status.
+        KILLED (an interrupted, resumable run) keeps the tag `running`."""
+        if self.run_id is None:
+            return
+        status = Status(status)
+        tags = {} if status is Status.KILLED else {Tag.STATUS: status}
+        if error is not None:
+            tags[Tag.ERROR] = _error_text(error)
+        if tags:
+            log_batch(self.client, self.run_id, tags=tags)
+        self.client.set_terminated(self.run_id, MLFLOW_STATUS[status])
+
+
+# --------------------------------------------------------------------------- ssdlab train
+
+
+class MLflowCallback:
+    """Fit callback (ssd_core.train.fit protocol) that logs one training run to MLflow.
+
+    `on_fit_start` opens the run (params = flattened config, tags `ssdlab.kind=train`,
+    `ssdlab.config_hash`, `ssdlab.run_dir`), `on_epoch_end` logs the epoch's metrics at step=epoch,
+    `on_fit_end` logs the outputs (RunWriter.log_outputs) and ends the run. With `resume=True` the run
+    previously logged for the same run dir is continued (steps already logged are skipped).
+    `on_fit_error(exc)` marks the run failed with `ssdlab.error` (call it when fit raises).
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str | None = None,
+                 tags: Mapping[str, Any] | None = None, log_checkpoint: bool = True, resume: bool = False):
+        self.writer = RunWriter(uri, experiment)
+        self.run_name, self.tags = run_name, dict(tags or {})
+        self.log_checkpoint, self.resume = log_checkpoint, resume
+        self.cfg = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.writer.run_id
+
+    def on_fit_start(self, cfg, run_dir) -> None:
+        from ssd_core.config import config_hash, flatten
+
+        self.cfg = cfg
+        run_dir_tag = str(Path(run_dir).resolve()) if run_dir is not None else ""
+        ident = {Tag.KIND: Kind.TRAIN, Tag.RUN_DIR: run_dir_tag}
+        resume = self.resume and bool(run_dir_tag) and "'" not in run_dir_tag
+        self.writer.open(ident, params=flatten(cfg), tags={Tag.CONFIG_HASH: config_hash(cfg), **self.tags},
+                         run_name=self.run_name or getattr(cfg, "name", None), resume=resume)
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any], run_dir=None) -> None:
+        self.writer.log_epoch(epoch, metrics)
+
+    def on_fit_end(self, result) -> None:
+        from ssd_core.config import to_yaml
+        from ssd_core.metrics import TEST_DETECTIONS
+
+        if self.writer.run_id is None:
+            return
+        run_dir = getattr(result, "run_dir", None)
+        self.writer.log_outputs(
+            config_yaml=to_yaml(self.cfg) if self.cfg is not None else None,
+            checkpoint=Path(run_dir) / "best.pt" if self.log_checkpoint and run_dir is not None else None,
+            detections=Path(run_dir) / TEST_DETECTIONS if run_dir is not None else None)
+        self.writer.end(Status.FINISHED)
+        self.writer.run_id = None
+
+    def on_fit_error(self, exc: BaseException) -> None:
+        self.writer.end(Status.FAILED, error=exc)
+        self.writer.run_id = None
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+class SweepTracker:
+    """The single MLflow writer of a sweep (lives in the Ray driver; workers never touch MLflow).
+
+    Parent run identity: `ssdlab.kind=sweep` + `ssdlab.sweep` + `ssdlab.storage` (the Ray Tune
+    experiment path). Child identity: parent run id + `ssdlab.trial_id`. Both are looked up before
+    anything is created, so a restored driver finds its runs again.
+    """
+
+    def __init__(self, uri: str, experiment: str, sweep: str, storage: str,
+                 parent_tags: Mapping[str, Any] | None = None, parent_params: Mapping[str, Any] | None = None,
+                 log_checkpoints: bool = True):
+        self.uri, self.experiment, self.sweep, self.storage = uri, experiment, sweep, str(storage)
+        self.parent_tags = {k: str(v) for k, v in (parent_tags or {}).items()}
+        self.parent_params = dict(parent_params or {})
+        self.log_checkpoints = log_checkpoints
+        self.parent = RunWriter(uri, experiment)
+        self.children: dict[str, RunWriter] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "children": {}}
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.parent.run_id
+
+    def run_id(self, trial_id: str) -> Optional[str]:
+        """The child run of `trial_id` this driver has opened (None before `child`)."""
+        w = self.children.get(trial_id)
+        return None if w is None else w.run_id
+
     # ---- parent
     def start(self) -> str:
         """Find or create the parent run and mark it running; returns its run id."""
-        if self.parent_id is not None:
-            return self.parent_id
-        ident = {"ssdlab.kind": "sweep", "ssdlab.sweep": self.sweep, "ssdlab.storage": self.storage}
-        run = find_run(self.client, self.exp_id, ident)
-        if run is None:
-            run = self.client.create_run(self.exp_id, run_name=self.sweep)
-            params = params_of(self.parent_params)
-        else:
-            params = [p for p in params_of(self.parent_params) if p.key not in run.data.params]
-            self.client.update_run(run.info.run_id, status="RUNNING")
-        self.parent_id = run.info.run_id
-        log_batch(self.client, self.parent_id, params=params,
-                  tags={**ident, **self.parent_tags, "ssdlab.status": STATUS_RUNNING})
-        return self.parent_id
+        if self.parent.run_id is None:
+            ident = {Tag.KIND: Kind.SWEEP, Tag.SWEEP: self.sweep, Tag.STORAGE: self.storage}
+            self.parent.open(ident, params=self.parent_params, tags=self.parent_tags, run_name=self.sweep)
+        return self.parent.run_id
 
-    def finish(self, status: str = STATUS_FINISHED) -> None:
-        """End the parent run: finished | failed, or "killed" (interrupted, resumable: the tag
-        stays `running`, the MLflow status becomes KILLED)."""
-        if self.parent_id is None:
-            return
-        if status != "killed":
-            self.client.set_tag(self.parent_id, "ssdlab.status", status)
-        self.client.set_terminated(self.parent_id, _MLFLOW_STATUS.get(status, "FINISHED"))
+    def finish(self, status: Status | str = Status.FINISHED) -> None:
+        """End the parent run: finished | failed, or killed (interrupted, resumable)."""
+        self.parent.end(status)
 
     # ---- children
     def child(self, trial_id: str, params: Mapping[str, Any] = (), tags: Mapping[str, Any] = (),
               run_name: str | None = None) -> str:
         """Find or create the child run of `trial_id`; log params (first time) and tags."""
-        if trial_id in self._children:
-            return self._children[trial_id]
+        if trial_id in self.children and self.children[trial_id].run_id is not None:
+            return self.children[trial_id].run_id
         parent = self.start()
-        ident = {"mlflow.parentRunId": parent, "ssdlab.trial_id": trial_id}
-        run = find_run(self.client, self.exp_id, ident)
-        if run is None:
-            run = self.client.create_run(self.exp_id, run_name=run_name or trial_id)
-            new_params = params_of(dict(params))
-            self._last[trial_id] = -1
-        else:
-            new_params = [p for p in params_of(dict(params)) if p.key not in run.data.params]
-            self._last[trial_id] = last_step(self.client, run)
-            self.client.update_run(run.info.run_id, status="RUNNING")
-        run_id = self._children[trial_id] = run.info.run_id
-        log_batch(self.client, run_id, params=new_params,
-                  tags={**ident, "ssdlab.sweep": self.sweep, "ssdlab.kind": "trial",
-                        "ssdlab.status": STATUS_RUNNING, **{k: str(v) for k, v in dict(tags).items()}})
-        return run_id
+        writer = self.children[trial_id] = RunWriter(self.uri, self.experiment)
+        writer._client, writer._exp_id = self.parent.client, self.parent.exp_id
+        ident = {Tag.PARENT: parent, Tag.TRIAL_ID: trial_id}
+        return writer.open(ident, params=params, tags={Tag.SWEEP: self.sweep, Tag.KIND: Kind.TRIAL, **dict(tags)},
+                           run_name=run_name or trial_id)
 
     def log_epoch(self, trial_id: str, step: int, metrics: Mapping[str, Any]) -> bool:
         """Log one epoch of a known child; False (and nothing written) when `step` is already logged."""
-        run_id = self._children[trial_id]
-        if step <= self._last.get(trial_id, -1):
-            return False
-        log_batch(self.client, run_id, metrics=metrics_of(metrics, step))
-        self._last[trial_id] = step
-        return True
+        return self.children[trial_id].log_epoch(step, metrics)
 
-    def end_child(self, trial_id: str, status: str, error: str | BaseException | None = None,
-                  config_yaml: str | None = None, checkpoint: str | os.PathLike | None = None) -> None:
-        """Set `ssdlab.status` (+ `ssdlab.error`), log config/best checkpoint artifacts, terminate."""
-        run_id = self._children.get(trial_id)
-        if run_id is None:
+    def mark_lost(self, phase: str, known_trial_ids: Iterable[str]) -> list[str]:
+        """End as LOST every child of phase `phase` still marked running whose trial Ray Tune no longer
+        knows (a driver killed after the trial reported but before Tune's state recorded it: Tune runs
+        the search on without it). Its history stays, visibly not a result. Returns their trial ids."""
+        known = set(known_trial_ids)
+        flt = (f"tags.`{Tag.PARENT}` = '{self.start()}' and tags.`{Tag.EXPERIMENT}` = {_quote(phase)} "
+               f"and tags.`{Tag.STATUS}` = '{Status.RUNNING.value}'")
+        lost = []
+        for run in self.parent.client.search_runs([self.parent.exp_id], filter_string=flt, max_results=10_000):
+            tid = run.data.tags.get(Tag.TRIAL_ID)
+            if tid and tid not in known:
+                log_batch(self.parent.client, run.info.run_id, tags={
+                    Tag.STATUS: Status.LOST, Tag.ERROR: "lost: the sweep driver died before Ray Tune recorded this "
+                                                        "trial; the resumed sweep ran without it"})
+                self.parent.client.set_terminated(run.info.run_id, MLFLOW_STATUS[Status.LOST])
+                lost.append(tid)
+        return lost
+
+    def end_child(self, trial_id: str, status: Status | str, error: str | BaseException | None = None,
+                  config_yaml: str | None = None, checkpoint: str | os.PathLike | None = None,
+                  detections: str | os.PathLike | None = None) -> None:
+        """Set `ssdlab.status` (+ `ssdlab.error`), log the outputs (RunWriter.log_outputs), terminate."""
+        writer = self.children.get(trial_id)
+        if writer is None or writer.run_id is None:
             return
-        tags = {"ssdlab.status": status}
-        if error is not None:
-            tags["ssdlab.error"] = _error_text(error)
-        log_batch(self.client, run_id, tags=tags)
-        if config_yaml is not None:
-            _log_text_artifact(self.client, run_id, config_yaml, "config.yaml")
-        if self.log_checkpoints and checkpoint is not None and Path(checkpoint).is_file():
-            self.client.log_artifact(run_id, str(checkpoint), artifact_path="checkpoints")
-        self.client.set_terminated(run_id, _MLFLOW_STATUS.get(status, "FINISHED"))
+        writer.log_outputs(config_yaml, checkpoint if self.log_checkpoints else None, detections)
+        writer.end(status, error)

@@ -33,8 +33,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("runs", help="list runs in a terminal table")
     p.add_argument("--sweep", default=None, help="only this sweep's trials")
-    p.add_argument("--sort", default="val/mAP50",
-                   help="val/mAP50 (best over epochs, default), any metric name, duration or start")
+    p.add_argument("--sort", default="score",
+                   help="score (best val metric over epochs, default), test, duration, start, or any metric name")
     p.add_argument("--tracking-uri", default=None, help=uri_help)
     p.add_argument("--limit", type=int, default=0, help="show at most N runs (0 = all)")
     p.set_defaults(func=cmd_runs)

@@ -13,8 +13,11 @@ Two read paths give the same frames (tests/test_reports.py checks they are equal
   through the store's own SQLAlchemy engine, skipping the ORM objects ``search_runs`` builds (for
   1,000 runs x 62 params that is most of a report's time). Any error falls back to the API.
 
-A run's score is its **best** value of the sweep metric over epochs (``ssdlab.mode`` max|min; the
-epoch ``best.pt`` is kept for), read from the metric history; ``final`` is the last epoch's value.
+A run's ``score`` is its best value of the sweep's selection metric (``val/...``) over epochs (the
+epoch kept as best.pt; experiments/schema.py defines it once), read from the metric history; ``final``
+is the last epoch's value. What a table reports is ``reported``: the run's ``test/...`` value, scored
+once at that selected checkpoint (``reported_last``: at the final weights). Runs without a test split
+report their score, and the tables say so.
 """
 from __future__ import annotations
 
@@ -26,21 +29,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from experiments.schema import FROM_MLFLOW, Kind, M, Status, Tag, best_index, score_of
 from ssd_core.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_METRIC = "val/mAP50"
-STATUSES = ("finished", "early_stopped", "failed", "running")
-_MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed",
-                  "RUNNING": "running", "SCHEDULED": "running"}
+DEFAULT_METRIC = M.map50(M.VAL)
+_MLFLOW_STATUS = {k: v.value for k, v in FROM_MLFLOW.items()}
 _BULK_CHUNK = 500
 BULK_HISTORY = True  # False: one get_metric_history call per run (the reference the benchmark beats)
 FAST_SQL = True  # False: mlflow.search_runs and the MLflow client only (any store)
-CLASS_AP_PREFIX = "val/AP50/"
 
 
 @dataclass
@@ -61,7 +61,22 @@ class SweepData:
 
     @property
     def finished(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == "finished"]
+        return self.runs[self.runs["status"] == Status.FINISHED.value]
+
+    @property
+    def reported_metric(self) -> str:
+        """The metric the tables report: the test split's counterpart of the selection metric."""
+        return M.reported_of(self.metric)
+
+    @property
+    def has_test(self) -> bool:
+        """Whether any finished run reports the test split (else the tables fall back to the score)."""
+        return bool(self.finished["reported"].notna().any()) if len(self.runs) else False
+
+    @property
+    def value(self) -> str:
+        """The column arm statistics are computed over: ``reported`` (test), or ``score`` without a test split."""
+        return "reported" if self.has_test else "score"
 
     @property
     def searched(self) -> list[str]:
@@ -163,50 +178,43 @@ def _search_sql(engine, tag: tuple[str, str] | None) -> pd.DataFrame:
 
 def list_sweeps(tracking_uri: str | None = None) -> list[str]:
     """Names of the sweeps (parent runs with ``ssdlab.kind=sweep``) in the store, sorted."""
-    df = _search(resolve_tracking_uri(tracking_uri), ("ssdlab.kind", "sweep"))
-    col = "tags.ssdlab.sweep"
+    df = _search(resolve_tracking_uri(tracking_uri), (Tag.KIND, Kind.SWEEP))
+    col = "tags." + Tag.SWEEP
     return sorted(set(df[col].dropna())) if col in df else []
 
 
 def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = True) -> SweepData:
     """Read one sweep. Raises UserError naming the sweep, the store and the sweeps found."""
     uri = resolve_tracking_uri(tracking_uri)
-    df = _search(uri, ("ssdlab.sweep", sweep))
-    kind = _col(df, "tags.ssdlab.kind")
-    parents = df[kind == "sweep"]
-    if parents.empty and not (kind == "trial").any():
+    df = _search(uri, (Tag.SWEEP, sweep))
+    kind = _col(df, "tags." + Tag.KIND)
+    parents = df[kind == Kind.SWEEP]
+    if parents.empty and not (kind == Kind.TRIAL).any():
         found = list_sweeps(uri)
         raise UserError(f"sweep {sweep!r} not found in the MLflow store {uri}; sweeps found: "
                         f"{', '.join(found) if found else '(none)'}")
     parent = parents.sort_values(["start_time", "run_id"]).iloc[-1] if len(parents) else None
     ptags = _tags(parent) if parent is not None else {}
-    children = df[kind != "sweep"]
+    children = df[kind != Kind.SWEEP]
     if parent is not None:  # a sweep launched again under a new storage path: report the latest
-        children = children[_col(children, "tags.mlflow.parentRunId") == parent["run_id"]]
-    metric = ptags.get("ssdlab.metric") or DEFAULT_METRIC
-    mode = (ptags.get("ssdlab.mode") or "max").lower()
+        children = children[_col(children, "tags." + Tag.PARENT) == parent["run_id"]]
+    metric = ptags.get(Tag.METRIC) or DEFAULT_METRIC
+    mode = (ptags.get(Tag.MODE) or "max").lower()
     if mode not in ("max", "min"):
-        raise UserError(f"sweep {sweep!r} in {uri}: tag ssdlab.mode={mode!r} is not max|min")
-    keys = [metric] + (["train/loss"] if curves and metric != "train/loss" else [])
+        raise UserError(f"sweep {sweep!r} in {uri}: tag {Tag.MODE}={mode!r} is not max|min")
+    keys = [metric] + ([M.TRAIN_LOSS] if curves and metric != M.TRAIN_LOSS else [])
     client = MlflowClient(tracking_uri=uri)
     history = metric_histories(client, list(children["run_id"]), keys)
     runs = _trial_frame(children, history, metric, mode)
-    arms = _arm_order(_json(ptags.get("ssdlab.arms"), [], "ssdlab.arms", sweep, uri), runs)
+    arms = _arm_order(_json(ptags.get(Tag.ARMS), [], Tag.ARMS, sweep, uri), runs)
     order = {a: i for i, a in enumerate(arms)}
     runs = runs.assign(_o=runs["arm"].map(order)).sort_values(
         ["_o", "seed", "trial_id", "run_id"], na_position="last").drop(columns="_o")
-    class_keys = sorted(c[len("metrics."):] for c in runs.columns
-                        if c.startswith("metrics." + CLASS_AP_PREFIX))
-    fin = runs[runs["status"] == "finished"]
-    best_ids = sorted(best_run(g, mode)["run_id"] for _, g in fin.groupby("arm")) if len(fin) else []
-    if class_keys and best_ids:
-        history = pd.concat([history, metric_histories(client, best_ids, class_keys)],
-                            ignore_index=True).sort_values(["run_id", "key", "step"]).reset_index(drop=True)
     return SweepData(
         sweep=sweep, tracking_uri=uri,
         parent_id=None if parent is None else parent["run_id"],
-        arms=arms, baseline=ptags.get("ssdlab.baseline_arm") or (arms[0] if arms else None),
-        search_space=_json(ptags.get("ssdlab.search_space"), {}, "ssdlab.search_space", sweep, uri),
+        arms=arms, baseline=ptags.get(Tag.BASELINE_ARM) or (arms[0] if arms else None),
+        search_space=_json(ptags.get(Tag.SEARCH_SPACE), {}, Tag.SEARCH_SPACE, sweep, uri),
         metric=metric, mode=mode, runs=runs.reset_index(drop=True), history=history,
         parent_tags=ptags)
 
@@ -218,17 +226,21 @@ def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
     if sweep is not None:
         return load_sweep(sweep, uri, curves=False).runs
     df = _search(uri)
-    df = df[_col(df, "tags.ssdlab.kind") != "sweep"]
+    df = df[_col(df, "tags." + Tag.KIND) != Kind.SWEEP]
     history = metric_histories(MlflowClient(tracking_uri=uri), list(df["run_id"]), [metric])
     return _trial_frame(df, history, metric, "max").sort_values(
         ["sweep", "arm", "seed", "trial_id", "run_id"], na_position="last").reset_index(drop=True)
 
 
 def best_run(runs: pd.DataFrame, mode: str) -> pd.Series:
-    """The best run by score (``mode`` max|min); ties go to the lowest seed, then trial id."""
-    key = runs["score"] if mode == "min" else -runs["score"]
-    order = runs.assign(_k=key).sort_values(["_k", "seed", "trial_id"], na_position="last")
-    return order.iloc[0].drop("_k")
+    """The best run of ``runs`` by experiments.schema.best_index (finished, best score, lowest seed,
+    lowest trial id); when none qualifies (no finished run), the best score among all of them."""
+    statuses = runs["status"].tolist()
+    i = best_index(runs["score"].tolist(), statuses, runs["seed"].tolist(), runs["trial_id"].tolist(), mode)
+    if i is None:
+        i = best_index(runs["score"].tolist(), [Status.FINISHED.value] * len(runs), runs["seed"].tolist(),
+                       runs["trial_id"].tolist(), mode)
+    return runs.iloc[0 if i is None else i]
 
 
 def metric_histories(client: MlflowClient, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
@@ -280,46 +292,52 @@ def _histories_sql(engine, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
 
 
 def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """One row per trial: identity tags, status, score (best over epochs), final, timing, params.*,
-    metrics.* (latest values). Duplicated trial ids (a restored sweep) keep the newest run."""
+    """One row per trial: identity tags, status, score (best selection metric over epochs), final,
+    reported (the test value at the selected checkpoint), timing, params.*, metrics.* (latest values).
+    Duplicated trial ids (a restored sweep) keep the newest run."""
     df = df.reset_index(drop=True)
+    t = lambda name: _col(df, "tags." + name)  # noqa: E731
     out = pd.DataFrame({
         "run_id": df["run_id"].astype(str),
-        "sweep": _col(df, "tags.ssdlab.sweep"),
-        "arm": _col(df, "tags.ssdlab.arm").fillna("(none)"),
-        "seed": pd.to_numeric(_col(df, "tags.ssdlab.seed").fillna(_col(df, "params.train.seed")),
-                              errors="coerce"),
-        "trial_id": _col(df, "tags.ssdlab.trial_id").fillna(df["run_id"]),
-        "note": _col(df, "tags.ssdlab.note").fillna(""),
-        "phase": _col(df, "tags.ssdlab.phase").fillna(""),  # grid | search | confirm ("" = grid)
-        "config_hash": _col(df, "tags.ssdlab.config_hash").fillna(""),
-        "error": _col(df, "tags.ssdlab.error").fillna(""),
-        "status": _col(df, "tags.ssdlab.status").fillna(df["status"].map(_MLFLOW_STATUS)),
-        "searched": [tuple(_json(s, [], "ssdlab.searched", "", "")) if isinstance(s, str) else ()
-                     for s in _col(df, "tags.ssdlab.searched")],
+        "sweep": t(Tag.SWEEP),
+        "arm": t(Tag.ARM).fillna("(none)"),
+        "seed": pd.to_numeric(t(Tag.SEED).fillna(_col(df, "params.train.seed")), errors="coerce"),
+        "trial_id": t(Tag.TRIAL_ID).fillna(df["run_id"]),
+        "note": t(Tag.NOTE).fillna(""),
+        "phase": t(Tag.PHASE).fillna(""),  # grid | search | confirm ("" = grid)
+        "config_hash": t(Tag.CONFIG_HASH).fillna(""),
+        "error": t(Tag.ERROR).fillna(""),
+        "status": t(Tag.STATUS).fillna(df["status"].map(_MLFLOW_STATUS)),
+        "searched": [tuple(_json(s, [], Tag.SEARCHED, "", "")) if isinstance(s, str) else ()
+                     for s in t(Tag.SEARCHED)],
         "start_ms": _ms(df.get("start_time")),
         "end_ms": _ms(df.get("end_time")),
     })
-    out["status"] = out["status"].fillna("running").str.lower()
+    out["status"] = out["status"].fillna(Status.RUNNING.value).str.lower()
     out["duration_s"] = (out["end_ms"] - out["start_ms"]) / 1000.0
-    out.loc[out["status"] == "running", "duration_s"] = math.nan
+    out.loc[out["status"] == Status.RUNNING.value, "duration_s"] = math.nan
     extra = sorted(c for c in df.columns if c.startswith(("params.", "metrics.")))
     out = pd.concat([out, df[extra]], axis=1)
+    latest = lambda name: pd.to_numeric(out.get("metrics." + name, pd.Series(math.nan, index=out.index)),  # noqa: E731
+                                        errors="coerce")
     h = history[history["key"] == metric]
-    latest = out.get("metrics." + metric, pd.Series(math.nan, index=out.index))
     if len(h):
         g = h.groupby("run_id")
-        best_idx = g["value"].idxmax() if mode == "max" else g["value"].idxmin()
-        best = h.loc[best_idx].set_index("run_id")
+        best = g["value"].agg(lambda v: score_of(v, mode))
+        best_step = h[h["value"] == h["run_id"].map(best)].groupby("run_id")["step"].min()
         last = h.loc[g["step"].idxmax()].set_index("run_id")
-        out["score"] = out["run_id"].map(best["value"])
-        out["best_step"] = out["run_id"].map(best["step"])
+        out["score"] = out["run_id"].map(best)
+        out["best_step"] = out["run_id"].map(best_step)
         out["final"] = out["run_id"].map(last["value"])
         out["last_step"] = out["run_id"].map(last["step"])
     else:
         out["score"] = out["final"] = out["best_step"] = out["last_step"] = math.nan
-    out["score"] = out["score"].fillna(latest)
-    out["final"] = out["final"].fillna(latest)
+    out["score"] = out["score"].fillna(latest(metric))
+    out["final"] = out["final"].fillna(latest(metric))
+    reported = M.reported_of(metric)
+    out["reported"] = latest(reported) if reported != metric else math.nan
+    out["reported_last"] = latest(M.last_of(reported)) if reported != metric else math.nan
+    out["selected_epoch"] = latest(M.TEST + "/selected_epoch")
     out = out.sort_values(["trial_id", "start_ms", "run_id"], kind="mergesort")
     return out.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
 
@@ -360,5 +378,3 @@ def _json(text: str | None, default: Any, key: str, sweep: str, uri: str) -> Any
         raise UserError(f"sweep {sweep!r} in {uri}: tag {key} is not valid JSON: {exc}") from exc
 
 
-def finite(x: Any) -> bool:
-    return x is not None and isinstance(x, (int, float, np.floating)) and math.isfinite(x)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.schema import M
 from ssd_core.errors import UserError
 
 from reports import plots, render, tables
@@ -44,22 +45,26 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
         sections.append(tables.ablation_table(data, arms))
     if data.runs["status"].ne("finished").any():
         sections.append(tables.other_runs_table(data))
-    if any(c.startswith("metrics." + "val/AP50/") for c in data.runs.columns):
+    split = M.TEST if data.has_test else M.VAL
+    if any(c.startswith("metrics." + M.class_ap50_prefix(split)) for c in data.runs.columns):
         sections.append(tables.per_class_table(data))
-    imp: dict[str, float] = {}
+    imp = tables.Importances({}, 0, None)
     if data.searched:
         sections.append(tables.search_table(data, top_k))
         override = tables.best_override(data)
         if override:
             sections.append(("yaml", "Best configuration (override block)", override))
         imp = tables.param_importances(data, evaluator)
-        if imp:
+        if imp.values:
             sections.append(tables.importance_table(imp, evaluator))
+        else:
+            sections.append(("text", "Parameter importances", f"Omitted: {imp.reason}."))
     figs: dict[str, bytes] = {}
     if with_plots:
         for name, png in (("learning_curves", plots.learning_curves(data)),
                           ("params", plots.param_scatter(data)),
-                          ("importance", plots.importance_bar(imp, f"Parameter importance ({evaluator})")),
+                          ("importance", plots.importance_bar(imp.values, f"Parameter importance ({evaluator}, "
+                                                             f"{imp.n} trials at epoch {imp.epoch})")),
                           ("search_history", plots.search_history(data) if data.searched else None)):
             if png is not None:
                 figs[name] = png

@@ -1,8 +1,10 @@
 """Report tables built from a ``SweepData`` (reports/load.py). Pure functions: no MLflow access.
 
-Only *finished* runs enter the arm means; early-stopped (ASHA), failed and running runs are counted
-in their own columns and listed in ``other_runs_table``. A run's score is its best value of the sweep
-metric over epochs (see reports/load.py); every table carries that footnote.
+Only *finished* runs enter the arm means; early-stopped (ASHA), failed, lost and running runs are
+counted in their own columns and listed in ``other_runs_table``. Selection and reporting use different
+splits: a run's checkpoint and the best trial are chosen by its ``score`` (best ``val/...`` over
+epochs); arm means, deltas and per-class AP report ``test/...`` at that checkpoint (``data.value``).
+Every table says which split it reports in its footnote.
 
 A ``Table`` keeps display text (``rows``) and machine values (``raw``, written to CSV) side by side;
 reports/render.py turns it into Markdown, CSV, LaTeX or HTML.
@@ -18,6 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from experiments.schema import M, Status, best_index
 from reports import stats
 from reports.load import SweepData, best_run
 
@@ -66,14 +69,27 @@ def fparam(v: Any) -> str:
 
 
 def metric_label(metric: str) -> str:
-    return {"val/mAP50": "mAP@0.5", "val/mAP50_area": "mAP@0.5 (area)", "coco/AP": "AP"}.get(metric, metric)
+    """val/mAP50 -> 'val mAP@0.5'; test/mAP50 -> 'test mAP@0.5'."""
+    split = metric.split("/", 1)[0] if "/" in metric else ""
+    return f"{split} {M.label(metric)}".strip() if split in (M.VAL, M.TEST) else M.label(metric)
+
+
+def value_label(data: SweepData) -> str:
+    """The label of what the arm tables report."""
+    return metric_label(data.reported_metric if data.has_test else data.metric)
 
 
 def score_note(data: SweepData) -> str:
-    best = "highest" if data.mode == "max" else "lowest"
-    return (f"A run's {metric_label(data.metric)} is its {best} `{data.metric}` over epochs "
-            f"(the epoch kept as best.pt), read from the MLflow metric history; arm values are "
-            f"mean ± sample std (ddof=1) over the finished seeds.")
+    """The footnote every result table carries: which split selects, which split is reported."""
+    sel = (f"Selection: each run's checkpoint is its best `{data.metric}` epoch (the validation split; "
+           f"best.pt) and the best trial is the finished trial with the best such score.")
+    if data.has_test:
+        rep = (f" Reported: `{data.reported_metric}`, the test split scored once at that checkpoint and "
+               f"never used to choose anything.")
+    else:
+        rep = (f" No run has a test split (`data.test_sets`), so the values are the selection scores "
+               f"themselves: optimistic, chosen on the split they are reported on.")
+    return sel + rep + " Arm values: mean ± sample std (ddof=1) over the finished seeds."
 
 
 def _better(a: float, b: float, mode: str) -> bool:
@@ -126,7 +142,8 @@ def arm_members(data: SweepData) -> pd.DataFrame:
         members.append(pick.to_frame().T.assign(selected=True))
     out = pd.concat(members)
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
-    for c in ("score", "final", "best_step", "last_step", "duration_s", "start_ms", "end_ms"):
+    for c in ("score", "final", "reported", "reported_last", "best_step", "last_step", "duration_s",
+              "start_ms", "end_ms"):
         out[c] = pd.to_numeric(out[c], errors="coerce")
     return out.sort_index()
 
@@ -138,13 +155,14 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
     runs = arm_members(data)
     fin = runs[runs["status"] == "finished"]
     base = fin[fin["arm"] == data.baseline]
-    base_by_seed = dict(zip(base["seed"], base["score"]))
+    v = data.value
+    base_by_seed = dict(zip(base["seed"], base[v]))
     rows = []
     for arm in data.arms:
         r = runs[runs["arm"] == arm]
         f = fin[fin["arm"] == arm]
-        ms = stats.mean_std(f["score"].tolist())
-        delta = (stats.paired_delta(dict(zip(f["seed"], f["score"])), base_by_seed)
+        ms = stats.mean_std(f[v].tolist())
+        delta = (stats.paired_delta(dict(zip(f["seed"], f[v])), base_by_seed)
                  if arm != data.baseline else stats.Delta(*(math.nan,) * 4, 0, "baseline"))
         notes = [n for n in r["note"] if n] or ([data.parent_tags.get("ssdlab.note", "")]
                                                  if len(data.arms) == 1 else [])
@@ -191,7 +209,7 @@ def _other_counts(row) -> str:
 def summary_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     """The experiment summary table as the original reproduction kept it: No | mAP | Note."""
     a = arm_stats(data) if a is None else a
-    label = metric_label(data.metric)
+    label = value_label(data)
     rows, raw = [], []
     for i, r in a.iterrows():
         ms = stats.MeanStd(r["mean"], r["std"], r["n"])
@@ -209,7 +227,7 @@ def summary_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
 def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     """Arm, seeds, mean ± std, delta vs the baseline with a 95% CI and p, epochs, cost, speed."""
     a = arm_stats(data) if a is None else a
-    label = metric_label(data.metric)
+    label = value_label(data)
     cols = ["Arm", "Seeds", label, f"Δ vs {data.baseline} (95% CI)", "p", "Not averaged",
             "Epochs", "Device-h", "img/s"]
     rows, raw, methods = [], [], set()
@@ -248,50 +266,46 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
 
 
 def per_class_table(data: SweepData) -> Table:
-    """Per-class AP of the best finished run of each arm, at that run's best epoch."""
-    prefix = "val/AP50/"
-    classes = sorted({k[len(prefix):] for k in data.history["key"].unique() if k.startswith(prefix)}
-                     | {c[len("metrics." + prefix):] for c in data.runs.columns
-                        if c.startswith("metrics." + prefix)})
-    h = data.history[data.history["key"].str.startswith(prefix)]
-    h = h.set_index(["run_id", "key", "step"])["value"]
+    """Per-class AP of the best finished run of each arm (chosen by its score), at its selected
+    checkpoint, on the reported split (the selection split when there is no test split)."""
+    split = M.TEST if data.has_test else M.VAL
+    prefix = "metrics." + M.class_ap50_prefix(split)
+    classes = sorted(c[len(prefix):] for c in data.runs.columns if c.startswith(prefix))
     rows, raw, bold = [], [], set()
-    label = metric_label(data.metric)
+    label = value_label(data)
     members = arm_members(data)
-    fin = members[members["status"] == "finished"]
+    fin = members[members["status"] == Status.FINISHED.value]
     for arm in data.arms:
         f = fin[fin["arm"] == arm]
         if f.empty:
             continue
         best = best_run(f, data.mode)
-        aps = []
-        for c in classes:
-            v = h.get((best["run_id"], prefix + c, best["best_step"]), math.nan)
-            if not math.isfinite(v):
-                v = float(best.get("metrics." + prefix + c, math.nan))
-            aps.append(v)
+        aps = [float(pd.to_numeric(best.get(prefix + c, math.nan), errors="coerce")) for c in classes]
         seed = DASH if not math.isfinite(best["seed"]) else str(int(best["seed"]))
-        rows.append([arm, seed, fnum(best["score"])] + [fnum(v) for v in aps])
-        raw.append([arm, best["seed"], best["trial_id"], best["run_id"], best["best_step"],
-                    best["score"]] + aps)
+        value = float(best[data.value])
+        rows.append([arm, seed, fnum(value)] + [fnum(v) for v in aps])
+        raw.append([arm, best["seed"], best["trial_id"], best["run_id"], best["best_step"], value] + aps)
     for j in range(len(classes) + 1):
         vals = [r[j + 5] for r in raw]
         finite = [v for v in vals if math.isfinite(v)]
         if finite:
-            top = max(finite) if data.mode == "max" or j > 0 else min(finite)
+            top = max(finite)
             bold |= {(i, j + 2) for i, v in enumerate(vals) if v == top}
     t = Table("per_class", f"Per-class AP@0.5 of the best run of each arm: {data.sweep}",
               ["Arm", "Seed", label] + classes, rows, raw, bold=bold,
               numeric=set(range(1, len(classes) + 3)))
-    t.raw_columns = ["arm", "seed", "trial_id", "run_id", "best_epoch", "score"] + classes
-    t.notes = ["Best run: the arm's finished run with the best score; per-class AP (VOC07 "
-               "11-point, `val/AP50/<class>`) at that run's best epoch."]
+    t.raw_columns = ["arm", "seed", "trial_id", "run_id", "best_epoch", "value"] + classes
+    t.notes = [f"Best run: the arm's finished run with the best `{data.metric}` score; per-class AP (VOC07 "
+               f"11-point, `{M.class_ap50_prefix(split)}<class>`) at its selected checkpoint."]
     return t
 
 
+OTHER = (Status.EARLY_STOPPED, Status.FAILED, Status.LOST, Status.RUNNING)
+
+
 def other_runs_table(data: SweepData) -> Table:
-    """Runs not averaged into the arm means: early-stopped, failed and running."""
-    o = data.runs[data.runs["status"] != "finished"]
+    """Runs not averaged into the arm means: early-stopped, failed, lost and running."""
+    o = data.runs[data.runs["status"] != Status.FINISHED.value]
     label = metric_label(data.metric)
     rows, raw = [], []
     for _, r in o.iterrows():
@@ -303,14 +317,30 @@ def other_runs_table(data: SweepData) -> Table:
         raw.append([r["arm"], r["seed"], r["trial_id"], r["run_id"], r["status"], r["last_step"],
                     r["score"], err[-1] if err else ""])
     counts = data.runs["status"].value_counts()
-    t = Table("other_runs", "Runs not averaged (early-stopped, failed, running)",
-              ["Arm", "Seed", "Trial", "Status", "Last epoch", f"{label} so far", "Error"], rows, raw,
+    t = Table("other_runs", "Runs not averaged (early-stopped, failed, lost, running)",
+              ["Arm", "Seed", "Trial", "Status", "Last epoch", f"best {label} so far", "Error"], rows, raw,
               numeric={1, 4, 5})
     t.raw_columns = ["arm", "seed", "trial_id", "run_id", "status", "last_epoch", "score", "error"]
-    t.notes = ["Runs: " + ", ".join(f"{int(counts.get(s, 0))} {s.replace('_', '-')}"
-                                    for s in ("finished", "early_stopped", "failed", "running"))
+    t.notes = ["Runs: " + ", ".join(f"{int(counts.get(s.value, 0))} {s.value.replace('_', '-')}"
+                                    for s in (Status.FINISHED,) + OTHER)
                + f" (total {len(data.runs)})."]
+    above = early_stopped_above_best(data)
+    if above:
+        t.notes.append(f"{len(above)} early-stopped trial(s) ({', '.join(above)}) scored above the best finished "
+                       f"trial before being stopped: the scheduler's decision, at a shorter budget, not a result.")
     return t
+
+
+def early_stopped_above_best(data: SweepData) -> list[str]:
+    """Trial ids of early-stopped trials whose best score beats the best finished trial's."""
+    runs = data.runs
+    fin = runs[runs["status"] == Status.FINISHED.value]
+    stopped = runs[runs["status"] == Status.EARLY_STOPPED.value]
+    if fin.empty or stopped.empty or not fin["score"].notna().any():
+        return []
+    top = best_run(fin, data.mode)["score"]
+    beats = stopped["score"] > top if data.mode == "max" else stopped["score"] < top
+    return sorted(str(t) for t in stopped.loc[beats.fillna(False), "trial_id"])
 
 
 # --------------------------------------------------------------------------- search (HPO)
@@ -328,34 +358,42 @@ def _param_value(text: Any) -> Any:
 
 
 def search_table(data: SweepData, top_k: int = 10) -> Table:
-    """Top-k finished trials by score with their searched parameters."""
+    """Top-k finished trials by score (the selection metric) with their searched parameters and, beside
+    it, their reported test value (never used for the ranking)."""
     keys = data.searched
     runs = search_runs(data)
-    f = runs[runs["status"] == "finished"]
+    f = runs[runs["status"] == Status.FINISHED.value]
     key = f["score"] if data.mode == "min" else -f["score"]
-    top = f.assign(_k=key).sort_values(["_k", "trial_id"], na_position="last").head(top_k)
+    top = f.assign(_k=key).sort_values(["_k", "seed", "trial_id"], na_position="last").head(top_k)
     label = metric_label(data.metric)
+    test = [metric_label(data.reported_metric)] if data.has_test else []
     rows, raw = [], []
     for i, (_, r) in enumerate(top.iterrows()):
         vals = [_param_value(r.get("params." + k)) for k in keys]
         seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
         rows.append([str(i + 1), str(r["trial_id"]), r["arm"], seed]
-                    + [fparam(v) for v in vals] + [fnum(r["score"])])
-        raw.append([i + 1, r["trial_id"], r["run_id"], r["arm"], r["seed"]] + vals + [r["score"]])
+                    + [fparam(v) for v in vals] + [fnum(r["score"])] + ([fnum(r["reported"])] if test else []))
+        raw.append([i + 1, r["trial_id"], r["run_id"], r["arm"], r["seed"]] + vals + [r["score"], r["reported"]])
     counts = runs["status"].value_counts()
+    n = len(keys) + 4
     t = Table("search", f"Search: top {len(rows)} of {len(f)} finished trials: {data.sweep}",
-              ["Rank", "Trial", "Arm", "Seed"] + keys + [label], rows, raw,
-              bold={(0, len(keys) + 4)} if rows else set(), numeric={0, 3, len(keys) + 4})
+              ["Rank", "Trial", "Arm", "Seed"] + keys + [label] + test, rows, raw,
+              bold={(0, n)} if rows else set(), numeric={0, 3, n} | ({n + 1} if test else set()))
     if len(data.arms) == 1:  # a search without arms: the Arm column says nothing
         t.columns.pop(2)
         t.rows = [r[:2] + r[3:] for r in t.rows]
         t.bold = {(i, j - 1) for i, j in t.bold}
         t.numeric = {j - 1 if j > 2 else j for j in t.numeric}
-    t.raw_columns = ["rank", "trial_id", "run_id", "arm", "seed"] + keys + ["score"]
-    t.notes = [f"Trials: {int(counts.get('finished', 0))} finished, "
-               f"{int(counts.get('early_stopped', 0))} stopped early by ASHA, "
-               f"{int(counts.get('failed', 0))} failed, {int(counts.get('running', 0))} running; "
-               "only finished trials are ranked.", score_note(data).split(";")[0] + "."]
+    t.raw_columns = ["rank", "trial_id", "run_id", "arm", "seed"] + keys + ["score", "reported"]
+    t.notes = [f"Trials: {int(counts.get(Status.FINISHED.value, 0))} finished, "
+               f"{int(counts.get(Status.EARLY_STOPPED.value, 0))} stopped early by ASHA, "
+               f"{int(counts.get(Status.FAILED.value, 0))} failed, {int(counts.get(Status.RUNNING.value, 0))} "
+               f"running; only finished trials are ranked, by `{data.metric}` (best over epochs)"
+               + (f"; `{data.reported_metric}` is shown, not used." if test else ".")]
+    above = early_stopped_above_best(data)
+    if above:
+        t.notes.append(f"Early-stopped trial(s) {', '.join(above)} scored above rank 1 before ASHA stopped them "
+                       f"(see the runs not averaged).")
     return t
 
 
@@ -436,37 +474,51 @@ def _to_dist(value: Any, dist) -> Any:
     return int(value) if isinstance(dist, IntDistribution) else float(value)
 
 
-def _importance_runs(data: SweepData) -> pd.DataFrame:
-    """The search trials importances are computed over, each with a comparable ``score``.
+MIN_IMPORTANCE_TRIALS = 8  # fewer trials at a common budget make importances noise
+
+
+@dataclass
+class Importances:
+    values: dict[str, float]  # parameter -> importance (sums to 1); empty when omitted
+    n: int                    # trials they were computed over
+    epoch: int | None         # the common budget (epoch) every one of them reached
+    reason: str = ""          # why they are omitted, when they are
+
+
+def _importance_runs(data: SweepData) -> tuple[pd.DataFrame, int | None]:
+    """The search trials importances are computed over, each with a comparable ``score``, and the
+    common epoch.
 
     With ASHA most trials stop early, so finished trials alone are too few (a demo sweep finishes one of
     eight). Finished and early-stopped trials are used together, each scored by its best metric up to
     the last epoch that all of them reached (ASHA's first rung), so a long trial is not favoured
     merely for having trained longer. Without early-stopped trials this is the finished trials' score."""
     runs = search_runs(data)
-    runs = runs[runs["status"].isin(["finished", "early_stopped"])]
-    if not (runs["status"] == "early_stopped").any() or data.history.empty:
-        return runs
+    runs = runs[runs["status"].isin([Status.FINISHED.value, Status.EARLY_STOPPED.value])]
     h = data.history[(data.history["key"] == data.metric) & data.history["run_id"].isin(runs["run_id"])]
     if h.empty:
-        return runs
+        return runs, None
     common = int(h.groupby("run_id")["step"].max().min())
+    if not (runs["status"] == Status.EARLY_STOPPED.value).any():
+        return runs, common
     h = h[h["step"] <= common].groupby("run_id")["value"]
     best = h.max() if data.mode == "max" else h.min()
-    return runs.assign(score=runs["run_id"].map(best).astype(float).fillna(float("nan")))
+    return runs.assign(score=runs["run_id"].map(best).astype(float).fillna(float("nan"))), common
 
 
-def param_importances(data: SweepData, evaluator: str = "ped-anova") -> dict[str, float]:
-    """Optuna parameter importances over the search trials (see ``_importance_runs``), from an in-memory study rebuilt with
-    ``optuna.trial.create_trial``. ``ped-anova`` (Optuna's default, deterministic) or ``fanova``
-    (seeded, needs scikit-learn). Empty when fewer than 2 usable trials or no distributions."""
+def param_importances(data: SweepData, evaluator: str = "ped-anova",
+                      min_trials: int = MIN_IMPORTANCE_TRIALS) -> Importances:
+    """Optuna parameter importances over the search trials (see ``_importance_runs``), from an in-memory
+    study rebuilt with ``optuna.trial.create_trial``. ``ped-anova`` (Optuna's default, deterministic) or
+    ``fanova`` (seeded, needs scikit-learn). Omitted (empty values, with the reason) below `min_trials`
+    usable trials or without distributions."""
     import optuna
 
     dists = distributions(data.search_space)
     if not dists:
-        return {}
+        return Importances({}, 0, None, "no search space recorded")
     trials = []
-    runs = _importance_runs(data)
+    runs, common = _importance_runs(data)
     for _, r in runs.sort_values("trial_id").iterrows():
         if not math.isfinite(r["score"]):
             continue
@@ -477,8 +529,10 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova") -> dict[str
                 params=params, distributions={k: dists[k] for k in params}, value=float(r["score"])))
         except (ValueError, TypeError):
             continue  # a trial outside the recorded space (edited sweep) is left out
-    if len(trials) < 2:
-        return {}
+    if len(trials) < min_trials:
+        return Importances({}, len(trials), common,
+                           f"only {len(trials)} trial(s) share a common budget (epoch {common}); importances "
+                           f"need at least {min_trials} to be more than noise")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if data.mode == "max" else "minimize")
     study.add_trials(trials)
@@ -489,17 +543,17 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova") -> dict[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         imp = optuna.importance.get_param_importances(study, evaluator=ev)
-    return {k: float(imp[k]) for k in sorted(imp, key=lambda k: (-imp[k], k))}
+    return Importances({k: float(imp[k]) for k in sorted(imp, key=lambda k: (-imp[k], k))}, len(trials), common)
 
 
-def importance_table(imp: dict[str, float], evaluator: str = "ped-anova") -> Table:
-    rows = [[k, f"{v:.3f}"] for k, v in imp.items()]
-    t = Table("importance", "Parameter importances", ["Parameter", "Importance"], rows,
-              [[k, v] for k, v in imp.items()], numeric={1})
+def importance_table(imp: Importances, evaluator: str = "ped-anova") -> Table:
+    rows = [[k, f"{v:.3f}"] for k, v in imp.values.items()]
+    t = Table("importance", f"Parameter importances ({imp.n} trials at epoch {imp.epoch})",
+              ["Parameter", "Importance"], rows, [[k, v] for k, v in imp.values.items()], numeric={1})
     t.raw_columns = ["param", "importance"]
     t.notes = [f"`optuna.importance.get_param_importances` ({evaluator}) on an in-memory study "
-               "rebuilt from the finished and early-stopped trials, each scored by its best value up to the last "
-               "epoch all of them reached; distributions from `ssdlab.search_space`; "
+               f"rebuilt from {imp.n} finished and early-stopped trials, each scored by its best value up to "
+               f"epoch {imp.epoch}, the last epoch all of them reached; distributions from `ssdlab.search_space`; "
                "normalised to sum to 1."]
     return t
 
@@ -507,36 +561,61 @@ def importance_table(imp: dict[str, float], evaluator: str = "ped-anova") -> Tab
 # --------------------------------------------------------------------------- browsing
 
 
-def runs_table(runs: pd.DataFrame, sort: str = "val/mAP50", key_params: list[str] | None = None) -> Table:
-    """A terminal table of runs: sweep, arm, seed, status, key params, best metric, duration."""
+RUN_SORTS = ("score", "test", "duration", "start")
+
+
+def runs_table(runs: pd.DataFrame, sort: str = "score", key_params: list[str] | None = None,
+               metric: str = M.map50(M.VAL)) -> Table:
+    """A terminal table of runs: sweep, arm, seed, status, every searched param, the score (best `metric`
+    over epochs), the reported test value, duration; `*` marks each sweep's best trial (the rule of
+    experiments/schema.py, the one `ssdlab report` and the confirm phase use).
+
+    sort: score (default) | test | duration | start | any metric name logged by the runs."""
+    from ssd_core.errors import UserError
+
     if key_params is None:
         keys = set()
         for s in runs["searched"]:
             keys.update(s)
-        key_params = sorted(keys)[:4]
+        key_params = sorted(keys)
     r = runs.copy()
-    score_col = "score"
-    if sort not in ("val/mAP50", "score", "mAP") and "metrics." + sort in r:
-        score_col = "metrics." + sort
-    elif sort in ("duration", "duration_s", "start", "start_time"):
-        score_col = "duration_s" if sort.startswith("duration") else "start_ms"
-    asc = score_col in ("start_ms",) or sort.endswith("loss")
-    r = r.assign(_k=r[score_col] if asc else -r[score_col]).sort_values(
+    columns = {"score": "score", metric: "score", "test": "reported", M.reported_of(metric): "reported",
+               "duration": "duration_s", "start": "start_ms"}
+    if sort in columns:
+        col = columns[sort]
+    elif "metrics." + sort in r:
+        col = "metrics." + sort
+    else:
+        logged = sorted(c[len("metrics."):] for c in r.columns if c.startswith("metrics."))
+        raise UserError(f"--sort {sort!r}: not one of {', '.join(RUN_SORTS)} nor a logged metric "
+                        f"({', '.join(logged[:12])}{', ...' if len(logged) > 12 else ''})")
+    asc = col == "start_ms" or sort.endswith("loss")
+    r = r.assign(_k=pd.to_numeric(r[col], errors="coerce") * (1 if asc else -1)).sort_values(
         ["_k", "sweep", "arm", "seed", "trial_id"], na_position="last")
+    best_ids = set()
+    for _, g in r.groupby(r["sweep"].fillna(""), dropna=False):
+        i = best_index(g["score"].tolist(), g["status"].tolist(), g["seed"].tolist(), g["trial_id"].tolist())
+        if i is not None:
+            best_ids.add(g.iloc[i]["run_id"])
     rows, raw = [], []
     for _, x in r.iterrows():
         seed = DASH if not math.isfinite(x["seed"]) else str(int(x["seed"]))
         dur = DASH if not math.isfinite(x["duration_s"]) else _duration(x["duration_s"])
         vals = [_param_value(x.get("params." + k)) for k in key_params]
-        rows.append([str(x["sweep"] or DASH), str(x["arm"]), seed, x["status"]]
-                    + [DASH if v is None else fparam(v) for v in vals]
-                    + [fnum(x["score"]), dur, str(x["run_id"])[:8]])
-        raw.append([x["sweep"], x["arm"], x["seed"], x["status"]] + vals
-                   + [x["score"], x["duration_s"], x["run_id"]])
-    t = Table("runs", "Runs", ["Sweep", "Arm", "Seed", "Status"] + key_params
-              + ["Best mAP@0.5", "Duration", "Run"], rows, raw,
-              numeric={2, len(key_params) + 4, len(key_params) + 5})
-    t.raw_columns = ["sweep", "arm", "seed", "status"] + key_params + ["score", "duration_s", "run_id"]
+        best = x["run_id"] in best_ids
+        rows.append(["*" if best else "", str(x["sweep"] or DASH), str(x["arm"]), seed, str(x["trial_id"]),
+                     x["status"]] + [DASH if v is None else fparam(v) for v in vals]
+                    + [fnum(x["score"]), fnum(x["reported"]), dur, str(x["run_id"])[:8]])
+        raw.append([best, x["sweep"], x["arm"], x["seed"], x["trial_id"], x["status"]] + vals
+                   + [x["score"], x["reported"], x["duration_s"], x["run_id"]])
+    n = len(key_params) + 6
+    t = Table("runs", "Runs", ["Best", "Sweep", "Arm", "Seed", "Trial", "Status"] + key_params
+              + [f"{metric_label(metric)} (best)", metric_label(M.reported_of(metric)), "Duration", "Run"], rows, raw,
+              numeric={3, n, n + 1, n + 2})
+    t.raw_columns = (["best", "sweep", "arm", "seed", "trial_id", "status"] + key_params
+                     + ["score", "reported", "duration_s", "run_id"])
+    if sort != "score":
+        t.notes = [f"sorted by {sort}"]
     return t
 
 

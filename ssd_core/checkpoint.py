@@ -62,6 +62,18 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Union[
         raise CheckpointError(f"{path}: checkpoint does not match the model built from the config: {detail}") from None
 
 
+WEIGHTS_KEYS = ("model", "config", "config_yaml", "config_hash", "config_source", "class_names", "epoch",
+                "iteration", "best_metric", "best_epoch")
+
+
+def export_weights(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Path:
+    """A copy of checkpoint `src` with the model weights and the config only (no optimizer, scheduler,
+    RNG states or history): what a run logs to MLflow and a user deploys. It loads like any checkpoint
+    (ssd_core.train.model_from_checkpoint) but cannot resume training."""
+    state = load_checkpoint(src)
+    return save_checkpoint({k: state[k] for k in WEIGHTS_KEYS if k in state}, dst)
+
+
 # ---------------------------------------------------------------- RNG states (weights_only friendly)
 
 

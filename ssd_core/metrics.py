@@ -11,8 +11,9 @@ Selection and reporting use different splits (DESIGN.md, "Conventions"):
 Under each prefix: `mAP50` (VOC07 11-point, the paper's metric), `mAP50_area` (VOC2010+ area),
 `AP50/<class>` (per-class VOC07 AP) and, on COCO data, `coco_AP`, `coco_AP50`, `coco_AP75`.
 Training: `train/loss`, `train/loss_loc`, `train/loss_conf`, `train/lr`, `perf/train_img_s`,
-`cost/device_hours`. `final` (1 on the epoch that ended the run, no "/" so it is not an MLflow metric)
-tells a completed run from one a scheduler stopped.
+`cost/device_hours`. Two keys without a "/" (so never MLflow metrics) go to the sweep driver with each
+epoch: `final` (1 on the epoch that ended the run) tells a completed run from one a scheduler stopped,
+and `score` is the run's score so far: its best `val/<eval.metric>` over epochs (the best.pt epoch).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ VAL, TEST, TEST_LAST = "val", "test", "test_last"
 
 TRAIN_LOSS, TRAIN_LOSS_LOC, TRAIN_LOSS_CONF = "train/loss", "train/loss_loc", "train/loss_conf"
 TRAIN_LR, TRAIN_IMG_S, DEVICE_HOURS = "train/lr", "perf/train_img_s", "cost/device_hours"
-FINAL = "final"
+FINAL, SCORE = "final", "score"
 EPOCH, ITERATION = "epoch", "iteration"
+TEST_DETECTIONS = "test_detections.npz"  # run-dir file: the reported split's detections at the selected checkpoint
 COCO_KEYS = ("AP", "AP50", "AP75")
 
 

@@ -77,7 +77,7 @@ class FitResult:
         return self.run_dir / "last.pt"
 
 
-TEST_DETECTIONS = "test_detections.npz"  # the reported split's detections at the selected checkpoint
+TEST_DETECTIONS = M.TEST_DETECTIONS
 
 
 # ---------------------------------------------------------------- setup
@@ -498,6 +498,8 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
                                           run_dir / TEST_DETECTIONS))
                 metrics[M.TEST + "/selected_epoch"] = float(best_epoch)
             metrics[M.FINAL] = 1.0 if last_epoch else 0.0
+            if best is not None:
+                metrics[M.SCORE] = best
             device_s += time.perf_counter() - t_eval
             metrics["cost/device_hours"] = device_s / 3600.0
             history.append(metrics)

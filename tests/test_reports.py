@@ -40,6 +40,7 @@ ABL = [
     ("wd", 11, "finished", [0.30, 0.50, 0.54]),
 ]
 CLASS_OFFSETS = {"RBC": 0.10, "WBC": 0.05, "Platelets": -0.15}
+TEST_GAP = 0.04  # test/mAP50 = the best val/mAP50 - 0.04 (the abl sweep reports the test split; hpo has none)
 HPO_SPACE = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
              "train.weight_decay": {"type": "uniform", "low": 0.0, "high": 1e-3},
              "model.backbone": {"type": "choice", "values": ["vgg16", "mobilenet_v2"]}}
@@ -92,6 +93,12 @@ def _fill(uri: str) -> None:
                    Metric("cost/device_hours", 0.01 * (step + 1), ts, step)]
             if arm in ("base", "aug"):
                 ms += [Metric(f"val/AP50/{c}", v + o + 0.001 * step, ts, step) for c, o in CLASS_OFFSETS.items()]
+        if status == "finished":  # the test split, scored once at the end at the best val epoch
+            ts, step = start + 60_000 * len(curve), len(curve) - 1
+            ms += [Metric("test/mAP50", max(curve) - TEST_GAP, ts, step),
+                   Metric("test_last/mAP50", curve[-1] - TEST_GAP - 0.01, ts, step)]
+            if arm in ("base", "aug"):
+                ms += [Metric(f"test/AP50/{c}", max(curve) - TEST_GAP + o, ts, step) for c, o in CLASS_OFFSETS.items()]
         tags = {"mlflow.parentRunId": parent, "ssdlab.kind": "trial", "ssdlab.sweep": "abl",
                 "ssdlab.arm": arm, "ssdlab.seed": str(seed), "ssdlab.note": NOTES[arm],
                 "ssdlab.trial_id": f"abl_{i:03d}", "ssdlab.status": status, "ssdlab.searched": "[]"}
@@ -137,7 +144,8 @@ def abl(store):
 
 
 def _best(arm):
-    return {seed: max(c) for a, seed, s, c in ABL if a == arm and s == "finished"}
+    """Per seed: the reported test value (at the best val epoch)."""
+    return {seed: max(c) - TEST_GAP for a, seed, s, c in ABL if a == arm and s == "finished"}
 
 
 # --------------------------------------------------------------------------- loading
@@ -187,17 +195,19 @@ def test_unknown_sweep_names_sweep_store_and_lists_found(store):
 def test_summary_table_means_stds_and_bold_best(abl):
     from reports.tables import summary_table
     t = summary_table(abl)
-    assert t.columns == ["No", "mAP@0.5", "Note"]
-    # base: best per seed 0.48, 0.50, 0.49 -> mean 0.49, std 0.01 (hand computed)
-    assert t.rows[0] == ["1", "0.490 ± 0.010", "initial implementation"]
-    # aug finished: 0.58, 0.61, 0.57 -> mean 0.58667, sd sqrt(((-.00667)^2+.02333^2+.01667^2)/2)
-    aug = np.array([0.58, 0.61, 0.57])
+    assert t.columns == ["No", "test mAP@0.5", "Note"]
+    # base: best val per seed 0.48, 0.50, 0.49 -> test 0.44, 0.46, 0.45 -> mean 0.45, std 0.01 (by hand)
+    assert t.rows[0] == ["1", "0.450 ± 0.010", "initial implementation"]
+    # aug finished: 0.58, 0.61, 0.57 - 0.04 -> mean 0.54667, sd sqrt(((-.00667)^2+.02333^2+.01667^2)/2)
+    aug = np.array([0.58, 0.61, 0.57]) - TEST_GAP
     assert t.rows[1] == ["2", f"{aug.mean():.3f} ± {aug.std(ddof=1):.3f}", NOTES["aug"]]
-    assert t.rows[1][1] == "0.587 ± 0.021"
-    assert t.rows[2] == ["3", "0.400", "lite heads"]  # one finished seed: no ±
-    assert t.rows[3] == ["4", "0.530 ± 0.014", NOTES["wd"]]
+    assert t.rows[1][1] == "0.547 ± 0.021"
+    assert t.rows[2] == ["3", "0.360", "lite heads"]  # one finished seed: no ±
+    assert t.rows[3] == ["4", "0.490 ± 0.014", NOTES["wd"]]
     assert t.bold == {(1, 1)}
-    assert t.raw[0][2] == pytest.approx(0.49) and t.raw[0][3] == pytest.approx(0.01)
+    assert t.raw[0][2] == pytest.approx(0.45) and t.raw[0][3] == pytest.approx(0.01)
+    assert "Selection: each run's checkpoint is its best `val/mAP50` epoch" in t.notes[0]
+    assert "Reported: `test/mAP50`" in t.notes[0]
 
 
 def test_ablation_paired_delta_ci_and_p_by_hand(abl):
@@ -222,7 +232,7 @@ def test_ablation_paired_delta_ci_and_p_by_hand(abl):
     assert r["img_s"] == pytest.approx(np.mean([100 + 10 * i + 2 for i in (3, 4, 5)]))
     t = ablation_table(abl)
     row = t.rows[1]
-    assert row[:3] == ["aug", "3", "0.587 ± 0.021"]
+    assert row[:3] == ["aug", "3", "0.547 ± 0.021"]
     assert row[3] == f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]" == "+0.097 [+0.059, +0.135]"
     assert row[4] == f"{r['p']:.3f}" and row[5] == "1 failed" and row[6] == "3"
     assert t.rows[0][3] == "baseline" and t.rows[0][5] == "–"
@@ -236,10 +246,10 @@ def test_ablation_single_seed_and_unpaired_fallbacks(abl):
     a = arm_stats(abl).set_index("arm")
     base = np.array(list(_best("base").values()))
     lite = a.loc["lite"]  # one finished seed: difference of means only
-    assert lite["method"] == "single" and lite["delta"] == pytest.approx(0.40 - base.mean())
+    assert lite["method"] == "single" and lite["delta"] == pytest.approx(0.36 - base.mean())
     assert math.isnan(lite["low"]) and math.isnan(lite["p"])
     assert (lite["early_stopped"], lite["running"], lite["n"]) == (1, 1, 1)
-    wd = np.array([0.52, 0.54])  # seeds 10, 11: none shared with the baseline -> Welch
+    wd = np.array([0.52, 0.54]) - TEST_GAP  # seeds 10, 11: none shared with the baseline -> Welch
     va, vb = wd.var(ddof=1) / 2, base.var(ddof=1) / 3
     dof = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 2)
     half = sps.t.ppf(0.975, dof) * math.sqrt(va + vb)
@@ -261,14 +271,14 @@ def test_other_runs_and_per_class_at_best_epoch(abl):
                                                     ("lite", "2", "running")]
     assert o.rows[0][6] == "NonFiniteLossError: loss is nan at epoch 1"
     assert o.rows[2][4:6] == ["1", "0.150"]
-    assert "9 finished, 1 early-stopped, 1 failed, 1 running (total 12)" in o.notes[0]
+    assert "9 finished, 1 early-stopped, 1 failed, 0 lost, 1 running (total 12)" in o.notes[0]
     p = per_class_table(abl)
-    assert p.columns == ["Arm", "Seed", "mAP@0.5", "Platelets", "RBC", "WBC"]
-    # base's best run: seed 1 (0.50 at epoch 1); aug's: seed 1 (0.61 at epoch 2)
-    assert p.rows[0] == ["base", "1", "0.500", f"{0.50 - 0.15 + 0.001:.3f}", f"{0.60 + 0.001:.3f}", f"{0.55 + 0.001:.3f}"]
-    assert p.rows[1][:3] == ["aug", "1", "0.610"] and p.raw[1][4] == 2
-    assert p.raw[1][6:] == [pytest.approx(0.61 + o + 0.002) for o in (-0.15, 0.10, 0.05)]
-    assert p.rows[2] == ["lite", "0", "0.400", "–", "–", "–"]  # no per-class AP logged
+    assert p.columns == ["Arm", "Seed", "test mAP@0.5", "Platelets", "RBC", "WBC"]
+    # base's best run by val: seed 1 (0.50 at epoch 1; test 0.46); aug's: seed 1 (0.61 at epoch 2; test 0.57)
+    assert p.rows[0] == ["base", "1", "0.460", f"{0.46 - 0.15:.3f}", f"{0.46 + 0.10:.3f}", f"{0.46 + 0.05:.3f}"]
+    assert p.rows[1][:3] == ["aug", "1", "0.570"] and p.raw[1][4] == 2
+    assert p.raw[1][6:] == [pytest.approx(0.57 + o) for o in (-0.15, 0.10, 0.05)]
+    assert p.rows[2] == ["lite", "0", "0.360", "–", "–", "–"]  # no per-class AP logged
     assert p.bold == {(1, 2), (1, 3), (1, 4), (1, 5)}
 
 
@@ -288,7 +298,7 @@ def test_search_table_top_k_counts_and_best_override(hpo):
     t = search_table(hpo, top_k=3)
     fin = sorted((t_ for t_ in HPO if t_[1] == "finished"), key=lambda t_: -max(t_[5]))
     assert [r[1] for r in t.rows] == [t_[0] for t_ in fin[:3]] == ["t04", "t07", "t00"]
-    assert t.columns == ["Rank", "Trial", "Seed", "model.backbone", "train.lr", "train.weight_decay", "mAP@0.5"]
+    assert t.columns == ["Rank", "Trial", "Seed", "model.backbone", "train.lr", "train.weight_decay", "val mAP@0.5"]
     assert t.rows[0] == ["1", "t04", "0", "vgg16", "0.002", "0.0003", "0.620"] and t.bold == {(0, 6)}
     assert t.raw[0][5:8] == ["vgg16", 0.002, 0.0003]
     assert "7 finished, 2 stopped early by ASHA, 1 failed, 0 running" in t.notes[0]
@@ -329,10 +339,14 @@ def test_importances_equal_optuna_on_the_same_trials_and_are_deterministic(hpo):
             distributions=dists, value=max(curve[:common])))
     want = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
-    got = param_importances(hpo)
+    imp = param_importances(hpo)
+    got = imp.values
     assert got == pytest.approx(want) and list(got) == sorted(want, key=lambda k: (-want[k], k))
-    assert sum(got.values()) == pytest.approx(1.0)
-    assert param_importances(hpo) == got
+    assert sum(got.values()) == pytest.approx(1.0) and (imp.n, imp.epoch) == (9, 0)
+    assert param_importances(hpo) == imp
+    # fewer trials at a common budget than the minimum: omitted, with the reason
+    few = param_importances(hpo, min_trials=10)
+    assert few.values == {} and "only 9 trial(s) share a common budget (epoch 0)" in few.reason
 
 
 # --------------------------------------------------------------------------- files and commands
@@ -361,12 +375,12 @@ def test_report_regenerates_byte_identical_in_every_format(store, tmp_path):
     html = (tmp_path / "hpo" / "a" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and 'src="http' not in html
     md = (tmp_path / "abl" / "a" / "report.md").read_text()
-    assert "| 2 | **0.587 ± 0.021** | stronger augmentation (sample patch, zoom out) |" in md
-    assert "| aug | 3 | **0.587 ± 0.021** | +0.097 [+0.059, +0.135] | 0.008 | 1 failed |" in md
+    assert "| 2 | **0.547 ± 0.021** | stronger augmentation (sample patch, zoom out) |" in md
+    assert "| aug | 3 | **0.547 ± 0.021** | +0.097 [+0.059, +0.135] | 0.008 | 1 failed |" in md
     rows = list(csv.DictReader(io.StringIO((tmp_path / "abl" / "a" / "ablation.csv").read_text())))
     assert [r["arm"] for r in rows] == ARMS and float(rows[1]["delta"]) == pytest.approx(0.29 / 3)
     tex = (tmp_path / "abl" / "a" / "report.tex").read_text()
-    assert r"\textbf{0.587 $\pm$ 0.021}" in tex and r"95\% CI" in tex
+    assert r"\textbf{0.547 $\pm$ 0.021}" in tex and r"95\% CI" in tex
     png = (tmp_path / "hpo" / "a" / "learning_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in png
 
@@ -385,10 +399,13 @@ def test_cli_report_runs_and_unknown_sweep(store, tmp_path, capsys):
     assert "pdf" in capsys.readouterr().err
     assert main(["runs", "--sweep", "hpo", "--tracking-uri", store]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["Sweep", "Arm", "Seed", "Status"]
-    # sorted by best mAP: t04 first, the failed run (no metric) last
-    assert lines[2].split()[3:7] == ["finished", "vgg16", "0.002", "0.0003"] and "0.620" in lines[2]
-    assert lines[-1].split()[3] == "failed" and len(lines) == 2 + len(HPO) + len(CONFIRM)
+    assert lines[0].split()[:6] == ["Best", "Sweep", "Arm", "Seed", "Trial", "Status"]
+    # sorted by score: t04 first and marked best (the report's best trial too), the failed run (no metric) last
+    assert lines[2].split()[:9] == ["*", "hpo", "(none)", "0", "t04", "finished", "vgg16", "0.002", "0.0003"]
+    assert "0.620" in lines[2] and sum(line.startswith("*") for line in lines) == 1
+    assert lines[-1].split()[4] == "failed" and len(lines) == 2 + len(HPO) + len(CONFIRM)
+    assert main(["runs", "--sweep", "hpo", "--tracking-uri", store, "--sort", "bogus"]) == 2
+    assert "--sort 'bogus': not one of score, test, duration, start" in capsys.readouterr().err
     assert main(["runs", "--tracking-uri", store, "--limit", "5"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2 + 5
 
@@ -412,3 +429,40 @@ def test_cli_ui_starts_mlflow_ui_on_localhost(store, monkeypatch, capsys):
     assert "http://127.0.0.1:5123" in capsys.readouterr().out
     assert main(["ui", "--tracking-uri", "sqlite:////nonexistent/x.db"]) == 2
     assert "/nonexistent/x.db" in capsys.readouterr().err and len(calls) == 1
+
+
+def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
+    """An early-stopped trial that scored above every finished one, and a tie between two finished
+    trials: before, `ssdlab runs` put the early-stopped trial first while the report's best was a
+    finished one. Both now use experiments.schema.best_index: finished only, ties to the lowest seed."""
+    from experiments.cli import main
+    from reports.load import load_sweep
+    from reports.tables import best_override, other_runs_table, search_table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from experiments.tracking import ensure_store
+    ensure_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("ssdlab")
+    space = {"train.lr": {"loguniform": [1e-4, 1e-1]}}
+    parent = _new_run(client, exp, T0, {"ssdlab.kind": "sweep", "ssdlab.sweep": "tie", "ssdlab.arms": "[]",
+                                        "ssdlab.search_space": json.dumps(space), "ssdlab.metric": "val/mAP50",
+                                        "ssdlab.mode": "max"})
+    trials = [("a", 1, "finished", 1e-3, [0.3, 0.6]), ("b", 0, "early_stopped", 5e-3, [0.7]),
+              ("c", 0, "finished", 2e-3, [0.6, 0.5]), ("d", 2, "finished", 3e-3, [0.2, 0.4])]
+    for i, (tid, seed, status, lr, curve) in enumerate(trials):
+        start = T0 + 1000 * (i + 1)
+        ms = [Metric("val/mAP50", v, start + 1000 * (s + 1), s) for s, v in enumerate(curve)]
+        _new_run(client, exp, start, {"mlflow.parentRunId": parent, "ssdlab.kind": "trial", "ssdlab.sweep": "tie",
+                                      "ssdlab.trial_id": tid, "ssdlab.seed": str(seed), "ssdlab.phase": "search",
+                                      "ssdlab.status": status, "ssdlab.searched": '["train.lr"]'},
+                 {"train.lr": lr}, ms, status, end=start + 5000)
+    data = load_sweep("tie", uri)
+    assert [r[1] for r in search_table(data).rows] == ["c", "a", "d"]  # a and c tie at 0.6: seed 0 first
+    assert "# best trial c" in best_override(data)
+    assert any("b" in n and "scored above" in n for n in other_runs_table(data).notes)
+    assert main(["runs", "--sweep", "tie", "--tracking-uri", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert lines[0].split()[:5] == ["tie", "(none)", "0", "b", "early_stopped"]  # highest score listed first...
+    (best,) = [line for line in lines if line.startswith("*")]  # ...but the best trial is the report's
+    assert best.split()[4] == "c"

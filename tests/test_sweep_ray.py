@@ -28,14 +28,17 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
-    """fit's signature and checkpoint behaviour, no network. val/mAP50 = lr * epoch.
+    """fit's signature, checkpoints and report keys (`score`, `final`), no network. val/mAP50 = lr * epoch.
 
     lr >= 0.5 -> NonFiniteLossError at epoch 2. name 'crash' -> the worker dies (os._exit) once at
     epoch 2, flagged by a file in output.dir. `test/start_epoch` records where it resumed from."""
+    from ssd_core.checkpoint import load_checkpoint, save_checkpoint
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
-    start = json.loads(last.read_text())["epoch"] if resume and last.exists() else 0
+    state = load_checkpoint(last) if resume and last.exists() else {"epoch": 0, "history": []}
+    start, history = state["epoch"], list(state["history"])
     for cb in callbacks:
         getattr(cb, "on_fit_start", lambda *a: None)(cfg, run_dir)
     for epoch in range(start + 1, cfg.train.epochs + 1):
@@ -48,9 +51,12 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
             flag.write_text("died once")
             os._exit(1)
         metrics = {"train/loss": 1.0 / epoch, "val/mAP50": cfg.train.lr * epoch, "test/start_epoch": start,
-                   "epoch": epoch}
-        last.write_text(json.dumps({"epoch": epoch}))
-        (run_dir / "best.pt").write_text(json.dumps({"epoch": epoch}))
+                   "epoch": epoch, "score": cfg.train.lr * epoch, "final": float(epoch == cfg.train.epochs)}
+        history.append(metrics)
+        ckpt = {"model": {}, "config": cfg.model_dump(mode="json"), "class_names": [], "epoch": epoch,
+                "history": history}
+        save_checkpoint(ckpt, last)
+        save_checkpoint(ckpt, run_dir / "best.pt")
         for cb in callbacks:
             cb.on_epoch_end(epoch, metrics, run_dir)
     for cb in callbacks:
@@ -71,7 +77,8 @@ def ray_session():
 
 def write_sweep(tmp_path: Path, sweep: dict) -> Path:
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(
-        {"name": "tiny", "train": {"epochs": 4, "lr": 0.01}, "output": {"dir": str(tmp_path / "out")}}))
+        {"name": "tiny", "train": {"epochs": 4, "lr": 0.01}, "output": {"dir": str(tmp_path / "out")},
+         "data": {"train_sets": ["S/train"], "val_sets": ["S/val"]}}))
     sweep = {"experiment": "base.yaml", "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, **sweep}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
@@ -186,6 +193,9 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, tmp_path):
     assert result.trials == 4
     client, parents, children = runs_of(uri, "resumable")
     assert len(parents) == 1 and parents[0].data.tags["ssdlab.status"] == "finished"
+    lost = [r for r in children if r.data.tags["ssdlab.status"] == "lost"]  # see SweepTracker.mark_lost
+    assert all(r.info.status == "KILLED" and r.data.tags["ssdlab.error"].startswith("lost:") for r in lost)
+    children = [r for r in children if r.data.tags["ssdlab.status"] != "lost"]
     assert len(children) == 4 and len({r.data.tags["ssdlab.trial_id"] for r in children}) == 4
     for r in children:
         steps = [s for s, _ in history(client, r)]

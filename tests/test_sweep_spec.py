@@ -16,7 +16,7 @@ from ssd_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
-BASE = {"name": "tiny", "train": {"epochs": 6}}
+BASE = {"name": "tiny", "train": {"epochs": 6}, "data": {"train_sets": ["S/train"], "val_sets": ["S/val"]}}
 GOOD = {
     "name": "s1",
     "experiment": "base.yaml",
@@ -131,6 +131,12 @@ def test_search_only_with_one_seed_has_no_confirm_phase(tmp_path):
     ({"name": "a b"}, "name: 'a b'"),
     ({"metric": "val/loss"}, "search.metric: 'val/mAP50' disagrees with the top-level metric 'val/loss'"),
     ({"name": ...}, "name: Field required"),
+    ({"search/metric": "val/mAP50_area"}, "search.metric: 'val/mAP50_area': sweeps select on the config's "
+                                          "selection metric 'val/mAP50'"),
+    ({"search/metric": "test/mAP50"}, "search.metric: 'test/mAP50'"),
+    ({"search/mode": "min"}, "search.mode: 'min'"),
+    ({"overrides": {"data.val_sets": []}}, "search: a search or early stopping chooses on the validation split, "
+                                           "and the config of arm initial has none"),
 ])
 def test_bad_sweeps_name_the_file_and_the_key(tmp_path, changes, key):
     path = write(tmp_path, with_(changes))

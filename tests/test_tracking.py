@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from experiments import tracking
 from experiments.tracking import MLflowCallback, SweepTracker, client_for, ensure_store, experiment_id, find_run
@@ -70,8 +71,9 @@ def _fit_like(cb, cfg, run_dir: Path, epochs, best=True):
     for e in epochs:
         cb.on_epoch_end(e, {"train/loss": 1.0 / (e + 1), "val/mAP50": 0.1 * e}, run_dir)
     if best:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "best.pt").write_bytes(b"weights")
+        from ssd_core.checkpoint import save_checkpoint
+        save_checkpoint({"model": {"w": torch.ones(2)}, "config": cfg.model_dump(mode="json"), "class_names": ["a"],
+                         "optimizer": {"state": {}, "param_groups": []}, "epoch": 2}, run_dir / "best.pt")
     cb.on_fit_end(SimpleNamespace(run_dir=run_dir))
 
 
@@ -89,6 +91,9 @@ def test_mlflow_callback_logs_one_train_run(uri, tmp_path):
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert names == {"config.yaml", "checkpoints"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    logged = torch.load(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path)),
+                        weights_only=True)
+    assert "optimizer" not in logged and logged["epoch"] == 2 and torch.equal(logged["model"]["w"], torch.ones(2))
     # artifacts live next to the database, not in the working directory
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
