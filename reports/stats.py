@@ -13,6 +13,10 @@ footnote by ``Delta.method``:
 * ``"welch"``    < 2 shared seeds but >= 2 runs in each arm: the unpaired Welch interval
                  (difference of means, Welch-Satterthwaite degrees of freedom, ``ttest_ind``);
 * ``"single"``   otherwise: the difference of the means only, no interval and no p-value.
+
+Seeds capture training noise only. ``paired_bootstrap`` adds the test set's: it resamples the test
+images (and the seeds) from each run's logged test detections and re-scores both arms on every
+resample, so even a single-seed comparison gets an honest interval.
 """
 from __future__ import annotations
 
@@ -99,3 +103,65 @@ def footnote(method: str, confidence: float = CONFIDENCE) -> str:
         "single": ("Delta marked (1): a single run on one side, so the difference of means "
                    "only; no interval or p-value (n/a)."),
     }.get(method, "")
+
+
+# --------------------------------------------------------------------------- bootstrap over test images
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+class Bootstrap(NamedTuple):
+    delta: float   # the observed delta: mean over paired seeds of (arm - baseline) on all test images
+    low: float     # percentile interval of the resampled deltas
+    high: float
+    p: float       # two-sided: 2 * min(share of resampled deltas <= 0, share >= 0), capped at 1
+    n: int         # paired seeds
+    resamples: int
+    seeds: bool    # True: seeds resampled too (seed and image variation); False: images only
+
+
+def paired_bootstrap(arm: Mapping[int, object], baseline: Mapping[int, object], num_images: int,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE,
+                     resample_seeds: bool = True, metric: str = "mAP50") -> Bootstrap:
+    """Paired bootstrap of a delta over test images (and seeds): ``arm`` and ``baseline`` map a seed
+    to the ``VOCMatches`` of that run's test detections (ssd_core.evaluate.voc_matches), all on the same
+    ``num_images`` images (dense ids 0..num_images-1).
+
+    Each resample draws ``num_images`` images with replacement, the SAME images for every run, and
+    (``resample_seeds``) the paired seeds with replacement; its delta is the mean over the drawn seeds
+    of metric(arm_s) - metric(baseline_s), both re-scored on the drawn images (an image drawn k times
+    counts k times: ``weighted_voc``). The interval is the percentile interval of the resampled deltas.
+    With one seed this is the image-only bootstrap; with seeds it combines seed and image variation."""
+    from ssd_core.evaluate import weighted_voc
+
+    shared = sorted(set(arm) & set(baseline))
+    if not shared or num_images < 1:
+        return Bootstrap(math.nan, math.nan, math.nan, math.nan, len(shared), 0, False)
+    runs = [arm[s] for s in shared] + [baseline[s] for s in shared]
+    k = len(shared)
+
+    def deltas(weights) -> np.ndarray:
+        scores = np.array([weighted_voc(m, weights)[metric] for m in runs])
+        return scores[:k] - scores[k:]
+
+    observed = float(deltas(None).mean())
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    for b in range(resamples):
+        weights = np.bincount(rng.integers(0, num_images, num_images), minlength=num_images)
+        d = deltas(weights)
+        out[b] = d[rng.integers(0, k, k)].mean() if resample_seeds and k > 1 else d.mean()
+    out = out[np.isfinite(out)]
+    if out.size == 0:
+        return Bootstrap(observed, math.nan, math.nan, math.nan, k, 0, resample_seeds and k > 1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(out, [alpha, 1 - alpha])
+    p = min(1.0, 2 * min(float((out <= 0).mean()), float((out >= 0).mean())))
+    return Bootstrap(observed, float(low), float(high), p, k, int(out.size), resample_seeds and k > 1)
+
+
+def bootstrap_footnote(b: Bootstrap, confidence: float = CONFIDENCE) -> str:
+    what = "the paired seeds and the test images" if b.seeds else "the test images"
+    return (f"Δ bootstrap: {b.resamples} resamples of {what} with replacement (the same images for both arms), "
+            f"both re-scored on each resample; {confidence:.0%} percentile interval; p: two-sided share of "
+            f"resampled deltas on the other side of 0. It adds the test set's sampling noise to the seeds'.")

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ __all__ = [
     "VOC07_RECALL_THRESHOLDS",
     "voc_ap",
     "evaluate_voc",
+    "voc_matches",
+    "weighted_voc",
+    "VOCMatches",
     "DetectionAccumulator",
     "ground_truth_from_dataset",
     "to_coco_results",
@@ -180,18 +183,25 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
-def evaluate_voc(det_image, det_label, det_score, det_boxes,
-                 gt_image, gt_label, gt_boxes, gt_difficult,
-                 class_names: Sequence[str], iou_threshold: float = 0.5,
-                 *, pixel_inclusive: bool = False) -> dict:
-    """VOC mAP at IoU > `iou_threshold` from flat arrays (numpy or torch).
+class VOCMatches(NamedTuple):
+    """evaluate_voc's matching, kept for re-scoring: detections in rank order (class, then score)
+    with their true/false-positive flags, and the ground truth counted per image and class. Scoring
+    these with image weights (`weighted_voc`) equals scoring the images repeated that many times:
+    the paired bootstrap over test images (reports/stats.py) resamples with it, without re-matching."""
 
-    det_image [N] (any hashable ids, e.g. dataset indices), det_label [N] in 1..C (0 = background is
-    not allowed), det_score [N], det_boxes [N, 4] pixel xyxy; gt_* likewise with gt_difficult [G] bool.
-    `class_names[l - 1]` names label l. Returns {"mAP50", "mAP50_area", "AP50": {cls: ap},
-    "AP50_area": {cls: ap}, "num_gt": {cls: non-difficult boxes}, "num_det": {cls: detections}};
-    see the module docstring for the conventions (nan for a class without ground truth).
-    """
+    label_s: np.ndarray     # [N] labels 1..C in rank order
+    tp_s: np.ndarray        # [N] 1 for a true positive
+    fp_s: np.ndarray        # [N] 1 for a false positive (a detection on a difficult box is neither)
+    image_s: np.ndarray     # [N] dense image index of each ranked detection
+    gt_count: np.ndarray    # [I, C] non-difficult ground-truth boxes per dense image and class
+    image_ids: np.ndarray   # [I] the original image id of each dense index
+    class_names: list
+
+
+def voc_matches(det_image, det_label, det_score, det_boxes, gt_image, gt_label, gt_boxes, gt_difficult,
+                class_names: Sequence[str], iou_threshold: float = 0.5, *,
+                pixel_inclusive: bool = False) -> VOCMatches:
+    """The matching step of evaluate_voc (arguments as there)."""
     num_classes = len(class_names)
     det_label, gt_label = _np(det_label, np.int64).reshape(-1), _np(gt_label, np.int64).reshape(-1)
     det_score = _np(det_score, np.float64).reshape(-1)
@@ -213,10 +223,12 @@ def evaluate_voc(det_image, det_label, det_score, det_boxes,
         raise ValueError("evaluate_voc: det_score contains nan or inf")
 
     # Images -> dense ints, groups = (image, class) -> dense keys.
-    image_idx = _dense_ids(np.concatenate([det_image, gt_image]))
+    all_images = np.concatenate([det_image, gt_image])
+    image_idx = _dense_ids(all_images)
+    num_images = int(image_idx.max()) + 1 if image_idx.size else 0
     det_key = image_idx[:n] * (num_classes + 1) + det_label
     gt_key = image_idx[n:] * (num_classes + 1) + gt_label
-    num_keys = (int(image_idx.max()) + 1) * (num_classes + 1) if image_idx.size else 0
+    num_keys = num_images * (num_classes + 1)
 
     ovmax, jmax = _best_ground_truth(det_key, det_boxes, gt_key, gt_boxes, num_keys, pixel_inclusive)
 
@@ -232,18 +244,49 @@ def evaluate_voc(det_image, det_label, det_score, det_boxes,
     fp_s = (~hit[order]).astype(np.float64)
     fp_s[cand_rank] = 1.0 - tp_s[cand_rank]             # duplicates
 
-    npos = np.bincount(gt_label[~gt_difficult], minlength=num_classes + 1)[1:]
-    ap07, area = _per_class_ap(det_label[order], tp_s, fp_s, npos, num_classes)
-    ndet = np.bincount(det_label, minlength=num_classes + 1)[1:]
-    names = list(class_names)
-    return {
-        "mAP50": _nanmean(ap07),
-        "mAP50_area": _nanmean(area),
-        "AP50": dict(zip(names, ap07.tolist())),
-        "AP50_area": dict(zip(names, area.tolist())),
-        "num_gt": dict(zip(names, npos.tolist())),
-        "num_det": dict(zip(names, ndet.tolist())),
-    }
+    easy = ~gt_difficult
+    gt_count = np.zeros((num_images, num_classes))
+    np.add.at(gt_count, (image_idx[n:][easy], gt_label[easy] - 1), 1.0)
+    ids = np.zeros(num_images, dtype=all_images.dtype) if all_images.size else np.zeros(0, np.int64)
+    ids[image_idx] = all_images
+    return VOCMatches(det_label[order], tp_s, fp_s, image_idx[:n][order], gt_count, ids, list(class_names))
+
+
+def weighted_voc(m: VOCMatches, image_weights=None) -> dict:
+    """mAP50 (11-point) and mAP50_area of `m` with each dense image counted `image_weights[i]` times
+    (None: once each), plus the per-class APs."""
+    num_classes = len(m.class_names)
+    if image_weights is None:
+        tp, fp, gt = m.tp_s, m.fp_s, m.gt_count
+    else:
+        w = _np(image_weights, np.float64).reshape(-1)
+        tp, fp, gt = m.tp_s * w[m.image_s], m.fp_s * w[m.image_s], m.gt_count * w[:, None]
+    npos = gt.sum(axis=0)
+    ap07, area = _per_class_ap(m.label_s, tp, fp, npos, num_classes)
+    return {"mAP50": _nanmean(ap07), "mAP50_area": _nanmean(area),
+            "AP50": dict(zip(m.class_names, ap07.tolist())), "AP50_area": dict(zip(m.class_names, area.tolist())),
+            "num_gt": dict(zip(m.class_names, npos.tolist()))}
+
+
+def evaluate_voc(det_image, det_label, det_score, det_boxes,
+                 gt_image, gt_label, gt_boxes, gt_difficult,
+                 class_names: Sequence[str], iou_threshold: float = 0.5,
+                 *, pixel_inclusive: bool = False) -> dict:
+    """VOC mAP at IoU > `iou_threshold` from flat arrays (numpy or torch).
+
+    det_image [N] (any hashable ids, e.g. dataset indices), det_label [N] in 1..C (0 = background is
+    not allowed), det_score [N], det_boxes [N, 4] pixel xyxy; gt_* likewise with gt_difficult [G] bool.
+    `class_names[l - 1]` names label l. Returns {"mAP50", "mAP50_area", "AP50": {cls: ap},
+    "AP50_area": {cls: ap}, "num_gt": {cls: non-difficult boxes}, "num_det": {cls: detections}};
+    see the module docstring for the conventions (nan for a class without ground truth).
+    """
+    m = voc_matches(det_image, det_label, det_score, det_boxes, gt_image, gt_label, gt_boxes, gt_difficult,
+                    class_names, iou_threshold, pixel_inclusive=pixel_inclusive)
+    out = weighted_voc(m)
+    out["num_gt"] = {k: int(v) for k, v in out["num_gt"].items()}
+    ndet = np.bincount(m.label_s, minlength=len(class_names) + 1)[1:]
+    out["num_det"] = dict(zip(list(class_names), ndet.tolist()))
+    return out
 
 
 def ground_truth_from_dataset(dataset) -> dict[str, np.ndarray]:
@@ -311,6 +354,13 @@ class DetectionAccumulator:
                     "det_score": np.zeros(0), "det_boxes": np.zeros((0, 4))}
         parts = [torch.cat(column).numpy() for column in zip(*self._chunks)]
         return dict(zip(("det_image", "det_label", "det_score", "det_boxes"), parts))
+
+    def matches(self, iou_threshold: float = 0.5) -> VOCMatches:
+        """The VOC matching of these detections (for weighted re-scoring, e.g. a bootstrap)."""
+        if self.ground_truth is None:
+            raise ValueError("DetectionAccumulator.matches: no ground truth (use for_dataset or pass ground_truth)")
+        return voc_matches(**self.arrays(), **self.ground_truth, class_names=self.class_names,
+                           iou_threshold=iou_threshold)
 
     def evaluate(self, iou_threshold: float = 0.5) -> dict:
         if self.ground_truth is None:

@@ -412,3 +412,41 @@ def test_evaluate_coco_matches_direct_cocoeval_and_is_quiet(tmp_path, capsys):
     assert math.isnan(ours["AP_per_class"]["never"])
     assert set(ours["AP_per_class"]) == {"cell", "blob", "never"}
     assert evaluate_coco(coco, [])["AP"] == 0.0
+
+
+def test_weighted_scoring_equals_repeating_the_images():
+    """weighted_voc with image weights k_i == evaluate_voc on the images repeated k_i times (new ids),
+    the identity the paired bootstrap relies on; random detections and ground truth, 3 classes."""
+    from ssd_core.evaluate import evaluate_voc, voc_matches, weighted_voc
+    rng = np.random.default_rng(5)
+    n_img, names = 12, ["a", "b", "c"]
+    gt_image = np.repeat(np.arange(n_img), rng.integers(0, 4, n_img))
+    g = gt_image.size
+    xy = rng.uniform(0, 80, (g, 2))
+    gt_boxes = np.concatenate([xy, xy + rng.uniform(5, 30, (g, 2))], 1)
+    gt_label, gt_difficult = rng.integers(1, 4, g), rng.random(g) < 0.15
+    pick = rng.integers(0, g, 40)
+    det_boxes = np.concatenate([gt_boxes[pick] + rng.normal(0, 3, (40, 4)), rng.uniform(0, 100, (15, 4))])
+    det_boxes[:, 2:] = np.maximum(det_boxes[:, 2:], det_boxes[:, :2] + 1)
+    det_image = np.concatenate([gt_image[pick], rng.integers(0, n_img, 15)])
+    det_label = np.concatenate([gt_label[pick], rng.integers(1, 4, 15)])
+    det_score = rng.random(55)
+    m = voc_matches(det_image, det_label, det_score, det_boxes, gt_image, gt_label, gt_boxes, gt_difficult, names)
+    plain = evaluate_voc(det_image, det_label, det_score, det_boxes, gt_image, gt_label, gt_boxes, gt_difficult, names)
+    assert weighted_voc(m)["mAP50"] == plain["mAP50"] and weighted_voc(m)["mAP50_area"] == plain["mAP50_area"]
+    for _ in range(20):
+        w = np.bincount(rng.integers(0, n_img, n_img), minlength=n_img)
+        copies = [(i, c) for i in range(n_img) for c in range(w[i])]
+        new = {ic: k for k, ic in enumerate(copies)}
+
+        def repeat(image, *cols):
+            rows = [(j, new[(i, c)]) for j, i in enumerate(image) for c in range(w[i])]
+            idx = np.array([j for j, _ in rows], dtype=int)
+            return [np.array([k for _, k in rows], dtype=int)] + [np.asarray(col)[idx] for col in cols]
+
+        di, dl, ds, db = repeat(det_image, det_label, det_score, det_boxes)
+        gi, gl, gb, gd = repeat(gt_image, gt_label, gt_boxes, gt_difficult)
+        want = evaluate_voc(di, dl, ds, db, gi, gl, gb, gd, names)
+        got = weighted_voc(m, w)
+        assert got["mAP50"] == pytest.approx(want["mAP50"], abs=1e-12, nan_ok=True)
+        assert got["mAP50_area"] == pytest.approx(want["mAP50_area"], abs=1e-12, nan_ok=True)

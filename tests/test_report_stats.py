@@ -115,3 +115,53 @@ def test_search_space_to_optuna_distributions():
                  "train.warmup": IntDistribution(0, 4),
                  "augment.zoom_out.max": FloatDistribution(1.5, 3.0),
                  "train.epochs": IntDistribution(10, 30, step=5)}
+
+
+# --------------------------------------------------------------------------- bootstrap over test images
+
+
+def _two_image_runs():
+    """Image 0 holds box A, image 1 box B (one class). The arm finds both (AP 1 on any resample); the
+    baseline finds only A."""
+    from ssd_core.evaluate import voc_matches
+    gt = dict(gt_image=[0, 1], gt_label=[1, 1], gt_boxes=[[0, 0, 10, 10], [0, 0, 10, 10]], gt_difficult=[False, False])
+    arm = voc_matches([0, 1], [1, 1], [0.9, 0.8], [[0, 0, 10, 10], [0, 0, 10, 10]], **gt, class_names=["c"])
+    base = voc_matches([0], [1], [0.9], [[0, 0, 10, 10]], **gt, class_names=["c"])
+    return arm, base
+
+
+def test_bootstrap_by_hand_on_two_images():
+    """Resamples of 2 images: (A, A) w.p. 1/4 -> baseline AP 1, delta 0; (A, B) w.p. 1/2 -> baseline
+    recall 1/2 at precision 1, 11-point AP 6/11, delta 5/11; (B, B) w.p. 1/4 -> baseline AP 0, delta 1."""
+    from reports.stats import paired_bootstrap
+    arm, base = _two_image_runs()
+    b = paired_bootstrap({0: arm}, {0: base}, num_images=2, resamples=4000, seed=1)
+    assert b.delta == pytest.approx(5 / 11) and b.n == 1 and not b.seeds and b.resamples == 4000
+    assert (b.low, b.high) == (0.0, pytest.approx(1.0))
+    b2 = paired_bootstrap({0: arm}, {0: base}, num_images=2, resamples=4000, seed=1)
+    assert b2 == b  # reproducible with a seed
+    # the resampled deltas take exactly the three values, with the hand-computed probabilities
+    from ssd_core.evaluate import weighted_voc
+    counts = {}
+    rng = np.random.default_rng(7)
+    for _ in range(4000):
+        w = np.bincount(rng.integers(0, 2, 2), minlength=2)
+        d = round(weighted_voc(arm, w)["mAP50"] - weighted_voc(base, w)["mAP50"], 9)
+        counts[d] = counts.get(d, 0) + 1
+    assert set(counts) == {0.0, round(5 / 11, 9), 1.0}
+    for value, prob in ((0.0, 0.25), (round(5 / 11, 9), 0.5), (1.0, 0.25)):
+        assert abs(counts[value] / 4000 - prob) < 4 * math.sqrt(prob * (1 - prob) / 4000)
+    # p: the share of resampled deltas <= 0 is ~1/4, so p ~ 1/2
+    assert b.p == pytest.approx(0.5, abs=0.05)
+
+
+def test_bootstrap_resamples_seeds_too_and_a_clear_win_excludes_zero():
+    from reports.stats import paired_bootstrap
+    arm, base = _two_image_runs()
+    same = paired_bootstrap({0: base, 1: base}, {0: base, 1: base}, num_images=2, resamples=200, seed=0)
+    assert same.delta == 0 and same.low == same.high == 0 and same.seeds
+    win = paired_bootstrap({0: arm, 1: arm}, {0: base, 1: base}, num_images=2, resamples=200, seed=0,
+                           confidence=0.4)
+    assert win.n == 2 and win.seeds and 0 <= win.low <= win.delta <= win.high
+    missing = paired_bootstrap({0: arm}, {1: base}, num_images=2)
+    assert math.isnan(missing.delta) and missing.n == 0
