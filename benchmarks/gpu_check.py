@@ -1,7 +1,7 @@
 """GPU check (issue 17): every GPU figure the project needs, each against its reference, in one short run.
 
 On the lent GPU machine (one H100/H200, <= 8 minutes in all, torch.compile warm-up and the 2-minute
-training included), from the repository root, with `carry: [".whl", ".data"]`:
+training included), from the repository root, with `carry: [".whl", ".data"]` and `timeout_s: 570`:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH; python3 -m benchmarks.gpu_check --device cuda --data .data/bccd --out $OUT
 
@@ -17,7 +17,8 @@ Parts (select with --parts 1,2,3,4,5):
      post-processing, SSD300 (8732 default boxes, 21 classes), batch 32, against torchvision's
      per-image matching + `SSD.compute_loss` and `SSD.postprocess_detections`. CUDA events, warm-up,
      interleaved repetitions, medians. Target >= 10x (the worst-case post-processing: >= 1x).
-  2. SSD300-VGG16 training step, bf16 autocast + channels_last (CUDA), SGD momentum 0.9, batch 32 and 64,
+  2. SSD300-VGG16 training step, bf16 autocast + channels_last + cudnn.benchmark (CUDA), SGD momentum 0.9
+     (lr 1e-4: from random weights on random images 1e-3 diverges within a few steps), batch 32 and 64,
      ours (normalise + forward + MultiBoxLoss + backward + step, as ssd_core.train.fit) against
      torchvision's `ssd300_vgg16` train-mode call `model(images, targets)` on pre-resized 300x300 float
      images (its transform still normalises and re-runs the no-op resize). images/s, ms/step, peak memory,
@@ -33,15 +34,17 @@ Parts (select with --parts 1,2,3,4,5):
      started together through a start-time file, each training a fixed number of seconds. Aggregate
      images/s, per-trial slowdown. Target: 4 packed trials >= 2.5x the throughput of one.
   5. Real training: ssd_core.train.fit on bccd_mobilenet_v2 from scratch, bf16, 8 loader workers,
-     train.time_budget_s = --budget-s (120) on a time schedule; validation on BCCD/val (the selection
-     split: the only evaluation fit runs is at the end), then the final checkpoint (last.pt) scored on
-     BCCD/test: VOC07 mAP@0.5.
+     train.time_budget_s = --budget-s (120) on a time schedule; BCCD/val is the selection split and fit
+     evaluates it once, at the end (eval.every_epochs is huge), so the selected checkpoint is the final
+     one; fit then scores BCCD/test on it (data.test_sets; a fit without that gets last.pt scored here
+     by evaluate_checkpoint). VOC07 mAP@0.5 on val and test. Nothing is chosen on test.
 
 Robustness: every part runs under its own time cap (SIGALRM) inside a global deadline
 (--deadline-s, 465 s on CUDA) and inside try/except: a failing part prints
 `RESULT <part> FAILED: <one-line error>`, records the error and the rest still run. The JSON
 ($OUT/gpu_check.json, or --out DIR, default $OUT or ./gpu_check_out) is rewritten after every part, so a
-killed run still leaves its results; $OUT/gpu_check.log repeats what was printed. Every RESULT line is
+killed run still leaves its results (SIGTERM: the pack workers are killed, the JSON and the summary
+written, exit 143); $OUT/gpu_check.log repeats what was printed. Every RESULT line is
 `RESULT <name> ours=<x> ref=<y> unit=<u> ratio=<r> target=<t> met=<yes|NO|n/a>`; ratio is always the
 speed-up of ours: ours/ref for rates (images/s), ref/ours for times (ms). CUDA targets read "n/a" on a CPU.
 """
@@ -79,6 +82,7 @@ LR = 1e-4   # part 2, both models: from random init on random images, 1e-3 diver
 BF16_PEAKS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
               ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A10G", 70e12), ("L40S", 362e12),
               ("L4", 121e12))
+CHILDREN: list = []                  # the pack workers running now (killed on SIGTERM)
 PART_NAMES = {"1": "1_loss_postprocess", "2": "2_train_step", "3": "3_input_pipeline", "4": "4_packing",
               "5": "5_bccd_training"}
 
@@ -811,7 +815,7 @@ def part4_packing(report: Report, section: dict, plan: Plan, device: str, data: 
     base = report.out / "pack"
     shutil.rmtree(base, ignore_errors=True)
     section.update(config=str(BCCD_CONFIG.relative_to(REPO)), data=data.source, batch=plan.p4_batch,
-                   seconds=plan.p4_seconds, loader_workers_per_trial=plan.p4_loader_workers,
+                   trial_seconds=plan.p4_seconds, loader_workers_per_trial=plan.p4_loader_workers,
                    threads_per_trial=plan.p4_threads, image_size=plan.p4_image_size or "config",
                    memory_cap="torch.cuda.set_per_process_memory_fraction(1/n) when n > 1, as "
                               "experiments/sweep.py _cap_gpu_memory does for fractional GPUs", rounds={})
@@ -822,7 +826,8 @@ def part4_packing(report: Report, section: dict, plan: Plan, device: str, data: 
         spec = {"device": device, "n": n, "fraction": 1.0 / n, "batch": plan.p4_batch, "seconds": plan.p4_seconds,
                 "warmup": plan.p4_warmup, "loader_workers": plan.p4_loader_workers, "threads": plan.p4_threads,
                 "image_size": plan.p4_image_size, "amp": "bf16" if device == "cuda" else "off",
-                "overrides": data.overrides(), "root": str(data.root), "dir": str(rdir), "ready_timeout_s": plan.p4_ready_timeout_s + 30}
+                "overrides": data.overrides(), "root": str(data.root), "dir": str(rdir),
+                "ready_timeout_s": plan.p4_ready_timeout_s + 30}
         (rdir / "spec.json").write_text(json.dumps(spec))
         results = run_pack_round(rdir, n, plan)
         per = [r["img_s"] for r in results]
@@ -858,6 +863,7 @@ def run_pack_round(rdir: Path, n: int, plan: Plan) -> list[dict]:
             cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--worker", "pack", "--worker-dir", str(rdir),
                    "--rank", str(rank)]
             procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+            CHILDREN.append(procs[-1])
         deadline = time.perf_counter() + plan.p4_ready_timeout_s
         while not all((rdir / f"ready{r}").exists() for r in range(n)):
             for r, p in enumerate(procs):
@@ -885,6 +891,7 @@ def run_pack_round(rdir: Path, n: int, plan: Plan) -> list[dict]:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+            CHILDREN.remove(p)
         for log in logs:
             log.close()
 
@@ -1063,6 +1070,7 @@ def part5_bccd_training(report: Report, section: dict, plan: Plan, device: str, 
 def run_part(report: Report, key: str, cap_s: float, fn: Callable[[dict], None]) -> None:
     section = report.data["parts"].setdefault(key, {})
     section["status"] = "running"
+    section["started_at_s"] = round(time.perf_counter() - T_START, 2)
     report.log(f"==== part {key} (cap {cap_s:.0f} s, {time.perf_counter() - T_START:.0f} s elapsed)")
     report.save()
     t0 = time.perf_counter()
@@ -1133,8 +1141,6 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore", DataWarning)
     if args.worker == "pack":
         return pack_worker(Path(args.worker_dir), args.rank)
-    if hasattr(signal, "SIGTERM"):      # a killed run still saves its JSON (the finally blocks run)
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     import torch
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
@@ -1153,6 +1159,8 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     report = Report(out, metadata(args, plan))
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, lambda signum, frame: on_sigterm(report))
     m = report.data["meta"]
     report.log(f"gpu_check: {m['command']}")
     report.log(f"  {m['date_utc']}  device {m['device_name']}  torch {m['torch']}  torchvision {m['torchvision']}  "
@@ -1186,7 +1194,8 @@ def main(argv=None) -> int:
                 run_part(report, key, cap("1", plan.p1_cap_s),
                          lambda s: part1_loss_postprocess(report, s, plan, device))
             elif part == "2":
-                run_part(report, key, cap("2", plan.p2_cap_s), lambda s: part2_train_step(report, s, plan, device, bench))
+                run_part(report, key, cap("2", plan.p2_cap_s),
+                         lambda s: part2_train_step(report, s, plan, device, bench))
             elif part == "3":
                 run_part(report, key, cap("3", plan.p3_cap_s), lambda s: part3_input_pipeline(report, s, plan, data))
             elif part == "4":
@@ -1218,6 +1227,24 @@ def main(argv=None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
         summary(report)
     return 0
+
+
+def on_sigterm(report: Report) -> None:
+    """Killed (e.g. the command's time limit): stop the pack workers, save what there is, leave now."""
+    for p in list(CHILDREN):
+        with contextlib.suppress(Exception):
+            p.kill()
+    with contextlib.suppress(Exception):
+        for section in report.data["parts"].values():
+            if section.get("status") == "running":
+                section["status"] = "killed"
+                section["seconds"] = time.perf_counter() - T_START - section.get("started_at_s", 0.0)
+                section["error"] = "SIGTERM: the run was stopped during this part"
+        report.log("gpu_check: SIGTERM, saving and exiting")
+        summary(report)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(143)
 
 
 def summary(report: Report) -> None:
