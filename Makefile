@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo demo-search test install bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -23,9 +23,15 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The demo: a 3-arm x 3-seed ablation on synthetic shapes, then its report (summary + ablation tables).
 demo: $(STAMP)
-	$(BIN)/ssdlab sweep sweeps/demo.yaml --restart
+	$(BIN)/ssdlab sweep sweeps/demo_ablation.yaml --restart
 	$(BIN)/ssdlab report --sweep demo
+
+# The search demo: Optuna TPE + ASHA over lr, weight decay and augmentation, then its report.
+demo-search: $(STAMP)
+	$(BIN)/ssdlab sweep sweeps/demo.yaml --restart
+	$(BIN)/ssdlab report --sweep demo-search
 
 BENCHMARKS := bench_loss_postprocess bench_train_step bench_augment bench_evaluate bench_report bench_sweep_overhead
 

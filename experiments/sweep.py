@@ -412,9 +412,9 @@ def prepare_inputs(spec: SweepSpec, job: TrialJob) -> None:
         s = cfg.data.synthetic
         if s is None:
             continue
-        key = (cfg.data.root, s.images, s.seed, s.image_size)
+        key = (cfg.data.root, json.dumps(s.generator_args(), sort_keys=True))
         if key not in done:
-            ensure_synthetic(cfg.data.root, images=s.images, seed=s.seed, image_size=s.image_size)
+            ensure_synthetic(cfg.data.root, **s.generator_args())
             done.add(key)
 
 

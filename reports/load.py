@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -58,6 +59,8 @@ class SweepData:
     runs: pd.DataFrame
     history: pd.DataFrame  # run_id, key, step, value (sorted)
     parent_tags: dict[str, str] = field(default_factory=dict)
+    # run_id -> VOCMatches of its test detections (the logged test_detections.npz), for the bootstrap
+    detections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -183,8 +186,10 @@ def list_sweeps(tracking_uri: str | None = None) -> list[str]:
     return sorted(set(df[col].dropna())) if col in df else []
 
 
-def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = True) -> SweepData:
-    """Read one sweep. Raises UserError naming the sweep, the store and the sweeps found."""
+def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = True,
+               detections: bool = True) -> SweepData:
+    """Read one sweep. Raises UserError naming the sweep, the store and the sweeps found.
+    `detections`: also read the finished runs' test detections when the sweep has arms to compare."""
     uri = resolve_tracking_uri(tracking_uri)
     df = _search(uri, (Tag.SWEEP, sweep))
     kind = _col(df, "tags." + Tag.KIND)
@@ -216,7 +221,32 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = Tr
         arms=arms, baseline=ptags.get(Tag.BASELINE_ARM) or (arms[0] if arms else None),
         search_space=_json(ptags.get(Tag.SEARCH_SPACE), {}, Tag.SEARCH_SPACE, sweep, uri),
         metric=metric, mode=mode, runs=runs.reset_index(drop=True), history=history,
-        parent_tags=ptags)
+        parent_tags=ptags,
+        detections=load_detections(client, runs[runs["status"] == Status.FINISHED.value]["run_id"].tolist())
+        if detections and len(arms) > 1 else {})
+
+
+def load_detections(client: MlflowClient, run_ids: list[str]) -> dict[str, Any]:
+    """run_id -> VOCMatches of the run's logged test detections (M.TEST_DETECTIONS), for the runs that
+    have them; read through the MLflow artifact API into a temporary folder."""
+    import tempfile
+
+    from ssd_core.evaluate import DetectionAccumulator
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ssdlab-detections-") as tmp:
+        for rid in run_ids:
+            try:
+                names = {a.path for a in client.list_artifacts(rid)}
+                if M.TEST_DETECTIONS not in names:
+                    continue
+                path = client.download_artifacts(rid, M.TEST_DETECTIONS, tmp)
+                acc = DetectionAccumulator.load(path)
+                m = acc.matches()
+                out[rid] = m._replace(image_ids=np.asarray(acc.image_keys))  # keys: same images across runs
+            except Exception:  # an unreadable artifact only costs that run its bootstrap
+                continue
+    return out
 
 
 def load_runs(tracking_uri: str | None = None, sweep: str | None = None,

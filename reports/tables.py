@@ -166,6 +166,7 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
                  if arm != data.baseline else stats.Delta(*(math.nan,) * 4, 0, "baseline"))
         notes = [n for n in r["note"] if n] or ([data.parent_tags.get("ssdlab.note", "")]
                                                  if len(data.arms) == 1 else [])
+        boot = _bootstrap(data, f, base) if arm != data.baseline else None
         epochs = _num(_col(f, "params.train.epochs")).dropna()
         rows.append({
             "arm": arm, "note": notes[0] if notes else "",
@@ -174,6 +175,8 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
             **{s: int((r["status"] == s).sum()) for s in ("finished", "early_stopped", "failed", "running")},
             "delta": delta.delta, "low": delta.low, "high": delta.high, "p": delta.p,
             "pairs": delta.n, "method": delta.method,
+            "boot_low": boot.low if boot else math.nan, "boot_high": boot.high if boot else math.nan,
+            "boot_p": boot.p if boot else math.nan, "boot": boot,
             "epochs_min": epochs.min() if len(epochs) else math.nan,
             "epochs_max": epochs.max() if len(epochs) else math.nan,
             "selected": int(f["selected"].sum()),
@@ -181,6 +184,26 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
             "img_s": stats.mean_std(_num(_col(f, "metrics.perf/train_img_s")).tolist()).mean,
         })
     return pd.DataFrame(rows)
+
+
+def _bootstrap(data: SweepData, arm: pd.DataFrame, base: pd.DataFrame) -> stats.Bootstrap | None:
+    """The paired bootstrap of an arm against the baseline over the test images (and the paired seeds),
+    from the runs' logged test detections; None when a run lacks them or the runs' test images differ."""
+    if not data.has_test or not data.detections:
+        return None
+    a = {int(s): data.detections.get(r) for s, r in zip(arm["seed"], arm["run_id"]) if math.isfinite(s)}
+    b = {int(s): data.detections.get(r) for s, r in zip(base["seed"], base["run_id"]) if math.isfinite(s)}
+    shared = sorted(s for s in set(a) & set(b) if a[s] is not None and b[s] is not None)
+    if not shared:
+        return None
+    keys = [tuple(x[s].image_ids) for x in (a, b) for s in shared]
+    if len(set(keys)) != 1:
+        return None
+    metric = data.reported_metric.split("/", 1)[1]
+    if metric not in ("mAP50", "mAP50_area"):
+        return None
+    return stats.paired_bootstrap({s: a[s] for s in shared}, {s: b[s] for s in shared}, len(keys[0]),
+                                  metric=metric)
 
 
 def _best_arm_rows(a: pd.DataFrame, mode: str) -> set[int]:
@@ -228,8 +251,11 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     """Arm, seeds, mean ± std, delta vs the baseline with a 95% CI and p, epochs, cost, speed."""
     a = arm_stats(data) if a is None else a
     label = value_label(data)
-    cols = ["Arm", "Seeds", label, f"Δ vs {data.baseline} (95% CI)", "p", "Not averaged",
-            "Epochs", "Device-h", "img/s"]
+    boots = [b for b in a["boot"] if b is not None] if "boot" in a else []
+    cols = ["Arm", "Seeds", label, f"Δ vs {data.baseline} (95% CI, seeds)", "p"]
+    if boots:
+        cols += ["Δ 95% CI (seeds × test images)", "p (bootstrap)"]
+    cols += ["Not averaged", "Epochs", "Device-h", "img/s"]
     rows, raw, methods = [], [], set()
     for _, r in a.iterrows():
         ms = stats.MeanStd(r["mean"], r["std"], r["n"])
@@ -247,18 +273,28 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
             p = fp(r["p"])
         ep = (DASH if not math.isfinite(r["epochs_min"]) else f"{r['epochs_min']:g}"
               if r["epochs_min"] == r["epochs_max"] else f"{r['epochs_min']:g}-{r['epochs_max']:g}")
-        rows.append([r["arm"], str(r["n"]), fmean(ms), d, p, _other_counts(r), ep,
+        boot = []
+        if boots:
+            b = r["boot"]
+            boot = ([DASH, DASH] if b is None or r["method"] == "baseline" else
+                    [f"[{fnum(b.low, sign=True)}, {fnum(b.high, sign=True)}]", fp(b.p)])
+        rows.append([r["arm"], str(r["n"]), fmean(ms), d, p] + boot + [_other_counts(r), ep,
                      fnum(r["device_hours"], 2), fnum(r["img_s"], 1)])
         raw.append([r["arm"], r["n"], " ".join(map(str, r["seeds"])), r["mean"], r["std"],
-                    r["delta"], r["low"], r["high"], r["p"], r["method"], r["early_stopped"],
-                    r["failed"], r["running"], r["epochs_max"], r["device_hours"], r["img_s"]])
+                    r["delta"], r["low"], r["high"], r["p"], r["method"], r["boot_low"], r["boot_high"],
+                    r["boot_p"], r["early_stopped"], r["failed"], r["running"], r["epochs_max"],
+                    r["device_hours"], r["img_s"]])
+    k = 2 if boots else 0
     t = Table("ablation", f"Ablation: {data.sweep}", cols, rows, raw,
-              bold={(i, 2) for i in _best_arm_rows(a, data.mode)}, numeric={1, 2, 4, 6, 7, 8})
+              bold={(i, 2) for i in _best_arm_rows(a, data.mode)},
+              numeric={1, 2, 4, 6 + k, 7 + k, 8 + k} | ({6} if boots else set()))
     t.raw_columns = ["arm", "n_seeds", "seeds", "mean", "std", "delta", "ci_low", "ci_high", "p",
-                     "method", "early_stopped", "failed", "running", "epochs", "device_hours",
-                     "img_s"]
+                     "method", "boot_ci_low", "boot_ci_high", "boot_p", "early_stopped", "failed", "running",
+                     "epochs", "device_hours", "img_s"]
     t.notes = [score_note(data)] + _selected_note(a)
     t.notes += [stats.footnote(m) for m in ("paired", "welch", "single") if m in methods]
+    if boots:
+        t.notes.append(stats.bootstrap_footnote(boots[0]))
     t.notes.append("Seeds: finished runs. Not averaged: early-stopped (ASHA), failed and running "
                    "runs (listed below). Epochs: configured `train.epochs`. Device-h: total "
                    "`cost/device_hours` of all the arm's runs. img/s: mean `perf/train_img_s`.")

@@ -1,4 +1,5 @@
-"""Base networks for SSD, built from torchvision.models: vgg16 | resnet50 | mobilenet_v2 | efficientnet_v2_s.
+"""Base networks for SSD, built from torchvision.models: vgg16 | resnet50 | mobilenet_v2 | efficientnet_v2_s
+(and `tiny`, a small plain conv net for the CPU demo and tests, not a paper backbone).
 
 A `Base` runs its stages in sequence and returns one tap per stage (the feature maps the heads see
 before the extra layers). At 300 px every base yields its first tap at 38x38 (output stride 8) and the
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 
 from ssd_core.errors import CheckpointError, ConfigError
 
-BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s")
+BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s", "tiny")
 VGG_WEIGHTS = ("reduced_fc", "features")
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -274,14 +275,32 @@ def efficientnet_v2_s_base(pretrained: bool = False, output_stride: int = 8) -> 
     )
 
 
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def tiny_base(pretrained: bool = False, width_mult: float = 1.0) -> Base:
+    """NOT a paper backbone: a small plain conv net (3x3 conv + BatchNorm + ReLU, 7 layers, ~0.4M
+    parameters at width 1) for the CPU demo and tests, where a detector must learn from scratch in
+    seconds. Taps at stride 8 (64 ch x width) and 16 (128 ch x width); no pretrained weights."""
+    if pretrained:
+        raise ConfigError("model.backbone='tiny' has no pretrained weights: set model.pretrained false")
+    c = lambda n: max(8, int(round(n * width_mult)))  # noqa: E731
+    stride8 = nn.Sequential(_conv_bn(3, c(16), 2), _conv_bn(c(16), c(32), 2), _conv_bn(c(32), c(32), 1),
+                            _conv_bn(c(32), c(64), 2), _conv_bn(c(64), c(64), 1))
+    stride16 = nn.Sequential(_conv_bn(c(64), c(128), 2), _conv_bn(c(128), c(128), 1))
+    return Base(stages=[stride8, stride16], out_channels=[c(64), c(128)],
+                extra_channels=((c(64), c(128)), (c(64), c(128))), extra_batch_norm=True)
+
+
 def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0, output_stride: int = 8,
                vgg_weights: str = "reduced_fc") -> Base:
     """The base network by name; width_mult applies to mobilenet_v2 only, output_stride 16 (the stride of
     the first map; 8 is the paper's layout) to mobilenet_v2 and efficientnet_v2_s only."""
     if name not in BACKBONES:
         raise ConfigError(f"model.backbone={name!r} is not one of {', '.join(BACKBONES)}")
-    if width_mult != 1.0 and name != "mobilenet_v2":
-        raise ConfigError(f"model.width_mult={width_mult} applies to mobilenet_v2 only, not {name}")
+    if width_mult != 1.0 and name not in ("mobilenet_v2", "tiny"):
+        raise ConfigError(f"model.width_mult={width_mult} applies to mobilenet_v2 and tiny only, not {name}")
     if output_stride not in (8, 16):
         raise ConfigError(f"model.output_stride={output_stride}: expected 8 (paper layout) or 16")
     if output_stride != 8 and name not in ("mobilenet_v2", "efficientnet_v2_s"):
@@ -292,4 +311,6 @@ def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0, out
         return efficientnet_v2_s_base(pretrained, output_stride)
     if name == "vgg16":
         return vgg16_base(pretrained, vgg_weights)
+    if name == "tiny":
+        return tiny_base(pretrained, width_mult)
     return resnet50_base(pretrained)

@@ -31,10 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ssd_core.errors import ConfigError
 
-BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s")
+BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s", "tiny")
 # Smallest input each backbone takes: its stride-8 tap must be at least 4 x 4 (ssd_core.model
 # measures the maps of any larger size and stacks extra layers down to 1 x 1).
-MIN_IMAGE_SIZE = {"vgg16": 32, "resnet50": 32, "mobilenet_v2": 32, "efficientnet_v2_s": 32}
+MIN_IMAGE_SIZE = {"vgg16": 32, "resnet50": 32, "mobilenet_v2": 32, "efficientnet_v2_s": 32, "tiny": 32}
 MAX_IMAGE_SIZE = 1024
 DATA_ROOT_ENV = "SSDLAB_DATA_ROOT"
 
@@ -46,7 +46,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The network (paper section 2.1): backbone, input size, heads and default-box scales."""
 
-    backbone: Literal["vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s"] = "vgg16"
+    backbone: Literal["vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s", "tiny"] = "vgg16"  # tiny: demo only
     image_size: int = 300
     pretrained: bool = False
     width_mult: float = Field(1.0, gt=0, le=2.0)
@@ -72,8 +72,8 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"image_size {self.image_size} cannot be taken by backbone {self.backbone!r}: "
                 f"expected {low} <= image_size <= {MAX_IMAGE_SIZE}")
-        if self.width_mult != 1.0 and self.backbone != "mobilenet_v2":
-            raise ValueError(f"width_mult applies to mobilenet_v2 only, not {self.backbone!r}")
+        if self.width_mult != 1.0 and self.backbone not in ("mobilenet_v2", "tiny"):
+            raise ValueError(f"width_mult applies to mobilenet_v2 and tiny only, not {self.backbone!r}")
         if self.output_stride != 8 and self.backbone not in ("mobilenet_v2", "efficientnet_v2_s"):
             raise ValueError(f"output_stride 16 applies to mobilenet_v2 and efficientnet_v2_s only, not {self.backbone!r}")
         lo, hi, first = self.prior_min_ratio, self.prior_max_ratio, self.prior_first_ratio
@@ -85,11 +85,26 @@ class ModelConfig(_Section):
 
 
 class SyntheticConfig(_Section):
-    """Generate the synthetic shapes set at `data.root` when it is absent (ssd_core.synth)."""
+    """Generate the synthetic shapes set at `data.root` when it is absent (ssd_core.synth): 1..max_objects
+    shapes per image, sides log-uniform in [min_side, max_side] of the short side, unlabelled clutter."""
 
     images: int = Field(200, gt=0)
     seed: int = 0
     image_size: int = Field(160, ge=32)
+    min_side: float = Field(0.08, gt=0, le=1)
+    max_side: float = Field(0.55, gt=0, le=1)
+    max_objects: int = Field(4, ge=1)
+    clutter: bool = True
+
+    @model_validator(mode="after")
+    def _sides_ordered(self) -> "SyntheticConfig":
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side {self.min_side} must not exceed max_side {self.max_side}")
+        return self
+
+    def generator_args(self) -> dict:
+        """The keyword arguments of ssd_core.synth.ensure_synthetic."""
+        return self.model_dump()
 
 
 class DataConfig(_Section):

@@ -259,8 +259,8 @@ def weighted_voc(m: VOCMatches, image_weights=None) -> dict:
     if image_weights is None:
         tp, fp, gt = m.tp_s, m.fp_s, m.gt_count
     else:
-        w = _np(image_weights, np.float64).reshape(-1)
-        tp, fp, gt = m.tp_s * w[m.image_s], m.fp_s * w[m.image_s], m.gt_count * w[:, None]
+        w = _np(image_weights, np.float64).reshape(-1)  # may cover images with no box and no detection
+        tp, fp, gt = m.tp_s * w[m.image_s], m.fp_s * w[m.image_s], m.gt_count * w[:len(m.gt_count), None]
     npos = gt.sum(axis=0)
     ap07, area = _per_class_ap(m.label_s, tp, fp, npos, num_classes)
     return {"mAP50": _nanmean(ap07), "mAP50_area": _nanmean(area),

@@ -111,21 +111,25 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (area(box) + area(boxes) - inter)
 
 
-def render_image(rng: np.random.Generator, image_size: int = 256) -> tuple[Image.Image, list[dict]]:
+def render_image(rng: np.random.Generator, image_size: int = 256, min_side: float = MIN_SIDE,
+                 max_side: float = MAX_SIDE, max_objects: int = 4, clutter: bool = True) -> tuple[Image.Image, list[dict]]:
     """One RGB image and its objects: dicts with name, box (0-based inclusive pixel columns/rows
-    x0, y0, x1, y1), truncated, difficult."""
+    x0, y0, x1, y1), truncated, difficult. Objects: 1..max_objects, sides log-uniform in
+    [min_side, max_side] of the short side; `clutter` draws the unlabelled distractors."""
     short = int(round(image_size * rng.uniform(0.75, 1.0)))
     w, h = (image_size, short) if rng.random() < 0.5 else (short, image_size)
     canvas = _background(rng, w, h)
     draw = ImageDraw.Draw(canvas)
-    _clutter(draw, rng, w, h, int(rng.integers(2, 7)))
+    clutter_count = int(rng.integers(2, 7))
+    if clutter:
+        _clutter(draw, rng, w, h, clutter_count)
 
     ids = Image.new("L", (w, h), 0)                   # which object owns each pixel (occlusion)
     id_draw = ImageDraw.Draw(ids)
     objects, placed = [], np.zeros((0, 4))
-    for k in range(int(rng.integers(1, 5))):
+    for k in range(int(rng.integers(1, max_objects + 1))):
         name = SYNTH_CLASSES[int(rng.integers(len(SYNTH_CLASSES)))]
-        side = min(w, h) * float(np.exp(rng.uniform(np.log(MIN_SIDE), np.log(MAX_SIDE))))
+        side = min(w, h) * float(np.exp(rng.uniform(np.log(min_side), np.log(max_side))))
         angle = rng.uniform(-np.pi / 8, np.pi / 8) if name != "triangle" else rng.uniform(-np.pi, np.pi)
         for _ in range(10):                            # keep occlusion partial: IoU < 0.35
             cx, cy = rng.uniform(0.3 * side, [w - 0.3 * side, h - 0.3 * side])
@@ -149,7 +153,9 @@ def render_image(rng: np.random.Generator, image_size: int = 256) -> tuple[Image
     visible = np.bincount(np.asarray(ids).ravel(), minlength=len(objects) + 1)[1:]
     for obj, pixels in zip(objects, visible):
         obj["difficult"] = bool(pixels < DIFFICULT_VISIBLE * obj.pop("pixels"))  # mostly occluded
-    _clutter(draw, rng, w, h, int(rng.integers(0, 3)))  # a few distractors on top (occluders)
+    on_top = int(rng.integers(0, 3))
+    if clutter:
+        _clutter(draw, rng, w, h, on_top)  # a few distractors on top (occluders)
     return canvas, objects
 
 
@@ -170,15 +176,28 @@ def _xml(image_id: str, w: int, h: int, objects: list[dict]) -> str:
     return "".join(parts)
 
 
-def _params(images: int, seed: int, image_size: int) -> dict:
+PROFILE = {"min_side": MIN_SIDE, "max_side": MAX_SIDE, "max_objects": 4, "clutter": True}  # the defaults
+
+
+def _params(images: int, seed: int, image_size: int, **profile) -> dict:
+    """What the marker records; the profile only where it differs from the defaults (so sets made
+    before it existed are still recognised)."""
+    extra = {k: v for k, v in profile.items() if v != PROFILE[k]}
     return {"generator": "ssd_core.synth", "version": VERSION, "images": int(images), "seed": int(seed),
-            "image_size": int(image_size), "classes": list(SYNTH_CLASSES)}
+            "image_size": int(image_size), "classes": list(SYNTH_CLASSES), **extra}
 
 
-def generate(out: str | Path, images: int = 300, seed: int = 0, image_size: int = 256) -> Path:
-    """Write `images` images to <out>/SHAPES/ (VOC layout + splits + a marker) and return <out>."""
+def generate(out: str | Path, images: int = 300, seed: int = 0, image_size: int = 256, **profile) -> Path:
+    """Write `images` images to <out>/SHAPES/ (VOC layout + splits + a marker) and return <out>.
+    `profile`: render_image's min_side, max_side, max_objects, clutter."""
+    unknown = set(profile) - set(PROFILE)
+    if unknown:
+        raise DataError(f"{out}: unknown synthetic options {sorted(unknown)}; expected {sorted(PROFILE)}")
+    profile = {**PROFILE, **profile}
     if images < 1 or image_size < 32:
         raise DataError(f"{out}: need images >= 1 and image_size >= 32 (got {images}, {image_size})")
+    if not 0 < profile["min_side"] <= profile["max_side"] <= 1 or profile["max_objects"] < 1:
+        raise DataError(f"{out}: need 0 < min_side <= max_side <= 1 and max_objects >= 1 (got {profile})")
     out = Path(out)
     base = out / SUBDIR
     if base.exists() and any(base.iterdir()):
@@ -187,7 +206,7 @@ def generate(out: str | Path, images: int = 300, seed: int = 0, image_size: int 
         (base / d).mkdir(parents=True, exist_ok=True)
     ids = [f"{i:06d}" for i in range(images)]
     for i, image_id in enumerate(ids):
-        img, objects = render_image(np.random.default_rng([seed, i]), image_size)
+        img, objects = render_image(np.random.default_rng([seed, i]), image_size, **profile)
         img.save(base / "JPEGImages" / f"{image_id}.jpg", quality=90)
         (base / "Annotations" / f"{image_id}.xml").write_text(_xml(image_id, *img.size, objects))
     order = np.random.default_rng([seed, 1 << 30]).permutation(images)
@@ -196,7 +215,7 @@ def generate(out: str | Path, images: int = 300, seed: int = 0, image_size: int 
     split_of["trainval"] = np.concatenate([split_of["train"], split_of["val"]])
     for split, members in split_of.items():
         (base / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{ids[j]}\n" for j in sorted(members)))
-    (base / MARKER).write_text(json.dumps(_params(images, seed, image_size), sort_keys=True) + "\n")
+    (base / MARKER).write_text(json.dumps(_params(images, seed, image_size, **profile), sort_keys=True) + "\n")
     return out
 
 
@@ -207,7 +226,7 @@ def _is_complete(base: Path, params: dict) -> bool:
         return False
 
 
-def ensure_synthetic(root: str | Path, images: int = 300, seed: int = 0, image_size: int = 256) -> Path:
+def ensure_synthetic(root: str | Path, images: int = 300, seed: int = 0, image_size: int = 256, **profile) -> Path:
     """Make <root>/SHAPES hold exactly generate(root, images, seed, image_size); return root.
 
     Idempotent (a marker file records the parameters) and safe when several processes call it at
@@ -215,13 +234,13 @@ def ensure_synthetic(root: str | Path, images: int = 300, seed: int = 0, image_s
     stale set (other parameters, or a partial one without marker) is moved aside first.
     """
     root = Path(root)
-    base, params = root / SUBDIR, _params(images, seed, image_size)
+    base, params = root / SUBDIR, _params(images, seed, image_size, **profile)
     if _is_complete(base, params):
         return root
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synth-build-", dir=root))
     try:
-        generate(tmp, images, seed, image_size)
+        generate(tmp, images, seed, image_size, **profile)
         for _ in range(5):
             try:
                 os.rename(tmp / SUBDIR, base)

@@ -140,8 +140,7 @@ def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: O
     root = resolve_data_root(cfg)
     if cfg.data.synthetic is not None:  # idempotent: regenerates only a missing, partial or different set
         from ssd_core.synth import ensure_synthetic
-        s = cfg.data.synthetic
-        ensure_synthetic(root, images=s.images, seed=s.seed, image_size=s.image_size)
+        ensure_synthetic(root, **cfg.data.synthetic.generator_args())
     if not root.exists():
         raise ConfigError(f"{cfg.source}: data.root: {root} does not exist")
     transform = build_transform(cfg.augment, cfg.model.image_size, train=train)
@@ -171,7 +170,7 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
     from ssd_core.model import build_ssd
     m = cfg.model
     options: dict[str, Any] = {"lite_heads": m.lite_heads, "prior_scales": m.prior_scales}
-    if m.backbone == "mobilenet_v2":
+    if m.backbone in ("mobilenet_v2", "tiny"):
         options["width_mult"] = m.width_mult
     if m.output_stride != 8:
         options["output_stride"] = m.output_stride

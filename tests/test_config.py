@@ -47,7 +47,7 @@ def test_paper_recipe_is_encoded():
     ({"model": {"backbone": "vgg19"}}, "model.backbone", "'vgg16'"),
     ({"model": {"backbone": "vgg16", "image_size": 16}}, "model.image_size", "cannot be taken by backbone 'vgg16'"),
     ({"model": {"backbone": "resnet50", "image_size": 2048}}, "model.image_size", "image_size <= 1024"),
-    ({"model": {"backbone": "resnet50", "width_mult": 0.5}}, "model.width_mult", "mobilenet_v2 only"),
+    ({"model": {"backbone": "resnet50", "width_mult": 0.5}}, "model.width_mult", "mobilenet_v2 and tiny only"),
     ({"train": {"schedule": {"milestones": [100, 50]}}}, "train.schedule.milestones", "strictly increasing"),
     ({"augment": {"zoom_out": {"p": 1.5}}}, "augment.zoom_out.p", "less than or equal to 1"),
     ({"augment": {"sample_patch": {"min_ious": [0.1, 1.2]}}}, "augment.sample_patch.min_ious", "outside [0, 1]"),

@@ -23,7 +23,8 @@ def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
                    "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]},
                              "train.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]}}},
         "arms": {"initial": {"note": "no sample patch", "overrides": {"augment.sample_patch.enabled": False}},
-                 "+sample_patch": {"note": "sample patch (paper sec. 2.2)", "overrides": {}}},
+                 "+sample_patch": {"note": "sample patch (paper sec. 2.2)",
+                                   "overrides": {"augment.sample_patch.enabled": True}}},
         "seeds": [0, 1],
         "resources": {"cpu": 1, "gpu": 0},
         "max_concurrent": 2,
@@ -40,6 +41,9 @@ def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
     md = (out / "report.md").read_text()
     for title in ("Experiment summary", "Ablation", "Search", "Per-class AP", "Parameter importances"):
         assert title in md, f"report.md lacks the {title!r} table"
+    # selection on SHAPES/val, reporting on SHAPES/test, with the bootstrap over the logged test detections
+    assert "test mAP@0.5" in md and "Reported: `test/mAP50`" in md
+    assert "Δ 95% CI (seeds × test images)" in md and "Δ bootstrap: 1000 resamples" in md
     # one summary row per arm, in sweep-file order, with the arm notes
     assert md.index("no sample patch") < md.index("sample patch (paper sec. 2.2)")
     assert "Omitted: only 4 trial(s) share a common budget" in md  # importances need >= 8 trials
@@ -52,5 +56,6 @@ def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
     capsys.readouterr()
     assert main(["runs", "--sweep", "e2e", "--tracking-uri", uri]) == 0
     runs = capsys.readouterr().out
-    assert sum(1 for line in runs.splitlines() if line.split()[:1] == ["e2e"]) == 6, runs
+    assert sum(1 for line in runs.splitlines() if "e2e" in line.split()[:2]) == 6, runs
+    assert sum(1 for line in runs.splitlines() if line.startswith("*")) == 1, runs  # the best trial
     assert "finished" in runs

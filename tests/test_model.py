@@ -348,3 +348,18 @@ def test_output_stride_is_checked():
         build_ssd("vgg16", num_classes=4, image_size=300, output_stride=16)
     with pytest.raises(ConfigError, match="output_stride"):
         build_ssd("mobilenet_v2", num_classes=4, image_size=300, output_stride=32)
+
+
+def test_tiny_demo_backbone_maps_width_and_no_weights():
+    """The demo's plain conv base: maps 12, 6, 3, 1 at 96 px; width_mult scales its channels; it has no
+    ImageNet weights, and says so."""
+    model = build_ssd("tiny", num_classes=5, image_size=96, width_mult=1.5).eval()
+    assert model.prior_spec.feature_maps == (12, 6, 3, 1)
+    assert model.features.base.out_channels == [96, 192]
+    with torch.no_grad():
+        loc, conf = model(model.normalize(torch.zeros(2, 3, 96, 96, dtype=torch.uint8)))
+    assert loc.shape == (2, len(model.priors), 4) and conf.shape == (2, len(model.priors), 5)
+    narrow = build_ssd("tiny", num_classes=5, image_size=96)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in model.parameters()) < 2_000_000
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        build_ssd("tiny", num_classes=5, image_size=96, pretrained=True)
