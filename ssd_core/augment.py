@@ -39,7 +39,7 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from .errors import ConfigError, DataError
-from .imageio import exif_orientation, load_rgb, to_rgb
+from .imageio import DECODE_ERRORS, cannot_decode, exif_orientation, load_rgb, to_rgb
 
 __all__ = [
     "AugmentSettings", "augment_settings", "Geometry", "Photometric",
@@ -332,9 +332,8 @@ def _decode(img: Image.Image, rect: Sequence[float], size: int, reduced: bool) -
     try:
         img.load()  # decode now (at the drafted scale), so a corrupt file fails here with its name
         return to_rgb(img), scale
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        name = getattr(img, "filename", "") or "<in-memory image>"
-        raise DataError(f"{name}: cannot decode image: {exc}") from exc
+    except DECODE_ERRORS as exc:
+        raise cannot_decode(img, exc) from exc
 
 
 def render(img: Image.Image, rect: Sequence[float], size: int, mean: Sequence[int] = MEAN,

@@ -19,12 +19,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 
-__all__ = ["BACKGROUND", "open_image", "exif_orientation", "to_rgb", "load_rgb"]
+__all__ = ["BACKGROUND", "DECODE_ERRORS", "cannot_decode", "open_image", "exif_orientation", "to_rgb", "load_rgb"]
 
 BACKGROUND = (128, 128, 128)  # neutral grey under transparent pixels
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# What PIL raises for a truncated, corrupt or hostile image, at open or at decode time (one tuple for the
+# whole package), and the one error it becomes.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def cannot_decode(img_or_path, exc: BaseException) -> DataError:
+    """The DataError for an image that cannot be decoded, naming the file."""
+    return DataError(f"{_name(img_or_path)}: cannot decode image: {exc}")
 
 
 def _name(img_or_path) -> str:
@@ -44,7 +51,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         img = Image.open(p)
     except UnidentifiedImageError as exc:
         raise DataError(f"{p}: not a readable image ({exc.__class__.__name__})") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise DataError(f"{p}: cannot open image: {exc}") from exc
     w, h = img.size
     if w <= 0 or h <= 0:
@@ -115,7 +122,7 @@ def load_rgb(img: Image.Image | str | os.PathLike) -> Image.Image:
         img.load()
         upright = ImageOps.exif_transpose(img) if exif_orientation(img) != 1 else img
         return to_rgb(upright)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         if opened:
             img.close()
-        raise DataError(f"{name}: cannot decode image: {exc}") from exc
+        raise cannot_decode(name, exc) from exc

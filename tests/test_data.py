@@ -15,6 +15,7 @@ from ssd_core import data as D
 from ssd_core.data import (VOC_CLASSES, COCODataset, DataWarning, VOCDataset, check_dataset, collate,
                            make_loader, parse_voc_xml, read_image_set)
 from ssd_core.errors import DataError
+from ssd_core.imageio import load_rgb
 
 
 # ------------------------------------------------------------------ a tiny VOC writer
@@ -198,10 +199,10 @@ def test_orient_boxes_follows_the_pixels(orientation):
     stored[5:12, 8:20] = 255                                  # box (8, 5, 20, 12) in the stored frame
     img = Image.fromarray(stored).convert("RGB")
     img.getexif()[0x0112] = orientation
-    upright = np.asarray(D.load_rgb(img))[..., 0]
+    upright = np.asarray(load_rgb(img))[..., 0]
     rows, cols = np.flatnonzero(upright.any(1)), np.flatnonzero(upright.any(0))
     expected = [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
-    assert D._orient_boxes(torch.tensor([[8.0, 5, 20, 12]]), (40, 30), orientation).tolist() == [expected]
+    assert D.dataset._orient_boxes(torch.tensor([[8.0, 5, 20, 12]]), (40, 30), orientation).tolist() == [expected]
 
 
 def test_exif_rotated_image_gets_rotated_boxes(tmp_path):
