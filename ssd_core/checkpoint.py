@@ -74,6 +74,54 @@ def export_weights(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -
     return save_checkpoint({k: state[k] for k in WEIGHTS_KEYS if k in state}, dst)
 
 
+# ---------------------------------------------------------------- the training state
+
+
+@dataclass
+class TrainState:
+    """Where a run is: what `fit` saves every epoch (with the model, optimizer, scheduler, scaler and RNG
+    states) and restores on resume. `best_metric` is the selection score (None without a val split)."""
+
+    epoch: int = 0
+    iteration: int = 0
+    history: list = field(default_factory=list)      # one metrics dict per epoch
+    best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None
+    device_seconds: float = 0.0                       # training + evaluation seconds (cost/device_hours)
+    elapsed_seconds: float = 0.0                      # wall-clock of the run (time budget, time schedule)
+
+    def save(self, path, model, optimizer, scheduler, scaler, generator, class_names, cfg) -> Path:
+        from ssd_core.config import config_hash, to_yaml
+
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                 "epoch": self.epoch, "iteration": self.iteration, "rng": rng_state(generator),
+                 "history": self.history, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+                 "device_seconds": self.device_seconds, "elapsed_seconds": self.elapsed_seconds,
+                 "class_names": list(class_names), "config": cfg.model_dump(mode="json"), "config_yaml": to_yaml(cfg),
+                 "config_hash": config_hash(cfg), "config_source": cfg.source}
+        return save_checkpoint(state, path)
+
+    @classmethod
+    def resume(cls, path, model, optimizer, scheduler, scaler, generator, cfg, device) -> "TrainState":
+        """Load `path` into the model, optimizer, scheduler, scaler and RNGs; CheckpointError when it
+        was written by another config."""
+        from ssd_core.config import config_hash
+
+        state = load_checkpoint(path, map_location=device)
+        if state.get("config_hash") != config_hash(cfg):
+            raise CheckpointError(f"{path}: written by config {state.get('config_hash')}, "
+                                  f"not this config ({config_hash(cfg)}); use another --run-dir")
+        load_model_state(model, state, path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], generator)
+        return cls(int(state["epoch"]), int(state["iteration"]), list(state["history"]), state["best_metric"],
+                   state["best_epoch"], float(state.get("device_seconds", 0.0)), float(state.get("elapsed_seconds", 0.0)))
+
+
 # ---------------------------------------------------------------- RNG states (weights_only friendly)
 
 

@@ -215,8 +215,10 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(corrupt)
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": {}, "config": {}, "class_names": [], "obj": ExperimentConfig()}, pickled)
-    with pytest.raises(CheckpointError, match="pickled.pt: cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match=r"pickled.pt: not a checkpoint this tool will load: it holds a pickled "
+                                              r"Python object \(ssd_core.config.ExperimentConfig\)") as refused:
         load_checkpoint(pickled)
+    assert "\n" not in str(refused.value) and "weights_only=False" not in str(refused.value)
     partial = save_checkpoint({"model": {}}, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match=r"partial.pt: not a ssdlab checkpoint: missing keys \['config', 'class_names'\]"):
         load_checkpoint(partial)
@@ -257,16 +259,14 @@ def test_lr_factor_on_the_time_budget():
         lr_factor(cfg, 5, 10)
 
 
-def test_fit_on_a_time_schedule_anneals_when_the_budget_ends(shapes, tmp_path, monkeypatch):
+def test_fit_on_a_time_schedule_anneals_when_the_budget_ends(shapes, tmp_path):
     """A fake clock that advances 5 s at every reading (fit reads it at the scheduler step and at the
     budget check of each iteration, once at the start, LambdaLR's first step, and at each checkpoint):
     with a 45 s budget the cosine reaches exactly 0 at iteration 4, which then stops the run."""
-    import ssd_core.train as train_mod
     readings = iter(range(10_000))
-    monkeypatch.setattr(train_mod, "_clock", lambda: 5.0 * next(readings))
     cfg = tiny_config(shapes, tmp_path, epochs=50, warmup_iters=0, time_budget_s=45,
                       schedule={"type": "cosine", "unit": "time"})
-    result = fit(cfg, run_dir=tmp_path / "run")
+    result = fit(cfg, run_dir=tmp_path / "run", clock=lambda: 5.0 * next(readings))
     assert result.stopped_by_budget and result.iterations == 4 and result.epochs == 2
     lrs = [m["train/lr"] for m in result.metrics_history]
     assert lrs == pytest.approx([3e-3 * 0.5 * (1 + math.cos(math.pi * 30 / 45)), 0.0], abs=1e-12)
@@ -275,12 +275,12 @@ def test_fit_on_a_time_schedule_anneals_when_the_budget_ends(shapes, tmp_path, m
 
 def test_progress_eta_is_capped_by_the_time_budget():
     import io
-    from ssd_core.train import _Progress
+    from ssd_core.schedule import Progress
     stream = io.StringIO()
-    progress = _Progress(total=10**9, initial=0, log_every=1, stream=stream, remaining=lambda: 42.0)
+    progress = Progress(total=10**9, initial=0, log_every=1, stream=stream, remaining=lambda: 42.0)
     progress.update(1, 1.0, 1e-3, 3.0)
     assert progress.eta(1) == 42.0 and stream.getvalue().endswith("eta 42s\n")
-    assert _Progress(total=10, initial=0, log_every=1, stream=io.StringIO()).eta(0) == float("inf")
+    assert Progress(total=10, initial=0, log_every=1, stream=io.StringIO()).eta(0) == float("inf")
 
 
 def test_prior_ratios_from_the_config_reach_the_default_boxes(shapes, tmp_path):

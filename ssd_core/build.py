@@ -1,0 +1,123 @@
+"""Everything a training run is built from, by its config: the device, the dataset of each split, the
+model, the optimizer. `fit` (train.py), the evaluation (inference.py) and the CLI use these.
+
+    split_sets(cfg, split)       'train' | 'val' | 'test' | an image set -> (image sets, holdout side)
+    build_dataset(cfg, split)    that split's dataset (None when the config has no such split)
+    build_model(cfg, classes)    ssd_core.model.build_ssd from cfg.model
+    build_optimizer(cfg, model)  SGD (the paper's) or AdamW, optionally no decay on norms and biases
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ssd_core.config import ExperimentConfig, config_hash, resolve_data_root
+from ssd_core.errors import ConfigError, DataError
+
+
+def resolve_device(cfg: ExperimentConfig) -> torch.device:
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{cfg.source}: train.device: 'cuda' requested but no CUDA device is available")
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(want)
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    """runs/<name>-<config hash>: the same config resumes into the same folder."""
+    return Path(cfg.output.dir) / f"{cfg.name}-{config_hash(cfg)}"
+
+
+def split_sets(cfg: ExperimentConfig, split: str) -> tuple[list[str], Optional[bool]]:
+    """(image sets, holdout side) of a split: 'train' -> data.train_sets minus the holdout slice,
+    'val' -> data.val_sets or the holdout slice of data.train_sets ([] when neither), 'test' ->
+    data.test_sets; anything else is an image set name ('BCCD/test', 'val2017'). The side is True
+    for the held-out images, False for the rest, None when no holdout applies."""
+    d = cfg.data
+    if split == "train":
+        return list(d.train_sets), (False if d.holdout is not None else None)
+    if split == "val":
+        if d.val_sets:
+            return list(d.val_sets), None
+        return (list(d.train_sets), True) if d.holdout is not None else ([], None)
+    if split == "test":
+        return list(d.test_sets), None
+    return [split], None
+
+
+def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: Optional[Sequence[str]] = None):
+    """The dataset for `split` (see split_sets) with the training augmentation (train=True) or a plain
+    resize; None when the config has no such split (no val_sets/holdout, or no test_sets).
+    `class_names` (default data.class_names) fixes the label order, e.g. the training set's classes."""
+    from ssd_core import data as D
+    from ssd_core.augment import build_transform
+
+    sets, held_out = split_sets(cfg, split)
+    if not sets:
+        return None
+    root = resolve_data_root(cfg)
+    if cfg.data.synthetic is not None:  # idempotent: regenerates only a missing, partial or different set
+        from ssd_core.synth import ensure_synthetic
+        ensure_synthetic(root, **cfg.data.synthetic.generator_args())
+    if not root.exists():
+        raise ConfigError(f"{cfg.source}: data.root: {root} does not exist")
+    transform = build_transform(cfg.augment, cfg.model.image_size, train=train)
+    names = cfg.data.class_names if class_names is None else list(class_names)
+    try:
+        if cfg.data.format == "voc":
+            ds = D.VOCDataset(root, sets, class_names=names, keep_difficult=cfg.data.keep_difficult,
+                              transform=transform, cache_images=cfg.data.cache_images)
+        else:
+            if len(sets) != 1:
+                raise ConfigError(f"{cfg.source}: data.{split}_sets: COCO takes one set (e.g. [train2017]), got {sets}")
+            ds = D.COCODataset(root / sets[0], root / "annotations" / f"instances_{sets[0]}.json",
+                               transform=transform, class_names=names, cache_images=cfg.data.cache_images)
+        if held_out is not None:
+            mask = D.holdout_mask(D.image_keys(ds), cfg.data.holdout, cfg.data.holdout_seed)
+            D.select(ds, mask if held_out else ~mask)
+    except DataError as exc:
+        if names is not None and "class" in str(exc):
+            raise ConfigError(f"{cfg.source}: data.class_names {names} do not match the data: {exc}") from None
+        if "holdout" in str(exc):
+            raise ConfigError(f"{cfg.source}: data.holdout: {exc}") from None
+        raise
+    return ds
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
+    from ssd_core.model import build_ssd
+    m = cfg.model
+    options: dict[str, Any] = {"lite_heads": m.lite_heads, "prior_scales": m.prior_scales}
+    if m.backbone in ("mobilenet_v2", "tiny"):
+        options["width_mult"] = m.width_mult
+    if m.output_stride != 8:
+        options["output_stride"] = m.output_stride
+    if m.backbone == "vgg16":
+        options["vgg_weights"] = m.vgg_weights
+    for key in ("first_ratio", "min_ratio", "max_ratio"):
+        if getattr(m, f"prior_{key}") is not None:
+            options[key] = getattr(m, f"prior_{key}")
+    return build_ssd(m.backbone, num_classes=num_classes, image_size=m.image_size,
+                     pretrained=m.pretrained, **options)
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """All parameters decay, or (no_decay_norm_bias) biases and 1-d norm scales do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not no_decay_norm_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    groups = param_groups(model, t.weight_decay, t.no_decay_norm_bias)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999))
