@@ -10,16 +10,28 @@ Each area registers its own sub-commands from a small module under `experiments/
     ssdlab sweep                experiments/commands/sweep.py
     ssdlab report|runs|ui       reports/commands.py
 
-A command handler returns an exit code. `UserError` (bad config, sweep, data, checkpoint) is
+A command handler returns an exit code. `UserError` (bad config, sweep, data, checkpoint, store) is
 printed as one clear line and exits 2; anything else is a bug and shows its traceback.
+
+Exit codes (README, "Operations notes"):
+
+    0    done
+    1    the work ran and failed: a sweep trial failed (each one's error is printed), training diverged
+         (non-finite loss; the last good checkpoint is kept), `data check` found problems
+    2    bad input, nothing started: config, sweep, data, checkpoint, MLflow store, command line
+    130  interrupted (Ctrl-C, SIGTERM); a sweep continues with --resume
+    141  the output pipe was closed early (`ssdlab ... | head`): stops quietly, like other Unix tools
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from ssd_core.errors import UserError
+from ssd_core.errors import NonFiniteLossError, UserError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 COMMAND_MODULES = (
     "experiments.commands.data",
@@ -48,13 +60,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at exit
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except UserError as exc:
         print(f"ssdlab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as exc:
+        print(f"ssdlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return int(code or 0)
+
+
+def _drop_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush is quiet too."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

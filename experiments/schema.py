@@ -66,6 +66,7 @@ class Tag:
     MODE = "ssdlab.mode"
     SEEDS = "ssdlab.seeds"
     SAMPLER = "ssdlab.sampler"
+    COUNTS = "ssdlab.counts"          # JSON {status: number of trials}, set when the sweep ends or stops
     # a trial (child run)
     TRIAL_ID = "ssdlab.trial_id"
     ARM = "ssdlab.arm"

@@ -17,6 +17,10 @@ Roles:
   asks. A trial that ASHA stops before its last epoch is tagged `ssdlab.status=early_stopped`.
 * A non-finite loss (`NonFiniteLossError`) fails its trial with `ssdlab.error`; a marker in the
   run dir makes any retry fail at once instead of training into the same NaN again.
+* The end: the parent run gets `ssdlab.counts` (trials by status, from MLflow, earlier launches of a
+  resumed sweep included) and, when trials failed, `ssdlab.error`; `SweepResult.failures` lists them
+  (`ssdlab sweep` prints each and exits 1). A phase that stopped early (Ctrl-C) is counted from each
+  trial's own record (`phase_states`), not from Tune's TERMINATED, which covers cut-short trials too.
 
 The searcher sees the metric under the internal key `ssdlab_objective`: the latest evaluated
 value of the sweep metric (the mode's worst value before the first evaluation), so epochs
@@ -30,7 +34,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -386,6 +390,8 @@ class SweepResult:
     trials: int
     wall_s: float
     results: list  # one ray.tune.ResultGrid per phase
+    counts: dict = field(default_factory=dict)    # ssdlab.status -> trials (MLflow, all launches; ssdlab.counts)
+    failures: list = field(default_factory=list)  # (trial id, run name, one-line error) of each failed trial
 
 
 def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
@@ -394,6 +400,10 @@ def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    # No dashboard UI. Ray 2.60's raylet still starts ray::DashboardAgent and ray::RuntimeEnvAgent (it is
+    # always handed both commands and fate-shares with them; ray.init has no switch, ray-project/ray#19420).
+    # After a SIGKILLed driver they notice the raylet's death within a second, then spend 60 s (a fixed
+    # timeout) reporting it to the dead GCS before exiting; they hold no ssdlab files, so --resume is unaffected.
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address:
         ray.init(address=address, **kwargs)
@@ -451,6 +461,44 @@ def _expected_trials(phase: Phase) -> int:
     return phase.num_samples if phase.kind == "search" else len(phase.trials)
 
 
+NOT_STARTED = "not started"
+
+
+def phase_states(results, expected: int, planned_epochs: Callable[[dict], int]) -> dict[str, int]:
+    """A phase's trials by state, from each trial's own record: failed (an error), finished or
+    early_stopped (its last result says done; experiments.sweep.trial_status), running (it reported but
+    never ended: a stopped experiment cut it short; Tune calls such a trial TERMINATED too), not started.
+    `planned_epochs(config)` is a trial's train.epochs."""
+    counts = {Status.FINISHED.value: 0, Status.EARLY_STOPPED.value: 0, Status.FAILED.value: 0,
+              Status.RUNNING.value: 0, NOT_STARTED: 0}
+    for r in results:
+        metrics = r.metrics or {}
+        if r.error is not None:
+            state = Status.FAILED.value
+        elif metrics.get("done"):
+            try:
+                planned = planned_epochs(r.config)
+            except Exception:  # a config that no longer resolves: the trial's own `final` mark decides
+                planned = 0
+            state = trial_status(metrics, planned).value
+        elif metrics:
+            state = Status.RUNNING.value
+        else:
+            state = NOT_STARTED
+        counts[state] += 1
+    counts[NOT_STARTED] += max(0, expected - len(results))
+    return counts
+
+
+def _ended(counts: dict[str, int]) -> int:
+    return counts[Status.FINISHED.value] + counts[Status.EARLY_STOPPED.value] + counts[Status.FAILED.value]
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """{"finished": 2, "running": 1, ...} -> '2 finished, 1 running' (zeros left out)."""
+    return ", ".join(f"{n} {s.replace('_', '-')}" for s, n in counts.items() if n) or "none"
+
+
 def archive_sweep(spec: SweepSpec, storage: Path) -> Optional[Path]:
     """Move a previous launch's trial state aside (`<name>.<UTC time>`) so the sweep can start afresh,
     and repoint its MLflow parent run's `ssdlab.storage` tag there: the old runs stay in the store,
@@ -477,12 +525,14 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
     """Run (or with `resume`, continue) every phase of `spec`; MLflow gets one parent + one child per trial."""
     from ray import tune
 
+    from experiments.store import check_store
     from experiments.tracking import SweepTracker, ensure_store
 
     if train_fn is None:
         from ssd_core.train import fit as train_fn
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
+    check_store(spec.file.tracking.uri, f"{spec.path}: tracking.uri")  # before anything is created
     storage = Path(storage or DEFAULT_STORAGE).resolve() / spec.name
     job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu, storage=str(storage))
     phases = plan(spec)
@@ -523,17 +573,21 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
             known = [str(r.metrics.get("trial_id")) for r in grid if r.metrics and r.metrics.get("trial_id")]
             tracker.mark_lost(ph.dirname, known)
             trials += len(grid)
-            if grid.num_terminated + grid.num_errors < _expected_trials(ph):
-                raise SweepInterrupted(f"sweep {spec.name}: {ph.dirname} stopped with "
-                                       f"{grid.num_terminated + grid.num_errors} of {_expected_trials(ph)} trials "
-                                       f"ended; continue with --resume")
+            states = phase_states(grid, _expected_trials(ph), lambda config: job.resolve(config).train.epochs)
+            if _ended(states) < _expected_trials(ph):
+                raise SweepInterrupted(f"sweep {spec.name}: {ph.dirname} stopped with {_ended(states)} of "
+                                       f"{_expected_trials(ph)} trials ended ({format_counts(states)}); "
+                                       f"continue with --resume")
             if ph.kind == "search":
                 best_by_arm[ph.arm] = _best_params(grid, spec.mode)
+        counts, failures = tracker.summarize()  # ssdlab.counts (+ ssdlab.error when trials failed)
         tracker.finish(Status.FINISHED)
     except KeyboardInterrupt:
+        _summarize_quietly(tracker)
         tracker.finish(Status.KILLED)  # resumable: ssdlab.status stays meaningful, MLflow status KILLED
         raise
     except BaseException:
+        _summarize_quietly(tracker)
         tracker.finish(Status.FAILED)
         raise
     finally:
@@ -541,4 +595,13 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
             import ray
 
             ray.shutdown()
-    return SweepResult(spec.name, storage, parent, trials, time.perf_counter() - start, grids)
+    return SweepResult(spec.name, storage, parent, trials, time.perf_counter() - start, grids,
+                       counts=counts, failures=failures)
+
+
+def _summarize_quietly(tracker) -> None:
+    """The parent's counts on the way out of a stopped or broken sweep, never hiding why it stopped."""
+    try:
+        tracker.summarize()
+    except Exception:
+        pass

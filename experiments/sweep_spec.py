@@ -1,7 +1,8 @@
 """Sweep files: YAML -> a validated `SweepSpec` -> a plan of phases and trials. No Ray here.
 
 A sweep file (sweeps/*.yaml) names a base experiment config, overrides, and either ablation arms,
-an Optuna search, or both:
+an Optuna search, or both (one of them is required: a single arm `{base: {}}` repeats the base
+config over the seeds):
 
     name: voc-lr-wd-aug
     experiment: ../experiments/configs/ssd300_voc_vgg16.yaml   # relative to the sweep file
@@ -53,16 +54,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from experiments.schema import M, Tag
-from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config
+from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config, read_yaml
 from ssd_core.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
@@ -71,7 +72,7 @@ _NAME = re.compile(r"^[A-Za-z0-9+][A-Za-z0-9_.+-]*$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SearchSpec(_Strict):
@@ -190,12 +191,7 @@ def _fail(path: Path, key: str, msg: str) -> ConfigError:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and fully validate a sweep file; ConfigError names the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "sweep")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sweep keys, got {type(data).__name__}")
     return validate_sweep(data, path)
@@ -226,6 +222,9 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
     arms = sf.arms or {}
     if sf.arms is not None and not arms:
         raise _fail(path, "arms", "empty: expected at least one arm or no `arms` key")
+    if sf.arms is None and sf.search is None:
+        raise _fail(path, "arms", "neither `arms` nor `search`: a sweep needs one of them (a single arm "
+                    "`arms: {base: {}}` repeats the base config over the seeds)")
     for name, arm in arms.items():
         if not _NAME.match(str(name)):
             raise _fail(path, f"arms.{name}", "arm names use letters, digits and _ . + - only")
@@ -352,6 +351,8 @@ def _check_distribution(path: Path, where: str, kind: str, arg: Any) -> list[Any
     if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
         raise _fail(path, f"{where}.{kind}", f"expected [low, high], got {arg!r}")
     lo, hi = arg
+    if not all(math.isfinite(v) for v in arg):
+        raise _fail(path, f"{where}.{kind}", f"bounds must be finite numbers, got {arg!r}")
     if not lo < hi:
         raise _fail(path, f"{where}.{kind}", f"low {lo} must be below high {hi}")
     if kind == "loguniform" and lo <= 0:

@@ -376,6 +376,29 @@ class SweepTracker:
         """End the parent run: finished | failed, or killed (interrupted, resumable)."""
         self.parent.end(status)
 
+    def summarize(self) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
+        """Count the sweep's trials by `ssdlab.status` (every child of the parent, earlier launches of a
+        resumed sweep included) and tag the parent with the counts (`ssdlab.counts`, JSON) and, when
+        trials failed, a one-line `ssdlab.error`. Returns (counts, [(trial id, run name, error)] of the
+        failed trials)."""
+        flt = f"tags.`{Tag.PARENT}` = '{self.start()}'"
+        runs = self.parent.client.search_runs([self.parent.exp_id], filter_string=flt, max_results=10_000,
+                                              order_by=["attributes.start_time ASC"])
+        counts: dict[str, int] = {}
+        failures = []
+        for run in runs:
+            status = run.data.tags.get(Tag.STATUS, Status.RUNNING.value)
+            counts[status] = counts.get(status, 0) + 1
+            if status == Status.FAILED.value:
+                error = " ".join(run.data.tags.get(Tag.ERROR, "failed (no error recorded)").split())
+                failures.append((run.data.tags.get(Tag.TRIAL_ID, run.info.run_id), run.info.run_name or "", error))
+        tags = {Tag.COUNTS: json.dumps(dict(sorted(counts.items())))}
+        if failures:
+            first = "; ".join(f"{tid}: {err}" for tid, _, err in failures[:3])
+            tags[Tag.ERROR] = _error_text(f"{len(failures)} of {len(runs)} trials failed: {first}")
+        self.parent.set_tags(tags)
+        return counts, failures
+
     # ---- children
     def child(self, trial_id: str, params: Mapping[str, Any] = (), tags: Mapping[str, Any] = (),
               run_name: str | None = None) -> str:

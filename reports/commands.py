@@ -48,9 +48,14 @@ def register(subparsers) -> None:
 def _store(uri: str | None) -> str:
     from reports.load import resolve_tracking_uri
 
+    from experiments.store import store_problem
+
     uri = resolve_tracking_uri(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise UserError(f"MLflow store {uri} not found (no such database file); pass --tracking-uri")
+    problem = store_problem(uri, write=False)  # a garbage file: one line, not sqlalchemy's traceback
+    if problem:
+        raise UserError(f"MLflow store {uri}: {problem}; pass --tracking-uri")
     return uri
 
 

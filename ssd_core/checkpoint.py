@@ -7,7 +7,10 @@ numpy, Python and the data loader's generator, the class names and the resolved 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -42,8 +45,16 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torc
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, pickle error, disallowed global: all "corrupt" to a user
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # truncated zip, not a torch file, a pickled object: one line, never "weights_only=False"
+        text = str(exc)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if isinstance(exc, pickle.UnpicklingError) and found:  # weights-only loading refused code to run
+            raise CheckpointError(f"{path}: not a checkpoint this tool will load: it holds a pickled Python object "
+                                  f"({found.group(1)}), and checkpoints are loaded weights-only (tensors and plain "
+                                  f"values), which never runs code from a file") from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = next((ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "")
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {detail[:200]})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a ssdlab checkpoint (a {type(state).__name__}, expected a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in state]

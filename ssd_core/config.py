@@ -40,7 +40,8 @@ DATA_ROOT_ENV = "SSDLAB_DATA_ROOT"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` (or nan) is never a sensible learning rate, decay or zoom factor.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -352,18 +353,45 @@ def load_config(path: Union[str, os.PathLike], overrides: Union[Iterable[str], M
                 ) -> ExperimentConfig:
     """Read a YAML config, apply `overrides` ("a.b=1" strings or a {dotted: value} dict), validate."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "config") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides, source=str(path))
     data = _set_paths(data, overrides, str(path))
     return validate_config(data, str(path))
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: 'line L, column C: problem (context)'."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+def read_yaml(path: Union[str, os.PathLike], what: str = "config") -> Any:
+    """`yaml.safe_load` of a file, or ConfigError in one line naming the file (and line and column):
+    missing, a folder, unreadable, not UTF-8 text, not valid YAML."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: {what} file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file (a {what} file is a YAML file)")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+                          ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
 
 
 # YAML 1.1 reads "1e-3" (no dot) as a string; overrides read it as the number a user means.
@@ -382,7 +410,8 @@ def parse_overrides(items: Iterable[str], source: str = "<overrides>") -> dict[s
             value = yaml.safe_load(raw) if raw.strip() else None
             out[key] = float(value) if isinstance(value, str) and _FLOAT.fullmatch(value) else value
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: override {key}: value {raw!r} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{source}: override {key}: value {raw!r} is not valid YAML: "
+                              f"{yaml_error_line(exc)}") from None
     return out
 
 

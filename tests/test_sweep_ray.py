@@ -31,7 +31,9 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
     """fit's signature, checkpoints and report keys (`score`, `final`), no network. val/mAP50 = lr * epoch.
 
     lr >= 0.5 -> NonFiniteLossError at epoch 2. name 'crash' -> the worker dies (os._exit) once at
-    epoch 2, flagged by a file in output.dir. `test/start_epoch` records where it resumed from."""
+    epoch 2, flagged by a file in output.dir. `test/start_epoch` records where it resumed from and
+    `test/attempt` which call trained the epoch (a random id per call). Like fit, each epoch goes to
+    last.pt, then metrics.jsonl, then the callbacks."""
     from ssd_core.checkpoint import load_checkpoint, save_checkpoint
 
     run_dir = Path(run_dir)
@@ -39,6 +41,7 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
     last = run_dir / "last.pt"
     state = load_checkpoint(last) if resume and last.exists() else {"epoch": 0, "history": []}
     start, history = state["epoch"], list(state["history"])
+    attempt = float(int.from_bytes(os.urandom(4), "big"))
     for cb in callbacks:
         getattr(cb, "on_fit_start", lambda *a: None)(cfg, run_dir)
     for epoch in range(start + 1, cfg.train.epochs + 1):
@@ -51,12 +54,15 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
             flag.write_text("died once")
             os._exit(1)
         metrics = {"train/loss": 1.0 / epoch, "val/mAP50": cfg.train.lr * epoch, "test/start_epoch": start,
-                   "epoch": epoch, "score": cfg.train.lr * epoch, "final": float(epoch == cfg.train.epochs)}
+                   "test/attempt": attempt, "epoch": epoch, "score": cfg.train.lr * epoch,
+                   "final": float(epoch == cfg.train.epochs)}
         history.append(metrics)
         ckpt = {"model": {}, "config": cfg.model_dump(mode="json"), "class_names": [], "epoch": epoch,
                 "history": history}
         save_checkpoint(ckpt, last)
         save_checkpoint(ckpt, run_dir / "best.pt")
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
         for cb in callbacks:
             cb.on_epoch_end(epoch, metrics, run_dir)
     for cb in callbacks:
@@ -115,10 +121,17 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
     spec = load_sweep(path)
     result = run_sweep(spec, tiny_fit, storage=tmp_path / "ray")
     assert result.trials == 12
+    assert result.counts == {"failed": 3, "finished": 9}  # what `ssdlab sweep` prints, exiting 1
+    assert sorted(tid for tid, _, _ in result.failures) == sorted(
+        r.data.tags["ssdlab.trial_id"] for r in runs_of(spec.file.tracking.uri, "twelve")[2]
+        if r.data.tags["ssdlab.arm"] == "nan")
+    assert all(err.startswith("NonFiniteLossError: non-finite loss at epoch 2") for _, _, err in result.failures)
 
     client, parents, children = runs_of(spec.file.tracking.uri, "twelve")
     (parent,) = parents
     assert parent.info.status == "FINISHED" and parent.data.tags["ssdlab.status"] == "finished"
+    assert json.loads(parent.data.tags["ssdlab.counts"]) == {"failed": 3, "finished": 9}
+    assert parent.data.tags["ssdlab.error"].startswith("3 of 12 trials failed: ")
     assert json.loads(parent.data.tags["ssdlab.arms"]) == ["base", "lr02", "nan", "crash"]
     assert parent.data.tags["ssdlab.baseline_arm"] == "base" and parent.data.tags["ssdlab.metric"] == "val/mAP50"
     assert len(children) == 12
@@ -208,3 +221,88 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, tmp_path):
         else:
             assert status == "early_stopped" and steps[-1] < 4
     assert sum(r.data.tags["ssdlab.status"] == "early_stopped" for r in children) >= 1
+
+
+def kill_driver_after_logging(epoch: int, phase_dir: Path) -> None:
+    """The injected kill, for a driver process: hook the driver's single MLflow writer so that when a trial
+    that has logged `epoch` (or later) reports its next epoch, and Tune's saved experiment state in
+    `phase_dir` knows the trial, the driver SIGKILLs itself before logging it. At that moment the logged
+    epochs are reported and in MLflow, and the worker is one epoch ahead: the next epoch is on its last.pt
+    and metrics.jsonl and in flight to the driver, and Tune's checkpoint marker is older."""
+    from experiments.tracking import SweepTracker
+
+    log_epoch = SweepTracker.log_epoch
+
+    def tune_knows(trial_id: str) -> bool:
+        return any(trial_id in p.read_text() for p in phase_dir.glob("experiment_state-*.json"))
+
+    def hooked(self, trial_id, step, metrics):
+        last = self.children[trial_id].last_step
+        if last >= epoch and step == last + 1 and tune_knows(trial_id):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return log_epoch(self, trial_id, step, metrics)
+
+    SweepTracker.log_epoch = hooked
+
+
+KILL_DRIVER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.test_sweep_ray import kill_driver_after_logging, tiny_fit
+from experiments.sweep import run_sweep
+from experiments.sweep_spec import load_sweep
+spec = load_sweep(sys.argv[2])
+kill_driver_after_logging(int(sys.argv[5]), Path(sys.argv[4]) / spec.name / "trials")
+run_sweep(spec, tiny_fit, address=sys.argv[3], storage=sys.argv[4])
+"""
+
+
+def test_driver_killed_right_after_a_report_resumes_each_trial_from_its_last_pt(ray_session, tmp_path):
+    """The driver dies (SIGKILL, injected by a hook, see kill_driver_after_logging) right after a trial's
+    epoch k was reported and logged, with epoch k + 1 on the trial's last.pt but never seen by the driver
+    or saved in Tune's state. After `--resume` every trial has one run whose MLflow steps are 1..N once
+    each, every step carries the attempt that trained it (the attempt id logged per epoch equals
+    last.pt's history and metrics.jsonl, step by step: nothing spliced from two attempts), and the
+    killed trial went on from its last.pt (epoch k + 1 replayed from its history), not from scratch."""
+    from ssd_core.checkpoint import load_checkpoint
+
+    epochs, k = 8, 2
+    path = write_sweep(tmp_path, {
+        "name": "kill-after-report", "arms": {"a": {}}, "seeds": [0, 1],
+        "overrides": {"train.epochs": epochs, "train.time_budget_s": 0.3},  # seconds per fake epoch
+        "resources": {"cpu": 1},
+    })
+    spec = load_sweep(path)
+    uri, storage = spec.file.tracking.uri, tmp_path / "ray"
+    driver = subprocess.run([sys.executable, "-c", KILL_DRIVER, str(REPO), str(path), ray_session, str(storage), str(k)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})  # Tune's state on disk early
+    assert driver.returncode == -signal.SIGKILL, f"the hook did not kill the driver: {driver.stderr[-3000:]}"
+    client, _, before = runs_of(uri, "kill-after-report")
+    logged = {r.data.tags["ssdlab.trial_id"]: [s for s, _ in history(client, r, "test/attempt")] for r in before}
+    victim = next(t for t, steps in logged.items()
+                  if len(steps) >= k and (storage / spec.name / "trials" / t / "last.pt").is_file()
+                  and load_checkpoint(storage / spec.name / "trials" / t / "last.pt")["epoch"] == len(steps) + 1)
+
+    result = run_sweep(spec, tiny_fit, resume=True, storage=storage)
+    client, parents, children = runs_of(uri, "kill-after-report")
+    assert result.trials == 2 and result.counts == {"finished": 2} and result.failures == []
+    assert len(parents) == 1 and json.loads(parents[0].data.tags["ssdlab.counts"]) == {"finished": 2}
+    ids = [r.data.tags["ssdlab.trial_id"] for r in children]
+    assert len(children) == len(set(ids)) == 2 and set(logged) <= set(ids)  # one run per trial, the same runs
+    for r in children:
+        assert r.data.tags["ssdlab.status"] == "finished" and r.info.status == "FINISHED"
+        run_dir = storage / spec.name / "trials" / r.data.tags["ssdlab.trial_id"]
+        kept = load_checkpoint(run_dir / "last.pt")["history"]
+        jsonl = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        attempts = history(client, r, "test/attempt")
+        assert [s for s, _ in attempts] == list(range(1, epochs + 1))  # steps 1..N, once each
+        assert attempts == [(m["epoch"], m["test/attempt"]) for m in kept]  # each step from the attempt on last.pt
+        assert jsonl == kept  # metrics.jsonl and the checkpoint history agree
+        assert history(client, r) == [(e, pytest.approx(0.01 * e)) for e in range(1, epochs + 1)]
+    (cut,) = [r for r in children if r.data.tags["ssdlab.trial_id"] == victim]
+    by_attempt = [a for _, a in history(client, cut, "test/attempt")]
+    first_attempt = by_attempt.count(by_attempt[0])
+    assert first_attempt == len(logged[victim]) + 1 < epochs  # MLflow had k; last.pt's k + 1 was replayed
+    assert history(client, cut, "test/start_epoch")[first_attempt] == (first_attempt + 1, first_attempt)

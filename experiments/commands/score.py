@@ -183,6 +183,7 @@ def score_coco(gt_path, results_path, verbose: bool = False):
     for path in (gt_path, results_path):
         if not path.is_file():
             raise DataError(f"{path}: file not found")
+    _check_coco_gt(gt_path)  # pycocotools' own errors are KeyErrors deep inside it
     try:
         with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(gt_path))
@@ -198,6 +199,27 @@ def score_coco(gt_path, results_path, verbose: bool = False):
     table = _table(("class", "AP"), rows, ("mAP (AP@[.5:.95])", r["AP"]))
     table += "\n" + "  ".join(f"{k} {_fmt(v)}" for k, v in summary.items())
     return metrics, f"{results_path.name} vs {gt_path.name}: {len(results)} detections\n{table}"
+
+
+def _check_coco_gt(path: Path) -> None:
+    """An instances file has lists `images` ({id}), `annotations` ({image_id, category_id, bbox}) and
+    `categories` ({id, name}); DataError names the file and the first key or object that is not so."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read COCO instances json: {exc}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a COCO instances file: expected an object, got {type(data).__name__}")
+    required = {"images": ("id",), "annotations": ("image_id", "category_id", "bbox"), "categories": ("id", "name")}
+    for key, fields in required.items():
+        if not isinstance(data.get(key), list):
+            what = "missing" if key not in data else f"a {type(data[key]).__name__}, expected a list"
+            raise DataError(f"{path}: not a COCO instances file: `{key}` is {what}")
+        for k, item in enumerate(data[key]):
+            if not isinstance(item, dict) or any(f not in item for f in fields):
+                raise DataError(f"{path}: {key}[{k}]: expected an object with {', '.join(fields)}, got {item!r:.120}")
+    if not data["categories"]:
+        raise DataError(f"{path}: not a COCO instances file: `categories` is empty")
 
 
 def _read_coco_results(path: Path, image_ids: set, category_ids: set) -> list[dict]:

@@ -1,16 +1,27 @@
 """`ssdlab sweep FILE [--address auto|HOST:PORT] [--resume] [--storage PATH] [--dry-run]`.
 
-The sweep file is validated in full first (a bad key exits 2 before Ray starts). Local Ray by
-default; a cluster with --address or $RAY_ADDRESS. Trial state lives under STORAGE/<name>
-(default runs/ray/<name>); after the driver dies, `--resume` continues from it.
+The sweep file is validated in full first (a bad key exits 2 before Ray starts), then the MLflow
+store is opened (experiments/store.py), before anything is created. Local Ray by default; a cluster
+with --address or $RAY_ADDRESS. Trial state lives under STORAGE/<name> (default runs/ray/<name>);
+after the driver dies, `--resume` continues from it.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+
+from experiments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+
+EXIT_STATUS = f"""exit status:
+  {EXIT_OK}    every trial ended (finished or early-stopped)
+  {EXIT_FAILED}    some trial failed after its retries: each failed trial's error is printed at the end
+  {EXIT_BAD_INPUT}    bad input (sweep file, base config, MLflow store, options): nothing was started
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGTERM): continue with --resume"""
 
 
 def register(subparsers) -> None:
-    sw = subparsers.add_parser("sweep", help="run a sweep file (Ray Tune + Optuna + MLflow)")
+    sw = subparsers.add_parser("sweep", help="run a sweep file (Ray Tune + Optuna + MLflow)",
+                               epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     sw.add_argument("file", help="sweep YAML, e.g. sweeps/demo.yaml")
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT (default: $RAY_ADDRESS, else local)")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its Ray Tune state")
@@ -23,12 +34,17 @@ def register(subparsers) -> None:
 
 
 def sweep(args) -> int:
+    from experiments.store import store_problem
     from experiments.sweep_spec import describe, load_sweep
+    from ssd_core.errors import ConfigError
 
     spec = load_sweep(args.file)
+    problem = store_problem(spec.file.tracking.uri)  # no connection: a dry run stays offline
+    if problem:
+        raise ConfigError(f"{spec.path}: tracking.uri: MLflow store {spec.file.tracking.uri}: {problem}")
     if args.dry_run:
         print(describe(spec))
-        return 0
+        return EXIT_OK
     from experiments.sweep import SweepInterrupted, run_sweep  # Ray sizes each worker's threads to its CPUs
 
     try:
@@ -36,8 +52,15 @@ def sweep(args) -> int:
                            num_cpus=args.num_cpus, restart=args.restart)
     except SweepInterrupted as exc:
         print(f"ssdlab sweep: interrupted: {exc}", file=sys.stderr)
-        return 130
-    print(f"sweep {result.name}: {result.trials} trials in {result.wall_s:.0f} s; "
+        return EXIT_INTERRUPTED
+    from experiments.sweep import format_counts
+
+    print(f"sweep {result.name}: {result.trials} trials in {result.wall_s:.0f} s ({format_counts(result.counts)}); "
           f"state {result.storage}; MLflow parent run {result.parent_run_id} "
           f"({spec.file.tracking.uri}, experiment {spec.experiment_name})")
-    return 0
+    if result.failures:
+        print(f"ssdlab sweep: {len(result.failures)} of {sum(result.counts.values())} trials failed:", file=sys.stderr)
+        for trial_id, run_name, error in result.failures:
+            print(f"  {run_name or trial_id}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

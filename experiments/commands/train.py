@@ -81,8 +81,11 @@ def train(args) -> int:
     callbacks = []
     tracker = None
     if not args.no_tracking:
+        from experiments.store import check_store
         from experiments.tracking import MLflowCallback
-        tracker = MLflowCallback(args.tracking_uri or cfg.tracking.uri, cfg.tracking.experiment,
+        uri = args.tracking_uri or cfg.tracking.uri
+        check_store(uri, "--tracking-uri" if args.tracking_uri else f"{args.config}: tracking.uri")  # before training
+        tracker = MLflowCallback(uri, cfg.tracking.experiment,
                                  run_name=cfg.tracking.run_name or cfg.name, resume=args.resume)
         callbacks.append(tracker)
     try:
@@ -146,10 +149,18 @@ def detect(args) -> int:
 
     if not 0 <= args.score < 1:
         raise UserError(f"--score {args.score}: expected a number in [0, 1)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder (detect writes PNGs and detections.json into a folder)")
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: image not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     model, class_names, cfg = model_from_checkpoint(args.checkpoint, args.device)
     resize = ResizeOnly(cfg.model.image_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder: {exc.strerror or exc}") from None
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
     report = []
     for path in args.images:

@@ -1,0 +1,154 @@
+"""The MLflow store a command writes to or reads from, checked before anything else happens.
+
+    store_problem(uri, write=True)   why `uri` cannot be used as a store (one line), or None; no connection
+    check_store(uri, where)          store_problem, then open it: the schema created once (sqlite) or the
+                                     server asked once, with a bounded retry; ConfigError in one line
+
+What is checked without a connection (also by `ssdlab sweep --dry-run`): a sqlite URI's file is an
+SQLite database, or absent in a folder that exists or can be created (tried with a temporary folder,
+removed again); for reading, the database holds MLflow's tables. A tracking server is asked by
+`check_store` only, at most PROBE_RETRIES times with a PROBE_TIMEOUT_S timeout (MLflow's own client
+would retry for minutes). Nothing here imports MLflow until a store is opened.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+from ssd_core.errors import ConfigError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MLFLOW_TABLES = ("experiments", "runs")
+PROBE_RETRIES, PROBE_TIMEOUT_S, PROBE_BACKOFF = 2, 10, 1  # MLflow reads the backoff factor as an int
+
+
+def sqlite_file(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///...` URI (query string dropped), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def _creatable(folder: Path) -> Optional[str]:
+    """None when `folder` exists as a writable folder or could be created; else why not."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    try:  # the one sure test of "can be written" (os.access says yes to root on /proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".ssdlab-probe-", dir=probe))
+    except OSError as exc:
+        return f"cannot create {folder}: {exc.strerror or exc}"
+    return None
+
+
+def _sqlite_problem(db: Path, write: bool) -> Optional[str]:
+    if not db.exists():
+        if not write:
+            return "no such database file"
+        return _creatable(db.parent)
+    if not db.is_file():
+        return "not a file"
+    try:
+        with open(db, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    if head and head != SQLITE_HEADER:
+        return "not an SQLite database"
+    if write and not os.access(db, os.W_OK):
+        return "not writable"
+    if not write:
+        try:
+            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            return f"not a readable SQLite database ({exc})"
+        missing = [t for t in MLFLOW_TABLES if t not in names]
+        if missing:
+            return f"not an MLflow store (no {', '.join(missing)} table)"
+    return None
+
+
+def store_problem(uri: str, write: bool = True) -> Optional[str]:
+    """Why `uri` cannot be used as an MLflow store, in a few words, or None. No connection is made;
+    `write=False` (reading: runs, report, ui) also wants the store to exist with MLflow's tables."""
+    if not uri or not uri.strip():
+        return "empty URI"
+    db = sqlite_file(uri)
+    if db is not None:
+        return _sqlite_problem(db, write)
+    if uri.startswith("sqlite:"):
+        return "a sqlite URI is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    if scheme is None or uri.startswith("file:"):  # a folder store (mlruns)
+        folder = Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]
+                      if uri.startswith("file:") else uri)
+        if folder.exists() and not folder.is_dir():
+            return "not a folder"
+        if not folder.exists():
+            return "no such folder" if not write else _creatable(folder)
+    return None
+
+
+@contextmanager
+def _bounded_http():
+    """MLflow's HTTP retries capped for one probe (its defaults retry for minutes)."""
+    caps = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(PROBE_RETRIES),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(PROBE_BACKOFF)}
+    saved = {k: os.environ.get(k) for k in caps}
+    os.environ.update(caps)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful part of a store error, one line (a refused connection, a missing table, ...)."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {line[:200]}"
+
+
+def check_store(uri: str, where: str = "", write: bool = True) -> str:
+    """Check and open the MLflow store `uri` before anything else is created; returns `uri`.
+    ConfigError in one line '<where>: <uri>: <why>' (where: e.g. 'sweeps/x.yaml: tracking.uri')."""
+    prefix = f"{where}: " if where else ""
+    problem = store_problem(uri, write)
+    if problem:
+        raise ConfigError(f"{prefix}MLflow store {uri}: {problem}")
+    try:
+        with _bounded_http():
+            if write and sqlite_file(uri) is not None:  # creates the schema once, under a lock
+                from experiments.tracking import ensure_store
+
+                ensure_store(uri)
+            else:
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # sqlalchemy, requests, MlflowException: one line, not their tracebacks
+        verb = "did not answer" if re.match(r"^https?://", uri) else "cannot be opened"
+        raise ConfigError(f"{prefix}MLflow store {uri} {verb}: {_reason(exc)}") from None
+    return uri
