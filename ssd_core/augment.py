@@ -1,7 +1,7 @@
 """The paper's training augmentation (Liu et al. 2016, sec. 2.2 "Data augmentation", sec. 3.6 zoom out),
 fused into one resample.
 
-    SSDAugmentation(cfg, size)   photometric distort, zoom out, sample patch, flip, resize to S x S
+    SSDAugmentation(cfg.augment, size)   photometric distort, zoom out, sample patch, flip, resize to S x S
     ResizeOnly(size)             evaluation: resize to S x S
     build_transform(cfg, size, train)
 
@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .imageio import DECODE_ERRORS, cannot_decode, exif_orientation, load_rgb, to_rgb
 
 __all__ = [
@@ -54,7 +54,8 @@ _MAX_ROUNDS = 1000  # safety net for the reference's `while True` over modes
 
 
 # --------------------------------------------------------------------------------------------------
-# Settings: read from any object or dict with the config's field names.
+# Settings: the config's augment section (ssd_core.config.AugmentConfig: the one place its keys, defaults
+# and ranges are defined) as the flat draw parameters below.
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AugmentSettings:
@@ -70,56 +71,26 @@ class AugmentSettings:
     flip: bool = True
 
 
-def _get(cfg: Any, dotted: str, default: Any) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
-    return default if node is None else node
-
-
 def augment_settings(cfg: Any = None) -> AugmentSettings:
-    """Normalise an AugmentConfig-like object or dict (None = paper defaults); ConfigError names the key."""
+    """An AugmentConfig (or a dict of its keys, validated as one; None = the paper's defaults) ->
+    AugmentSettings. ConfigError names the key (augment.zoom_out.max, ...)."""
+    from ssd_core.config import AugmentConfig, validate_section
+
     if isinstance(cfg, AugmentSettings):
         return cfg
-
-    def number(key: str, default: float, lo: float, hi: float = math.inf) -> float:
-        value = _get(cfg, key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise ConfigError(f"augment config: augment.{key} = {value!r}, expected a number in [{lo}, {hi}]")
-        return float(value)
-
-    raw = _get(cfg, "sample_patch.min_ious", [WHOLE, 0.1, 0.3, 0.5, 0.7, 0.9])
-    if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
-        raise ConfigError(f"augment config: augment.sample_patch.min_ious = {raw!r}, expected a list")
-    modes = []
-    for v in raw:
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
-            raise ConfigError(f"augment config: augment.sample_patch.min_ious entry {v!r} is not null or in [0, 1]")
-        modes.append(WHOLE if v is None else float(v))
-    if bool(_get(cfg, "sample_patch.whole_image", False)) and WHOLE not in modes:
+    if cfg is None:
+        cfg = AugmentConfig()
+    elif not isinstance(cfg, AugmentConfig):
+        cfg = validate_section(AugmentConfig, cfg if isinstance(cfg, dict) else vars(cfg), "augment", "augment config")
+    sp = cfg.sample_patch
+    modes = [WHOLE if v is None else float(v) for v in sp.min_ious]
+    if sp.whole_image and WHOLE not in modes:
         modes.insert(0, WHOLE)
-    if bool(_get(cfg, "sample_patch.any_patch", True)):
+    if sp.any_patch:
         modes.append(ANY)
-    sample_patch = bool(_get(cfg, "sample_patch.enabled", True))
-    if sample_patch and not modes:
-        raise ConfigError("augment config: augment.sample_patch has no options (min_ious empty, any_patch false)")
-    trials = _get(cfg, "sample_patch.max_trials", 50)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ConfigError(f"augment config: augment.sample_patch.max_trials = {trials!r}, expected an int >= 1")
-    return AugmentSettings(
-        photometric=bool(_get(cfg, "photometric", True)),
-        channel_swap=bool(_get(cfg, "channel_swap", False)),
-        zoom_out_p=number("zoom_out.p", 0.5, 0.0, 1.0),
-        zoom_out_max=number("zoom_out.max", 4.0, 1.0),
-        sample_patch=sample_patch,
-        modes=tuple(modes),
-        min_scale=number("sample_patch.min_scale", 0.3, 1e-3, 1.0),
-        max_aspect=number("sample_patch.max_aspect", 2.0, 1.0),
-        max_trials=trials,
-        flip=bool(_get(cfg, "flip", True)),
-    )
+    return AugmentSettings(photometric=cfg.photometric, channel_swap=cfg.channel_swap, zoom_out_p=cfg.zoom_out.p,
+                           zoom_out_max=cfg.zoom_out.max, sample_patch=sp.enabled, modes=tuple(modes),
+                           min_scale=sp.min_scale, max_aspect=sp.max_aspect, max_trials=sp.max_trials, flip=cfg.flip)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,10 +40,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ssd_core.errors import CheckpointError, ConfigError
+from ssd_core.config import BACKBONES
+from ssd_core.errors import CheckpointError
 
-BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s", "tiny")
-VGG_WEIGHTS = ("reduced_fc", "features")
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CAFFE_VGG_MEAN = (123.0, 117.0, 104.0)
@@ -172,8 +171,6 @@ def reduce_fc(fc6_weight: Tensor, fc6_bias: Tensor, fc7_weight: Tensor, fc7_bias
 
 def vgg16_base(pretrained: bool = False, vgg_weights: str = "reduced_fc") -> Base:
     """The paper's VGG16 (Fig. 2): conv1_1 ... conv4_3 (+ L2Norm), pool5 3x3/1, fc6 atrous, fc7."""
-    if vgg_weights not in VGG_WEIGHTS:
-        raise ConfigError(f"model.vgg_weights={vgg_weights!r} is not one of {', '.join(VGG_WEIGHTS)}")
     with torch.device("meta"):  # skip building (and initialising) VGG's 120M-parameter classifier
         features = torchvision.models.vgg16().features
     features = features.to_empty(device="cpu")
@@ -236,11 +233,6 @@ def resnet50_base(pretrained: bool = False) -> Base:
 def mobilenet_v2_base(pretrained: bool = False, width_mult: float = 1.0, output_stride: int = 8) -> Base:
     """MobileNetV2 taps: expansion of block 14 (SSDLite's C4) and the last 1x1 conv; block 7 unstrided
     for output_stride 8 (the paper's 38x38 first map), left as is for 16 (SSDLite's 19x19, ~3x cheaper)."""
-    if pretrained and width_mult != 1.0:
-        raise ConfigError(
-            f"model.width_mult={width_mult}: torchvision has ImageNet weights for mobilenet_v2 only at width_mult=1.0; "
-            "use pretrained=False or width_mult=1.0"
-        )
     net = torchvision.models.mobilenet_v2(width_mult=width_mult)
     if pretrained:
         weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V2
@@ -283,8 +275,6 @@ def tiny_base(pretrained: bool = False, width_mult: float = 1.0) -> Base:
     """NOT a paper backbone: a small plain conv net (3x3 conv + BatchNorm + ReLU, 7 layers, ~0.4M
     parameters at width 1) for the CPU demo and tests, where a detector must learn from scratch in
     seconds. Taps at stride 8 (64 ch x width) and 16 (128 ch x width); no pretrained weights."""
-    if pretrained:
-        raise ConfigError("model.backbone='tiny' has no pretrained weights: set model.pretrained false")
     c = lambda n: max(8, int(round(n * width_mult)))  # noqa: E731
     stride8 = nn.Sequential(_conv_bn(3, c(16), 2), _conv_bn(c(16), c(32), 2), _conv_bn(c(32), c(32), 1),
                             _conv_bn(c(32), c(64), 2), _conv_bn(c(64), c(64), 1))
@@ -293,24 +283,17 @@ def tiny_base(pretrained: bool = False, width_mult: float = 1.0) -> Base:
                 extra_channels=((c(64), c(128)), (c(64), c(128))), extra_batch_norm=True)
 
 
-def build_base(name: str, pretrained: bool = False, width_mult: float = 1.0, output_stride: int = 8,
-               vgg_weights: str = "reduced_fc") -> Base:
-    """The base network by name; width_mult applies to mobilenet_v2 only, output_stride 16 (the stride of
-    the first map; 8 is the paper's layout) to mobilenet_v2 and efficientnet_v2_s only."""
-    if name not in BACKBONES:
-        raise ConfigError(f"model.backbone={name!r} is not one of {', '.join(BACKBONES)}")
-    if width_mult != 1.0 and name not in ("mobilenet_v2", "tiny"):
-        raise ConfigError(f"model.width_mult={width_mult} applies to mobilenet_v2 and tiny only, not {name}")
-    if output_stride not in (8, 16):
-        raise ConfigError(f"model.output_stride={output_stride}: expected 8 (paper layout) or 16")
-    if output_stride != 8 and name not in ("mobilenet_v2", "efficientnet_v2_s"):
-        raise ConfigError(f"model.output_stride={output_stride} applies to mobilenet_v2 and efficientnet_v2_s only, not {name}")
-    if name == "mobilenet_v2":
-        return mobilenet_v2_base(pretrained, width_mult, output_stride)
-    if name == "efficientnet_v2_s":
-        return efficientnet_v2_s_base(pretrained, output_stride)
-    if name == "vgg16":
-        return vgg16_base(pretrained, vgg_weights)
-    if name == "tiny":
-        return tiny_base(pretrained, width_mult)
-    return resnet50_base(pretrained)
+# The builders, keyed by ssd_core.config.BACKBONES (which says what each base accepts): model section -> Base.
+BUILDERS = {
+    "vgg16": lambda m: vgg16_base(m.pretrained, m.vgg_weights),
+    "resnet50": lambda m: resnet50_base(m.pretrained),
+    "mobilenet_v2": lambda m: mobilenet_v2_base(m.pretrained, m.width_mult, m.output_stride),
+    "efficientnet_v2_s": lambda m: efficientnet_v2_s_base(m.pretrained, m.output_stride),
+    "tiny": lambda m: tiny_base(m.pretrained, m.width_mult),
+}
+assert set(BUILDERS) == set(BACKBONES), "ssd_core.config.BACKBONES and BUILDERS name the same bases"
+
+
+def build_base(m) -> Base:
+    """The base network of a validated model section (ssd_core.config.ModelConfig)."""
+    return BUILDERS[m.backbone](m)

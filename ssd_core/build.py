@@ -89,20 +89,9 @@ def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: O
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
+    """The SSD of cfg.model with `num_classes` classes (background included)."""
     from ssd_core.model import build_ssd
-    m = cfg.model
-    options: dict[str, Any] = {"lite_heads": m.lite_heads, "prior_scales": m.prior_scales}
-    if m.backbone in ("mobilenet_v2", "tiny"):
-        options["width_mult"] = m.width_mult
-    if m.output_stride != 8:
-        options["output_stride"] = m.output_stride
-    if m.backbone == "vgg16":
-        options["vgg_weights"] = m.vgg_weights
-    for key in ("first_ratio", "min_ratio", "max_ratio"):
-        if getattr(m, f"prior_{key}") is not None:
-            options[key] = getattr(m, f"prior_{key}")
-    return build_ssd(m.backbone, num_classes=num_classes, image_size=m.image_size,
-                     pretrained=m.pretrained, **options)
+    return build_ssd(cfg.model, num_classes)
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:

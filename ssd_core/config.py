@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from dataclasses import dataclass
 import hashlib
 import json
 import os
@@ -31,11 +32,26 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ssd_core.errors import ConfigError
 
-BACKBONES = ("vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s", "tiny")
-# Smallest input each backbone takes: its stride-8 tap must be at least 4 x 4 (ssd_core.model
-# measures the maps of any larger size and stacks extra layers down to 1 x 1).
-MIN_IMAGE_SIZE = {"vgg16": 32, "resnet50": 32, "mobilenet_v2": 32, "efficientnet_v2_s": 32, "tiny": 32}
-MAX_IMAGE_SIZE = 1024
+@dataclass(frozen=True)
+class Backbone:
+    """What the model section may set for a base network (ssd_core/backbones.py builds them)."""
+
+    width: bool = False              # model.width_mult applies
+    strides: tuple = (8,)            # model.output_stride choices (8: the paper's 38x38 first map at 300 px)
+    pretrained: bool = True          # ImageNet weights exist (model.pretrained)
+
+
+# The base networks, defined once: the schema, build_ssd and the CLI read this table.
+BACKBONES = {
+    "vgg16": Backbone(),
+    "resnet50": Backbone(),
+    "mobilenet_v2": Backbone(width=True, strides=(8, 16)),
+    "efficientnet_v2_s": Backbone(strides=(8, 16)),
+    "tiny": Backbone(width=True, pretrained=False),  # a demo/test base, not one of the paper's
+}
+# Smallest input: every base's stride-8 tap must be at least 4 x 4 (ssd_core.model measures the maps of any
+# larger size and stacks extra layers down to 1 x 1).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 DATA_ROOT_ENV = "SSDLAB_DATA_ROOT"
 
 
@@ -47,7 +63,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The network (paper section 2.1): backbone, input size, heads and default-box scales."""
 
-    backbone: Literal["vgg16", "resnet50", "mobilenet_v2", "efficientnet_v2_s", "tiny"] = "vgg16"  # tiny: demo only
+    backbone: str = "vgg16"  # a key of BACKBONES
     image_size: int = 300
     pretrained: bool = False
     width_mult: float = Field(1.0, gt=0, le=2.0)
@@ -67,16 +83,26 @@ class ModelConfig(_Section):
     vgg_weights: Literal["reduced_fc", "features"] = "reduced_fc"
 
     @model_validator(mode="after")
-    def _size_fits_backbone(self) -> "ModelConfig":
-        low = MIN_IMAGE_SIZE[self.backbone]
-        if not low <= self.image_size <= MAX_IMAGE_SIZE:
+    def _fits_backbone(self) -> "ModelConfig":
+        info = BACKBONES.get(self.backbone)
+        if info is None:
+            raise ValueError(f"backbone {self.backbone!r} is not one of {', '.join(map(repr, BACKBONES))}")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             raise ValueError(
                 f"image_size {self.image_size} cannot be taken by backbone {self.backbone!r}: "
-                f"expected {low} <= image_size <= {MAX_IMAGE_SIZE}")
-        if self.width_mult != 1.0 and self.backbone not in ("mobilenet_v2", "tiny"):
-            raise ValueError(f"width_mult applies to mobilenet_v2 and tiny only, not {self.backbone!r}")
-        if self.output_stride != 8 and self.backbone not in ("mobilenet_v2", "efficientnet_v2_s"):
-            raise ValueError(f"output_stride 16 applies to mobilenet_v2 and efficientnet_v2_s only, not {self.backbone!r}")
+                f"expected {MIN_IMAGE_SIZE} <= image_size <= {MAX_IMAGE_SIZE}")
+        widths = [b for b, i in BACKBONES.items() if i.width]
+        if self.width_mult != 1.0 and not info.width:
+            raise ValueError(f"width_mult applies to {' and '.join(widths)} only, not {self.backbone!r}")
+        if self.output_stride not in info.strides:
+            strided = [b for b, i in BACKBONES.items() if 16 in i.strides]
+            raise ValueError(f"output_stride {self.output_stride}: 16 applies to {' and '.join(strided)} only, "
+                             f"not {self.backbone!r}")
+        if self.pretrained and not info.pretrained:
+            raise ValueError(f"pretrained: backbone {self.backbone!r} has no pretrained weights: set it false")
+        if self.pretrained and self.width_mult != 1.0:
+            raise ValueError(f"width_mult {self.width_mult}: torchvision has ImageNet weights for "
+                             f"{self.backbone} only at width_mult=1.0; use pretrained false or width_mult 1.0")
         lo, hi, first = self.prior_min_ratio, self.prior_max_ratio, self.prior_first_ratio
         if lo is not None and hi is not None and not lo < hi:
             raise ValueError(f"prior_max_ratio {hi} must be greater than prior_min_ratio {lo}")
@@ -332,6 +358,16 @@ def _format_errors(exc: ValidationError, source: str) -> ConfigError:
             msg = f"{msg} (got {err['input']!r})"
         lines.append(f"{source}: {key}: {msg}")
     return ConfigError("invalid config: " + "; ".join(lines))
+
+
+def validate_section(model: type[BaseModel], data: Mapping[str, Any], prefix: str, source: str = "<config>"):
+    """One section (ModelConfig, AugmentConfig, ...) from a plain dict, or ConfigError naming the keys
+    as `<prefix>.<key>`: what build_ssd and SSDAugmentation use when called without a whole config."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        err = _format_errors(exc, source)
+        raise ConfigError(str(err).replace(f"{source}: ", f"{source}: {prefix}.")) from None
 
 
 def validate_config(data: Mapping[str, Any], source: str = "<config>") -> ExperimentConfig:

@@ -29,7 +29,6 @@ from ssd_core.backbones import IMAGENET_MEAN, IMAGENET_STD, Base, build_base, xa
 from ssd_core.errors import ConfigError
 from ssd_core.priors import PriorSpec, default_boxes, paper_prior_spec
 
-PRIOR_OPTIONS = ("min_ratio", "max_ratio", "first_ratio", "steps", "min_sizes", "max_sizes", "aspect_ratios", "clip")
 
 
 def normalize(images: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
@@ -190,31 +189,47 @@ class SSD(nn.Module):
         return loc, conf
 
 
-def build_ssd(backbone: str = "vgg16", num_classes: int = 21, image_size: int = 300, pretrained: bool = False, **options) -> SSD:
-    """SSD for `backbone` at `image_size` px with `num_classes` classes including background.
+# build_ssd's keyword options and the model-section key each one sets
+_SECTION_OPTIONS = {"lite_heads": "lite_heads", "prior_scales": "prior_scales", "width_mult": "width_mult",
+                    "output_stride": "output_stride", "vgg_weights": "vgg_weights", "first_ratio": "prior_first_ratio",
+                    "min_ratio": "prior_min_ratio", "max_ratio": "prior_max_ratio"}
+_RAW_PRIOR_OPTIONS = ("steps", "min_sizes", "max_sizes", "aspect_ratios", "clip")
 
-    options: lite_heads (bool), prior_scales ("voc" | "coco"), width_mult (mobilenet_v2), vgg_weights
-    ("reduced_fc" | "features", vgg16 with pretrained; backbones.py), and the prior
-    overrides of priors.paper_prior_spec: min_ratio, max_ratio, first_ratio, steps, min_sizes,
-    max_sizes, aspect_ratios, clip. For vgg16 at 300 px with 21 classes this is the paper's SSD300
-    (26,285,486 parameters, 8732 default boxes); at 512 px SSD512 (24,564 default boxes).
+
+def build_ssd(model: "ModelConfig | str" = "vgg16", num_classes: int = 21, image_size: int | None = None,
+              pretrained: bool | None = None, **options) -> SSD:
+    """SSD from a model section (ssd_core.config.ModelConfig, the one place its keys are defined and
+    checked) with `num_classes` classes including background.
+
+    For scripts and tests the section can be given as keywords instead: build_ssd("vgg16", 21, 300,
+    lite_heads=..., prior_scales=..., width_mult=..., output_stride=..., vgg_weights=..., first_ratio=...,
+    min_ratio=..., max_ratio=...), validated the same way; plus the raw default-box overrides of
+    priors.paper_prior_spec (steps, min_sizes, max_sizes, aspect_ratios, clip). For vgg16 at 300 px with 21
+    classes this is the paper's SSD300 (26,285,486 parameters, 8732 default boxes); at 512 px SSD512.
     """
-    unknown = set(options) - {"lite_heads", "prior_scales", "width_mult", "output_stride", "vgg_weights", *PRIOR_OPTIONS}
+    from ssd_core.config import ModelConfig, validate_section
+
+    if "backbone" in options:  # build_ssd(backbone="vgg16", ...): the keyword form's name for `model`
+        model = options.pop("backbone")
+    raw = {k: options.pop(k) for k in _RAW_PRIOR_OPTIONS if k in options}
+    unknown = set(options) - set(_SECTION_OPTIONS)
     if unknown:
         raise ConfigError(f"build_ssd: unknown model option(s) {sorted(unknown)}")
+    if isinstance(model, str):
+        section = {"backbone": model, "image_size": 300 if image_size is None else image_size,
+                   "pretrained": bool(pretrained), **{_SECTION_OPTIONS[k]: v for k, v in options.items()}}
+        if not isinstance(section["image_size"], int):
+            raise ConfigError(f"model.image_size={section['image_size']!r}: need an int >= 32")
+        model = validate_section(ModelConfig, section, "model", "build_ssd")
+    elif image_size is not None or pretrained is not None or options:
+        raise ConfigError("build_ssd: give either a model section or keyword options, not both")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"model.num_classes={num_classes!r}: need an int >= 2 (background + at least one class)")
-    if not isinstance(image_size, int) or image_size < 32:
-        raise ConfigError(f"model.image_size={image_size!r}: need an int >= 32")
-    base = build_base(backbone, pretrained=pretrained, width_mult=float(options.get("width_mult", 1.0)),
-                      output_stride=int(options.get("output_stride", 8)),
-                      vgg_weights=str(options.get("vgg_weights", "reduced_fc")))
-    extras, extra_channels = make_extras(base, dry_run_sizes(base, image_size)[-1])
+    base = build_base(model)
+    extras, extra_channels = make_extras(base, dry_run_sizes(base, model.image_size)[-1])
     features = SSDFeatures(base, extras)
-    spec = paper_prior_spec(
-        image_size,
-        dry_run_sizes(features, image_size),
-        options.get("prior_scales", "voc"),
-        **{k: options[k] for k in PRIOR_OPTIONS if k in options},
-    )
-    return SSD(features, base.out_channels + extra_channels, spec, num_classes, bool(options.get("lite_heads", False)))
+    ratios = {k: getattr(model, f"prior_{k}") for k in ("first_ratio", "min_ratio", "max_ratio")
+              if getattr(model, f"prior_{k}") is not None}
+    spec = paper_prior_spec(model.image_size, dry_run_sizes(features, model.image_size), model.prior_scales,
+                            **ratios, **raw)
+    return SSD(features, base.out_channels + extra_channels, spec, num_classes, model.lite_heads)

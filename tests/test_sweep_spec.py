@@ -201,8 +201,10 @@ def test_cli_dry_run_and_exit_code_2(tmp_path, capsys):
 def test_shipped_sweep_files_validate(path):
     spec = load_sweep(path)
     assert plan(spec) and spec.file.tracking.uri.startswith("sqlite:///")
-    if spec.file.name == "demo":
+    if spec.file.name == "demo-search":
         assert spec.file.search.num_samples >= 8 and spec.asha is not None
+    if spec.file.name == "demo":  # `make demo`: an ablation, at least 3 cumulative arms x 3 seeds, equal budget
+        assert len(spec.arm_names) >= 3 and len(spec.file.seeds) >= 3 and spec.asha is None
 
 
 def test_resume_refuses_a_changed_base_config(tmp_path):
