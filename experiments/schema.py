@@ -11,12 +11,14 @@ all use `best_index` below. What a table REPORTS for a run is its `test/...` val
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from ssd_core import metrics as M  # metric names live with the code that computes them
 
-__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "M", "score_of", "best_index", "better"]
+__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "M", "score_of", "best_index", "better", "Param", "parse_space",
+           "SpaceError", "grid_points", "KINDS"]
 
 
 class Status(str, Enum):
@@ -110,3 +112,125 @@ def best_index(scores: Sequence[float], statuses: Sequence[str], seeds: Sequence
     ok = [i for i in range(len(scores)) if str(statuses[i]) == Status.FINISHED.value
           and scores[i] is not None and math.isfinite(float(scores[i]))]
     return min(ok, key=key) if ok else None
+
+
+# --------------------------------------------------------------------------- the search space
+# A sweep's `search.space` (experiments/sweep_spec.py) maps dotted config keys to one distribution each:
+#   {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {int: [lo, hi]} (inclusive) | {choice: [v, ...]}
+# with an optional `when: {key: value, ...}`. Parsed here, once: the sweep validates and samples with these
+# Params, the parent run stores the space as written (Tag.SEARCH_SPACE), the report parses it back here.
+
+KINDS = ("uniform", "loguniform", "int", "choice")
+
+
+class SpaceError(ValueError):
+    """A malformed distribution: `where` is the key path under search.space ("train.lr.uniform")."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.where, self.message = where, message
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key and its distribution."""
+
+    key: str
+    kind: str                      # one of KINDS
+    low: Optional[float] = None    # uniform / loguniform / int
+    high: Optional[float] = None
+    choices: tuple = ()            # choice
+    when: tuple = ()               # ((config key, value), ...): sample only when all hold
+
+    def suggest(self, trial):
+        """Ask an Optuna trial (define-by-run) for this parameter."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high))
+        return trial.suggest_float(self.key, self.low, self.high, log=self.kind == "loguniform")
+
+    def optuna(self):
+        """The Optuna distribution (for a study rebuilt from finished runs)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high))
+        return FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
+
+    def cast(self, value):
+        """A value read back (an MLflow param, parsed) as this distribution's type; ValueError if outside."""
+        if self.kind == "choice":
+            for c in self.choices:
+                if value == c or str(value) == str(c):
+                    return c
+            raise ValueError(f"{self.key}: {value!r} is not one of {list(self.choices)}")
+        return int(value) if self.kind == "int" else float(value)
+
+    def extremes(self) -> list:
+        """The values that must give a valid config: every choice, or both bounds."""
+        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
+
+    def grid(self) -> Optional[list]:
+        """The values of a grid axis (choice values, an int range inclusive); None for float ranges."""
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1))
+        return None
+
+    def applies(self, chosen: dict, config: dict) -> bool:
+        """Whether `when` holds: each key equals its value, read from the parameters sampled so far,
+        else from the trial's config (flattened)."""
+        return all(chosen.get(k, config.get(k)) == v for k, v in self.when)
+
+
+def parse_param(key: str, dist: Any) -> Param:
+    """One entry of search.space -> Param; SpaceError names the key path."""
+    if not isinstance(dist, dict):
+        raise SpaceError(key, f"expected a mapping like {{uniform: [lo, hi]}}, got {dist!r}")
+    kinds = [k for k in dist if k in KINDS]
+    unknown = [k for k in dist if k not in KINDS and k != "when"]
+    if unknown or len(kinds) != 1:
+        raise SpaceError(key, f"expected exactly one of {', '.join(KINDS)} (plus optional when), got {sorted(dist)}")
+    kind, arg = kinds[0], dist[kinds[0]]
+    where = f"{key}.{kind}"
+    when = dist.get("when")
+    if when is not None and (not isinstance(when, dict) or not when):
+        raise SpaceError(f"{key}.when", f"expected a mapping {{key: value}}, got {when!r}")
+    when = tuple((str(k), v) for k, v in (when or {}).items())
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise SpaceError(where, f"expected a non-empty list, got {arg!r}")
+        bad = [v for v in arg if not (v is None or isinstance(v, (bool, int, float, str)))]
+        if bad:
+            raise SpaceError(where, f"choices must be numbers, strings, booleans or null, got {bad}")
+        return Param(key, kind, choices=tuple(arg), when=when)
+    if not (isinstance(arg, list) and len(arg) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+        raise SpaceError(where, f"expected [low, high], got {arg!r}")
+    lo, hi = arg
+    if not all(math.isfinite(v) for v in arg):
+        raise SpaceError(where, f"bounds must be finite numbers, got {arg!r}")
+    if not lo < hi:
+        raise SpaceError(where, f"low {lo} must be below high {hi}")
+    if kind == "loguniform" and lo <= 0:
+        raise SpaceError(where, f"low {lo} must be > 0 for a log scale")
+    if kind == "int" and not all(isinstance(v, int) for v in arg):
+        raise SpaceError(where, f"expected integer bounds, got {arg!r}")
+    return Param(key, kind, float(lo) if kind != "int" else lo, float(hi) if kind != "int" else hi, when=when)
+
+
+def parse_space(space: dict) -> list[Param]:
+    """search.space -> Params in file order (the sampling order `when` relies on)."""
+    if not isinstance(space, dict):
+        raise SpaceError("", f"expected a mapping of config keys to distributions, got {type(space).__name__}")
+    return [parse_param(str(k), d) for k, d in space.items()]
+
+
+def grid_points(params: Sequence[Param]) -> list[dict]:
+    """Every combination of a grid space (choice values, int ranges inclusive)."""
+    import itertools
+    axes = {p.key: p.grid() for p in params}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]

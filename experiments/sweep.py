@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from experiments.schema import Kind, M, Status, Tag, best_index
+from experiments.schema import Kind, M, Param, Status, Tag, best_index, parse_space
 from experiments.sweep_spec import Phase, SweepSpec, parent_params, parent_tags, plan
 from ssd_core.config import ExperimentConfig, apply_overrides, config_hash, flatten, resolve_data_root, to_yaml
 from ssd_core.errors import ConfigError, NonFiniteLossError
@@ -282,33 +282,23 @@ def make_callback(spec: SweepSpec, job: TrialJob, tracker, phase: Phase):
 class DefineByRun:
     """Optuna define-by-run space (picklable: the searcher is checkpointed with the experiment).
 
-    Parameters are sampled in file order; `when: {key: value}` samples a parameter only when each
-    key equals the value, looking first at the parameters sampled so far, then at the arm's config.
+    Parameters (experiments.schema.Param) are sampled in file order; one with `when: {key: value}` is
+    sampled only when each key equals the value, looking first at the parameters sampled so far, then
+    at the arm's config.
     """
 
-    def __init__(self, space: dict[str, dict], base_flat: dict[str, Any]):
-        self.space, self.base_flat = space, base_flat
+    def __init__(self, params: list[Param], base_flat: dict[str, Any]):
+        self.params, self.base_flat = list(params), base_flat
 
     def __call__(self, trial) -> None:
         chosen: dict[str, Any] = {}
-        for key, dist in self.space.items():
-            when = dist.get("when") or {}
-            if any(chosen.get(k, self.base_flat.get(k)) != v for k, v in when.items()):
-                continue
-            if "uniform" in dist:
-                chosen[key] = trial.suggest_float(key, *dist["uniform"])
-            elif "loguniform" in dist:
-                chosen[key] = trial.suggest_float(key, *dist["loguniform"], log=True)
-            elif "int" in dist:
-                chosen[key] = trial.suggest_int(key, *dist["int"])
-            else:
-                chosen[key] = trial.suggest_categorical(key, dist["choice"])
+        for p in self.params:
+            if p.applies(chosen, self.base_flat):
+                chosen[p.key] = p.suggest(trial)
 
 
 def make_sampler(search):
     import optuna
-
-    from experiments.sweep_spec import grid_points
 
     if search.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=search.seed)
@@ -316,8 +306,8 @@ def make_sampler(search):
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.sampler == "gp":
         return optuna.samplers.GPSampler(seed=search.seed)
-    points = grid_points(search.space)
-    axes = {k: sorted({p[k] for p in points}, key=repr) for k in search.space}
+    params = parse_space(search.space)
+    axes = {p.key: sorted(set(p.grid()), key=repr) for p in params}
     return optuna.samplers.GridSampler(axes, seed=search.seed)
 
 
@@ -343,7 +333,7 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
         meta = dict(phase.trials[0])
         param_space = {"ssdlab": meta}
         base_flat = flatten(spec.resolve(phase.arm, meta["seed"]))
-        search_alg = OptunaSearch(space=DefineByRun(f.search.space, base_flat), metric=OBJECTIVE,
+        search_alg = OptunaSearch(space=DefineByRun(parse_space(f.search.space), base_flat), metric=OBJECTIVE,
                                   mode=spec.mode, sampler=make_sampler(f.search))
         num_samples = phase.num_samples
     else:

@@ -52,9 +52,7 @@ and the key.
 """
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,11 +60,10 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from experiments.schema import M, Tag
+from experiments.schema import M, Param, SpaceError, Tag, grid_points, parse_space
 from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config, read_yaml
 from ssd_core.errors import ConfigError
 
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 DEFAULT_MODE = "max"
 _NAME = re.compile(r"^[A-Za-z0-9+][A-Za-z0-9_.+-]*$")
 
@@ -162,10 +159,6 @@ class SweepSpec:
     def arm_overrides(self, arm: Optional[str]) -> dict[str, Any]:
         return dict(self.file.arms[arm].overrides) if arm else {}
 
-    def trial_overrides(self, arm: Optional[str], seed: int, params: dict[str, Any] | None = None) -> dict:
-        """Sweep overrides, then arm overrides, then the seed, then the searched parameters."""
-        return {**self.file.overrides, **self.arm_overrides(arm), "train.seed": seed, **(params or {})}
-
     def resolve(self, arm: Optional[str], seed: int, params: dict[str, Any] | None = None) -> ExperimentConfig:
         """The trial's config: `base` (with the sweep overrides) + arm, seed and searched params."""
         return apply_overrides(self.base, {**self.arm_overrides(arm), "train.seed": seed, **(params or {})})
@@ -244,7 +237,7 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
             arm_cfg = _apply(path, f"arms.{arm}.overrides", base, arms[arm].overrides) if arm else base
             _check_space(path, sf.search, arm_cfg, keys)
         if sf.search.sampler == "grid":
-            size = len(grid_points(sf.search.space))
+            size = len(grid_points(search_params(path, sf.search)))
             if sf.search.num_samples is not None and sf.search.num_samples > size:
                 raise _fail(path, "search.num_samples", f"{sf.search.num_samples} exceeds the grid size {size}")
     spec = SweepSpec(path=path, file=sf, base=base, metric=metric, mode=mode)
@@ -306,66 +299,36 @@ def _metric_and_mode(sf: SweepFile, path: Path, base: ExperimentConfig) -> tuple
     return metric, mode
 
 
-def _check_space(path: Path, search: SearchSpec, cfg: ExperimentConfig, keys: set[str]) -> None:
+def search_params(path: Path, search: SearchSpec) -> list[Param]:
+    """The search space parsed (experiments.schema.parse_space); ConfigError names the file and key."""
     if not search.space:
         raise _fail(path, "search.space", "empty: expected at least one parameter")
+    try:
+        return parse_space(search.space)
+    except SpaceError as exc:
+        raise _fail(path, f"search.space.{exc.where}".rstrip("."), exc.message) from None
+
+
+def _check_space(path: Path, search: SearchSpec, cfg: ExperimentConfig, keys: set[str]) -> None:
+    """What the parsed space must satisfy against the config: known keys, valid extremes, `when` keys
+    sampled earlier or in the config, the grid sampler's restrictions."""
     seen: list[str] = []
-    for key, dist in search.space.items():
-        where = f"search.space.{key}"
-        if key not in keys:
-            _check_keys(path, "search.space", {key: None}, keys)
-        if not isinstance(dist, dict):
-            raise _fail(path, where, f"expected a mapping like {{uniform: [lo, hi]}}, got {dist!r}")
-        kinds = [k for k in dist if k in DISTRIBUTIONS]
-        unknown = [k for k in dist if k not in DISTRIBUTIONS and k != "when"]
-        if unknown or len(kinds) != 1:
-            raise _fail(path, where, f"expected exactly one of {', '.join(DISTRIBUTIONS)} (plus optional when), got {sorted(dist)}")
-        kind, arg = kinds[0], dist[kinds[0]]
-        values = _check_distribution(path, where, kind, arg)
-        for value in values:  # the extremes / every choice must give a valid config
-            _apply(path, f"{where}.{kind}", cfg, {key: value})
-        when = dist.get("when")
-        if when is not None:
-            if not isinstance(when, dict) or not when:
-                raise _fail(path, f"{where}.when", f"expected a mapping {{key: value}}, got {when!r}")
-            for wkey in when:
-                if wkey not in keys:
-                    _check_keys(path, f"{where}.when", {wkey: None}, keys)
-                if wkey in search.space and wkey not in seen:
-                    raise _fail(path, f"{where}.when.{wkey}", "refers to a parameter sampled later; list it first")
-            if search.sampler == "grid":
-                raise _fail(path, f"{where}.when", "the grid sampler takes no conditional parameters")
-        if search.sampler == "grid" and kind not in ("choice", "int"):
-            raise _fail(path, where, f"the grid sampler takes choice and int parameters only, got {kind}")
-        seen.append(key)
-
-
-def _check_distribution(path: Path, where: str, kind: str, arg: Any) -> list[Any]:
-    if kind == "choice":
-        if not isinstance(arg, list) or not arg:
-            raise _fail(path, f"{where}.choice", f"expected a non-empty list, got {arg!r}")
-        bad = [v for v in arg if not (v is None or isinstance(v, (bool, int, float, str)))]
-        if bad:
-            raise _fail(path, f"{where}.choice", f"choices must be numbers, strings, booleans or null, got {bad}")
-        return list(arg)
-    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
-        raise _fail(path, f"{where}.{kind}", f"expected [low, high], got {arg!r}")
-    lo, hi = arg
-    if not all(math.isfinite(v) for v in arg):
-        raise _fail(path, f"{where}.{kind}", f"bounds must be finite numbers, got {arg!r}")
-    if not lo < hi:
-        raise _fail(path, f"{where}.{kind}", f"low {lo} must be below high {hi}")
-    if kind == "loguniform" and lo <= 0:
-        raise _fail(path, f"{where}.{kind}", f"low {lo} must be > 0 for a log scale")
-    if kind == "int" and not all(isinstance(v, int) for v in arg):
-        raise _fail(path, f"{where}.{kind}", f"expected integer bounds, got {arg!r}")
-    return [lo, hi]
-
-
-def grid_points(space: dict[str, dict]) -> list[dict[str, Any]]:
-    """Every combination of a grid space (choice values, int ranges inclusive)."""
-    axes = {k: (d["choice"] if "choice" in d else list(range(d["int"][0], d["int"][1] + 1))) for k, d in space.items()}
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    for p in search_params(path, search):
+        where = f"search.space.{p.key}"
+        if p.key not in keys:
+            _check_keys(path, "search.space", {p.key: None}, keys)
+        for value in p.extremes():  # the extremes / every choice must give a valid config
+            _apply(path, f"{where}.{p.kind}", cfg, {p.key: value})
+        for wkey, _ in p.when:
+            if wkey not in keys:
+                _check_keys(path, f"{where}.when", {wkey: None}, keys)
+            if wkey in search.space and wkey not in seen:
+                raise _fail(path, f"{where}.when.{wkey}", "refers to a parameter sampled later; list it first")
+        if p.when and search.sampler == "grid":
+            raise _fail(path, f"{where}.when", "the grid sampler takes no conditional parameters")
+        if search.sampler == "grid" and p.grid() is None:
+            raise _fail(path, where, f"the grid sampler takes choice and int parameters only, got {p.kind}")
+        seen.append(p.key)
 
 
 # --------------------------------------------------------------------------- plan
@@ -394,7 +357,7 @@ def plan(spec: SweepSpec) -> list[Phase]:
     if s is None:
         trials = [{"arm": a, "seed": seed} for a in (arms or [None]) for seed in seeds]
         return [Phase("grid", "trials", trials=trials, num_samples=1)]
-    n = s.num_samples or len(grid_points(s.space))
+    n = s.num_samples or len(grid_points(parse_space(s.space)))
     phases = []
     for i, arm in enumerate(arms or [None]):
         tag = f"{i:02d}-{_slug(arm)}-" if arm else ""

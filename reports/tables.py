@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments.schema import M, Status, best_index
+from experiments.schema import M, Param, SpaceError, Status, best_index, parse_space
 from reports import stats
 from reports.load import SweepData, best_run
 
@@ -458,56 +458,19 @@ def best_override(data: SweepData) -> str:
 
 
 def distributions(search_space: dict[str, Any]) -> dict[str, Any]:
-    """``ssdlab.search_space`` JSON -> Optuna distributions. The sweep-file form (experiments/
-    sweep_spec.py) is ``{loguniform|uniform|int: [low, high(, step)]}`` or ``{choice: [...]}``, with
-    an optional ``when:`` condition; also accepted: ``{type|dist: ..., low/high (lower/upper),
-    values/choices, step/q, log}`` and plain lists (categorical)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out = {}
-    for key, spec in sorted(search_space.items()):
-        if isinstance(spec, list):
-            spec = {"type": "choice", "values": spec}
-        if not isinstance(spec, dict):
-            continue
-        short = [k for k, v in spec.items() if isinstance(v, list)
-                 and k not in ("values", "choices", "categories", "when")]
-        if len(short) == 1 and not any(k in spec for k in ("type", "dist", "distribution")):
-            name, args = short[0], spec[short[0]]
-            if name in ("choice", "categorical", "grid", "grid_search"):
-                spec = {"type": name, "values": args}
-            elif len(args) >= 2:
-                spec = {"type": name, "low": args[0], "high": args[1],
-                        **({"step": args[2]} if len(args) > 2 else {})}
-        kind = str(spec.get("type", spec.get("dist", spec.get("distribution", "")))).lower()
-        low = spec.get("low", spec.get("lower", spec.get("min")))
-        high = spec.get("high", spec.get("upper", spec.get("max")))
-        step = spec.get("step", spec.get("q"))
-        log = bool(spec.get("log", False)) or kind.startswith(("log", "qlog"))
-        values = spec.get("values", spec.get("choices", spec.get("categories")))
-        try:
-            if kind in ("choice", "categorical", "grid", "grid_search") and values is not None:
-                out[key] = CategoricalDistribution(list(values))
-            elif kind in ("int", "randint", "qrandint", "lograndint", "qlograndint", "integer"):
-                out[key] = IntDistribution(int(low), int(high) - (1 if "randint" in kind else 0),
-                                           log=log, step=1 if log or step is None else int(step))
-            elif low is not None and high is not None:
-                out[key] = FloatDistribution(float(low), float(high), log=log,
-                                             step=None if log or step is None else float(step))
-        except (TypeError, ValueError):
-            continue
-    return out
+    """``ssdlab.search_space`` (the sweep file's space, experiments.schema.parse_space) -> Optuna
+    distributions by key; an unreadable stored space gives none."""
+    try:
+        return {p.key: p.optuna() for p in parse_space(search_space)}
+    except SpaceError:
+        return {}
 
 
-def _to_dist(value: Any, dist) -> Any:
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    if isinstance(dist, CategoricalDistribution):
-        for c in dist.choices:
-            if value == c or str(value) == str(c):
-                return c
-        raise ValueError(value)
-    return int(value) if isinstance(dist, IntDistribution) else float(value)
+def _space(data: SweepData) -> dict[str, Param]:
+    try:
+        return {p.key: p for p in parse_space(data.search_space)}
+    except SpaceError:
+        return {}
 
 
 MIN_IMPORTANCE_TRIALS = 8  # fewer trials at a common budget make importances noise
@@ -550,16 +513,17 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova",
     usable trials or without distributions."""
     import optuna
 
-    dists = distributions(data.search_space)
-    if not dists:
+    space = _space(data)
+    if not space:
         return Importances({}, 0, None, "no search space recorded")
+    dists = {k: p.optuna() for k, p in space.items()}
     trials = []
     runs, common = _importance_runs(data)
     for _, r in runs.sort_values("trial_id").iterrows():
         if not math.isfinite(r["score"]):
             continue
         try:  # a conditional parameter (`when:`) missing from a trial is left out of that trial
-            params = {k: _to_dist(_param_value(r.get("params." + k)), d) for k, d in dists.items()
+            params = {k: space[k].cast(_param_value(r.get("params." + k))) for k in dists
                       if _param_value(r.get("params." + k)) is not None}
             trials.append(optuna.trial.create_trial(
                 params=params, distributions={k: dists[k] for k in params}, value=float(r["score"])))

@@ -25,7 +25,7 @@ the first map (conv4_3) gets min_size = S * first_ratio / 100 and max_size = S *
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -181,8 +181,3 @@ def default_boxes(spec: PriorSpec) -> Tensor:
     if spec.clip:
         boxes = boxes.clamp(0.0, 1.0)
     return boxes.to(torch.float32)
-
-
-def with_overrides(spec: PriorSpec, **fields) -> PriorSpec:
-    """A copy of spec with some fields replaced (validated again)."""
-    return replace(spec, **fields)

@@ -18,6 +18,7 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from experiments.schema import Tag  # noqa: E402
 from ssd_core.errors import UserError  # noqa: E402
 
 T0 = 1_700_000_000_000  # ms; fixed so the store (and the report) is the same every time
@@ -41,9 +42,9 @@ ABL = [
 ]
 CLASS_OFFSETS = {"RBC": 0.10, "WBC": 0.05, "Platelets": -0.15}
 TEST_GAP = 0.04  # test/mAP50 = the best val/mAP50 - 0.04 (the abl sweep reports the test split; hpo has none)
-HPO_SPACE = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
-             "train.weight_decay": {"type": "uniform", "low": 0.0, "high": 1e-3},
-             "model.backbone": {"type": "choice", "values": ["vgg16", "mobilenet_v2"]}}
+HPO_SPACE = {"train.lr": {"loguniform": [1e-4, 1e-1]},  # as a sweep file writes it
+             "train.weight_decay": {"uniform": [0.0, 1e-3]},
+             "model.backbone": {"choice": ["vgg16", "mobilenet_v2"]}}
 # (trial, status, lr, wd, backbone, val/mAP50 per epoch)
 HPO = [
     ("t00", "finished", 1e-3, 5e-4, "vgg16", [0.40, 0.55]),
@@ -79,10 +80,10 @@ def _fill(uri: str) -> None:
         pass
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("ssdlab")
-    parent = _new_run(client, exp, T0, {"ssdlab.kind": "sweep", "ssdlab.sweep": "abl",
-                                        "ssdlab.arms": json.dumps(ARMS), "ssdlab.baseline_arm": "base",
-                                        "ssdlab.search_space": "{}", "ssdlab.metric": "val/mAP50",
-                                        "ssdlab.mode": "max"})
+    parent = _new_run(client, exp, T0, {Tag.KIND: "sweep", Tag.SWEEP: "abl",
+                                        Tag.ARMS: json.dumps(ARMS), Tag.BASELINE_ARM: "base",
+                                        Tag.SEARCH_SPACE: "{}", Tag.METRIC: "val/mAP50",
+                                        Tag.MODE: "max"})
     for i, (arm, seed, status, curve) in enumerate(ABL):
         start = T0 + 1000 * (i + 1)
         ms = []
@@ -99,32 +100,32 @@ def _fill(uri: str) -> None:
                    Metric("test_last/mAP50", curve[-1] - TEST_GAP - 0.01, ts, step)]
             if arm in ("base", "aug"):
                 ms += [Metric(f"test/AP50/{c}", max(curve) - TEST_GAP + o, ts, step) for c, o in CLASS_OFFSETS.items()]
-        tags = {"mlflow.parentRunId": parent, "ssdlab.kind": "trial", "ssdlab.sweep": "abl",
-                "ssdlab.arm": arm, "ssdlab.seed": str(seed), "ssdlab.note": NOTES[arm],
-                "ssdlab.trial_id": f"abl_{i:03d}", "ssdlab.status": status, "ssdlab.searched": "[]"}
+        tags = {Tag.PARENT: parent, Tag.KIND: "trial", Tag.SWEEP: "abl",
+                Tag.ARM: arm, Tag.SEED: str(seed), Tag.NOTE: NOTES[arm],
+                Tag.TRIAL_ID: f"abl_{i:03d}", Tag.STATUS: status, Tag.SEARCHED: "[]"}
         if status == "failed":
-            tags["ssdlab.error"] = "Traceback ...\nNonFiniteLossError: loss is nan at epoch 1"
+            tags[Tag.ERROR] = "Traceback ...\nNonFiniteLossError: loss is nan at epoch 1"
         _new_run(client, exp, start, tags, {"train.epochs": 3, "train.lr": 0.001, "train.seed": seed},
                  ms, status, end=start + 60_000 * len(curve) + 5_000)
     hp = _new_run(client, exp, T0 + 100_000, {  # a search sweep without arms, as sweep.py logs it
-        "ssdlab.kind": "sweep", "ssdlab.sweep": "hpo", "ssdlab.arms": "[]", "ssdlab.baseline_arm": "",
-        "ssdlab.search_space": json.dumps(HPO_SPACE), "ssdlab.note": "TPE over lr, wd and backbone",
-        "ssdlab.metric": "val/mAP50", "ssdlab.mode": "max"})
+        Tag.KIND: "sweep", Tag.SWEEP: "hpo", Tag.ARMS: "[]", Tag.BASELINE_ARM: "",
+        Tag.SEARCH_SPACE: json.dumps(HPO_SPACE), Tag.NOTE: "TPE over lr, wd and backbone",
+        Tag.METRIC: "val/mAP50", Tag.MODE: "max"})
     for i, (tid, status, lr, wd, bb, curve) in enumerate(HPO):
         start = T0 + 200_000 + 1000 * i
         ms = [Metric("val/mAP50", v, start + 60_000 * (s + 1), s) for s, v in enumerate(curve)]
-        tags = {"mlflow.parentRunId": hp, "ssdlab.kind": "trial", "ssdlab.sweep": "hpo",
-                "ssdlab.seed": "0", "ssdlab.trial_id": tid, "ssdlab.phase": "search",
-                "ssdlab.status": status, "ssdlab.searched": json.dumps(sorted(HPO_SPACE))}
+        tags = {Tag.PARENT: hp, Tag.KIND: "trial", Tag.SWEEP: "hpo",
+                Tag.SEED: "0", Tag.TRIAL_ID: tid, Tag.PHASE: "search",
+                Tag.STATUS: status, Tag.SEARCHED: json.dumps(sorted(HPO_SPACE))}
         _new_run(client, exp, start, tags, {"train.lr": lr, "train.weight_decay": wd,
                                             "model.backbone": bb, "train.epochs": 2}, ms, status,
                  end=start + 200_000)
     for seed, curve in CONFIRM:
         start = T0 + 400_000 + 1000 * seed
         ms = [Metric("val/mAP50", v, start + 60_000 * (s + 1), s) for s, v in enumerate(curve)]
-        tags = {"mlflow.parentRunId": hp, "ssdlab.kind": "trial", "ssdlab.sweep": "hpo",
-                "ssdlab.seed": str(seed), "ssdlab.trial_id": f"c{seed}", "ssdlab.phase": "confirm",
-                "ssdlab.status": "finished"}
+        tags = {Tag.PARENT: hp, Tag.KIND: "trial", Tag.SWEEP: "hpo",
+                Tag.SEED: str(seed), Tag.TRIAL_ID: f"c{seed}", Tag.PHASE: "confirm",
+                Tag.STATUS: "finished"}
         _new_run(client, exp, start, tags, {"train.lr": 2e-3, "train.weight_decay": 3e-4,
                                             "model.backbone": "vgg16", "train.epochs": 2}, ms,
                  "finished", end=start + 200_000)
@@ -445,17 +446,17 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("ssdlab")
     space = {"train.lr": {"loguniform": [1e-4, 1e-1]}}
-    parent = _new_run(client, exp, T0, {"ssdlab.kind": "sweep", "ssdlab.sweep": "tie", "ssdlab.arms": "[]",
-                                        "ssdlab.search_space": json.dumps(space), "ssdlab.metric": "val/mAP50",
-                                        "ssdlab.mode": "max"})
+    parent = _new_run(client, exp, T0, {Tag.KIND: "sweep", Tag.SWEEP: "tie", Tag.ARMS: "[]",
+                                        Tag.SEARCH_SPACE: json.dumps(space), Tag.METRIC: "val/mAP50",
+                                        Tag.MODE: "max"})
     trials = [("a", 1, "finished", 1e-3, [0.3, 0.6]), ("b", 0, "early_stopped", 5e-3, [0.7]),
               ("c", 0, "finished", 2e-3, [0.6, 0.5]), ("d", 2, "finished", 3e-3, [0.2, 0.4])]
     for i, (tid, seed, status, lr, curve) in enumerate(trials):
         start = T0 + 1000 * (i + 1)
         ms = [Metric("val/mAP50", v, start + 1000 * (s + 1), s) for s, v in enumerate(curve)]
-        _new_run(client, exp, start, {"mlflow.parentRunId": parent, "ssdlab.kind": "trial", "ssdlab.sweep": "tie",
-                                      "ssdlab.trial_id": tid, "ssdlab.seed": str(seed), "ssdlab.phase": "search",
-                                      "ssdlab.status": status, "ssdlab.searched": '["train.lr"]'},
+        _new_run(client, exp, start, {Tag.PARENT: parent, Tag.KIND: "trial", Tag.SWEEP: "tie",
+                                      Tag.TRIAL_ID: tid, Tag.SEED: str(seed), Tag.PHASE: "search",
+                                      Tag.STATUS: status, Tag.SEARCHED: '["train.lr"]'},
                  {"train.lr": lr}, ms, status, end=start + 5000)
     data = load_sweep("tie", uri)
     assert [r[1] for r in search_table(data).rows] == ["c", "a", "d"]  # a and c tie at 0.6: seed 0 first

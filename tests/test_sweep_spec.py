@@ -10,7 +10,8 @@ import yaml
 
 from experiments.cli import main
 from experiments.sweep import DefineByRun, make_sampler
-from experiments.sweep_spec import describe, grid_points, load_sweep, parent_tags, plan
+from experiments.schema import grid_points, parse_space
+from experiments.sweep_spec import describe, load_sweep, parent_tags, plan
 from ssd_core.config import flatten
 from ssd_core.errors import ConfigError
 
@@ -148,7 +149,7 @@ def test_bad_sweeps_name_the_file_and_the_key(tmp_path, changes, key):
 def test_grid_sampler_takes_choice_and_int_only(tmp_path):
     space = {"train.batch_size": {"int": [4, 5]}, "augment.flip": {"choice": [True, False]}}
     spec = load_sweep(write(tmp_path, with_({"search/sampler": "grid", "search/space": space, "search/num_samples": ...})))
-    assert plan(spec)[0].num_samples == 4 == len(grid_points(space))
+    assert plan(spec)[0].num_samples == 4 == len(grid_points(parse_space(space)))
     sampler = make_sampler(spec.file.search)
     assert isinstance(sampler, optuna.samplers.GridSampler)
     bad = with_({"search/sampler": "grid", "search/space": {"train.lr": {"uniform": [0.1, 0.2]}}})
@@ -165,7 +166,7 @@ def test_define_by_run_space_is_conditional_and_seeded(tmp_path):
 
     def sample(seed):
         study = optuna.create_study(direction="maximize", sampler=make_sampler(spec.file.search))
-        fn = DefineByRun(space, flatten(spec.base))
+        fn = DefineByRun(parse_space(space), flatten(spec.base))
         out = []
         for _ in range(12):
             trial = study.ask()
@@ -181,7 +182,8 @@ def test_define_by_run_space_is_conditional_and_seeded(tmp_path):
         assert ("augment.zoom_out.p" in params) == params["augment.photometric"]
     assert {p["augment.photometric"] for p in first} == {True, False}
     # a `when` key that is not sampled reads the arm's config value
-    fn = DefineByRun({"train.lr": {"uniform": [0.1, 0.2], "when": {"augment.flip": False}}}, {"augment.flip": True})
+    fn = DefineByRun(parse_space({"train.lr": {"uniform": [0.1, 0.2], "when": {"augment.flip": False}}}),
+                     {"augment.flip": True})
     trial = optuna.create_study().ask()
     fn(trial)
     assert trial.params == {}
