@@ -76,6 +76,7 @@ class Tag:
     PHASE = "ssdlab.phase"            # grid | search | confirm
     EXPERIMENT = "ssdlab.experiment"  # the Ray Tune experiment (phase folder)
     SEARCHED = "ssdlab.searched"      # JSON list of the searched config keys
+    SOURCE_TRIAL = "ssdlab.source_trial"  # a confirm run: the search trial whose configuration it retrains
     # an `ssdlab train` run
     RUN_DIR = "ssdlab.run_dir"
     # MLflow's own

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,240 +38,11 @@ from typing import Any, Callable, Optional
 
 from experiments.schema import Kind, M, Param, Status, Tag, best_index, parse_space
 from experiments.sweep_spec import Phase, SweepSpec, parent_params, parent_tags, plan
-from ssd_core.config import ExperimentConfig, apply_overrides, config_hash, flatten, resolve_data_root, to_yaml
-from ssd_core.errors import ConfigError, NonFiniteLossError
+from experiments.trial import META, OBJECTIVE, TrialJob, TrialKey, run_trial, searched_params, trial_status
+from ssd_core.config import flatten
+from ssd_core.errors import ConfigError
 
-OBJECTIVE = "ssdlab_objective"
-NONFINITE_MARKER = "NONFINITE_LOSS.txt"
-REPORTED = "reported.json"  # the whole Tune checkpoint: which epoch was reported (the weights stay in the run dir)
 DEFAULT_STORAGE = "runs/ray"
-
-
-# --------------------------------------------------------------------------- trial configs
-
-
-@dataclass
-class TrialJob:
-    """What every worker needs (shipped once via tune.with_parameters)."""
-
-    spec: SweepSpec
-    train_fn: Callable
-    cwd: str          # the driver's working directory: relative data paths resolve against it
-    gpu: float
-    storage: str      # the sweep's state folder (runs/ray/<name>); trial run dirs live under it
-
-    def resolve(self, config: dict[str, Any]) -> ExperimentConfig:
-        """Trial config (Tune's `config` dict) -> the resolved ExperimentConfig, data root absolute."""
-        meta = config["ssdlab"]
-        cfg = self.spec.resolve(meta.get("arm"), int(meta["seed"]), searched_params(config))
-        try:
-            root = resolve_data_root(cfg)
-        except ConfigError:
-            return cfg
-        if not root.is_absolute():
-            root = Path(self.cwd) / root
-        return apply_overrides(cfg, {"data.root": str(root)})
-
-
-def searched_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The dotted config keys a trial config carries besides its `ssdlab` metadata."""
-    return {k: v for k, v in config.items() if k != "ssdlab"}
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-class TuneReporter:
-    """fit callback in the worker: each epoch -> `ray.tune.report(metrics, checkpoint)`.
-
-    The searcher's objective is the run's score so far (`score` in fit's metrics: its best val metric,
-    the best.pt epoch; ssd_core/metrics.py), or the sweep metric's best so far for a trainable that
-    reports no score. The Tune checkpoint is a marker naming the epoch (and config hash): the weights
-    stay in the trial's run dir, whose last.pt is always at least as new (it is written first)."""
-
-    def __init__(self, metric: str, mode: str, config_hash: str = ""):
-        self.metric, self.mode, self.config_hash = metric, mode, config_hash
-        self.objective = float("-inf") if mode == "max" else float("inf")
-
-    def on_fit_start(self, cfg, run_dir) -> None: ...
-
-    def on_fit_end(self, result) -> None: ...
-
-    def on_epoch_end(self, epoch: int, metrics: dict, run_dir) -> None:
-        from ray import tune
-
-        if M.SCORE in metrics:
-            self.objective = float(metrics[M.SCORE])
-        elif self.metric in metrics:
-            value = float(metrics[self.metric])
-            self.objective = value if (value > self.objective if self.mode == "max" else value < self.objective) \
-                else self.objective
-        worst = -1e30 if self.mode == "max" else 1e30
-        objective = self.objective if abs(self.objective) != float("inf") else worst
-        result = {**metrics, "epoch": int(epoch), OBJECTIVE: objective}
-        with tempfile.TemporaryDirectory(prefix="ssdlab-ckpt-") as tmp:
-            marker = {"epoch": int(epoch), "iteration": metrics.get(M.ITERATION), "config_hash": self.config_hash}
-            (Path(tmp) / REPORTED).write_text(json.dumps(marker))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    def replay(self, last_checkpoint: Path, after_epoch: int) -> int:
-        """Report again the epochs of `last_checkpoint`'s history after `after_epoch`: a driver killed
-        between a worker's report and Tune's state snapshot loses them from Tune's view, while last.pt
-        (the newest consistent state) has them. Returns how many were replayed."""
-        from ssd_core.checkpoint import load_checkpoint
-        from ssd_core.errors import CheckpointError
-
-        try:
-            history = load_checkpoint(last_checkpoint).get("history") or []
-        except CheckpointError:
-            return 0
-        todo = [m for m in history if int(m.get(M.EPOCH, 0)) > after_epoch]
-        for m in todo:
-            self.on_epoch_end(int(m[M.EPOCH]), m, last_checkpoint.parent)
-        return len(todo)
-
-
-def _cap_gpu_memory(fraction: float) -> None:
-    """Fractional GPUs pack trials on one card: cap this worker's CUDA memory to its share."""
-    if 0 < fraction < 1:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(fraction)
-
-
-def trial_run_dir(job: TrialJob, trial_id: str) -> Path:
-    """`<storage>/trials/<trial_id>`: the trial's run directory (last.pt, best.pt, metrics.jsonl).
-
-    Not inside Ray's trial folder: Ray syncs that folder to storage while the trial writes, and would
-    trip over the atomic checkpoint writes' temporary files. A retried or restored trial finds its
-    files here again (and Tune's reported checkpoint, copied in, is the authority on resume)."""
-    return Path(job.storage) / "trials" / trial_id
-
-
-def run_trial(config: dict[str, Any], job: TrialJob) -> None:
-    """The Tune trainable: resolve the trial config, resume from the newest consistent state, train.
-
-    The newest consistent state is the trial's own last.pt (fit checks its config hash); Tune's
-    checkpoint only says which epoch Tune has seen, and the epochs after it are reported again first,
-    so Tune, ASHA and MLflow get one continuous history whatever moment a driver or worker died."""
-    from ray import tune
-
-    cfg = job.resolve(config)
-    _cap_gpu_memory(job.gpu)
-    run_dir = trial_run_dir(job, tune.get_context().get_trial_id())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker = run_dir / NONFINITE_MARKER
-    if marker.exists():  # a retry of a trial whose loss went non-finite: fail again, at once
-        raise NonFiniteLossError(marker.read_text())
-    seen = 0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            try:
-                seen = int(json.loads((Path(ckpt_dir) / REPORTED).read_text())["epoch"])
-            except (OSError, ValueError, KeyError, TypeError):
-                seen = 0
-    reporter = TuneReporter(job.spec.metric, job.spec.mode, config_hash(cfg))
-    resume = (run_dir / "last.pt").is_file()
-    if resume:
-        reporter.replay(run_dir / "last.pt", seen)
-    try:
-        job.train_fn(cfg, callbacks=[reporter], run_dir=run_dir, resume=resume)
-    except NonFiniteLossError as exc:
-        marker.write_text(str(exc))
-        raise
-
-
-# --------------------------------------------------------------------------- driver side
-
-
-def _error_line(trial) -> str:
-    """The trial's exception as one line ('NonFiniteLossError: ...'), from Ray's error file."""
-    text = ""
-    try:
-        if trial.error_file and Path(trial.error_file).is_file():
-            text = Path(trial.error_file).read_text()
-    except (OSError, AttributeError):
-        pass
-    if not text:
-        err = trial.get_error() if hasattr(trial, "get_error") else None
-        text = str(err or "trial failed")
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    hits = [ln for ln in lines if "Error" in ln.split(":", 1)[0] or "Exception" in ln.split(":", 1)[0]]
-    line = hits[-1] if hits else lines[-1] if lines else "trial failed"
-    return line.replace("ssd_core.errors.", "")
-
-
-class MLflowTuneCallback:
-    """The driver's single MLflow writer, as a `ray.tune.Callback` (built by `make_callback`)."""
-
-
-def trial_status(last_result: Optional[dict], planned_epochs: int) -> Status:
-    """FINISHED when the trial's last report was the epoch that ended its training (fit marks it `final`;
-    for a trainable without that mark: it reached train.epochs), else EARLY_STOPPED (a scheduler)."""
-    last = last_result or {}
-    if M.FINAL in last:
-        return Status.FINISHED if last[M.FINAL] else Status.EARLY_STOPPED
-    return Status.FINISHED if int(last.get(M.EPOCH, 0)) >= planned_epochs else Status.EARLY_STOPPED
-
-
-def make_callback(spec: SweepSpec, job: TrialJob, tracker, phase: Phase):
-    from ray import tune
-
-    class _Callback(tune.Callback, MLflowTuneCallback):
-        def __init__(self):
-            self.spec, self.job, self.tracker, self.phase = spec, job, tracker, phase
-            self._cfg: dict[str, ExperimentConfig] = {}
-
-        def _ensure(self, trial) -> str:
-            tid = trial.trial_id
-            if tid in self._cfg and self.tracker.run_id(tid) is not None:
-                return self.tracker.run_id(tid)
-            if tid not in self._cfg:
-                self._cfg[tid] = self.job.resolve(trial.config)
-            cfg = self._cfg[tid]
-            meta = trial.config["ssdlab"]
-            arm, seed = meta.get("arm"), meta["seed"]
-            searched = searched_params(trial.config)
-            tags = {Tag.SEED: seed, Tag.CONFIG_HASH: config_hash(cfg), Tag.TRIAL_ID: tid,
-                    Tag.PHASE: self.phase.kind, Tag.EXPERIMENT: self.phase.dirname}
-            if arm:
-                tags[Tag.ARM] = arm
-                tags[Tag.NOTE] = self.spec.file.arms[arm].note
-            if self.phase.kind == "search":
-                tags[Tag.SEARCHED] = json.dumps(sorted(searched))
-            name = "-".join(str(p) for p in (arm, f"s{seed}", tid) if p is not None)
-            return self.tracker.child(tid, params=flatten(cfg), tags=tags, run_name=name)
-
-        # The child run is created at the trial's first report (or its error), not at its start: a
-        # trial that a killed driver started but Tune's state never recorded leaves no run behind.
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self._ensure(trial)
-            epoch = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
-            metrics = {k: v for k, v in result.items()
-                       if "/" in k and not k.startswith("config/") and isinstance(v, (int, float))}
-            self.tracker.log_epoch(trial.trial_id, epoch, metrics)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._ensure(trial)
-            tid = trial.trial_id
-            status = trial_status(getattr(trial, "last_result", None), self._cfg[tid].train.epochs)
-            run_dir = trial_run_dir(self.job, tid)
-            self.tracker.end_child(tid, status, config_yaml=to_yaml(self._cfg[tid]),
-                                   checkpoint=run_dir / "best.pt", detections=run_dir / M.TEST_DETECTIONS)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._ensure(trial)
-            self.tracker.end_child(trial.trial_id, Status.FAILED, error=_error_line(trial),
-                                   config_yaml=to_yaml(self._cfg[trial.trial_id]))
-
-        def __getstate__(self):
-            state = self.__dict__.copy()
-            state["_cfg"] = {}
-            return state
-
-    return _Callback()
 
 
 # --------------------------------------------------------------------------- search space
@@ -331,14 +100,15 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
     asha = spec.asha
     if phase.kind == "search":
         meta = dict(phase.trials[0])
-        param_space = {"ssdlab": meta}
+        param_space = {META: meta}
         base_flat = flatten(spec.resolve(phase.arm, meta["seed"]))
         search_alg = OptunaSearch(space=DefineByRun(parse_space(f.search.space), base_flat), metric=OBJECTIVE,
                                   mode=spec.mode, sampler=make_sampler(f.search))
         num_samples = phase.num_samples
     else:
-        trials = [{**t} for t in phase.trials]
-        param_space = {"ssdlab": tune.grid_search(trials), **(best_params or {})}
+        params, source = best_params or ({}, None)
+        trials = [{**t, **({"source_trial": source} if source else {})} for t in phase.trials]
+        param_space = {META: tune.grid_search(trials), **params}
         num_samples = 1
     if asha is not None and phase.kind != "confirm":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_t(phase.arm),
@@ -359,17 +129,17 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
     return tune.Tuner(_trainable(job), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def _best_params(results, mode: str) -> Optional[dict[str, Any]]:
-    """The searched params of the phase's best trial (experiments.schema.best_index: finished trials
-    only, best score); None when no finished trial has one."""
+def _best_params(results, mode: str) -> Optional[tuple[dict[str, Any], str]]:
+    """(searched params, trial id) of the phase's best trial (experiments.schema.best_index: finished
+    trials only, best score); None when no finished trial has one."""
     rows = [r for r in results if r.metrics]
     scores = [float(r.metrics.get(M.SCORE, r.metrics.get(OBJECTIVE, float("nan")))) for r in rows]
     statuses = [Status.FINISHED.value if r.error is None and r.metrics.get(M.FINAL, 1) else Status.EARLY_STOPPED.value
                 for r in rows]
-    seeds = [r.config.get("ssdlab", {}).get("seed") for r in rows]
+    seeds = [r.config.get(META, {}).get("seed") for r in rows]
     ids = [str(r.metrics.get("trial_id", i)) for i, r in enumerate(rows)]
     i = best_index(scores, statuses, seeds, ids, mode)
-    return None if i is None else searched_params(rows[i].config)
+    return None if i is None else (searched_params(rows[i].config), ids[i])
 
 
 @dataclass
@@ -408,7 +178,7 @@ def prepare_inputs(spec: SweepSpec, job: TrialJob) -> None:
 
     done = set()
     for arm in spec.arm_names or [None]:
-        cfg = job.resolve({"ssdlab": {"arm": arm, "seed": spec.file.seeds[0]}})
+        cfg = job.config(TrialKey(arm, spec.file.seeds[0]))
         s = cfg.data.synthetic
         if s is None:
             continue
@@ -516,6 +286,7 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
     from ray import tune
 
     from experiments.store import check_store
+    from experiments.callback import MLflowTuneCallback
     from experiments.tracking import SweepTracker, ensure_store
 
     if train_fn is None:
@@ -547,7 +318,7 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
     grids, best_by_arm, trials = [], {}, 0
     try:
         for ph in phases:
-            callback = make_callback(spec, job, tracker, ph)
+            callback = MLflowTuneCallback(spec, job, tracker, ph)
             best = best_by_arm.get(ph.arm) if ph.kind == "confirm" else None
             if ph.kind == "confirm" and best is None:
                 print(f"sweep {spec.name}: no trial of {ph.dirname.replace('confirm', 'search')} reported "

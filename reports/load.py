@@ -335,6 +335,7 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str
         "trial_id": t(Tag.TRIAL_ID).fillna(df["run_id"]),
         "note": t(Tag.NOTE).fillna(""),
         "phase": t(Tag.PHASE).fillna(""),  # grid | search | confirm ("" = grid)
+        "source_trial": t(Tag.SOURCE_TRIAL).fillna(""),  # confirm runs: the search trial they retrain
         "config_hash": t(Tag.CONFIG_HASH).fillna(""),
         "error": t(Tag.ERROR).fillna(""),
         "status": t(Tag.STATUS).fillna(df["status"].map(_MLFLOW_STATUS)),

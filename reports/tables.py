@@ -87,8 +87,8 @@ def score_note(data: SweepData) -> str:
         rep = (f" Reported: `{data.reported_metric}`, the test split scored once at that checkpoint and "
                f"never used to choose anything.")
     else:
-        rep = (f" No run has a test split (`data.test_sets`), so the values are the selection scores "
-               f"themselves: optimistic, chosen on the split they are reported on.")
+        rep = (" No run has a test split (`data.test_sets`), so the values are the selection scores "
+               "themselves: optimistic, chosen on the split they are reported on.")
     return sel + rep + " Arm values: mean ± sample std (ddof=1) over the finished seeds."
 
 
@@ -118,27 +118,22 @@ def arm_members(data: SweepData) -> pd.DataFrame:
     """The runs that make an arm's result (column ``selected`` marks a search trial used as a seed).
 
     Grid and confirm runs are members. In a search sweep an arm's configuration is its best search
-    trial, retrained with the other seeds by the confirm phase: that trial (found by its searched
-    parameter values) is the first seed. An arm with search trials only is its best search trial.
+    trial, retrained with the other seeds by the confirm phase, whose runs name that trial
+    (``ssdlab.source_trial``): it is the first seed. An arm with search trials only is its best search
+    trial (experiments.schema.best_index).
     """
     runs = data.runs.assign(selected=False)
     if not (runs["phase"] == "search").any():
         return runs
     members = [runs[runs["phase"] != "search"]]
-    keys = ["params." + k for k in data.searched if "params." + k in runs]
     for arm in data.arms:
-        search = runs[(runs["arm"] == arm) & (runs["phase"] == "search") & (runs["status"] == "finished")]
+        search = runs[(runs["arm"] == arm) & (runs["phase"] == "search") & (runs["status"] == Status.FINISHED.value)]
         if search.empty:
             continue
-        confirm = runs[(runs["arm"] == arm) & (runs["phase"] == "confirm")]
-        if confirm.empty:
-            pick = best_run(search, data.mode)
-        else:
-            want = tuple(confirm.iloc[0][k] for k in keys)
-            same = search[[tuple(r) == want for r in search[keys].itertuples(index=False)]]
-            if same.empty:
-                continue
-            pick = same.sort_values("trial_id").iloc[0]
+        sources = runs[(runs["arm"] == arm) & (runs["phase"] == "confirm")]["source_trial"]
+        sources = sorted({s for s in sources if s})
+        picked = search[search["trial_id"].isin(sources)]
+        pick = picked.iloc[0] if len(picked) else best_run(search, data.mode)
         members.append(pick.to_frame().T.assign(selected=True))
     out = pd.concat(members)
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")

@@ -20,6 +20,7 @@ the feature-map sizes the network really produces (priors.paper_prior_spec).
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
@@ -28,6 +29,9 @@ from torch import Tensor, nn
 from ssd_core.backbones import IMAGENET_MEAN, IMAGENET_STD, Base, build_base, xavier_init
 from ssd_core.errors import ConfigError
 from ssd_core.priors import PriorSpec, default_boxes, paper_prior_spec
+
+if TYPE_CHECKING:
+    from ssd_core.config import ModelConfig
 
 
 

@@ -124,7 +124,7 @@ def _fill(uri: str) -> None:
         start = T0 + 400_000 + 1000 * seed
         ms = [Metric("val/mAP50", v, start + 60_000 * (s + 1), s) for s, v in enumerate(curve)]
         tags = {Tag.PARENT: hp, Tag.KIND: "trial", Tag.SWEEP: "hpo",
-                Tag.SEED: str(seed), Tag.TRIAL_ID: f"c{seed}", Tag.PHASE: "confirm",
+                Tag.SEED: str(seed), Tag.TRIAL_ID: f"c{seed}", Tag.PHASE: "confirm", Tag.SOURCE_TRIAL: "t04",
                 Tag.STATUS: "finished"}
         _new_run(client, exp, start, tags, {"train.lr": 2e-3, "train.weight_decay": 3e-4,
                                             "model.backbone": "vgg16", "train.epochs": 2}, ms,
