@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports import tables  # noqa: E402
+from reports import search, tables  # noqa: E402
 from reports.load import SweepData  # noqa: E402
 
 DPI = 100
@@ -67,7 +67,7 @@ def param_scatter(data: SweepData) -> bytes | None:
     runs = runs[runs["status"].isin(STATUS_STYLE)]
     if not keys or runs.empty:
         return None
-    dists = tables.distributions(data.search_space)
+    dists = search.distributions(data.search_space)
     ncol = min(3, len(keys))
     nrow = math.ceil(len(keys) / ncol)
     with plt.rc_context(_STYLE):

@@ -15,7 +15,7 @@ from typing import Any
 from experiments.schema import M
 from ssd_core.errors import UserError
 
-from reports import plots, render, tables
+from reports import plots, render, search, tables
 from reports.load import SweepData, load_sweep
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -48,15 +48,15 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     split = M.TEST if data.has_test else M.VAL
     if any(c.startswith("metrics." + M.class_ap50_prefix(split)) for c in data.runs.columns):
         sections.append(tables.per_class_table(data))
-    imp = tables.Importances({}, 0, None)
+    imp = search.Importances({}, 0, None)
     if data.searched:
-        sections.append(tables.search_table(data, top_k))
-        override = tables.best_override(data)
+        sections.append(search.search_table(data, top_k))
+        override = search.best_override(data)
         if override:
             sections.append(("yaml", "Best configuration (override block)", override))
-        imp = tables.param_importances(data, evaluator)
+        imp = search.param_importances(data, evaluator)
         if imp.values:
-            sections.append(tables.importance_table(imp, evaluator))
+            sections.append(search.importance_table(imp, evaluator))
         else:
             sections.append(("text", "Parameter importances", f"Omitted: {imp.reason}."))
     figs: dict[str, bytes] = {}

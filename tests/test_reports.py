@@ -295,7 +295,7 @@ def hpo(store):
 def test_search_table_top_k_counts_and_best_override(hpo):
     import yaml
 
-    from reports.tables import best_override, search_table
+    from reports.search import best_override, search_table
     t = search_table(hpo, top_k=3)
     fin = sorted((t_ for t_ in HPO if t_[1] == "finished"), key=lambda t_: -max(t_[5]))
     assert [r[1] for r in t.rows] == [t_[0] for t_ in fin[:3]] == ["t04", "t07", "t00"]
@@ -323,7 +323,7 @@ def test_importances_equal_optuna_on_the_same_trials_and_are_deterministic(hpo):
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from reports.tables import distributions, param_importances
+    from reports.search import distributions, param_importances
     dists = {"model.backbone": CategoricalDistribution(["vgg16", "mobilenet_v2"]),
              "train.lr": FloatDistribution(1e-4, 1e-1, log=True),
              "train.weight_decay": FloatDistribution(0.0, 1e-3)}
@@ -438,7 +438,8 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
     finished one. Both now use experiments.schema.best_index: finished only, ties to the lowest seed."""
     from experiments.cli import main
     from reports.load import load_sweep
-    from reports.tables import best_override, other_runs_table, search_table
+    from reports.search import best_override, search_table
+    from reports.tables import other_runs_table
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from experiments.tracking import ensure_store
