@@ -8,6 +8,7 @@ Each area registers its own sub-commands from a small module under `experiments/
     ssdlab config show          experiments/commands/train.py
     ssdlab train|eval|detect    experiments/commands/train.py
     ssdlab sweep                experiments/commands/sweep.py
+    ssdlab export|deploy bench  experiments/commands/deploy.py
     ssdlab report|runs|ui       reports/commands.py
 
 A command handler returns an exit code. `UserError` (bad config, sweep, data, checkpoint, store) is
@@ -38,12 +39,20 @@ COMMAND_MODULES = (
     "experiments.commands.score",
     "experiments.commands.train",
     "experiments.commands.sweep",
+    "experiments.commands.deploy",
     "reports.commands",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssdlab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ssdlab", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="ssdlab: a paper-faithful SSD (Liu et al. 2016) and an ablation lab. Train and evaluate\n"
+                    "detectors, run sweeps of arms x seeds or Optuna searches on Ray Tune, log every trial to\n"
+                    "MLflow, and regenerate the summary and ablation tables (with confidence intervals) from it.",
+        epilog="Start with `make demo` (an ablation sweep and its report). Exit codes: 0 done, 1 a trial or\n"
+               "the training failed, 2 bad input, 130 interrupted. `ssdlab COMMAND --help` for each command.")
+    parser.add_argument("--version", action="version", version=f"ssdlab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -54,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("ssdlab")
+    except Exception:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,11 +37,15 @@ def register(subparsers) -> None:
                    help="score (best val metric over epochs, default), test, duration, start, or any metric name")
     p.add_argument("--tracking-uri", default=None, help=uri_help)
     p.add_argument("--limit", type=int, default=0, help="show at most N runs (0 = all)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the runs as JSON records (machine values)")
+    fmt.add_argument("--csv", action="store_true", help="print the runs as CSV (machine values)")
     p.set_defaults(func=cmd_runs)
 
-    p = subparsers.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p = subparsers.add_parser("ui", help="start the MLflow UI on 127.0.0.1 (a tracking server: print its URL)")
+    p.add_argument("--port", type=int, default=5000, help="TCP port on 127.0.0.1 (default 5000)")
     p.add_argument("--tracking-uri", default=None, help=uri_help)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the UI to listen (default 120)")
     p.set_defaults(func=cmd_ui)
 
 
@@ -99,8 +103,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs", file=sys.stderr)
         return 0
     t = runs_table(runs, sort=args.sort)
-    rows = t.rows[:args.limit] if args.limit > 0 else t.rows
-    sys.stdout.write(format_terminal(t.columns, rows, t.numeric))
+    if args.limit > 0:
+        t.rows, t.raw = t.rows[:args.limit], t.raw[:args.limit]
+    if args.json or args.csv:
+        from reports.render import table_csv
+        if args.csv:
+            sys.stdout.write(table_csv(t))
+        else:
+            import io
+
+            import pandas as pd
+            frame = pd.read_csv(io.StringIO(table_csv(t)))
+            sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
+        return 0
+    sys.stdout.write(format_terminal(t.columns, t.rows, t.numeric))
+    for note in t.notes:
+        print(note, file=sys.stderr)
     counts = runs["status"].value_counts()
     print(f"{len(runs)} runs: " + ", ".join(f"{int(n)} {s}" for s, n in sorted(counts.items())),
           file=sys.stderr)
@@ -112,15 +130,55 @@ def ui_command(uri: str, port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port)]
 
 
+def _listening(port: int) -> bool:
+    import socket
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    """Start `mlflow ui` on 127.0.0.1 and print its URL once it listens; SIGTERM or Ctrl-C stop it too.
+    A tracking server (http...) already has a UI: print its URL and return."""
+    import signal
+    import time
+
+    from reports.load import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {uri}", flush=True)
+        return 0
     uri = _store(args.tracking_uri)
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a TCP port")
+    if _listening(args.port):
+        raise UserError(f"--port {args.port}: something already listens on 127.0.0.1:{args.port}; choose another")
     proc = subprocess.Popen(ui_command(uri, args.port))
-    print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+
+    def stop(signum=None, frame=None):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    previous = signal.signal(signal.SIGTERM, lambda s, f: (stop(), sys.exit(0)))
     try:
+        deadline = time.monotonic() + args.timeout
+        while not _listening(args.port):
+            if proc.poll() is not None:
+                raise UserError(f"mlflow ui exited with {proc.returncode} before listening on port {args.port}")
+            if time.monotonic() > deadline:
+                stop()
+                raise UserError(f"mlflow ui did not listen on 127.0.0.1:{args.port} within {args.timeout:g} s")
+            time.sleep(0.2)
+        print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
         return int(proc.wait() or 0)
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
         return 0
+    finally:
+        stop()
+        signal.signal(signal.SIGTERM, previous)

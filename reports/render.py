@@ -6,11 +6,14 @@ regenerating a report from the same MLflow store gives byte-identical files.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import math
+import re
 from typing import Any
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup, escape
 
 from reports.tables import Table
 
@@ -55,22 +58,21 @@ def markdown(title: str, sections: list[Any], plots: dict[str, bytes] | None = N
 
 
 def _csv_value(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if not math.isfinite(v) else repr(v)
-    if hasattr(v, "item"):  # numpy scalar
-        return _csv_value(v.item())
+    """A raw cell for pandas: numpy scalars as Python numbers (never `np.float64(...)`), non-finite -> empty."""
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalar
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return " ".join(map(str, v))
     return v
 
 
 def table_csv(t: Table) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(t.raw_columns or t.columns)
-    for row in t.raw:
-        w.writerow([_csv_value(v) for v in row])
-    return buf.getvalue()
+    """The table's machine values (``raw``) through pandas: numbers as numbers, NaN as an empty cell."""
+    frame = pd.DataFrame([[_csv_value(v) for v in row] for row in t.raw], columns=t.raw_columns or t.columns,
+                         dtype=object)
+    return frame.to_csv(index=False, lineterminator="\n")
 
 
 # --------------------------------------------------------------------------- LaTeX
@@ -112,7 +114,8 @@ _CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max
 margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;margin:.5em 0}
 th,td{padding:.3em .7em;border-bottom:1px solid #ddd}th{background:#f4f4f4;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums}p.note{font-size:.85em;color:#555;margin:.2em 0}
-pre{background:#f6f8fa;padding:.8em;overflow-x:auto}img{max-width:100%;border:1px solid #eee}"""
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto}img{max-width:100%;border:1px solid #eee}
+code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.92em}"""
 
 
 def table_html(t: Table) -> str:
@@ -125,24 +128,48 @@ def table_html(t: Table) -> str:
             text = f"<b>{e(c)}</b>" if (i, j) in t.bold else e(c)
             cells.append(f'<td class="n">{text}</td>' if j in t.numeric else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    notes = "".join(f'<p class="note">{e(n)}</p>' for n in t.notes)
+    notes = "".join(f'<p class="note">{_inline(n)}</p>' for n in t.notes)
     return (f"<h2>{e(t.title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>\n"
             + "\n".join(body) + f"\n</tbody></table>\n{notes}")
 
 
+PLOT_TITLES = {
+    "deltas": "Which change bought how much: deltas against the baseline with 95% intervals",
+    "learning_curves": "Learning curves (mean ± std over seeds; thin lines: every trial, early-stopped included)",
+    "params": "The selection metric against each searched parameter",
+    "importance": "Parameter importances",
+    "search_history": "Search history: the selection metric by trial, with the running best",
+    "parallel": "Searched parameters of every trial (parallel coordinates, coloured by score)",
+    "pareto": "Accuracy against cost: mAP and training device-hours (Pareto front marked)",
+}
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title><style>{{ css }}</style></head><body>
+<h1>{{ title }}</h1>
+{% for part in parts %}{{ part }}
+{% endfor %}</body></html>
+"""
+
+
+def _inline(text: str) -> Markup:
+    """Escape, then turn Markdown `code` spans into <code> (notes and text sections use them)."""
+    e = str(escape(text))
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", e))
+
+
 def html_page(title: str, sections: list[Any], plots: dict[str, bytes] | None = None) -> str:
-    e = html.escape
+    """A self-contained page (plots embedded as base64 PNG), rendered with a Jinja2 template."""
     parts = []
     for s in sections:
         if isinstance(s, Table):
-            parts.append(table_html(s))
+            parts.append(Markup(table_html(s)))
         else:
             kind, head, text = s
-            body = f"<pre>{e(text)}</pre>" if kind != "text" else f"<p>{e(text)}</p>"
-            parts.append(f"<h2>{e(head)}</h2>\n{body}")
+            body = Markup(f"<pre>{escape(text)}</pre>") if kind != "text" else Markup(f"<p>{_inline(text)}</p>")
+            parts.append(Markup(f"<h2>{escape(head)}</h2>\n") + body)
     for name, png in (plots or {}).items():
         data = base64.b64encode(png).decode("ascii")
-        parts.append(f'<h2>{e(name)}</h2>\n<img alt="{e(name)}" src="data:image/png;base64,{data}">')
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(title)}</title><style>{_CSS}</style></head><body>\n<h1>{e(title)}</h1>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+        head = PLOT_TITLES.get(name, name.replace("_", " "))
+        parts.append(Markup(f'<h2>{escape(head)}</h2>\n<img alt="{escape(head)}" src="data:image/png;base64,{data}">'))
+    env = jinja2.Environment(autoescape=True, keep_trailing_newline=True)
+    return env.from_string(_PAGE).render(title=title, css=Markup(_CSS), parts=parts)

@@ -162,3 +162,23 @@ def test_bootstrap_resamples_seeds_too_and_a_clear_win_excludes_zero():
     assert win.n == 2 and win.seeds and 0 <= win.low <= win.delta <= win.high
     missing = paired_bootstrap({0: arm}, {1: base}, num_images=2)
     assert math.isnan(missing.delta) and missing.n == 0
+
+
+def test_csv_cells_are_numbers_pandas_reads_back():
+    """NumPy 2 scalars used to be written as `np.float64(0.021...)`: unreadable as numbers."""
+    import io
+
+    import pandas as pd
+    t = Table("per_class", "t", ["Arm", "AP"], [["a", "0.021"]], [["a", np.float64(0.0213), np.int64(3), float("nan"), [0, 1]]])
+    t.raw_columns = ["arm", "ap", "n", "missing", "seeds"]
+    text = render.table_csv(t)
+    assert text == "arm,ap,n,missing,seeds\na,0.0213,3,,0 1\n" and "np." not in text
+    back = pd.read_csv(io.StringIO(text))
+    assert back["ap"].dtype == float and back["ap"][0] == 0.0213 and math.isnan(back["missing"][0])
+
+
+def test_html_notes_show_code_spans_and_plots_get_titles():
+    t = Table("s", "Summary", ["No"], [["1"]], [[1]], notes=["A run's `val/mAP50` <b>"])
+    page = render.html_page("T", [t, ("text", "Source", "Sweep `demo`")], {"deltas": b"\x89PNG"})
+    assert "<code>val/mAP50</code> &lt;b&gt;" in page and "<code>demo</code>" in page and "`" not in page
+    assert "<h2>Which change bought how much" in page and "<h2>deltas</h2>" not in page

@@ -411,25 +411,68 @@ def test_cli_report_runs_and_unknown_sweep(store, tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2 + 5
 
 
-def test_cli_ui_starts_mlflow_ui_on_localhost(store, monkeypatch, capsys):
-    from experiments.cli import main
+UI_DRIVER = """
+import sys
+from reports import commands
+from experiments.cli import main
+# a stand-in for `mlflow ui` that starts in a moment: Python's own HTTP server on the same port
+commands.ui_command = lambda uri, port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+sys.exit(main(["ui", "--port", sys.argv[1], "--tracking-uri", sys.argv[2]]))
+"""
+
+
+def test_cli_ui_prints_the_url_once_listening_and_sigterm_stops_the_server(store, tmp_path):
+    """`ssdlab ui` prints its URL only when the server listens, and SIGTERM (not only Ctrl-C) ends the server."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
     from reports import commands
-    calls = []
+    assert commands.ui_command(store, 5123) == [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                                                "--host", "127.0.0.1", "--port", "5123"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", UI_DRIVER, str(port), store], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in line and commands._listening(port)  # printed only once listening
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        deadline = time.time() + 10
+        while commands._listening(port) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not commands._listening(port)  # the server went with it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
-    class FakePopen:
-        def __init__(self, cmd):
-            calls.append(cmd)
 
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(commands.subprocess, "Popen", FakePopen)
-    assert main(["ui", "--port", "5123", "--tracking-uri", store]) == 0
-    assert calls == [[commands.sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
-                      "--host", "127.0.0.1", "--port", "5123"]]
-    assert "http://127.0.0.1:5123" in capsys.readouterr().out
+def test_cli_ui_refuses_a_missing_store_and_only_prints_a_server_url(capsys):
+    from experiments.cli import main
     assert main(["ui", "--tracking-uri", "sqlite:////nonexistent/x.db"]) == 2
-    assert "/nonexistent/x.db" in capsys.readouterr().err and len(calls) == 1
+    assert "/nonexistent/x.db" in capsys.readouterr().err
+    assert main(["ui", "--tracking-uri", "http://127.0.0.1:1"]) == 0
+    assert "MLflow UI: http://127.0.0.1:1" in capsys.readouterr().out
+
+
+def test_cli_runs_as_json_and_csv(store, capsys):
+    import io
+
+    import pandas as pd
+
+    from experiments.cli import main
+    assert main(["runs", "--sweep", "hpo", "--tracking-uri", store, "--csv"]) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert len(frame) == len(HPO) + len(CONFIRM) and frame["score"].dtype == float
+    assert frame.loc[frame["best"], "trial_id"].tolist() == ["t04"]
+    assert "train.weight_decay" in frame.columns  # every searched parameter, not the first four
+    assert main(["runs", "--sweep", "hpo", "--tracking-uri", store, "--json", "--limit", "2"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["trial_id"] for r in records] == ["t04", "c2"] and records[0]["score"] == 0.62  # by score: 0.62, 0.60
 
 
 def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
