@@ -6,6 +6,9 @@ it draws every figure twice, and a 1,000-run report must stay fast).
 * ``param_scatter``    the metric against each searched parameter (log axis for log distributions)
 * ``importance_bar``   Optuna parameter importances
 * ``search_history``   the metric against trial order with the running best
+* ``deltas_forest``    each arm's delta vs the baseline with its intervals (seeds; seeds x test images)
+* ``parallel_coordinates`` the searched parameters of every trial, coloured by score
+* ``pareto``           reported mAP against training cost, the Pareto front and the best trial marked
 """
 from __future__ import annotations
 
@@ -43,8 +46,14 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
     with plt.rc_context(_STYLE):
         fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
+        colour = {arm: f"C{i % 10}" for i, arm in enumerate(data.arms[:max_arms])}
         for ax, key in zip(axes[0], keys):
             c = tables.curves(data, key)
+            h = data.history[data.history["key"] == key].merge(data.runs[["run_id", "arm", "status"]], on="run_id")
+            for (rid, arm, status), g in h.groupby(["run_id", "arm", "status"], sort=True):  # every trial, thin
+                if arm in colour:
+                    ax.plot(g["step"], g["value"], color=colour[arm], lw=0.6, alpha=0.35,
+                            ls="--" if status == "early_stopped" else "-")
             for i, arm in enumerate(data.arms[:max_arms]):
                 a = c[c["arm"] == arm]
                 if a.empty:
@@ -56,7 +65,7 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(key if key != data.metric else f"{tables.metric_label(key)} ({key})")
-            ax.set_title(f"{key}: mean ± std over seeds")
+            ax.set_title(f"{key}: mean ± std over seeds; thin: each trial (dashed: early-stopped)", fontsize=9)
         axes[0][-1].legend(loc="best")
         return _png(fig)
 
@@ -151,4 +160,112 @@ def search_history(data: SweepData) -> bytes | None:
         ax.set_ylabel(tables.metric_label(data.metric))
         ax.set_title(f"{data.sweep}: search history")
         ax.legend(loc="best")
+        return _png(fig)
+
+
+def deltas_forest(data: SweepData, arms: pd.DataFrame) -> bytes | None:
+    """Each arm's delta against the baseline with its 95% interval over seeds (and, where the runs logged
+    their test detections, over seeds x test images), against the zero line: the ablation at a glance."""
+    a = arms[(arms["method"] != "baseline") & arms["delta"].notna()]
+    if a.empty:
+        return None
+    label = tables.value_label(data)
+    with plt.rc_context(_STYLE):
+        height = 0.55 * len(a) + 1.5
+        fig, ax = plt.subplots(figsize=(7, height))
+        fig.subplots_adjust(left=0.28, right=0.96, bottom=0.6 / height + 0.08, top=1 - 0.45 / height)
+        y = np.arange(len(a))[::-1]
+        for yi, (_, r) in zip(y, a.iterrows()):
+            if np.isfinite(r["low"]):
+                ax.plot([r["low"], r["high"]], [yi + 0.1] * 2, color="C0", lw=2.2, solid_capstyle="butt")
+            if np.isfinite(r.get("boot_low", np.nan)):
+                ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.12] * 2, color="C1", lw=2.2, solid_capstyle="butt")
+            ax.plot([r["delta"]], [yi], "ko", ms=5)
+        ax.axvline(0, color="0.3", lw=1, ls=":")
+        ax.set_yticks(y, [str(arm) for arm in a["arm"]])
+        ax.set_xlabel(f"Δ {label} vs {data.baseline}")
+        handles = [plt.Line2D([], [], color="C0", lw=2.2, label="95% CI over seeds (paired t)")]
+        if a.get("boot_low", pd.Series(dtype=float)).notna().any():
+            handles.append(plt.Line2D([], [], color="C1", lw=2.2, label="95% CI over seeds x test images (bootstrap)"))
+        ax.legend(handles=handles, loc="lower right", fontsize=7)
+        ax.set_title(f"{data.sweep}: which change bought how much")
+        return _png(fig)
+
+
+def parallel_coordinates(data: SweepData) -> bytes | None:
+    """Every search trial's parameters on parallel axes (scaled to the searched range, log where the
+    distribution is), coloured by its score; the best finished trial drawn thick."""
+    keys = data.searched
+    runs = tables.search_runs(data)
+    runs = runs[runs["score"].notna()]
+    if len(keys) < 2 or len(runs) < 2:
+        return None
+    space = search._space(data)
+    cols = []
+    for k in keys:
+        v = runs.get("params." + k, pd.Series(index=runs.index, dtype=object)).map(tables._param_value)
+        p = space.get(k)
+        if p is not None and p.kind == "choice":
+            x = v.map(lambda c: list(p.choices).index(p.cast(c)) / max(1, len(p.choices) - 1) if c is not None else np.nan)
+        elif p is not None:
+            f = (np.log if p.kind == "loguniform" else (lambda t: t))
+            x = v.map(lambda c: (f(float(c)) - f(p.low)) / (f(p.high) - f(p.low)) if c is not None else np.nan)
+        else:
+            continue
+        cols.append((k, x.astype(float).to_numpy()))
+    if len(cols) < 2:
+        return None
+    score = runs["score"].to_numpy(float)
+    norm = plt.Normalize(np.nanmin(score), np.nanmax(score))
+    best = tables.best_run(runs, data.mode)
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(1.9 * len(cols) + 2, 4.2))
+        fig.subplots_adjust(left=0.09, right=0.86, bottom=0.2, top=0.9)
+        xs = np.arange(len(cols))
+        for i in np.argsort(score):
+            ys = [c[1][i] for c in cols]
+            is_best = runs.iloc[i]["run_id"] == best["run_id"]
+            ax.plot(xs, ys, color=plt.cm.viridis(norm(score[i])), lw=2.8 if is_best else 1.0,
+                    alpha=1.0 if is_best else 0.7, ls="--" if runs.iloc[i]["status"] == "early_stopped" else "-")
+        ax.set_xticks(xs, [k for k, _ in cols], rotation=15)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("position in the searched range")
+        sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
+        fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02).set_label(tables.metric_label(data.metric))
+        ax.set_title(f"{data.sweep}: searched parameters (thick: best trial; dashed: early-stopped)")
+        return _png(fig)
+
+
+def pareto(data: SweepData) -> bytes | None:
+    """Finished trials: the reported mAP against their training cost (device-hours); the Pareto front
+    (no trial both cheaper and better) marked, and the best trial."""
+    runs = data.finished
+    cost = pd.to_numeric(runs.get("metrics.cost/device_hours", pd.Series(dtype=float)), errors="coerce")
+    value = pd.to_numeric(runs[data.value], errors="coerce")
+    ok = cost.notna() & value.notna()
+    if ok.sum() < 2:
+        return None
+    runs, cost, value = runs[ok], cost[ok].to_numpy(), value[ok].to_numpy()
+    order = np.lexsort((-value, cost))
+    front, top = [], -np.inf
+    for i in order:
+        if value[i] > top:
+            front.append(i)
+            top = value[i]
+    best = tables.best_run(runs, data.mode)
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
+        for i, arm in enumerate(data.arms):
+            m = (runs["arm"] == arm).to_numpy()
+            if m.any():
+                ax.scatter(cost[m] * 60, value[m], color=f"C{i % 10}", s=24, label=str(arm), zorder=3)
+        ax.step(cost[front] * 60, value[front], where="post", color="k", lw=1, label="Pareto front", zorder=2)
+        b = runs.index.get_loc(best.name)
+        ax.scatter([cost[b] * 60], [value[b]], s=140, facecolors="none", edgecolors="r", lw=1.5,
+                   label="best trial (by val)", zorder=4)
+        ax.set_xlabel("training cost (device-minutes)")
+        ax.set_ylabel(tables.value_label(data))
+        ax.legend(loc="lower right", fontsize=7)
+        ax.set_title(f"{data.sweep}: accuracy against cost")
         return _png(fig)

@@ -43,14 +43,18 @@ def markdown(title: str, sections: list[Any], plots: dict[str, bytes] | None = N
             out += [f"## {s.title}", "", table_markdown(s), ""]
             for n in s.notes:
                 out += [f"*Note.* {n}", ""]
+        elif s[0] == "figure":  # ("figure", plot name, caption): a plot placed in the flow
+            out += [f"![{s[2]}]({s[1]}.png)", ""]
         else:
             kind, head, text = s
             out += [f"## {head}", ""]
             out += [f"```{kind}", text.rstrip("\n"), "```", ""] if kind != "text" else [text, ""]
-    if plots:
+    placed = {s[1] for s in sections if not isinstance(s, Table) and s[0] == "figure"}
+    rest = [name for name in (plots or {}) if name not in placed]
+    if rest:
         out += ["## Plots", ""]
-        for name in plots:
-            out += [f"![{name}]({name}.png)", ""]
+        for name in rest:
+            out += [f"### {PLOT_TITLES.get(name, name)}", "", f"![{PLOT_TITLES.get(name, name)}]({name}.png)", ""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -163,11 +167,17 @@ def html_page(title: str, sections: list[Any], plots: dict[str, bytes] | None = 
     for s in sections:
         if isinstance(s, Table):
             parts.append(Markup(table_html(s)))
+        elif s[0] == "figure":
+            data = base64.b64encode((plots or {}).get(s[1], b"")).decode("ascii")
+            parts.append(Markup(f'<img alt="{escape(s[2])}" src="data:image/png;base64,{data}">'))
         else:
             kind, head, text = s
             body = Markup(f"<pre>{escape(text)}</pre>") if kind != "text" else Markup(f"<p>{_inline(text)}</p>")
             parts.append(Markup(f"<h2>{escape(head)}</h2>\n") + body)
+    placed = {s[1] for s in sections if not isinstance(s, Table) and s[0] == "figure"}
     for name, png in (plots or {}).items():
+        if name in placed:
+            continue
         data = base64.b64encode(png).decode("ascii")
         head = PLOT_TITLES.get(name, name.replace("_", " "))
         parts.append(Markup(f'<h2>{escape(head)}</h2>\n<img alt="{escape(head)}" src="data:image/png;base64,{data}">'))

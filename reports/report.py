@@ -41,7 +41,12 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     data = load_sweep(sweep, tracking_uri)
     arms = tables.arm_stats(data)
     sections: list[Any] = [tables.summary_table(data, arms)]
+    figs: dict[str, bytes] = {}
     if len(data.arms) > 1:
+        forest = plots.deltas_forest(data, arms) if with_plots else None
+        if forest is not None:  # the ablation at a glance, above its table
+            figs["deltas"] = forest
+            sections.append(("figure", "deltas", render.PLOT_TITLES["deltas"]))
         sections.append(tables.ablation_table(data, arms))
     if data.runs["status"].ne("finished").any():
         sections.append(tables.other_runs_table(data))
@@ -59,9 +64,10 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
             sections.append(search.importance_table(imp, evaluator))
         else:
             sections.append(("text", "Parameter importances", f"Omitted: {imp.reason}."))
-    figs: dict[str, bytes] = {}
     if with_plots:
         for name, png in (("learning_curves", plots.learning_curves(data)),
+                          ("pareto", plots.pareto(data)),
+                          ("parallel", plots.parallel_coordinates(data) if data.searched else None),
                           ("params", plots.param_scatter(data)),
                           ("importance", plots.importance_bar(imp.values, f"Parameter importance ({evaluator}, "
                                                              f"{imp.n} trials at epoch {imp.epoch})")),

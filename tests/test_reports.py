@@ -372,9 +372,9 @@ def test_report_regenerates_byte_identical_in_every_format(store, tmp_path):
     assert _files(tmp_path / "abl" / "c") == _files(tmp_path / "abl" / "a")
     names = set(_files(tmp_path / "hpo" / "a"))
     assert {"report.md", "report.tex", "report.html", "summary.csv", "search.csv", "importance.csv",
-            "learning_curves.png", "params.png", "importance.png", "search_history.png"} <= names
+            "learning_curves.png", "params.png", "importance.png", "search_history.png", "parallel.png"} <= names
     html = (tmp_path / "hpo" / "a" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and 'src="http' not in html
+    assert html.count("data:image/png;base64,") == 5 and 'src="http' not in html
     md = (tmp_path / "abl" / "a" / "report.md").read_text()
     assert "| 2 | **0.547 ± 0.021** | stronger augmentation (sample patch, zoom out) |" in md
     assert "| aug | 3 | **0.547 ± 0.021** | +0.097 [+0.059, +0.135] | 0.008 | 1 failed |" in md
