@@ -6,10 +6,23 @@ A child run is created at the trial's first report (or its error), not at its st
 killed driver started but Tune's state never recorded leaves no run behind. Each epoch is logged once
 (the tracker skips steps already logged). A trial ends FINISHED when its last report was the epoch that
 ended its training (fit's `final`), EARLY_STOPPED when a scheduler stopped it, FAILED on an error.
+Each run carries the node its trial ran on (`ssdlab.node`, and `ssdlab.nodes`: every node its attempts
+ran on); a trial's outputs (best.pt, the test detections) come from its last Tune checkpoint in storage,
+whichever node wrote it, and the driver strips the weights from all but a trial's newest checkpoints.
+
+When the tracking server cannot be reached, the writes wait in order in an `Outbox` (in the driver's
+memory) and are written when it answers again; the trials go on meanwhile. The end of each phase waits
+for the server (OUTAGE_WAIT_S) before the sweep goes on.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
+import time
+from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +30,7 @@ from ray import tune
 
 from experiments.schema import M, Status, Tag
 from experiments.sweep_spec import Phase, SweepSpec
-from experiments.trial import TrialJob, TrialKey, trial_run_dir, trial_status
+from experiments.trial import NODE_KEY, TrialJob, TrialKey, prune_state, trial_run_dir, trial_status
 from ssd_core.config import ExperimentConfig, config_hash, flatten, to_yaml
 
 
@@ -38,12 +51,108 @@ def _error_line(trial) -> str:
     return line.replace("ssd_core.errors.", "")
 
 
+_UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|Read timed out|"
+                          r"failed with error code 5\d\d|Remote end closed|temporarily unavailable", re.I)
+OUTAGE_WAIT_S = float(os.environ.get("SSDLAB_MLFLOW_OUTAGE_WAIT_S", "900"))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error means the tracking server did not answer (worth trying again later)."""
+    import requests
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+            return True
+        if _UNREACHABLE.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextmanager
+def _one_try():
+    """MLflow's HTTP client without its own retries for one buffered write (they would hold the Tune
+    loop for minutes): the Outbox retries instead."""
+    caps = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    saved = {k: os.environ.get(k) for k in caps}
+    os.environ.update(caps)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Outbox:
+    """The driver's MLflow writes, in order. A write that fails because the server did not answer stays
+    first in line, with everything after it, and is tried again every RETRY_S (at the next trial event
+    or Tune loop step), so nothing is lost and the trials go on; any other error is raised as before.
+    In memory: a driver killed during an outage loses what waited (a resumed sweep logs the epochs its
+    trials report again, not the ones reported before)."""
+
+    RETRY_S = 2.0
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.ops: deque = deque()
+        self.down_since: Optional[float] = None
+        self.next_try = 0.0
+        self.buffered = 0  # writes that had to wait, over the sweep
+
+    def __getstate__(self):
+        return {**self.__dict__, "ops": deque(), "down_since": None}
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        self.ops.append((fn, args, kwargs))
+        if self.down_since is not None:
+            self.buffered += 1
+        self.drain()
+
+    def drain(self, wait_s: float = 0.0) -> bool:
+        """Write what waits; True when nothing is left. `wait_s`: keep trying that long."""
+        deadline = time.monotonic() + wait_s
+        if self.ops and self.down_since is not None and time.monotonic() < self.next_try and wait_s <= 0:
+            return False
+        while self.ops:
+            fn, args, kwargs = self.ops[0]
+            try:
+                with _one_try():
+                    fn(*args, **kwargs)
+            except Exception as exc:
+                if not unreachable(exc):
+                    self.ops.popleft()
+                    raise
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+                    self.buffered += len(self.ops)
+                    print(f"ssdlab sweep: MLflow {self.uri} did not answer ({type(exc).__name__}); keeping the "
+                          f"run writes in order until it does; the trials go on", file=sys.stderr, flush=True)
+                self.next_try = time.monotonic() + self.RETRY_S
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(max(0.0, min(self.RETRY_S, deadline - time.monotonic())))
+                continue
+            self.ops.popleft()
+        if self.down_since is not None:
+            print(f"ssdlab sweep: MLflow {self.uri} answers again after {time.monotonic() - self.down_since:.0f} s; "
+                  f"the waiting writes are done ({self.buffered} so far)", file=sys.stderr, flush=True)
+            self.down_since = None
+        return True
+
+
 class MLflowTuneCallback(tune.Callback):
     """One phase's trial events -> the sweep's MLflow runs (picklable: Tune saves it with its state)."""
 
     def __init__(self, spec: SweepSpec, job: TrialJob, tracker, phase: Phase):
         self.spec, self.job, self.tracker, self.phase = spec, job, tracker, phase
         self._cfg: dict[str, ExperimentConfig] = {}
+        self._nodes: dict[str, list] = {}
+        self.outbox = Outbox(spec.file.tracking.uri)
 
     def _ensure(self, trial) -> str:
         tid = trial.trial_id
@@ -63,32 +172,92 @@ class MLflowTuneCallback(tune.Callback):
             tags[Tag.SEARCHED] = json.dumps(sorted(k for k, _ in key.params))
         if key.source_trial:  # a confirm run: the search trial whose configuration it retrains
             tags[Tag.SOURCE_TRIAL] = key.source_trial
+        what = [f"arm {arm} ({self.spec.file.arms[arm].note})" if arm else f"sweep {self.spec.name}", f"seed {seed}"]
+        what += [f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in key.params]
+        if key.source_trial:
+            what.append(f"retrains search trial {key.source_trial}")
+        tags[Tag.DESCRIPTION] = f"{self.phase.kind} trial: " + ", ".join(what)
         name = "-".join(str(p) for p in (arm, f"s{seed}", tid) if p is not None)
         return self.tracker.child(tid, params=flatten(cfg), tags=tags, run_name=name)
 
     # The child run is created at the trial's first report (or its error), not at its start: a
     # trial that a killed driver started but Tune's state never recorded leaves no run behind.
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._ensure(trial)
         epoch = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
         metrics = {k: v for k, v in result.items()
                    if "/" in k and not k.startswith("config/") and isinstance(v, (int, float))}
+        self.outbox.submit(self._log_result, trial, epoch, metrics, result.get(NODE_KEY))
+
+    def _log_result(self, trial, epoch: int, metrics: dict, node: Optional[str]) -> None:
+        self._ensure(trial)
+        if node:
+            self._note_node(trial.trial_id, str(node))
         self.tracker.log_epoch(trial.trial_id, epoch, metrics)
 
+    def _note_node(self, tid: str, node: str) -> None:
+        """`ssdlab.node` (the node of the latest attempt) and `ssdlab.nodes` (all of them, in order)."""
+        nodes = self._nodes.get(tid)
+        if nodes is None:  # first result this driver sees: continue the list a previous driver wrote
+            run = self.tracker.parent.client.get_run(self.tracker.run_id(tid))
+            try:
+                nodes = list(json.loads(run.data.tags.get(Tag.NODES, "[]")))
+            except ValueError:
+                nodes = []
+        if not nodes or nodes[-1] != node:
+            nodes.append(node)
+            self.tracker.children[tid].set_tags({Tag.NODE: node, Tag.NODES: json.dumps(nodes)})
+        self._nodes[tid] = nodes
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if getattr(self.job, "checkpoint_state", False):
+            try:
+                prune_state(checkpoint)
+            except Exception as exc:  # a storage hiccup costs space, never the trial
+                print(f"ssdlab sweep: could not strip old checkpoints of {trial.trial_id}: {exc}", file=sys.stderr)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.outbox.submit(self._end_trial, trial, getattr(trial, "last_result", None), trial.checkpoint)
+
+    def _end_trial(self, trial, last_result, checkpoint) -> None:
         self._ensure(trial)
         tid = trial.trial_id
-        status = trial_status(getattr(trial, "last_result", None), self._cfg[tid].train.epochs)
-        run_dir = trial_run_dir(self.job, tid)
+        status = trial_status(last_result, self._cfg[tid].train.epochs)
+        if checkpoint is not None and getattr(self.job, "checkpoint_state", False):
+            with checkpoint.as_directory() as ckpt_dir:  # the trial's outputs, whichever node wrote them
+                self.tracker.end_child(tid, status, config_yaml=to_yaml(self._cfg[tid]),
+                                       checkpoint=Path(ckpt_dir) / "best.pt",
+                                       detections=Path(ckpt_dir) / M.TEST_DETECTIONS)
+            return
+        run_dir = trial_run_dir(self.job, tid)  # a job from an older driver: the files are in the run dir
         self.tracker.end_child(tid, status, config_yaml=to_yaml(self._cfg[tid]),
                                checkpoint=run_dir / "best.pt", detections=run_dir / M.TEST_DETECTIONS)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.outbox.submit(self._fail_trial, trial, _error_line(trial))
+
+    def _fail_trial(self, trial, error: str) -> None:
         self._ensure(trial)
-        self.tracker.end_child(trial.trial_id, Status.FAILED, error=_error_line(trial),
+        self.tracker.end_child(trial.trial_id, Status.FAILED, error=error,
                                config_yaml=to_yaml(self._cfg[trial.trial_id]))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.outbox.ops:
+            self.outbox.drain()
+
+    def on_experiment_end(self, trials, **info):
+        if not self.outbox.drain(wait_s=OUTAGE_WAIT_S):
+            raise RuntimeError(f"MLflow {self.outbox.uri} did not answer for {OUTAGE_WAIT_S:.0f} s; "
+                               f"{len(self.outbox.ops)} run writes could not be made (the trials' state is in "
+                               f"storage)")
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cfg"] = {}
+        state["_nodes"] = {}
         return state
+
+    def __setstate__(self, state):  # a callback pickled by an older driver has neither
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_nodes", {})
+        if "outbox" not in self.__dict__:
+            self.outbox = Outbox(self.spec.file.tracking.uri)

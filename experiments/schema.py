@@ -77,10 +77,24 @@ class Tag:
     EXPERIMENT = "ssdlab.experiment"  # the Ray Tune experiment (phase folder)
     SEARCHED = "ssdlab.searched"      # JSON list of the searched config keys
     SOURCE_TRIAL = "ssdlab.source_trial"  # a confirm run: the search trial whose configuration it retrains
+    NODE = "ssdlab.node"              # "<hostname>/<ip>/<Ray node id>" of the node that ran its latest attempt
+    NODES = "ssdlab.nodes"            # JSON list of every node its attempts ran on, in order
     # an `ssdlab train` run
     RUN_DIR = "ssdlab.run_dir"
+    # the end of a sweep (parent run): the best trial by the schema's rule, and its registered model
+    BEST_TRIAL = "ssdlab.best_trial"
+    BEST_RUN = "ssdlab.best_run"
+    BEST_SCORE = "ssdlab.best_score"
+    REGISTERED_MODEL = "ssdlab.registered_model"  # "<name>/<version>" in the MLflow model registry
+    # provenance (every ssdlab run): what made it
+    GIT_DIRTY = "ssdlab.git_dirty"        # "true" when the working tree had uncommitted changes
+    COMMAND = "ssdlab.command"            # the command line
+    VERSIONS = "ssdlab.versions"          # JSON {package: version}: torch, torchvision, ray, mlflow, optuna, ssdlab
     # MLflow's own
     PARENT = "mlflow.parentRunId"
+    GIT_COMMIT = "mlflow.source.git.commit"
+    DESCRIPTION = "mlflow.note.content"   # the run description the MLflow UI shows
+    RUN_NAME = "mlflow.runName"
 
 
 def score_of(values: Iterable[float], mode: str = "max") -> float:

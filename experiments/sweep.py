@@ -314,6 +314,7 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
                            parent_tags=parent_tags(spec), parent_params=parent_params(spec),
                            log_checkpoints=f.tracking.log_checkpoints)
     parent = tracker.start()
+    tracker.parent.client.log_artifact(parent, str(spec.path))  # the sweep file, as launched
     started_ray = _init_ray(address, num_cpus)
     grids, best_by_arm, trials = [], {}, 0
     try:
@@ -342,6 +343,10 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
             if ph.kind == "search":
                 best_by_arm[ph.arm] = _best_params(grid, spec.mode)
         counts, failures = tracker.summarize()  # ssdlab.counts (+ ssdlab.error when trials failed)
+        try:
+            tracker.register_best(spec.metric, spec.mode)  # ssdlab.best_* tags and the model registry
+        except Exception as exc:  # the runs are logged: a registry hiccup must not fail the sweep
+            print(f"sweep {spec.name}: best trial not registered: {type(exc).__name__}: {exc}")
         tracker.finish(Status.FINISHED)
     except KeyboardInterrupt:
         _summarize_quietly(tracker)

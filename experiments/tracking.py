@@ -174,6 +174,34 @@ def _error_text(exc: BaseException | str | None) -> str:
     return text.strip()[-4000:]
 
 
+def provenance() -> dict[str, str]:
+    """Tags saying what made a run: the git commit and whether the tree was dirty (when the code runs
+    from a git checkout), the command line, and the versions of the packages that shape the numbers."""
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {Tag.COMMAND: " ".join(sys.argv)[:5000]}
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                   capture_output=True, text=True, timeout=10)
+            tags[Tag.GIT_COMMIT] = commit.stdout.strip()
+            tags[Tag.GIT_DIRTY] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    versions = {}
+    for pkg in ("ssdlab", "torch", "torchvision", "ray", "mlflow", "optuna", "numpy"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    tags[Tag.VERSIONS] = json.dumps(versions, sort_keys=True)
+    return tags
+
+
 # --------------------------------------------------------------------------- the run writer
 
 
@@ -210,7 +238,9 @@ class RunWriter:
         run = find_run(self.client, self.exp_id, ident) if resume else None
         new_params = params_of(dict(params))
         if run is None:
-            run = self.client.create_run(self.exp_id, run_name=run_name)
+            # the identity tags with the run, in one call: a retried open (a server that did not answer)
+            # finds this run instead of creating a second one
+            run = self.client.create_run(self.exp_id, run_name=run_name, tags={k: str(v) for k, v in ident.items()})
             self.last_step = -1
         else:
             new_params = [p for p in new_params if p.key not in run.data.params]  # params are immutable
@@ -306,7 +336,11 @@ class MLflowCallback:
         run_dir_tag = str(Path(run_dir).resolve()) if run_dir is not None else ""
         ident = {Tag.KIND: Kind.TRAIN, Tag.RUN_DIR: run_dir_tag}
         resume = self.resume and bool(run_dir_tag) and "'" not in run_dir_tag
-        self.writer.open(ident, params=flatten(cfg), tags={Tag.CONFIG_HASH: config_hash(cfg), **self.tags},
+        description = (f"`ssdlab train` of {cfg.source}: {cfg.model.backbone} at {cfg.model.image_size} px, "
+                       f"selected on {cfg.data.val_sets or 'a holdout' if cfg.data.holdout else 'the last epoch'}, "
+                       f"reported on {cfg.data.test_sets or 'nothing'}")
+        self.writer.open(ident, params=flatten(cfg), tags={Tag.CONFIG_HASH: config_hash(cfg), **provenance(),
+                                                           Tag.DESCRIPTION: description, **self.tags},
                          run_name=self.run_name or getattr(cfg, "name", None), resume=resume)
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any], run_dir=None) -> None:
@@ -369,7 +403,9 @@ class SweepTracker:
         """Find or create the parent run and mark it running; returns its run id."""
         if self.parent.run_id is None:
             ident = {Tag.KIND: Kind.SWEEP, Tag.SWEEP: self.sweep, Tag.STORAGE: self.storage}
-            self.parent.open(ident, params=self.parent_params, tags=self.parent_tags, run_name=self.sweep)
+            tags = {**self.parent_tags, **provenance()}
+            tags[Tag.DESCRIPTION] = self.parent_tags.get(Tag.NOTE) or f"ssdlab sweep {self.sweep}"
+            self.parent.open(ident, params=self.parent_params, tags=tags, run_name=self.sweep)
         return self.parent.run_id
 
     def finish(self, status: Status | str = Status.FINISHED) -> None:
@@ -398,6 +434,43 @@ class SweepTracker:
             tags[Tag.ERROR] = _error_text(f"{len(failures)} of {len(runs)} trials failed: {first}")
         self.parent.set_tags(tags)
         return counts, failures
+
+    def register_best(self, metric: str, mode: str = "max", model_name: str | None = None) -> Optional[str]:
+        """Find the sweep's best trial (experiments.schema.best_index: finished, best `metric` over
+        epochs), tag the parent with it (trial, run, score) and register its logged weights-only
+        checkpoint in the MLflow model registry as a new version of `model_name` (default
+        "<experiment>.<sweep>"), so "the best model of sweep X" is one lookup. Returns "<name>/<version>"."""
+        from experiments.schema import best_index, score_of
+
+        client = self.parent.client
+        flt = f"tags.`{Tag.PARENT}` = '{self.start()}'"
+        runs = client.search_runs([self.parent.exp_id], filter_string=flt, max_results=10_000)
+        if not runs:
+            return None
+        scores = [score_of([m.value for m in client.get_metric_history(r.info.run_id, metric)], mode) for r in runs]
+        i = best_index(scores, [r.data.tags.get(Tag.STATUS, "") for r in runs],
+                       [float(r.data.tags.get(Tag.SEED, "nan")) for r in runs],
+                       [r.data.tags.get(Tag.TRIAL_ID, r.info.run_id) for r in runs], mode)
+        if i is None:
+            return None
+        best = runs[i]
+        tid = best.data.tags.get(Tag.TRIAL_ID, best.info.run_id)
+        tags = {Tag.BEST_TRIAL: tid, Tag.BEST_RUN: best.info.run_id, Tag.BEST_SCORE: f"{scores[i]:.6g}"}
+        names = {a.path for a in client.list_artifacts(best.info.run_id, "checkpoints")}
+        if "checkpoints/best.pt" in names:
+            name = model_name or f"{self.experiment}.{self.sweep}"
+            try:
+                client.get_registered_model(name)
+            except Exception:
+                client.create_registered_model(name, description=f"The best trial of sweep {self.sweep} by {metric} "
+                                                                 f"(weights + config: ssd_core.inference.model_from_checkpoint)")
+            version = client.create_model_version(
+                name, source=f"{best.info.artifact_uri}/checkpoints", run_id=best.info.run_id,
+                tags={Tag.TRIAL_ID: tid, Tag.SWEEP: self.sweep, "metric": metric, "score": f"{scores[i]:.6g}"},
+                description=f"trial {tid}: {metric} {scores[i]:.4f} (checkpoints/best.pt)")
+            tags[Tag.REGISTERED_MODEL] = f"{name}/{version.version}"
+        self.parent.set_tags(tags)
+        return tags.get(Tag.REGISTERED_MODEL)
 
     # ---- children
     def child(self, trial_id: str, params: Mapping[str, Any] = (), tags: Mapping[str, Any] = (),
@@ -442,4 +515,11 @@ class SweepTracker:
         if writer is None or writer.run_id is None:
             return
         writer.log_outputs(config_yaml, checkpoint if self.log_checkpoints else None, detections)
+        status = Status(status)
+        if status is not Status.FINISHED:  # visible in the runs list without adding a column
+            run = writer.client.get_run(writer.run_id)
+            name = run.info.run_name or trial_id
+            mark = f" [{status.value.replace('_', '-')}]"
+            if not name.endswith(mark):
+                writer.set_tags({Tag.RUN_NAME: name + mark})
         writer.end(status, error)

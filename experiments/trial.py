@@ -5,16 +5,30 @@ to it); Ray is imported only inside the functions that need it.
     TrialJob      what every worker needs (shipped once via tune.with_parameters); .config(key) resolves
                   and caches the trial's ExperimentConfig
     run_trial     the Tune trainable: resume from the trial's newest consistent state, call fit
-    TuneReporter  fit callback: each epoch -> ray.tune.report(metrics, marker checkpoint)
+    TuneReporter  fit callback: each epoch -> ray.tune.report(metrics, checkpoint)
 
-Resuming: the trial's own last.pt is the newest consistent state (fit writes it first and checks its
-config hash); the Tune checkpoint is a marker naming the epoch Tune has seen, and the epochs after it are
-reported again from last.pt's history, so Tune, ASHA and MLflow get one continuous history.
+Where a trial's files live (docs/cluster.md). The run dir (last.pt, best.pt, metrics.jsonl, config.yaml,
+the test detections) is node-local scratch: `<storage>/trials/<trial id>` on the driver's node when the
+storage is a local folder (a single-machine sweep keeps everything in runs/ray/<name>/), else
+`$SSDLAB_SCRATCH` (default `<tmp>/ssdlab-scratch`)`/<Ray node id>/<trial id>` on the node that runs it.
+Each epoch's Tune checkpoint, which Tune writes under `--storage` (a shared folder or a URI), carries a
+marker (`reported.json`: the epoch Tune is told about, and the epoch of the state beside it) and the run
+dir's files; the driver strips the weights from all but the newest KEEP_STATE checkpoints of a trial
+(Tune itself deletes none: the checkpoint its last saved experiment state names always exists).
+
+Resuming: the newest consistent state is the newest of the run dir's own last.pt (on the node that wrote
+it: fit writes it first and checks its config hash) and the newest checkpoint in storage that still has
+its weights (any node); the Tune checkpoint's marker names the epoch Tune has seen, and the epochs after
+it are reported again from last.pt's history, so Tune, ASHA and MLflow get one continuous history whatever
+moment a driver, a worker or a whole node died.
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
+import posixpath
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +41,12 @@ from ssd_core.errors import ConfigError, NonFiniteLossError
 
 OBJECTIVE = "ssdlab_objective"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
-REPORTED = "reported.json"  # the whole Tune checkpoint: which epoch was reported (the weights stay in the run dir)
+REPORTED = "reported.json"  # the Tune checkpoint's marker: the epoch reported, and the epoch of the state beside it
+STATE_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", M.TEST_DETECTIONS)  # what a checkpoint carries
+HEAVY_FILES = ("last.pt", "best.pt")  # stripped from a trial's older checkpoints (the driver keeps KEEP_STATE)
+KEEP_STATE = 2
+NODE_KEY = "ssdlab_node"    # result key: the node that reported it (experiments.schema.Tag.NODE)
+SCRATCH_ENV = "SSDLAB_SCRATCH"
 META = "ssdlab"             # the key of a Tune trial config that holds the TrialKey fields
 
 
@@ -57,7 +76,10 @@ class TrialJob:
     train_fn: Callable
     cwd: str          # the driver's working directory: relative data paths resolve against it
     gpu: float
-    storage: str      # the sweep's state folder (runs/ray/<name>); trial run dirs live under it
+    storage: str      # the sweep's state (runs/ray/<name>, or a URI); Tune's checkpoints live under it
+    driver_node: Optional[str] = None  # the Ray node id of the driver (its run dirs go under a local storage)
+    # Tune checkpoints carry the run dir's files (a job pickled by an older driver lacks this: markers only)
+    checkpoint_state: bool = True
 
     def resolve(self, config: dict[str, Any]) -> ExperimentConfig:
         """Trial config (Tune's `config` dict) -> the resolved ExperimentConfig, data root absolute."""
@@ -99,11 +121,15 @@ class TuneReporter:
 
     The searcher's objective is the run's score so far (`score` in fit's metrics: its best val metric,
     the best.pt epoch; ssd_core/metrics.py), or the sweep metric's best so far for a trainable that
-    reports no score. The Tune checkpoint is a marker naming the epoch (and config hash): the weights
-    stay in the trial's run dir, whose last.pt is always at least as new (it is written first)."""
+    reports no score. The Tune checkpoint is a marker naming the epoch (and config hash) and, with
+    `carry_state`, the run dir's files (STATE_FILES) as they are now: their last.pt is at least as new as
+    the epoch reported (it is written first; the marker's `state_epoch` says which epoch it holds).
+    `node` (experiments.trial.node_identity) goes with every result, for the driver's `ssdlab.node` tag."""
 
-    def __init__(self, metric: str, mode: str, config_hash: str = ""):
+    def __init__(self, metric: str, mode: str, config_hash: str = "", node: str = "", carry_state: bool = False):
         self.metric, self.mode, self.config_hash = metric, mode, config_hash
+        self.node, self.carry_state = node, carry_state
+        self.state_epoch: Optional[int] = None  # while replaying: the epoch of the last.pt being replayed
         self.objective = float("-inf") if mode == "max" else float("inf")
 
     def on_fit_start(self, cfg, run_dir) -> None: ...
@@ -121,9 +147,16 @@ class TuneReporter:
                 else self.objective
         worst = -1e30 if self.mode == "max" else 1e30
         objective = self.objective if abs(self.objective) != float("inf") else worst
-        result = {**metrics, "epoch": int(epoch), OBJECTIVE: objective}
-        with tempfile.TemporaryDirectory(prefix="ssdlab-ckpt-") as tmp:
-            marker = {"epoch": int(epoch), "iteration": metrics.get(M.ITERATION), "config_hash": self.config_hash}
+        result = {**metrics, **system_metrics(), "epoch": int(epoch), OBJECTIVE: objective}
+        if self.node:
+            result[NODE_KEY] = self.node
+        carry = self.carry_state and run_dir is not None and Path(run_dir).is_dir()
+        # inside the run dir when it carries files: hard links to last.pt / best.pt need the same filesystem
+        with tempfile.TemporaryDirectory(prefix=".ssdlab-ckpt-", dir=str(run_dir) if carry else None) as tmp:
+            marker = {"epoch": int(epoch), "iteration": metrics.get(M.ITERATION), "config_hash": self.config_hash,
+                      "state_epoch": int(epoch) if self.state_epoch is None else self.state_epoch}
+            if carry:
+                _stage_state(Path(run_dir), Path(tmp))
             (Path(tmp) / REPORTED).write_text(json.dumps(marker))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -139,9 +172,50 @@ class TuneReporter:
         except CheckpointError:
             return 0
         todo = [m for m in history if int(m.get(M.EPOCH, 0)) > after_epoch]
-        for m in todo:
-            self.on_epoch_end(int(m[M.EPOCH]), m, last_checkpoint.parent)
+        self.state_epoch = max((int(m.get(M.EPOCH, 0)) for m in history), default=None)
+        try:
+            for m in todo:
+                self.on_epoch_end(int(m[M.EPOCH]), m, last_checkpoint.parent)
+        finally:
+            self.state_epoch = None
         return len(todo)
+
+
+def _stage_state(run_dir: Path, into: Path) -> None:
+    """The run dir's STATE_FILES into a checkpoint folder: the large ones hard-linked (fit replaces them
+    atomically, so a link keeps this epoch's file), the small ones copied (metrics.jsonl grows in place)."""
+    for name in STATE_FILES:
+        src = run_dir / name
+        if not src.is_file():
+            continue
+        if name in HEAVY_FILES:
+            try:
+                os.link(src, into / name)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(src, into / name)
+
+
+def system_metrics() -> dict[str, float]:
+    """The worker's CPU %, resident memory, and GPU utilisation and memory when there is one: sent with
+    each epoch's metrics to the driver, which logs them like the rest (ssd_core/metrics.py `sys/...`)."""
+    out: dict[str, float] = {}
+    try:
+        import psutil
+        proc = psutil.Process()
+        out[M.SYS_CPU] = float(proc.cpu_percent(interval=None))  # since the previous epoch's call
+        out[M.SYS_RSS] = proc.memory_info().rss / 2**20
+    except Exception:  # psutil missing or a sandbox without /proc: no system metrics, never a failed trial
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            out[M.SYS_GPU_MEM] = torch.cuda.max_memory_allocated() / 2**20
+            out[M.SYS_GPU_UTIL] = float(torch.cuda.utilization())
+    except Exception:
+        pass
+    return out
 
 
 def _cap_gpu_memory(fraction: float) -> None:
@@ -153,26 +227,175 @@ def _cap_gpu_memory(fraction: float) -> None:
             torch.cuda.set_per_process_memory_fraction(fraction)
 
 
-def trial_run_dir(job: TrialJob, trial_id: str) -> Path:
-    """`<storage>/trials/<trial_id>`: the trial's run directory (last.pt, best.pt, metrics.jsonl).
+def node_identity() -> tuple[str, str]:
+    """("<hostname>/<ip>/<Ray node id>", Ray node id) of the node this process runs on."""
+    import socket
 
-    Not inside Ray's trial folder: Ray syncs that folder to storage while the trial writes, and would
-    trip over the atomic checkpoint writes' temporary files. A retried or restored trial finds its
-    files here again (and Tune's reported checkpoint, copied in, is the authority on resume)."""
-    return Path(job.storage) / "trials" / trial_id
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    try:
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # never fail a trial over a label
+        ip = "?"
+    return f"{socket.gethostname()}/{ip}/{node_id}", node_id
+
+
+def scratch_root() -> Path:
+    """A node's scratch folder for trial run dirs: $SSDLAB_SCRATCH, else <tmp>/ssdlab-scratch."""
+    return Path(os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir()) / "ssdlab-scratch")
+
+
+def trial_run_dir(job: TrialJob, trial_id: str, node_id: Optional[str] = None) -> Path:
+    """The trial's run directory (last.pt, best.pt, metrics.jsonl) on the node `node_id`: node-local scratch.
+
+    `<storage>/trials/<trial_id>` when the storage is a local folder and the node is the driver's (or
+    unknown: a job from an older driver), so a single-machine sweep keeps its files together; else
+    `scratch_root()/<node id>/<trial_id>` (the node id keeps two nodes on one host apart). Not inside
+    Ray's trial folder: Ray syncs that folder to storage while the trial writes, and would trip over the
+    atomic checkpoint writes' temporary files. Tune's checkpoints in storage are what any node resumes from."""
+    from experiments.storage import local_path
+
+    local = local_path(job.storage)
+    driver = getattr(job, "driver_node", None)
+    if local is not None and (driver is None or node_id is None or node_id == driver):
+        return local / "trials" / trial_id
+    return scratch_root() / (node_id or "unknown-node") / trial_id
+
+
+def check_data_root(cfg: ExperimentConfig, node: str) -> None:
+    """Fail at once, naming the node and the path, when this node cannot read the trial's data root (a
+    synthetic set is made here when missing: it is deterministic, every node gets the same images)."""
+    from ssd_core.errors import DataError
+
+    root = cfg.data.root
+    if not root:
+        return  # unresolved: fit says which key is missing
+    path = Path(root)
+    if cfg.data.synthetic is not None:
+        from ssd_core.synth import ensure_synthetic
+
+        try:
+            ensure_synthetic(path, **cfg.data.synthetic.generator_args())
+        except OSError as exc:
+            raise DataError(f"node {node} cannot create the synthetic data set at data.root {path}: "
+                            f"{exc.strerror or exc}") from None
+        return
+    if not path.exists():
+        why = "no such folder"
+    elif not path.is_dir():
+        why = "not a folder"
+    elif not os.access(path, os.R_OK | os.X_OK):
+        why = "not readable"
+    else:
+        return
+    raise DataError(f"node {node} cannot read data.root {path}: {why} (every node that runs trials needs "
+                    f"the data at this path; docs/cluster.md)")
+
+
+def _read_marker(fs, checkpoint_path: str) -> Optional[dict]:
+    try:
+        with fs.open_input_stream(posixpath.join(checkpoint_path, REPORTED)) as f:
+            return json.loads(f.read().decode())
+    except Exception:  # missing, unreadable, or not JSON: no marker
+        return None
+
+
+def _state_epoch(last_pt: Path) -> int:
+    """The epoch a local last.pt holds (-1 when there is none or it does not load)."""
+    from ssd_core.checkpoint import load_checkpoint
+    from ssd_core.errors import CheckpointError
+
+    if not last_pt.is_file():
+        return -1
+    try:
+        return int(load_checkpoint(last_pt).get("epoch", -1))
+    except (CheckpointError, OSError, ValueError, TypeError):
+        return -1
+
+
+def restore_newest_state(checkpoint, run_dir: Path) -> Optional[int]:
+    """Copy the newest state of this trial in storage into `run_dir` when it is newer than the run dir's
+    own last.pt (another node trained it, or this node's scratch is gone). The newest is the trial's
+    checkpoint with weights whose marker's `state_epoch` is highest (Tune's own pointer may name an
+    older checkpoint whose weights the driver has since stripped). Returns the restored epoch, or None."""
+    import pyarrow.fs as pafs
+
+    fs = checkpoint.filesystem
+    trial_dir = posixpath.dirname(checkpoint.path.rstrip("/"))
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(trial_dir))
+    except (OSError, FileNotFoundError):
+        return None
+    dirs = sorted((e.path for e in entries if e.type == pafs.FileType.Directory
+                   and posixpath.basename(e.path).startswith("checkpoint_")), reverse=True)
+    best = None
+    for path in dirs:
+        if fs.get_file_info(posixpath.join(path, "last.pt")).type != pafs.FileType.File:
+            continue
+        marker = _read_marker(fs, path)
+        if marker is None:
+            continue
+        epoch = int(marker.get("state_epoch", marker.get("epoch", 0)))
+        if best is None or epoch > best[0]:
+            best = (epoch, path)
+    if best is None or best[0] <= _state_epoch(run_dir / "last.pt"):
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix=".ssdlab-restore-", dir=run_dir))
+    try:
+        for name in STATE_FILES:
+            src = posixpath.join(best[1], name)
+            if fs.get_file_info(src).type == pafs.FileType.File:
+                pafs.copy_files(src, str(tmp / name), source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+        for name in STATE_FILES:  # the whole state of that epoch, nothing newer left beside it
+            if (tmp / name).is_file():
+                os.replace(tmp / name, run_dir / name)
+            elif name != "config.yaml":
+                (run_dir / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return best[0]
+
+
+def prune_state(checkpoint, keep: int = KEEP_STATE) -> int:
+    """In the storage folder of `checkpoint`'s trial, strip the weights (HEAVY_FILES) from every checkpoint
+    but the newest `keep`: markers stay (Tune may resume from any checkpoint its saved state names; the
+    worker then takes the newest weights, restore_newest_state). Called by the driver for each new
+    checkpoint. Returns how many files were deleted."""
+    import pyarrow.fs as pafs
+
+    fs = checkpoint.filesystem
+    trial_dir = posixpath.dirname(checkpoint.path.rstrip("/"))
+    dirs = sorted((e.path for e in fs.get_file_info(pafs.FileSelector(trial_dir))
+                   if e.type == pafs.FileType.Directory and posixpath.basename(e.path).startswith("checkpoint_")),
+                  reverse=True)
+    deleted = 0
+    for path in dirs[keep:]:
+        for name in HEAVY_FILES:
+            target = posixpath.join(path, name)
+            if fs.get_file_info(target).type == pafs.FileType.File:
+                fs.delete_file(target)
+                deleted += 1
+    return deleted
 
 
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
-    """The Tune trainable: resolve the trial config, resume from the newest consistent state, train.
+    """The Tune trainable: resolve the trial config, check the data root on this node, resume from the
+    newest consistent state, train.
 
-    The newest consistent state is the trial's own last.pt (fit checks its config hash); Tune's
-    checkpoint only says which epoch Tune has seen, and the epochs after it are reported again first,
-    so Tune, ASHA and MLflow get one continuous history whatever moment a driver or worker died."""
+    The newest consistent state is the newest of the run dir's last.pt and the trial's newest checkpoint
+    in storage (restore_newest_state; fit checks the config hash); Tune's checkpoint marker says which
+    epoch Tune has seen, and the epochs after it are reported again first, so Tune, ASHA and MLflow get
+    one continuous history whatever moment a driver, a worker or a node died."""
     from ray import tune
 
     cfg = job.resolve(config)
     _cap_gpu_memory(job.gpu)
-    run_dir = trial_run_dir(job, tune.get_context().get_trial_id())
+    node, node_id = node_identity()
+    check_data_root(cfg, node)
+    portable = getattr(job, "checkpoint_state", False)  # False: a job pickled by an older driver
+    run_dir = trial_run_dir(job, tune.get_context().get_trial_id(), node_id if portable else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / NONFINITE_MARKER
     if marker.exists():  # a retry of a trial whose loss went non-finite: fail again, at once
@@ -180,12 +403,14 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     seen = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            try:
-                seen = int(json.loads((Path(ckpt_dir) / REPORTED).read_text())["epoch"])
-            except (OSError, ValueError, KeyError, TypeError):
-                seen = 0
-    reporter = TuneReporter(job.spec.metric, job.spec.mode, config_hash(cfg))
+        reported = _read_marker(checkpoint.filesystem, checkpoint.path)
+        try:
+            seen = int(reported["epoch"]) if reported else 0
+        except (KeyError, ValueError, TypeError):
+            seen = 0
+        if portable:
+            restore_newest_state(checkpoint, run_dir)
+    reporter = TuneReporter(job.spec.metric, job.spec.mode, config_hash(cfg), node=node, carry_state=portable)
     resume = (run_dir / "last.pt").is_file()
     if resume:
         reporter.replay(run_dir / "last.pt", seen)
@@ -194,6 +419,8 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     except NonFiniteLossError as exc:
         marker.write_text(str(exc))
         raise
+    if portable and run_dir.is_relative_to(scratch_root()):
+        shutil.rmtree(run_dir, ignore_errors=True)  # node scratch: the trial's state is in storage
 
 
 def trial_status(last_result: Optional[dict], planned_epochs: int) -> Status:

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output directory (default reports/out/<sweep>)")
     p.add_argument("--top-k", type=int, default=10, help="trials in the search table (default 10)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots (faster)")
+    p.add_argument("--no-log", action="store_true",
+                   help="do not attach the written report to the sweep's parent run (artifacts under report/)")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("runs", help="list runs in a terminal table")
@@ -77,6 +79,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                           with_plots=not args.no_plots)
     out = Path(args.out) if args.out else Path("reports") / "out" / args.sweep
     files = write_report(report, out, formats)
+    if not args.no_log and report.data is not None and report.data.parent_id:
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(tracking_uri=report.data.tracking_uri)
+        for f in files:  # the parent (sweep) run carries its latest report
+            client.log_artifact(report.data.parent_id, str(f), artifact_path="report")
     if "md" in formats:
         sys.stdout.write(report.markdown())
     print(f"wrote {len(files)} files to {out}", file=sys.stderr)

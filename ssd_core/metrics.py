@@ -21,6 +21,9 @@ VAL, TEST, TEST_LAST = "val", "test", "test_last"
 
 TRAIN_LOSS, TRAIN_LOSS_LOC, TRAIN_LOSS_CONF = "train/loss", "train/loss_loc", "train/loss_conf"
 TRAIN_LR, TRAIN_IMG_S, DEVICE_HOURS = "train/lr", "perf/train_img_s", "cost/device_hours"
+# system metrics of a sweep trial's worker, sampled at each epoch's end (experiments/trial.py)
+SYS_CPU, SYS_RSS, SYS_GPU_UTIL, SYS_GPU_MEM = "sys/cpu_percent", "sys/rss_mb", "sys/gpu_util_percent", "sys/gpu_mem_mb"
+TRAIN_LOSS_DISTILL = "train/loss_distill"
 FINAL, SCORE = "final", "score"
 EPOCH, ITERATION = "epoch", "iteration"
 TEST_DETECTIONS = "test_detections.npz"  # run-dir file: the reported split's detections at the selected checkpoint

@@ -19,6 +19,7 @@ import ray.cloudpickle  # noqa: E402
 
 from experiments.sweep import run_sweep  # noqa: E402
 from experiments.sweep_spec import load_sweep  # noqa: E402
+from experiments.schema import Tag  # noqa: E402
 from experiments.tracking import client_for, experiment_id  # noqa: E402
 from ssd_core.errors import NonFiniteLossError  # noqa: E402
 
@@ -134,6 +135,16 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
     assert parent.data.tags["ssdlab.error"].startswith("3 of 12 trials failed: ")
     assert json.loads(parent.data.tags["ssdlab.arms"]) == ["base", "lr02", "nan", "crash"]
     assert parent.data.tags["ssdlab.baseline_arm"] == "base" and parent.data.tags["ssdlab.metric"] == "val/mAP50"
+    # the parent's summary: the best trial by the schema's rule (lr02 scores highest), registered as a model
+    best = client.get_run(parent.data.tags[Tag.BEST_RUN])
+    assert best.data.tags[Tag.ARM] == "lr02" and parent.data.tags[Tag.BEST_TRIAL] == best.data.tags[Tag.TRIAL_ID]
+    name, version = parent.data.tags[Tag.REGISTERED_MODEL].split("/")
+    mv = client.get_model_version(name, version)
+    assert mv.run_id == best.info.run_id and mv.source.endswith("/checkpoints")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep.yaml"}
+    # provenance and descriptions
+    assert len(parent.data.tags[Tag.GIT_COMMIT]) == 40 and parent.data.tags[Tag.GIT_DIRTY] in ("true", "false")
+    assert "torch" in json.loads(parent.data.tags[Tag.VERSIONS]) and parent.data.tags[Tag.DESCRIPTION]
     assert len(children) == 12
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     by_arm = {}
@@ -147,6 +158,8 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
             assert history(client, r) == [(e, pytest.approx(lr * e)) for e in (1, 2, 3)]  # no metric lost
             assert r.data.params["train.lr"] == str(lr) and r.data.params["train.seed"] == r.data.tags["ssdlab.seed"]
             assert r.data.tags["ssdlab.note"] and len(r.data.tags["ssdlab.config_hash"]) == 12
+            assert r.data.tags[Tag.DESCRIPTION].startswith(f"grid trial: arm {arm} (")
+            assert len(history(client, r, "sys/rss_mb")) == 3  # system metrics, every epoch
             assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"config.yaml", "checkpoints"}
     for r in by_arm["crash"]:  # resumed from the Tune checkpoint written after epoch 1
         assert history(client, r, "test/start_epoch") == [(1, 0), (2, 1), (3, 1)]
@@ -220,6 +233,7 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, tmp_path):
             assert steps[-1] == 4
         else:
             assert status == "early_stopped" and steps[-1] < 4
+            assert r.info.run_name.endswith(" [early-stopped]")  # visible in the runs list
     assert sum(r.data.tags["ssdlab.status"] == "early_stopped" for r in children) >= 1
 
 
