@@ -117,7 +117,8 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
                                   num_samples=num_samples, max_concurrent_trials=f.max_concurrent,
                                   reuse_actors=True)
     run_config = tune.RunConfig(
-        name=phase.dirname, storage_path=str(storage), callbacks=[callback], verbose=0,
+        name=phase.dirname, storage_path=str(storage), verbose=0,
+        callbacks=list(callback) if isinstance(callback, (list, tuple)) else [callback],
         failure_config=tune.FailureConfig(max_failures=f.failure.max_failures),
         # 2, not 1: Tune deletes a trial's older checkpoints as soon as it registers a new one, and saves
         # its experiment state a step later; with one kept, a driver killed in that window resumes the
@@ -281,12 +282,13 @@ def archive_sweep(spec: SweepSpec, storage: Path) -> Optional[Path]:
 
 def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: Optional[str] = None,
               resume: bool = False, storage: str | os.PathLike | None = None,
-              num_cpus: Optional[int] = None, restart: bool = False) -> SweepResult:
+              num_cpus: Optional[int] = None, restart: bool = False, progress: bool = True) -> SweepResult:
     """Run (or with `resume`, continue) every phase of `spec`; MLflow gets one parent + one child per trial."""
     from ray import tune
 
     from experiments.store import check_store
     from experiments.callback import MLflowTuneCallback
+    from experiments.progress import ProgressCallback
     from experiments.tracking import SweepTracker, ensure_store
 
     if train_fn is None:
@@ -325,11 +327,13 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
                 print(f"sweep {spec.name}: no trial of {ph.dirname.replace('confirm', 'search')} reported "
                       f"{spec.metric}; skipping {ph.dirname}")
                 continue
-            path = storage / ph.dirname
-            if resume and tune.Tuner.can_restore(str(path)):
-                tuner = tune.Tuner.restore(str(path), _trainable(job), resume_unfinished=True)
+            path = join(storage, ph.dirname)
+            if resume and tune.Tuner.can_restore(path):
+                tuner = tune.Tuner.restore(path, _trainable(job), resume_unfinished=True)
             else:
-                tuner = _new_tuner(spec, job, ph, storage, callback, best_params=best)
+                views = [ProgressCallback(ph.dirname, _expected_trials(ph), spec.max_t(ph.arm),
+                                          spec.file.max_concurrent or 1)] if progress else []
+                tuner = _new_tuner(spec, job, ph, storage, [callback, *views], best_params=best)
             grid = tuner.fit()
             grids.append(grid)
             known = [str(r.metrics.get("trial_id")) for r in grid if r.metrics and r.metrics.get("trial_id")]

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     sw.add_argument("--storage", default=None, help="trial state folder (default: runs/ray)")
     sw.add_argument("--dry-run", action="store_true", help="print the trial plan and resources, run nothing")
     sw.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    sw.add_argument("--quiet", action="store_true",
+                    help="no live progress (default: a live table on a terminal, one line per change otherwise)")
     sw.set_defaults(func=sweep)
 
 
@@ -49,7 +51,7 @@ def sweep(args) -> int:
 
     try:
         result = run_sweep(spec, address=args.address, resume=args.resume, storage=args.storage,
-                           num_cpus=args.num_cpus, restart=args.restart)
+                           num_cpus=args.num_cpus, restart=args.restart, progress=not args.quiet)
     except SweepInterrupted as exc:
         print(f"ssdlab sweep: interrupted: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
