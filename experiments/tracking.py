@@ -213,6 +213,7 @@ class RunWriter:
         self.uri, self.experiment = uri, experiment
         self.run_id: str | None = None
         self.last_step = -1
+        self._logged: set[str] = set()
         self._client: MlflowClient | None = None
         self._exp_id: str | None = None
 
@@ -290,6 +291,13 @@ class RunWriter:
                     self.client.log_artifact(self.run_id, str(slim), artifact_path="checkpoints")
         if detections is not None and Path(detections).is_file():
             self.client.log_artifact(self.run_id, str(detections))
+        from experiments.evidence import DETECTIONS_PNG, PR_CURVES_PNG
+        for source in (checkpoint, detections):  # the evidence PNGs sit beside them (experiments/evidence.py)
+            for name in (DETECTIONS_PNG, PR_CURVES_PNG) if source is not None else ():
+                png = Path(source).parent / name
+                if png.is_file() and name not in self._logged:
+                    self.client.log_artifact(self.run_id, str(png), artifact_path="evidence")
+                    self._logged.add(name)
 
     def end(self, status: Status | str, error: BaseException | str | None = None) -> None:
         """Set `ssdlab.status` (+ `ssdlab.error`) and terminate with the matching MLflow status.
@@ -353,6 +361,9 @@ class MLflowCallback:
         if self.writer.run_id is None:
             return
         run_dir = getattr(result, "run_dir", None)
+        if run_dir is not None:
+            from experiments.evidence import write_evidence
+            write_evidence(Path(run_dir))
         self.writer.log_outputs(
             config_yaml=to_yaml(self.cfg) if self.cfg is not None else None,
             checkpoint=Path(run_dir) / "best.pt" if self.log_checkpoint and run_dir is not None else None,

@@ -42,7 +42,8 @@ from ssd_core.errors import ConfigError, NonFiniteLossError
 OBJECTIVE = "ssdlab_objective"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 REPORTED = "reported.json"  # the Tune checkpoint's marker: the epoch reported, and the epoch of the state beside it
-STATE_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", M.TEST_DETECTIONS)  # what a checkpoint carries
+STATE_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", M.TEST_DETECTIONS,  # what a checkpoint carries
+               "detections.png", "pr_curves.png")  # experiments/evidence.py, drawn at the final epoch
 HEAVY_FILES = ("last.pt", "best.pt")  # stripped from a trial's older checkpoints (the driver keeps KEEP_STATE)
 KEEP_STATE = 2
 NODE_KEY = "ssdlab_node"    # result key: the node that reported it (experiments.schema.Tag.NODE)
@@ -148,6 +149,9 @@ class TuneReporter:
         worst = -1e30 if self.mode == "max" else 1e30
         objective = self.objective if abs(self.objective) != float("inf") else worst
         result = {**metrics, **system_metrics(), "epoch": int(epoch), OBJECTIVE: objective}
+        if metrics.get(M.FINAL) and run_dir is not None and self.state_epoch is None:
+            from experiments.evidence import write_evidence
+            write_evidence(Path(run_dir))  # detections.png, pr_curves.png: carried with the final checkpoint
         if self.node:
             result[NODE_KEY] = self.node
         carry = self.carry_state and run_dir is not None and Path(run_dir).is_dir()

@@ -68,7 +68,11 @@ def test_train_eval_detect_end_to_end(tmp_path, capsys, monkeypatch):
     assert [m.step for m in history] == [1, 2]
     assert "val/AP50/circle" in run.data.metrics and "val/mAP50" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "config.yaml" in artifacts and "checkpoints" in artifacts
+    assert "config.yaml" in artifacts and "checkpoints" in artifacts and "test_detections.npz" in artifacts
+    evidence = {a.path for a in client.list_artifacts(run.info.run_id, "evidence")}
+    assert evidence == {"evidence/detections.png", "evidence/pr_curves.png"}  # drawn at the selected checkpoint
+    for a in evidence:
+        assert open(client.download_artifacts(run.info.run_id, a, str(tmp_path)), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     out_json = tmp_path / "eval.json"
     assert main(["eval", str(cfg_path), "--checkpoint", str(best), "--split", "test", "--json", str(out_json)]) == 0
