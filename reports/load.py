@@ -226,6 +226,22 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = Tr
         if detections and len(arms) > 1 else {})
 
 
+def load_artifact(uri: str, run_id: str, path: str) -> bytes | None:
+    """The bytes of one artifact of a run (None when it has none by that path)."""
+    import tempfile
+
+    client = MlflowClient(tracking_uri=uri)
+    folder = path.rsplit("/", 1)[0] if "/" in path else ""
+    try:
+        if path not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
+            return None
+        with tempfile.TemporaryDirectory(prefix="ssdlab-artifact-") as tmp:
+            with open(client.download_artifacts(run_id, path, tmp), "rb") as f:
+                return f.read()
+    except Exception:
+        return None
+
+
 def load_detections(client: MlflowClient, run_ids: list[str]) -> dict[str, Any]:
     """run_id -> VOCMatches of the run's logged test detections (M.TEST_DETECTIONS), for the runs that
     have them; read through the MLflow artifact API into a temporary folder."""

@@ -145,6 +145,7 @@ PLOT_TITLES = {
     "search_history": "Search history: the selection metric by trial, with the running best",
     "parallel": "Searched parameters of every trial (parallel coordinates, coloured by score)",
     "pareto": "Accuracy against cost: mAP and training device-hours (Pareto front marked)",
+    "best_detections": "Detections of the best trial at its selected checkpoint",
 }
 
 _PAGE = """<!DOCTYPE html>

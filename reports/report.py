@@ -16,7 +16,7 @@ from experiments.schema import M
 from ssd_core.errors import UserError
 
 from reports import plots, render, search, tables
-from reports.load import SweepData, load_sweep
+from reports.load import SweepData, load_artifact, load_sweep
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -64,6 +64,15 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
             sections.append(search.importance_table(imp, evaluator))
         else:
             sections.append(("text", "Parameter importances", f"Omitted: {imp.reason}."))
+    fin = data.finished
+    if with_plots and len(fin):  # the best run's detections (experiments/evidence.py), what one looks at first
+        best = tables.best_run(fin, data.mode)
+        png = load_artifact(data.tracking_uri, best["run_id"], "evidence/detections.png")
+        if png:
+            figs["best_detections"] = png
+            sections.append(("figure", "best_detections", f"Detections of the best trial ({best['trial_id']}, "
+                                                           f"arm {best['arm']}, seed {best['seed']:g}) at its selected "
+                                                           f"checkpoint; ground truth in white"))
     if with_plots:
         for name, png in (("learning_curves", plots.learning_curves(data)),
                           ("pareto", plots.pareto(data)),

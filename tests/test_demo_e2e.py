@@ -44,6 +44,7 @@ def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
     # selection on SHAPES/val, reporting on SHAPES/test, with the bootstrap over the logged test detections
     assert "test mAP@0.5" in md and "Reported: `test/mAP50`" in md
     assert "Δ 95% CI (seeds × test images)" in md and "Δ bootstrap: 1000 resamples" in md
+    assert "![Detections of the best trial" in md and (out / "best_detections.png").stat().st_size > 1000
     # one summary row per arm, in sweep-file order, with the arm notes
     assert md.index("no sample patch") < md.index("sample patch (paper sec. 2.2)")
     assert "Omitted: only 4 trial(s) share a common budget" in md  # importances need >= 8 trials
