@@ -33,10 +33,10 @@ from reports.report import build_report, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1] / "runs" / "bench"
 ARMS = ["base", "aug", "lite", "wd"]
-SPACE = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
-         "train.weight_decay": {"type": "uniform", "low": 0.0, "high": 1e-3},
-         "augment.zoom_out.p": {"type": "uniform", "low": 0.0, "high": 1.0},
-         "model.backbone": {"type": "choice", "values": ["vgg16", "mobilenet_v2"]}}
+SPACE = {"train.lr": {"loguniform": [1e-4, 1e-1]},  # as a sweep file writes it (experiments.schema.parse_space)
+         "train.weight_decay": {"uniform": [0.0, 1e-3]},
+         "augment.zoom_out.p": {"uniform": [0.0, 1.0]},
+         "model.backbone": {"choice": ["vgg16", "mobilenet_v2"]}}
 CLASSES = ("RBC", "WBC", "Platelets")
 
 
