@@ -214,16 +214,16 @@ def main(argv: list[str] | None = None) -> int:
             print("failed: " + "; ".join(failed), file=sys.stderr)
             return 1
         for r in (ours, ref):
-            per_class = " ".join(f"{k} {100 * v:.1f}" for k, v in r["AP50"].items())
+            per_class = " ".join(f"{k} {v:.3f}" for k, v in r["AP50"].items())
             print(f"{seed:>4} {r['name']:<44} {r['params']:>9,} {r['iterations']:>6} {r['wall_s']:>7.0f} "
-                  f"{100 * r['mAP50']:>6.1f} {100 * r['mAP50_area']:>6.1f}  {per_class}", flush=True)
+                  f"{r['mAP50']:>6.3f} {r['mAP50_area']:>6.3f}  {per_class}", flush=True)
         pairs.append((ours, ref))
     ours_map = [o["mAP50"] for o, _ in pairs]
     ref_map = [r["mAP50"] for _, r in pairs]
     wins = sum(o > r for o, r in zip(ours_map, ref_map))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     ratio = mean(ours_map) / mean(ref_map) if mean(ref_map) else float("inf")
-    print(f"RESULT bccd_acceptance ours_mAP50 {100 * mean(ours_map):.1f} ref_mAP50 {100 * mean(ref_map):.1f} "
+    print(f"RESULT bccd_acceptance ours_mAP50 {mean(ours_map):.3f} ref_mAP50 {mean(ref_map):.3f} "
           f"(means over {len(pairs)} seed(s)) ratio {ratio:.2f} ours_wins {wins}/{len(pairs)} budget_min {budget_s / 60:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"budget_s": budget_s, "seeds": args.seeds, "ratio": ratio, "wins": wins,

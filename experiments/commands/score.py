@@ -250,7 +250,7 @@ def _read_coco_results(path: Path, image_ids: set, category_ids: set) -> list[di
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return "  n/a" if math.isnan(v) else f"{100 * v:5.1f}"
+        return "  n/a" if math.isnan(v) else f"{v:5.3f}"  # fractions, as every report and log
     return str(v)
 
 

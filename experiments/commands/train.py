@@ -104,17 +104,21 @@ def train(args) -> int:
 
 
 def format_ap_table(metrics: dict[str, float], prefix: str) -> str:
-    """Per-class AP and the mAPs as an aligned text table."""
-    per_class = {k.rsplit("/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{prefix}/AP50/")}
+    """Per-class AP and the mAPs as an aligned text table; fractions in [0, 1] like every report and log
+    (ssd_core/metrics.py names the keys)."""
+    from ssd_core import metrics as M
+
+    per_class = {k[len(M.class_ap50_prefix(prefix)):]: v for k, v in metrics.items()
+                 if k.startswith(M.class_ap50_prefix(prefix))}
     width = max([len(c) for c in per_class] + [len("mAP50 (VOC07)")])
-    fmt = lambda v: "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.1f}"
+    fmt = lambda v: "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:5.3f}"  # noqa: E731
     lines = [f"{'class':<{width}}  AP50", f"{'-' * width}  -----"]
     lines += [f"{c:<{width}}  {fmt(v)}" for c, v in per_class.items()]
-    lines += [f"{'-' * width}  -----", f"{'mAP50 (VOC07)':<{width}}  {fmt(metrics.get(f'{prefix}/mAP50'))}",
-              f"{'mAP50 (area)':<{width}}  {fmt(metrics.get(f'{prefix}/mAP50_area'))}"]
-    for k in ("AP", "AP50", "AP75"):
-        if f"coco/{k}" in metrics:
-            lines.append(f"{'COCO ' + k:<{width}}  {fmt(metrics[f'coco/{k}'])}")
+    lines += [f"{'-' * width}  -----", f"{'mAP50 (VOC07)':<{width}}  {fmt(metrics.get(M.map50(prefix)))}",
+              f"{'mAP50 (area)':<{width}}  {fmt(metrics.get(M.map50_area(prefix)))}"]
+    for k in M.COCO_KEYS:
+        if M.coco_ap(prefix, k) in metrics:
+            lines.append(f"{'COCO ' + k:<{width}}  {fmt(metrics[M.coco_ap(prefix, k)])}")
     return "\n".join(lines)
 
 
