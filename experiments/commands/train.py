@@ -148,8 +148,8 @@ def detect(args) -> int:
 
     from ssd_core.augment import ResizeOnly
     from ssd_core.imageio import load_rgb, open_image
-    from ssd_core.postprocess import postprocess
-    from ssd_core.train import model_from_checkpoint
+    from ssd_core.inference import detect as detect_images  # the one inference path (evaluation uses it too)
+    from ssd_core.inference import model_from_checkpoint
 
     if not 0 <= args.score < 1:
         raise UserError(f"--score {args.score}: expected a number in [0, 1)")
@@ -170,11 +170,7 @@ def detect(args) -> int:
     for path in args.images:
         img = load_rgb(open_image(path))
         x, _, _ = resize(img, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
-        with torch.inference_mode():
-            loc, conf = model(model.normalize(x[None].to(args.device)))
-            det = postprocess(loc.float(), conf.float(), model.priors, score_threshold=args.score,
-                              nms_threshold=cfg.eval.nms_threshold, top_k=cfg.eval.top_k,
-                              max_detections=cfg.eval.max_detections)
+        det = detect_images(model, x[None], cfg, torch.device(args.device), score_threshold=args.score)
         n = int(det.counts[0])
         w, h = img.size
         boxes = (det.boxes[0, :n].cpu() * torch.tensor([w, h, w, h])).tolist()
