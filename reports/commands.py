@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output directory (default reports/out/<sweep>)")
     p.add_argument("--top-k", type=int, default=10, help="trials in the search table (default 10)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots (faster)")
+    p.add_argument("--ui-url", default=None,
+                   help="MLflow UI address (e.g. http://127.0.0.1:5000): the HTML report links each trial to its run page")
     p.add_argument("--no-log", action="store_true",
                    help="do not attach the written report to the sweep's parent run (artifacts under report/)")
     p.set_defaults(func=cmd_report)
@@ -62,6 +64,10 @@ def _store(uri: str | None) -> str:
     problem = store_problem(uri, write=False)  # a garbage file: one line, not sqlalchemy's traceback
     if problem:
         raise UserError(f"MLflow store {uri}: {problem}; pass --tracking-uri")
+    if uri.startswith(("http://", "https://")):  # asked once, bounded (MLflow's client retries for minutes)
+        from experiments.store import check_store
+
+        check_store(uri, "--tracking-uri", write=False)
     return uri
 
 
@@ -78,7 +84,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = build_report(args.sweep, _store(args.tracking_uri), top_k=args.top_k,
                           with_plots=not args.no_plots)
     out = Path(args.out) if args.out else Path("reports") / "out" / args.sweep
-    files = write_report(report, out, formats)
+    files = write_report(report, out, formats, ui_url=args.ui_url)
     if not args.no_log and report.data is not None and report.data.parent_id:
         from mlflow.tracking import MlflowClient
         client = MlflowClient(tracking_uri=report.data.tracking_uri)

@@ -345,6 +345,7 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str
     t = lambda name: _col(df, "tags." + name)  # noqa: E731
     out = pd.DataFrame({
         "run_id": df["run_id"].astype(str),
+        "experiment_id": df["experiment_id"].astype(str) if "experiment_id" in df else "0",
         "sweep": t(Tag.SWEEP),
         "arm": t(Tag.ARM).fillna("(none)"),
         "seed": pd.to_numeric(t(Tag.SEED).fillna(_col(df, "params.train.seed")), errors="coerce"),

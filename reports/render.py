@@ -122,7 +122,8 @@ pre{background:#f6f8fa;padding:.8em;overflow-x:auto}img{max-width:100%;border:1p
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.92em}"""
 
 
-def table_html(t: Table) -> str:
+def table_html(t: Table, run_url=None) -> str:
+    """`run_url(run_id) -> URL`: cells that name a run (Table.runs) link to its MLflow page."""
     e = html.escape
     head = "".join(f"<th>{e(c)}</th>" for c in t.columns)
     body = []
@@ -130,6 +131,9 @@ def table_html(t: Table) -> str:
         cells = []
         for j, c in enumerate(row):
             text = f"<b>{e(c)}</b>" if (i, j) in t.bold else e(c)
+            if run_url is not None and (i, j) in t.runs:
+                text = f'<a href="{e(run_url(t.runs[(i, j)]))}">{text}</a>'
+
             cells.append(f'<td class="n">{text}</td>' if j in t.numeric else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f'<p class="note">{_inline(n)}</p>' for n in t.notes)
@@ -162,12 +166,13 @@ def _inline(text: str) -> Markup:
     return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", e))
 
 
-def html_page(title: str, sections: list[Any], plots: dict[str, bytes] | None = None) -> str:
-    """A self-contained page (plots embedded as base64 PNG), rendered with a Jinja2 template."""
+def html_page(title: str, sections: list[Any], plots: dict[str, bytes] | None = None, run_url=None) -> str:
+    """A self-contained page (plots embedded as base64 PNG), rendered with a Jinja2 template; with
+    `run_url`, each trial links to its MLflow run page."""
     parts = []
     for s in sections:
         if isinstance(s, Table):
-            parts.append(Markup(table_html(s)))
+            parts.append(Markup(table_html(s, run_url)))
         elif s[0] == "figure":
             data = base64.b64encode((plots or {}).get(s[1], b"")).decode("ascii")
             parts.append(Markup(f'<img alt="{escape(s[2])}" src="data:image/png;base64,{data}">'))

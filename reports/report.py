@@ -90,7 +90,17 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     return Report(f"ssdlab report: {sweep}", [meta] + sections, figs, data)
 
 
-def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...] | list[str] = ("md",)) -> list[Path]:
+def run_links(report: Report, ui_url: str | None):
+    """run_id -> its page in the MLflow UI at `ui_url` (None without a URL)."""
+    if not ui_url or report.data is None:
+        return None
+    experiments = dict(zip(report.data.runs["run_id"], report.data.runs["experiment_id"]))
+    base = ui_url.rstrip("/")
+    return lambda run_id: f"{base}/#/experiments/{experiments.get(run_id, '0')}/runs/{run_id}"
+
+
+def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...] | list[str] = ("md",),
+                 ui_url: str | None = None) -> list[Path]:
     """Write the report in ``formats`` under ``out_dir``; returns the files written (sorted)."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -117,5 +127,5 @@ def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...] |
     if "tex" in formats:
         put("report.tex", render.latex(report.title, report.tables))
     if "html" in formats:
-        put("report.html", render.html_page(report.title, report.sections, report.plots))
+        put("report.html", render.html_page(report.title, report.sections, report.plots, run_links(report, ui_url)))
     return sorted(written)

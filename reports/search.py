@@ -26,10 +26,11 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
     top = f.assign(_k=key).sort_values(["_k", "seed", "trial_id"], na_position="last").head(top_k)
     label = metric_label(data.metric)
     test = [metric_label(data.reported_metric)] if data.has_test else []
-    rows, raw = [], []
+    rows, raw, t_runs = [], [], {}
     for i, (_, r) in enumerate(top.iterrows()):
         vals = [_param_value(r.get("params." + k)) for k in keys]
         seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
+        t_runs[(len(rows), 1)] = r["run_id"]
         rows.append([str(i + 1), str(r["trial_id"]), r["arm"], seed]
                     + [fparam(v) for v in vals] + [fnum(r["score"])] + ([fnum(r["reported"])] if test else []))
         raw.append([i + 1, r["trial_id"], r["run_id"], r["arm"], r["seed"]] + vals + [r["score"], r["reported"]])
@@ -44,6 +45,7 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
         t.bold = {(i, j - 1) for i, j in t.bold}
         t.numeric = {j - 1 if j > 2 else j for j in t.numeric}
     t.raw_columns = ["rank", "trial_id", "run_id", "arm", "seed"] + keys + ["score", "reported"]
+    t.runs = t_runs  # the trial column (it stays column 1 when the Arm column goes)
     t.notes = [f"Trials: {int(counts.get(Status.FINISHED.value, 0))} finished, "
                f"{int(counts.get(Status.EARLY_STOPPED.value, 0))} stopped early by ASHA, "
                f"{int(counts.get(Status.FAILED.value, 0))} failed, {int(counts.get(Status.RUNNING.value, 0))} "

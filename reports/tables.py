@@ -36,6 +36,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     numeric: set[int] = field(default_factory=set)  # right-aligned columns
     raw_columns: list[str] = field(default_factory=list)  # CSV header
+    runs: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, column) cells naming a run: its run id
 
 
 # --------------------------------------------------------------------------- formatting
@@ -336,11 +337,12 @@ def other_runs_table(data: SweepData) -> Table:
     """Runs not averaged into the arm means: early-stopped, failed, lost and running."""
     o = data.runs[data.runs["status"] != Status.FINISHED.value]
     label = metric_label(data.metric)
-    rows, raw = [], []
+    rows, raw, t_runs = [], [], {}
     for _, r in o.iterrows():
         err = str(r["error"]).strip().splitlines()
         seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
         last = DASH if not math.isfinite(r["last_step"]) else f"{r['last_step']:g}"
+        t_runs[(len(rows), 2)] = r["run_id"]
         rows.append([r["arm"], seed, str(r["trial_id"]), r["status"], last, fnum(r["score"]),
                      err[-1][:80] if err else ""])
         raw.append([r["arm"], r["seed"], r["trial_id"], r["run_id"], r["status"], r["last_step"],
@@ -350,6 +352,7 @@ def other_runs_table(data: SweepData) -> Table:
               ["Arm", "Seed", "Trial", "Status", "Last epoch", f"best {label} so far", "Error"], rows, raw,
               numeric={1, 4, 5})
     t.raw_columns = ["arm", "seed", "trial_id", "run_id", "status", "last_epoch", "score", "error"]
+    t.runs = t_runs
     t.notes = ["Runs: " + ", ".join(f"{int(counts.get(s.value, 0))} {s.value.replace('_', '-')}"
                                     for s in (Status.FINISHED,) + OTHER)
                + f" (total {len(data.runs)})."]

@@ -511,3 +511,14 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
     assert lines[0].split()[:5] == ["tie", "(none)", "0", "b", "early_stopped"]  # highest score listed first...
     (best,) = [line for line in lines if line.startswith("*")]  # ...but the best trial is the report's
     assert best.split()[4] == "c"
+
+
+def test_html_links_trials_to_their_mlflow_run_pages(store, tmp_path):
+    from reports.report import build_report, write_report
+    report = build_report("hpo", store, with_plots=False)
+    write_report(report, tmp_path, ("html",), ui_url="http://127.0.0.1:5000/")
+    html = (tmp_path / "report.html").read_text()
+    best = report.data.runs.set_index("trial_id").loc["t04"]
+    assert f'<a href="http://127.0.0.1:5000/#/experiments/{best["experiment_id"]}/runs/{best["run_id"]}">t04</a>' in html
+    write_report(report, tmp_path / "plain", ("html",))
+    assert "<a href=" not in (tmp_path / "plain" / "report.html").read_text()
