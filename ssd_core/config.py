@@ -1,6 +1,6 @@
 """Typed experiment config: one schema for YAML files, `-o key=value` overrides, sweeps and MLflow params.
 
-A config is a YAML file with the sections `model`, `data`, `augment`, `train`, `eval`, `tracking`,
+A config is a YAML file with the sections `model`, `data`, `augment`, `train`, `eval`, `distill`, `tracking`,
 `output` (plus a `name`). Every key is a dotted path (`train.lr`, `augment.zoom_out.p`), the same
 path the CLI (`-o train.lr=0.01`), sweep search spaces and MLflow params use.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
 
 from ssd_core.errors import ConfigError
 
@@ -291,6 +291,19 @@ class EvalConfig(_Section):
     batch_size: Optional[int] = Field(None, gt=0)  # null -> train.batch_size
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation (off while `teacher` is null): a trained checkpoint whose class scores (and,
+    with box_weight > 0, box offsets) the model learns from, on top of the MultiBox loss
+    (ssd_core.loss.DistillationLoss, ssd_core/distill.py). The teacher must have the same classes and
+    the same default boxes (image size and layout); fit checks it before training. Left at its defaults,
+    the section is omitted from dumps (ExperimentConfig._omit_default_distill)."""
+
+    teacher: Optional[str] = None  # a checkpoint (best.pt) path: relative to the cwd, then the repository
+    temperature: float = Field(2.0, gt=0)
+    weight: float = Field(1.0, ge=0)       # on the KL term of the class scores (x T^2)
+    box_weight: float = Field(0.0, ge=0)   # on Smooth L1 between student and teacher offsets (positives)
+
+
 class TrackingConfig(_Section):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "ssdlab"
@@ -310,6 +323,7 @@ class ExperimentConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     _source: Optional[str] = PrivateAttr(default=None)
@@ -329,6 +343,15 @@ class ExperimentConfig(_Section):
         if self.eval.metric == "coco" and self.data.format != "coco":
             raise ValueError(f"eval.metric 'coco' needs data.format 'coco', got {self.data.format!r}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_distill(self, handler):
+        # An untouched `distill` section (distillation off) is left out of dumps: config.yaml, the MLflow
+        # params, checkpoints and config_hash stay exactly those of a config from before the section existed.
+        data = handler(self)
+        if isinstance(data, dict) and self.distill == DistillConfig():
+            data.pop("distill", None)
+        return data
 
 
 # Keys that do not change the trained weights or the metrics: left out of config_hash.

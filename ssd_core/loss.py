@@ -112,3 +112,75 @@ class MultiBoxLoss(nn.Module):
         loss_loc = loss_loc / n
         loss_conf = (pos_sum + neg_sum) / n
         return LossParts(loss_loc + loss_conf, loss_loc, loss_conf)
+
+
+# ---------------------------------------------------------------- knowledge distillation (config `distill`)
+
+
+class DistillParts(NamedTuple):
+    total: Tensor  # weight * cls + box_weight * box
+    cls: Tensor    # T^2 x mean over the selected default boxes of KL(teacher || student) at temperature T
+    box: Tensor    # Smooth L1 between student and teacher offsets, summed over positives' coordinates / positives
+
+
+def hard_negative_mask(neg_loss: Tensor, num_neg: Tensor) -> Tensor:
+    """Bool ``[B, P]``: each row's ``num_neg[b]`` largest entries of ``neg_loss`` (positives -inf): the boxes
+    :func:`hard_negative_sum` sums (ties broken by ``topk``)."""
+    mask = torch.zeros_like(neg_loss, dtype=torch.bool)
+    k = int(num_neg.max()) if num_neg.numel() else 0
+    if k == 0:
+        return mask
+    index = neg_loss.topk(k, dim=1, sorted=True).indices
+    take = torch.arange(k, device=neg_loss.device) < num_neg.unsqueeze(1)
+    return mask.scatter_(1, index, take)
+
+
+class DistillationLoss(nn.Module):
+    """Knowledge distillation from a teacher SSD with the same default boxes (Hinton et al., 2015):
+
+        cls = T^2 * mean over S of KL(softmax(teacher_conf / T) || softmax(conf / T))
+        box = sum over positives of SmoothL1(loc, teacher_loc) / max(positives, 1)
+        total = weight * cls + box_weight * box
+
+    S is the set of default boxes MultiBoxLoss's confidence term sums over: the positives (matched to a
+    ground-truth box) and, per image, the ``neg_pos_ratio`` x positives hardest negatives by the
+    student's cross-entropy against background (hard negative mining). No selected box: 0. The
+    teacher's outputs are targets (detached); its gradients are never taken.
+    """
+
+    def __init__(self, temperature: float = 2.0, weight: float = 1.0, box_weight: float = 0.0,
+                 neg_pos_ratio: int = 3, iou_threshold: float = 0.5):
+        super().__init__()
+        self.temperature, self.weight, self.box_weight = float(temperature), float(weight), float(box_weight)
+        self.neg_pos_ratio, self.iou_threshold = neg_pos_ratio, iou_threshold
+
+    @torch.no_grad()
+    def selection(self, conf: Tensor, priors: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(positives, selected) bool ``[B, P]``: the matching and hard negative mining of MultiBoxLoss."""
+        matched = match_indices(gt_boxes.float(), gt_labels, priors.float(), self.iou_threshold)
+        pos = matched >= 0
+        b, p = pos.nonzero(as_tuple=True)
+        target = torch.zeros_like(matched)
+        target[b, p] = gt_labels[b, matched[b, p]]
+        ce = BoxCrossEntropy.apply(conf.float(), target)
+        num_pos = pos.sum(dim=1)
+        num_neg = torch.minimum(self.neg_pos_ratio * num_pos, pos.shape[1] - num_pos)
+        return pos, pos | hard_negative_mask(ce.masked_fill(pos, float("-inf")), num_neg)
+
+    def forward(self, loc: Tensor, conf: Tensor, teacher_loc: Tensor, teacher_conf: Tensor, priors: Tensor,
+                gt_boxes: Tensor, gt_labels: Tensor) -> DistillParts:
+        """Student ``loc [B, P, 4]``, ``conf [B, P, C]``; the teacher's on the same images; ``priors``, ground
+        truth as for MultiBoxLoss."""
+        loc, conf = loc.float(), conf.float()
+        teacher_loc, teacher_conf = teacher_loc.detach().float(), teacher_conf.detach().float()
+        pos, selected = self.selection(conf.detach(), priors, gt_boxes, gt_labels)
+        T = self.temperature
+        log_s = F.log_softmax(conf[selected] / T, dim=-1)            # [S, C]
+        log_t = F.log_softmax(teacher_conf[selected] / T, dim=-1)
+        kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)              # [S]
+        cls = kl.sum() / max(int(selected.sum()), 1) * (T * T)
+        if self.box_weight > 0:
+            box = F.smooth_l1_loss(loc[pos], teacher_loc[pos], reduction="sum") / max(int(pos.sum()), 1)
+        else:
+            box = cls.new_zeros(())
+        return DistillParts(self.weight * cls + self.box_weight * box, cls, box)

@@ -11,9 +11,11 @@ Selection and reporting use different splits (DESIGN.md, "Conventions"):
 Under each prefix: `mAP50` (VOC07 11-point, the paper's metric), `mAP50_area` (VOC2010+ area),
 `AP50/<class>` (per-class VOC07 AP) and, on COCO data, `coco_AP`, `coco_AP50`, `coco_AP75`.
 Training: `train/loss`, `train/loss_loc`, `train/loss_conf`, `train/lr`, `perf/train_img_s`,
-`cost/device_hours`. Two keys without a "/" (so never MLflow metrics) go to the sweep driver with each
-epoch: `final` (1 on the epoch that ended the run) tells a completed run from one a scheduler stopped,
-and `score` is the run's score so far: its best `val/<eval.metric>` over epochs (the best.pt epoch).
+`cost/device_hours`, and `train/loss_distill` when knowledge distillation is on (the weighted
+distillation term added to the objective; `train/loss` stays the MultiBox loss, so arms compare). Two
+keys without a "/" (so never MLflow metrics) go to the sweep driver with each epoch: `final` (1 on the
+epoch that ended the run) tells a completed run from one a scheduler stopped, and `score` is the run's
+score so far: its best `val/<eval.metric>` over epochs (the best.pt epoch).
 """
 from __future__ import annotations
 
@@ -77,3 +79,37 @@ LABELS = {"mAP50": "mAP@0.5", "mAP50_area": "mAP@0.5 (area)", "coco_AP": "AP", "
 def label(metric: str) -> str:
     """A short human label: val/mAP50 -> 'mAP@0.5'."""
     return LABELS.get(metric.split("/", 1)[-1], metric)
+
+
+# ---------------------------------------------------------------- deployment (ssd_core/deploy.py, `ssdlab deploy bench`)
+# Measured once per checkpoint, on a CPU, batch 1 (ssd_core.deploy says how). Under `deploy/` for the
+# PyTorch FP32 model, `deploy/onnx/` for the exported ONNX model (NMS in the graph, ONNX Runtime) and
+# `deploy/int8/` for its INT8 post-training-quantized twin:
+#   latency_ms       median per-image time, preprocess + forward + postprocess, all threads of the machine
+#   preprocess_ms    JPEG decode (from bytes in memory) + resize to image_size (+ normalisation for PyTorch)
+#   forward_ms       the network (ONNX: with the decode and softmax that close its graph)
+#   postprocess_ms   decode + score threshold + per-class NMS + top-k (ONNX: the post-processing graph,
+#                    which starts from decoded boxes and softmax scores)
+#   ..._1thread      the same with one thread
+#   mAP50            VOC07 mAP@0.5 of that model on the scored split (same images for all three)
+#   model_mb         the ONNX file (deploy/checkpoint_mb: the weights-only PyTorch checkpoint), 1 MB = 1e6 bytes
+# and, for the network itself, deploy/params, deploy/gflops (2 FLOPs per multiply-add, batch 1, forward
+# only, at model.image_size) and deploy/threads (what "all threads" was). deploy/latency_ms is the
+# second objective a sweep can minimise.
+DEPLOY = "deploy"
+DEPLOY_BACKENDS = ("torch", "onnx", "int8")
+DEPLOY_TIMINGS = ("latency_ms", "preprocess_ms", "forward_ms", "postprocess_ms")
+DEPLOY_PARAMS, DEPLOY_GFLOPS, DEPLOY_THREADS = "deploy/params", "deploy/gflops", "deploy/threads"
+DEPLOY_CHECKPOINT_MB = "deploy/checkpoint_mb"
+
+
+def deploy(name: str, backend: str = "torch", one_thread: bool = False) -> str:
+    """deploy/latency_ms, deploy/onnx/forward_ms_1thread, deploy/int8/mAP50, deploy/int8/model_mb, ..."""
+    if backend not in DEPLOY_BACKENDS:
+        raise ValueError(f"deploy backend {backend!r} is not one of {DEPLOY_BACKENDS}")
+    prefix = DEPLOY if backend == "torch" else f"{DEPLOY}/{backend}"
+    return f"{prefix}/{name}" + ("_1thread" if one_thread else "")
+
+
+DEPLOY_LATENCY = deploy("latency_ms")                       # deploy/latency_ms
+DEPLOY_LATENCY_1THREAD = deploy("latency_ms", one_thread=True)

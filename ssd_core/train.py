@@ -4,7 +4,8 @@ Recipe (paper section 3): SGD with momentum (AdamW as an option), weight decay (
 norms and biases), linear warmup, then a multistep or cosine schedule counted in iterations, epochs
 or wall-clock time (schedule.py); the paper's SSD300 is 120k iterations with the lr divided by 10 at
 80k and 100k. Options: gradient clipping, AMP on CUDA (bf16, or fp16 with a GradScaler),
-channels_last, torch.compile. Seeding is deterministic (torch, numpy, Python, the loader's generator).
+channels_last, torch.compile, knowledge distillation from a teacher checkpoint (config `distill`,
+ssd_core/distill.py; off by default). Seeding is deterministic (torch, numpy, Python, the loader's generator).
 
 Every `eval.every_epochs` epochs the model is scored on the selection split (`val/...`, the VOC
 metric, and COCO AP on COCO data); best.pt keeps the best such epoch. When training ends, the reported
@@ -110,6 +111,7 @@ class Trainer:
     criterion: nn.Module
     loader: torch.utils.data.DataLoader
     device: torch.device
+    distiller: Optional[Callable] = None  # ssd_core.distill.Distiller when distill.teacher is set
 
     def train_one_epoch(self, state: TrainState, total_iters: int, progress: Progress,
                         over_budget: Callable[[], bool], last_path: Path) -> tuple[dict, bool]:
@@ -117,7 +119,7 @@ class Trainer:
         losses, lr and images/s; whether the budget stopped it). NonFiniteLossError before a bad step."""
         t, cfg = self.cfg.train, self.cfg
         seed_everything(epoch_seed(t.seed, state.epoch))
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3 if self.distiller is None else 4, dtype=torch.float64)
         n_iter, n_img, stopped = 0, 0, False
         t_epoch = time.perf_counter()
         for batch in self.loader:
@@ -127,15 +129,20 @@ class Trainer:
             with autocast(cfg, self.device):
                 loc, conf = self.step_model(images)
             parts = self.criterion(loc.float(), conf.float(), self.model.priors, boxes, labels)
-            values = torch.stack([parts.total.detach(), parts.loc.detach(), parts.conf.detach()]).double().cpu()
+            loss, terms = parts.total, [parts.total.detach(), parts.loc.detach(), parts.conf.detach()]
+            if self.distiller is not None:  # the teacher's term joins the objective (train/loss_distill)
+                distill = self.distiller(batch.images, loc, conf, self.model.priors, boxes, labels)
+                loss, terms = loss + distill, terms + [distill.detach()]
+            values = torch.stack(terms).double().cpu()
             lr = self.optimizer.param_groups[0]["lr"]
             if not torch.isfinite(values).all():
                 kept = f"last good checkpoint kept: {last_path}" if last_path.exists() else "no checkpoint written yet"
                 raise NonFiniteLossError(
                     f"non-finite loss at iteration {state.iteration + 1} (epoch {state.epoch + 1}, lr {lr:.4g}): "
-                    f"total={values[0].item():.4g} loc={values[1].item():.4g} conf={values[2].item():.4g}; {kept}")
+                    f"total={values[0].item():.4g} loc={values[1].item():.4g} conf={values[2].item():.4g}"
+                    + (f" distill={values[3].item():.4g}" if len(values) > 3 else "") + f"; {kept}")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(parts.total).backward()
+            self.scaler.scale(loss).backward()
             if t.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -155,8 +162,9 @@ class Trainer:
         state.device_seconds += train_s
         mean = (sums / max(1, n_iter)).tolist()
         return {M.EPOCH: state.epoch, M.ITERATION: state.iteration, M.TRAIN_LOSS: mean[0],
-                M.TRAIN_LOSS_LOC: mean[1], M.TRAIN_LOSS_CONF: mean[2], M.TRAIN_LR: self.optimizer.param_groups[0]["lr"],
-                M.TRAIN_IMG_S: n_img / max(1e-9, train_s)}, stopped
+                M.TRAIN_LOSS_LOC: mean[1], M.TRAIN_LOSS_CONF: mean[2],
+                **({M.TRAIN_LOSS_DISTILL: mean[3]} if self.distiller is not None else {}),
+                M.TRAIN_LR: self.optimizer.param_groups[0]["lr"], M.TRAIN_IMG_S: n_img / max(1e-9, train_s)}, stopped
 
 
 # ---------------------------------------------------------------- the loop
@@ -167,6 +175,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     """Train `cfg`; report through `callbacks`; checkpoint to `run_dir` (default runs/<name>-<hash>).
     `clock`: the run's clock in seconds (train.time_budget_s, schedule.unit "time"); tests inject one."""
     from ssd_core.data import make_loader
+    from ssd_core.distill import build_distiller
     from ssd_core.evaluate import DetectionAccumulator
     from ssd_core.loss import MultiBoxLoss
 
@@ -190,6 +199,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     total_iters = t.max_iters or t.epochs * iters_per_epoch
     total_epochs = math.ceil(total_iters / iters_per_epoch)
     model = build_model(cfg, len(class_names) + 1).to(device)
+    distiller = build_distiller(cfg, class_names, model, device)  # None unless distill.teacher is set
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
@@ -210,7 +220,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     for cb in callbacks:
         cb.on_fit_start(cfg, run_dir)
     trainer = Trainer(cfg, model, torch.compile(model) if t.compile else model, optimizer, scheduler, scaler,
-                      MultiBoxLoss(), loader, device)
+                      MultiBoxLoss(), loader, device, distiller)
     metric_key = M.metric_for(cfg.eval.metric, M.VAL)
     reference = None  # the val ground truth, read once
     budget = t.time_budget_s
