@@ -30,6 +30,7 @@ from ray import tune
 
 from experiments.schema import M, Status, Tag
 from experiments.sweep_spec import Phase, SweepSpec
+from experiments.tracking import STAMP_MS
 from experiments.trial import NODE_KEY, TrialJob, TrialKey, prune_state, trial_run_dir, trial_status
 from ssd_core.config import ExperimentConfig, config_hash, flatten, to_yaml
 
@@ -108,7 +109,7 @@ class Outbox:
         return {**self.__dict__, "ops": deque(), "down_since": None}
 
     def submit(self, fn, *args, **kwargs) -> None:
-        self.ops.append((fn, args, kwargs))
+        self.ops.append((int(time.time() * 1000), fn, args, kwargs))
         if self.down_since is not None:
             self.buffered += 1
         self.drain()
@@ -119,7 +120,8 @@ class Outbox:
         if self.ops and self.down_since is not None and time.monotonic() < self.next_try and wait_s <= 0:
             return False
         while self.ops:
-            fn, args, kwargs = self.ops[0]
+            stamp, fn, args, kwargs = self.ops[0]
+            token = STAMP_MS.set(stamp)  # the event's time: a late metric keeps it, a retried one repeats it
             try:
                 with _one_try():
                     fn(*args, **kwargs)
@@ -137,6 +139,8 @@ class Outbox:
                     return False
                 time.sleep(max(0.0, min(self.RETRY_S, deadline - time.monotonic())))
                 continue
+            finally:
+                STAMP_MS.reset(token)
             self.ops.popleft()
         if self.down_since is not None:
             print(f"ssdlab sweep: MLflow {self.uri} answers again after {time.monotonic() - self.down_since:.0f} s; "

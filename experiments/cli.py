@@ -10,6 +10,7 @@ Each area registers its own sub-commands from a small module under `experiments/
     ssdlab sweep                experiments/commands/sweep.py
     ssdlab export|deploy bench  experiments/commands/deploy.py
     ssdlab report|runs|ui       reports/commands.py
+    ssdlab server               experiments/commands/server.py
 
 A command handler returns an exit code. `UserError` (bad config, sweep, data, checkpoint, store) is
 printed as one clear line and exits 2; anything else is a bug and shows its traceback.
@@ -41,6 +42,7 @@ COMMAND_MODULES = (
     "experiments.commands.sweep",
     "experiments.commands.deploy",
     "reports.commands",
+    "experiments.commands.server",
 )
 
 

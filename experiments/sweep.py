@@ -120,12 +120,13 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
         name=phase.dirname, storage_path=str(storage), verbose=0,
         callbacks=list(callback) if isinstance(callback, (list, tuple)) else [callback],
         failure_config=tune.FailureConfig(max_failures=f.failure.max_failures),
-        # 2, not 1: Tune deletes a trial's older checkpoints as soon as it registers a new one, and saves
-        # its experiment state a step later; with one kept, a driver killed in that window resumes the
-        # trial from a deleted checkpoint and it fails. Two kept close that for epochs longer than
-        # Tune's snapshot period (>= 10 s); with shorter epochs a kill can still land in the window.
-        # Every Tune checkpoint is a marker of a few bytes (the weights stay in the trial's run dir), so
-        # all are kept: Tune never deletes the one its last experiment snapshot points at.
+        # Tune deletes a trial's older checkpoints (num_to_keep) as soon as it registers a new one, and saves
+        # its experiment state a step later: a driver killed in that window resumes the trial from a
+        # deleted checkpoint and it fails, whatever num_to_keep is for epochs shorter than Tune's snapshot
+        # period. So Tune deletes none: every checkpoint keeps its marker (Tune never loses the one its last
+        # experiment snapshot points at), and the driver strips the weights (last.pt, best.pt) from all but
+        # a trial's newest KEEP_STATE checkpoints (MLflowTuneCallback.on_checkpoint -> trial.prune_state);
+        # a worker resumes from the newest checkpoint that still has them (trial.restore_newest_state).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None))
     return tune.Tuner(_trainable(job), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
@@ -146,7 +147,7 @@ def _best_params(results, mode: str) -> Optional[tuple[dict[str, Any], str]]:
 @dataclass
 class SweepResult:
     name: str
-    storage: Path
+    storage: Path | str  # a local folder, or the storage URI
     parent_run_id: str
     trials: int
     wall_s: float
@@ -155,22 +156,55 @@ class SweepResult:
     failures: list = field(default_factory=list)  # (trial id, run name, one-line error) of each failed trial
 
 
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 as the node address
+
+
 def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray bound to 127.0.0.1.
+
+    A local Ray listens on loopback only: Ray replaces 127.0.0.1 by the machine's network address unless
+    it is told that this is a single-machine Ray (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read by this
+    process and by the Ray processes it starts); then its GCS, raylet, agents and workers bind 127.0.0.1.
+    Ray's token authentication stays as Ray sets it (on by default for a new local Ray: ~/.ray/auth_token)."""
     import ray
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     # No dashboard UI. Ray 2.60's raylet still starts ray::DashboardAgent and ray::RuntimeEnvAgent (it is
-    # always handed both commands and fate-shares with them; ray.init has no switch, ray-project/ray#19420).
+    # always handed both commands and fate-shares with them; ray.init has no switch, ray-project/ray#19420):
+    # on a local Ray they listen on 127.0.0.1 only (the dashboard agent on no port at all).
     # After a SIGKILLed driver they notice the raylet's death within a second, then spend 60 s (a fixed
     # timeout) reporting it to the dead GCS before exiting; they hold no ssdlab files, so --resume is unaffected.
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        from ray._private import ray_constants
+
+        _saved_mode.append((os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER))
+        os.environ[LOCAL_ONLY_ENV] = "0"          # the raylet, agents and workers this Ray starts
+        ray_constants.ENABLE_RAY_CLUSTER = False  # this process (ray was imported before the variable was set)
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
     return True
+
+
+_saved_mode: list = []
+
+
+def _shutdown_ray() -> None:
+    """ray.shutdown() of the Ray this process started, and the cluster mode as it was before."""
+    import ray
+    from ray._private import ray_constants
+
+    ray.shutdown()
+    while _saved_mode:
+        env, mode = _saved_mode.pop()
+        if env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = env
+        ray_constants.ENABLE_RAY_CLUSTER = mode
 
 
 def prepare_inputs(spec: SweepSpec, job: TrialJob) -> None:
@@ -200,13 +234,16 @@ def _snapshot(spec: SweepSpec) -> dict[str, Any]:
     return {"sweep": spec.file.model_dump(mode="json"), "base": flatten(spec.base)}
 
 
-def check_snapshot(spec: SweepSpec, storage: Path, resume: bool) -> None:
+def check_snapshot(spec: SweepSpec, storage: str | Path, resume: bool) -> None:
     """A resumed sweep must train exactly what it started with: the sweep file and the resolved base
-    config are recorded at launch, and `--resume` refuses (ConfigError) when either changed."""
-    path = storage / SNAPSHOT
+    config are recorded at launch, and `--resume` refuses (ConfigError) when either changed.
+    `storage`: the sweep's folder or URI (experiments.storage)."""
+    from experiments import storage as st
+
+    path = st.join(str(storage), SNAPSHOT)
     now = _snapshot(spec)
-    if resume and path.is_file():
-        then = json.loads(path.read_text())
+    if resume and st.exists(path):
+        then = json.loads(st.read_text(path))
         diff = sorted(k for part in ("sweep", "base") for k in set(then[part]) | set(now[part])
                       if then[part].get(k) != now[part].get(k))
         if diff:
@@ -214,8 +251,7 @@ def check_snapshot(spec: SweepSpec, storage: Path, resume: bool) -> None:
             raise ConfigError(f"{spec.path}: {where}: changed since this sweep started ({path}); resuming needs "
                               f"the same sweep and base config; differing keys: {', '.join(diff[:10])}")
         return
-    storage.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(now, indent=1, sort_keys=True, default=str))
+    st.write_text(path, json.dumps(now, indent=1, sort_keys=True, default=str))
 
 
 def _expected_trials(phase: Phase) -> int:
@@ -260,24 +296,28 @@ def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {s.replace('_', '-')}" for s, n in counts.items() if n) or "none"
 
 
-def archive_sweep(spec: SweepSpec, storage: Path) -> Optional[Path]:
+def archive_sweep(spec: SweepSpec, storage: str | Path) -> Optional[Path | str]:
     """Move a previous launch's trial state aside (`<name>.<UTC time>`) so the sweep can start afresh,
     and repoint its MLflow parent run's `ssdlab.storage` tag there: the old runs stay in the store,
-    complete and findable, and the new launch gets a parent run of its own. Returns the new folder."""
-    if not storage.exists():
+    complete and findable, and the new launch gets a parent run of its own. Returns the new folder
+    (a Path; a URI string for remote storage)."""
+    from experiments import storage as st
+
+    if not st.exists(str(storage)):
         return None
     from experiments.tracking import client_for, ensure_store, experiment_id, find_run
 
-    target = storage.with_name(f"{storage.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+    target = f"{str(storage).rstrip('/')}.{stamp}"
     uri = spec.file.tracking.uri
     ensure_store(uri)
     client = client_for(uri)
     run = find_run(client, experiment_id(client, spec.experiment_name, uri),
                    {Tag.KIND: Kind.SWEEP, Tag.SWEEP: spec.name, Tag.STORAGE: str(storage)})
-    storage.rename(target)
+    st.move(str(storage), target)
     if run is not None:
-        client.set_tag(run.info.run_id, Tag.STORAGE, str(target))
-    return target
+        client.set_tag(run.info.run_id, Tag.STORAGE, target)
+    return target if st.is_uri(target) else Path(target)
 
 
 def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: Optional[str] = None,
@@ -295,9 +335,11 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
         from ssd_core.train import fit as train_fn
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
+    from experiments.storage import join, local_path, sweep_storage
+
     check_store(spec.file.tracking.uri, f"{spec.path}: tracking.uri")  # before anything is created
-    storage = Path(storage or DEFAULT_STORAGE).resolve() / spec.name
-    job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu, storage=str(storage))
+    storage = sweep_storage(storage, spec.name, DEFAULT_STORAGE)  # a local folder (resolved) or a URI
+    job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu, storage=storage)
     phases = plan(spec)
     if restart and not resume:
         archived = archive_sweep(spec, storage)
@@ -305,8 +347,8 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
             print(f"ssdlab sweep: previous launch of {spec.name!r} moved to {archived}")
     if not resume:
         for ph in phases:
-            if tune.Tuner.can_restore(str(storage / ph.dirname)):
-                raise ConfigError(f"{spec.path}: name: {storage / ph.dirname} already holds this sweep's "
+            if tune.Tuner.can_restore(join(storage, ph.dirname)):
+                raise ConfigError(f"{spec.path}: name: {join(storage, ph.dirname)} already holds this sweep's "
                                   f"trials; continue it with --resume, or start afresh with --restart (keeps the old runs)")
     check_snapshot(spec, storage, resume)
     prepare_inputs(spec, job)
@@ -318,6 +360,9 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
     parent = tracker.start()
     tracker.parent.client.log_artifact(parent, str(spec.path))  # the sweep file, as launched
     started_ray = _init_ray(address, num_cpus)
+    import ray
+
+    job.driver_node = ray.get_runtime_context().get_node_id()  # its trials keep their run dirs in a local storage
     grids, best_by_arm, trials = [], {}, 0
     try:
         for ph in phases:
@@ -362,10 +407,8 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
         raise
     finally:
         if started_ray:
-            import ray
-
-            ray.shutdown()
-    return SweepResult(spec.name, storage, parent, trials, time.perf_counter() - start, grids,
+            _shutdown_ray()
+    return SweepResult(spec.name, local_path(storage) or storage, parent, trials, time.perf_counter() - start, grids,
                        counts=counts, failures=failures)
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -93,8 +94,13 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 # --------------------------------------------------------------------------- logging helpers
 
 
+# A buffered write (experiments.callback.Outbox) is stamped with the time its event happened, so a
+# metric written late keeps its real time and a write tried twice is the same point twice.
+STAMP_MS: ContextVar[Optional[int]] = ContextVar("ssdlab_stamp_ms", default=None)
+
+
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return STAMP_MS.get() or int(time.time() * 1000)
 
 
 def param_text(value: Any) -> str:

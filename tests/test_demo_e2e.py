@@ -3,6 +3,7 @@ produces all four tables and the plots. A shrunken copy of sweeps/demo*.yaml so 
 two arms x two seeds, each arm searched by Optuna (2 trials) and its best retrained with the other seed."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -33,7 +34,11 @@ def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
     path = tmp_path / "e2e.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
 
-    assert main(["sweep", str(path), "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]) == 0
+    from tests.test_cluster import LoopbackWatch
+
+    with LoopbackWatch(os.getpid()) as local_ray:  # the local Ray this sweep starts: loopback only
+        assert main(["sweep", str(path), "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]) == 0
+    local_ray.check()
     out = tmp_path / "report"
     assert main(["report", "--sweep", "e2e", "--tracking-uri", uri, "--format", "md,csv,tex,html",
                  "--out", str(out)]) == 0
