@@ -187,7 +187,7 @@ def deltas_forest(data: SweepData, arms: pd.DataFrame) -> bytes | None:
         handles = [plt.Line2D([], [], color="C0", lw=2.2, label="95% CI over seeds (paired t)")]
         if a.get("boot_low", pd.Series(dtype=float)).notna().any():
             handles.append(plt.Line2D([], [], color="C1", lw=2.2, label="95% CI over seeds x test images (bootstrap)"))
-        ax.legend(handles=handles, loc="lower right", fontsize=7)
+        ax.legend(handles=handles, loc="best", fontsize=7)
         ax.set_title(f"{data.sweep}: which change bought how much")
         return _png(fig)
 
