@@ -43,17 +43,24 @@ def _data_root(arg: str | None) -> Path:
 # ---------------------------------------------------------------- ours
 
 
+def ours_config(config: str, root: str, budget_s: float, out_dir: str, seed: int):
+    """The config `run_ours` trains: nothing is selected (no val split: the final weights are the model,
+    as for the reference), BCCD/test is the reported split (`test/...`, scored once at the end)."""
+    from ssd_core.config import load_config
+    return load_config(config, [f"data.root={root}", "data.val_sets=[]", "data.holdout=null", "data.test_sets=[BCCD/test]",
+                                "train.device=cpu", f"output.dir={out_dir}", f"train.seed={seed}",
+                                "train.max_iters=null", "train.epochs=1000000", f"train.time_budget_s={budget_s}",
+                                "train.schedule.unit=time"])
+
+
 def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str, seed: int) -> dict:
     import shutil
     import torch
     torch.set_num_threads(threads)
-    from ssd_core.config import load_config
+    from ssd_core import metrics as M
     from ssd_core.train import build_model, fit
 
-    cfg = load_config(config, [f"data.root={root}", "data.val_sets=[BCCD/test]", "eval.every_epochs=1000000",
-                               "train.device=cpu", f"output.dir={out_dir}", f"train.seed={seed}",
-                               "train.max_iters=null", "train.epochs=1000000", f"train.time_budget_s={budget_s}",
-                               "train.schedule.unit=time"])
+    cfg = ours_config(config, root, budget_s, out_dir, seed)
     run_dir = Path(out_dir) / f"ours-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
@@ -61,8 +68,9 @@ def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str
     wall_s = time.perf_counter() - t0
     final = result.final_metrics
     params = sum(p.numel() for p in build_model(cfg, len(cfg.data.class_names) + 1).parameters())
-    return {"name": f"ssdlab {cfg.name}", "mAP50": final.get("val/mAP50"), "mAP50_area": final.get("val/mAP50_area"),
-            "AP50": {k.rsplit("/", 1)[1]: v for k, v in final.items() if k.startswith("val/AP50/")},
+    return {"name": f"ssdlab {cfg.name}", "mAP50": final.get(M.map50(M.TEST)),
+            "mAP50_area": final.get(M.map50_area(M.TEST)),
+            "AP50": {k.rsplit("/", 1)[1]: v for k, v in final.items() if k.startswith(M.class_ap50_prefix(M.TEST))},
             "iterations": result.iterations, "wall_s": wall_s, "params": params,
             "config": str(config), "seed": seed}
 
@@ -179,7 +187,15 @@ def run_pair(args, root: Path, budget_s: float, seed: int) -> tuple[dict, dict]:
     procs = [ctx.Process(target=_child, args=(name, common, queue)) for name in ("run_ours", "run_reference")]
     for proc in procs:
         proc.start()
-    results = dict(queue.get() for _ in procs)
+    results = {}
+    while len(results) < len(procs):
+        name, result = queue.get()
+        results[name] = result
+        if "error" in result:  # the pair is void: do not let the other run out its budget
+            for proc in procs:
+                proc.terminate()
+            for other in ("run_ours", "run_reference"):
+                results.setdefault(other, {"error": f"{other}: stopped because the other run failed"})
     for proc in procs:
         proc.join()
     return results["run_ours"], results["run_reference"]
@@ -201,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (root / "BCCD" / "Annotations").is_dir():
         print(f"bccd_acceptance: BCCD not found at {root} (expected {root}/BCCD/Annotations); "
               f"pass --data-root or set SSDLAB_DATA_ROOT", file=sys.stderr)
+        return 2
+    try:  # fail now, not after the reference has trained for the whole budget
+        ours_config(args.config, str(root), budget_s, args.out, args.seeds[0])
+    except Exception as exc:
+        print(f"bccd_acceptance: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     print(f"BCCD acceptance: budget {budget_s / 60:.1f} min per model, {args.threads} thread(s) each, "
