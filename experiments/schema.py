@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional, Sequence
 from ssd_core import metrics as M  # metric names live with the code that computes them
 
 __all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "M", "score_of", "best_index", "better", "Param", "parse_space",
-           "SpaceError", "grid_points", "KINDS"]
+           "SpaceError", "grid_points", "KINDS", "SEARCH_OBJECTIVES", "pareto_front"]
 
 
 class Status(str, Enum):
@@ -68,6 +68,7 @@ class Tag:
     MODE = "ssdlab.mode"
     SEEDS = "ssdlab.seeds"
     SAMPLER = "ssdlab.sampler"
+    OBJECTIVES = "ssdlab.objectives"  # JSON list of the search's further objectives (minimised), [] for one
     COUNTS = "ssdlab.counts"          # JSON {status: number of trials}, set when the sweep ends or stops
     # a trial (child run)
     TRIAL_ID = "ssdlab.trial_id"
@@ -95,6 +96,14 @@ class Tag:
     GIT_COMMIT = "mlflow.source.git.commit"
     DESCRIPTION = "mlflow.note.content"   # the run description the MLflow UI shows
     RUN_NAME = "mlflow.runName"
+
+
+# Further objectives a search may minimise beside its selection metric (search.objectives): deployment costs
+# measured at a trial's final epoch (config `deploy`, ssd_core/metrics.py). Every one is minimised.
+SEARCH_OBJECTIVES = tuple(
+    [M.deploy(t, b, one) for b in M.DEPLOY_BACKENDS for t in ("latency_ms",) for one in (False, True)]
+    + [M.deploy("model_mb", b) for b in M.DEPLOY_BACKENDS if b != "torch"]
+    + [M.DEPLOY_PARAMS, M.DEPLOY_GFLOPS, M.DEPLOY_CHECKPOINT_MB])
 
 
 def score_of(values: Iterable[float], mode: str = "max") -> float:
@@ -249,3 +258,17 @@ def grid_points(params: Sequence[Param]) -> list[dict]:
     import itertools
     axes = {p.key: p.grid() for p in params}
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
+    """Which points are Pareto-optimal: no other point is at least as good in every objective and better in
+    one (`modes`: "max" | "min" per objective). Points with a non-finite value are never on the front."""
+    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    pts = [[s * float(v) for s, v in zip(sign, p)] for p in points]
+    ok = [all(math.isfinite(v) for v in p) for p in pts]
+    front = []
+    for i, p in enumerate(pts):
+        dominated = any(ok[j] and j != i and all(a >= b for a, b in zip(q, p)) and any(a > b for a, b in zip(q, p))
+                        for j, q in enumerate(pts))
+        front.append(ok[i] and not dominated)
+    return front

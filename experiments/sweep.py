@@ -75,6 +75,8 @@ def make_sampler(search):
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.sampler == "gp":
         return optuna.samplers.GPSampler(seed=search.seed)
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=search.seed)
     params = parse_space(search.space)
     axes = {p.key: sorted(set(p.grid()), key=repr) for p in params}
     return optuna.samplers.GridSampler(axes, seed=search.seed)
@@ -102,8 +104,11 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
         meta = dict(phase.trials[0])
         param_space = {META: meta}
         base_flat = flatten(spec.resolve(phase.arm, meta["seed"]))
-        search_alg = OptunaSearch(space=DefineByRun(parse_space(f.search.space), base_flat), metric=OBJECTIVE,
-                                  mode=spec.mode, sampler=make_sampler(f.search))
+        # with search.objectives, Optuna gets [the score, each cost (minimised)] at a trial's end
+        metric, mode = ([OBJECTIVE, *f.search.objectives], [spec.mode] + ["min"] * len(f.search.objectives)) \
+            if f.search.objectives else (OBJECTIVE, spec.mode)
+        search_alg = OptunaSearch(space=DefineByRun(parse_space(f.search.space), base_flat), metric=metric,
+                                  mode=mode, sampler=make_sampler(f.search))
         num_samples = phase.num_samples
     else:
         params, source = best_params or ({}, None)

@@ -8,7 +8,7 @@ config over the seeds):
     experiment: ../experiments/configs/ssd300_voc_vgg16.yaml   # relative to the sweep file
     overrides: {train.epochs: 24}
     search:                                   # optional
-      sampler: tpe                            # tpe | random | grid | gp
+      sampler: tpe                            # tpe | random | grid | gp | nsga2
       num_samples: 32
       metric: val/mAP50
       mode: max
@@ -19,6 +19,8 @@ config over the seeds):
         train.batch_size: {int: [8, 32]}      # inclusive
         augment.photometric: {choice: [true, false]}
         augment.zoom_out.max: {uniform: [2.0, 4.0], when: {augment.photometric: true}}
+      objectives: [deploy/latency_ms]         # optional: also minimise these (multi-objective; needs
+                                              # deploy.bench: true, no scheduler; tpe, random or nsga2)
     scheduler: {asha: {grace_period: 2, reduction_factor: 3}}   # or none (the default)
     arms:                                     # optional, ordered; the first is the baseline
       initial:  {note: "first implementation", overrides: {augment.sample_patch.enabled: false}}
@@ -60,7 +62,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from experiments.schema import M, Param, SpaceError, Tag, grid_points, parse_space
+from experiments.schema import SEARCH_OBJECTIVES, M, Param, SpaceError, Tag, grid_points, parse_space
 from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config, read_yaml
 from ssd_core.errors import ConfigError
 
@@ -73,12 +75,15 @@ class _Strict(BaseModel):
 
 
 class SearchSpec(_Strict):
-    sampler: Literal["tpe", "random", "grid", "gp"] = "tpe"
+    sampler: Literal["tpe", "random", "grid", "gp", "nsga2"] = "tpe"
     num_samples: Optional[int] = Field(None, gt=0)  # grid: defaults to the grid size
     metric: Optional[str] = None
     mode: Optional[Literal["max", "min"]] = None
     seed: int = 0
     space: dict[str, dict[str, Any]]
+    # Further objectives, minimised, measured at each trial's final epoch (experiments.schema.SEARCH_OBJECTIVES):
+    # the search is then multi-objective (Optuna keeps the Pareto front; the report shows it).
+    objectives: list[str] = Field(default_factory=list)
 
 
 class AshaSpec(_Strict):
@@ -236,6 +241,7 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
         for arm in (list(arms) or [None]):
             arm_cfg = _apply(path, f"arms.{arm}.overrides", base, arms[arm].overrides) if arm else base
             _check_space(path, sf.search, arm_cfg, keys)
+        _check_objectives(path, sf, arms, base)
         if sf.search.sampler == "grid":
             size = len(grid_points(search_params(path, sf.search)))
             if sf.search.num_samples is not None and sf.search.num_samples > size:
@@ -249,6 +255,37 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
                 raise _fail(path, "scheduler.asha.grace_period",
                             f"{asha.grace_period} exceeds max_t {max_t} (train.epochs{' of arm ' + arm if arm else ''})")
     return spec
+
+
+def _check_objectives(path: Path, sf: "SweepFile", arms: dict, base: ExperimentConfig) -> None:
+    """search.objectives: known deploy/* costs, measured (deploy.bench on, with the backend they name), no
+    duplicates, a sampler that handles several objectives, and no early stopping (it ranks on one metric,
+    and a stopped trial has no final-epoch cost)."""
+    objectives = sf.search.objectives
+    if not objectives:
+        return
+    for i, name in enumerate(objectives):
+        if name not in SEARCH_OBJECTIVES:
+            raise _fail(path, f"search.objectives[{i}]", f"{name!r}: not a cost a search can minimise; one of "
+                        f"{', '.join(SEARCH_OBJECTIVES)}")
+    if len(set(objectives)) != len(objectives):
+        raise _fail(path, "search.objectives", f"{objectives} repeats an objective")
+    if sf.search.sampler not in ("tpe", "random", "nsga2"):
+        raise _fail(path, "search.sampler", f"{sf.search.sampler!r} does not search several objectives: use tpe, "
+                    f"random or nsga2 with search.objectives")
+    if sf.scheduler is not None and sf.scheduler.asha is not None:
+        raise _fail(path, "scheduler", "early stopping ranks trials on one metric, and a stopped trial has no "
+                    "final-epoch cost: a multi-objective search (search.objectives) runs every trial to its end")
+    for arm in (list(arms) or [None]):
+        cfg = _apply(path, f"arms.{arm}.overrides", base, arms[arm].overrides) if arm else base
+        where = f" (arm {arm})" if arm else ""
+        if not cfg.deploy.bench:
+            raise _fail(path, "search.objectives", f"{objectives} are measured at each trial's final epoch by "
+                        f"deploy.bench, which is off{where}: set it (overrides: {{deploy.bench: true}})")
+        for name in objectives:
+            for backend in ("onnx", "int8"):
+                if name.startswith(f"{M.DEPLOY}/{backend}/") and not getattr(cfg.deploy, backend):
+                    raise _fail(path, "search.objectives", f"{name!r} needs deploy.{backend}: true{where}")
 
 
 def _pyd_messages(exc: ValidationError, path: Path) -> list[str]:
@@ -415,6 +452,7 @@ def parent_tags(spec: SweepSpec) -> dict[str, str]:
         Tag.MODE: spec.mode,
         Tag.SEEDS: json.dumps(list(spec.file.seeds)),
         Tag.SAMPLER: spec.file.search.sampler if spec.file.search else "",
+        Tag.OBJECTIVES: json.dumps(spec.file.search.objectives if spec.file.search else []),
         Tag.NOTE: spec.file.description,
     }
 

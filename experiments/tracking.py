@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Optional
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from experiments.schema import MLFLOW_STATUS, Kind, Status, Tag
+from experiments.schema import MLFLOW_STATUS, Kind, M, Status, Tag
 
 PARAM_MAX_CHARS = 500
 _BATCH_METRICS, _BATCH_PARAMS, _BATCH_TAGS = 1000, 100, 100
@@ -358,6 +358,9 @@ class MLflowCallback:
                          run_name=self.run_name or getattr(cfg, "name", None), resume=resume)
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any], run_dir=None) -> None:
+        if metrics.get(M.FINAL) and self.writer.run_id is not None and epoch > self.writer.last_step:
+            from ssd_core.deploy import measure_run
+            metrics = {**metrics, **measure_run(self.cfg, run_dir)}  # deploy/* with deploy.bench on
         self.writer.log_epoch(epoch, metrics)
 
     def on_fit_end(self, result) -> None:

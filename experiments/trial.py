@@ -43,7 +43,8 @@ OBJECTIVE = "ssdlab_objective"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 REPORTED = "reported.json"  # the Tune checkpoint's marker: the epoch reported, and the epoch of the state beside it
 STATE_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", M.TEST_DETECTIONS,  # what a checkpoint carries
-               "detections.png", "pr_curves.png")  # experiments/evidence.py, drawn at the final epoch
+               "detections.png", "pr_curves.png",  # experiments/evidence.py, drawn at the final epoch
+               "deploy.json")  # ssd_core.deploy.measure_run (deploy.bench), measured at the final epoch
 HEAVY_FILES = ("last.pt", "best.pt")  # stripped from a trial's older checkpoints (the driver keeps KEEP_STATE)
 KEEP_STATE = 2
 NODE_KEY = "ssdlab_node"    # result key: the node that reported it (experiments.schema.Tag.NODE)
@@ -127,9 +128,11 @@ class TuneReporter:
     the epoch reported (it is written first; the marker's `state_epoch` says which epoch it holds).
     `node` (experiments.trial.node_identity) goes with every result, for the driver's `ssdlab.node` tag."""
 
-    def __init__(self, metric: str, mode: str, config_hash: str = "", node: str = "", carry_state: bool = False):
+    def __init__(self, metric: str, mode: str, config_hash: str = "", node: str = "", carry_state: bool = False,
+                 cfg: Optional[ExperimentConfig] = None, threads: Optional[int] = None):
         self.metric, self.mode, self.config_hash = metric, mode, config_hash
         self.node, self.carry_state = node, carry_state
+        self.cfg, self.threads = cfg, threads  # deploy.bench: measured at the final epoch with `threads`
         self.state_epoch: Optional[int] = None  # while replaying: the epoch of the last.pt being replayed
         self.objective = float("-inf") if mode == "max" else float("inf")
 
@@ -149,9 +152,14 @@ class TuneReporter:
         worst = -1e30 if self.mode == "max" else 1e30
         objective = self.objective if abs(self.objective) != float("inf") else worst
         result = {**metrics, **system_metrics(), "epoch": int(epoch), OBJECTIVE: objective}
-        if metrics.get(M.FINAL) and run_dir is not None and self.state_epoch is None:
-            from experiments.evidence import write_evidence
-            write_evidence(Path(run_dir))  # detections.png, pr_curves.png: carried with the final checkpoint
+        if metrics.get(M.FINAL) and run_dir is not None:
+            from ssd_core import deploy as DP
+            if self.state_epoch is None:
+                from experiments.evidence import write_evidence
+                write_evidence(Path(run_dir))  # detections.png, pr_curves.png: carried with the final checkpoint
+                result.update(DP.measure_run(self.cfg, run_dir, self.threads))  # deploy/* (deploy.bench)
+            else:  # replaying the final epoch: what was measured then
+                result.update(DP.saved_run_metrics(run_dir))
         if self.node:
             result[NODE_KEY] = self.node
         carry = self.carry_state and run_dir is not None and Path(run_dir).is_dir()
@@ -414,7 +422,8 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
             seen = 0
         if portable:
             restore_newest_state(checkpoint, run_dir)
-    reporter = TuneReporter(job.spec.metric, job.spec.mode, config_hash(cfg), node=node, carry_state=portable)
+    reporter = TuneReporter(job.spec.metric, job.spec.mode, config_hash(cfg), node=node, carry_state=portable,
+                            cfg=cfg, threads=max(1, int(job.spec.file.resources.cpu)))
     resume = (run_dir / "last.pt").is_file()
     if resume:
         reporter.replay(run_dir / "last.pt", seen)

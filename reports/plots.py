@@ -9,6 +9,7 @@ it draws every figure twice, and a 1,000-run report must stay fast).
 * ``deltas_forest``    each arm's delta vs the baseline with its intervals (seeds; seeds x test images)
 * ``parallel_coordinates`` the searched parameters of every trial, coloured by score
 * ``pareto``           reported mAP against training cost, the Pareto front and the best trial marked
+* ``accuracy_speed``   each (arm, model)'s mAP against its CPU latency (reports/deploy.py), the front marked
 """
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports import search, tables  # noqa: E402
+from reports import deploy, search, tables  # noqa: E402
 from reports.load import SweepData  # noqa: E402
+from experiments.schema import M  # noqa: E402
+
+M_TEST_MAP = M.map50(M.TEST)
 
 DPI = 100
 _STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
@@ -268,4 +272,28 @@ def pareto(data: SweepData) -> bytes | None:
         ax.set_ylabel(tables.value_label(data))
         ax.legend(loc="lower right", fontsize=7)
         ax.set_title(f"{data.sweep}: accuracy against cost")
+        return _png(fig)
+
+
+def accuracy_speed(data: SweepData, rows: pd.DataFrame | None = None) -> bytes | None:
+    """Each (arm, model) of reports/deploy.py: mean mAP (± std over seeds) against mean latency per image,
+    one colour per arm and one marker per model, the Pareto front (higher mAP, lower latency) as a step line."""
+    d = deploy.deploy_rows(data) if rows is None else rows
+    if d.empty or d["map"].notna().sum() < 1:
+        return None
+    markers = {"torch": "o", "onnx": "s", "int8": "^"}
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
+        for i, arm in enumerate(data.arms):
+            for _, r in d[d["arm"] == arm].iterrows():
+                ax.errorbar(r["latency_ms"], r["map"], yerr=None if math.isnan(r["map_std"]) else r["map_std"],
+                            xerr=None if math.isnan(r["latency_std"]) else r["latency_std"], fmt=markers[r["backend"]],
+                            color=f"C{i % 10}", ms=7, capsize=3, zorder=3, label=f"{arm}: {r['model']}")
+        front = d[d["pareto"]].sort_values("latency_ms")
+        ax.step(front["latency_ms"], front["map"], where="post", color="k", lw=1, label="Pareto front", zorder=2)
+        ax.set_xlabel("CPU latency per image, batch 1 (ms)")
+        ax.set_ylabel(tables.metric_label(M_TEST_MAP))
+        ax.legend(loc="best", fontsize=7)
+        ax.set_title(f"{data.sweep}: accuracy against speed")
         return _png(fig)

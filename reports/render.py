@@ -142,6 +142,7 @@ def table_html(t: Table, run_url=None) -> str:
 
 
 PLOT_TITLES = {
+    "accuracy_speed": "Accuracy against CPU latency: each arm's models (mean ± std over seeds), the Pareto front",
     "deltas": "Which change bought how much: deltas against the baseline with 95% intervals",
     "learning_curves": "Learning curves (mean ± std over seeds; thin lines: every trial, early-stopped included)",
     "params": "The selection metric against each searched parameter",

@@ -15,7 +15,7 @@ from typing import Any
 from experiments.schema import M
 from ssd_core.errors import UserError
 
-from reports import plots, render, search, tables
+from reports import deploy, plots, render, search, tables
 from reports.load import SweepData, load_artifact, load_sweep
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -50,6 +50,13 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
         sections.append(tables.ablation_table(data, arms))
     if data.runs["status"].ne("finished").any():
         sections.append(tables.other_runs_table(data))
+    if deploy.has_deploy(data):  # the deployment arms: accuracy against speed, the front plotted above its table
+        rows = deploy.deploy_rows(data)
+        speed = plots.accuracy_speed(data, rows) if with_plots else None
+        if speed is not None:
+            figs["accuracy_speed"] = speed
+            sections.append(("figure", "accuracy_speed", render.PLOT_TITLES["accuracy_speed"]))
+        sections.append(deploy.accuracy_speed_table(data, rows))
     split = M.TEST if data.has_test else M.VAL
     if any(c.startswith("metrics." + M.class_ap50_prefix(split)) for c in data.runs.columns):
         sections.append(tables.per_class_table(data))

@@ -18,39 +18,58 @@ from reports.tables import (DASH, Table, _param_value, early_stopped_above_best,
 
 def search_table(data: SweepData, top_k: int = 10) -> Table:
     """Top-k finished trials by score (the selection metric) with their searched parameters and, beside
-    it, their reported test value (never used for the ranking)."""
+    it, their reported test value (never used for the ranking). A multi-objective search (search.objectives)
+    lists its Pareto front first, with each objective's value and a Front column."""
+    from reports.deploy import _metric, front_flags, objectives
+
     keys = data.searched
+    objs = objectives(data)
     runs = search_runs(data)
     f = runs[runs["status"] == Status.FINISHED.value]
     key = f["score"] if data.mode == "min" else -f["score"]
-    top = f.assign(_k=key).sort_values(["_k", "seed", "trial_id"], na_position="last").head(top_k)
+    on_front = front_flags(data, f)
+    f = f.assign(_k=key, _front=[not x for x in on_front] if objs else False)
+    top = f.sort_values(["_front", "_k", "seed", "trial_id"], na_position="last")
+    front_n = int((~top["_front"]).sum()) if objs else 0
+    top = top.head(max(top_k, front_n))
     label = metric_label(data.metric)
     test = [metric_label(data.reported_metric)] if data.has_test else []
     rows, raw, t_runs = [], [], {}
     for i, (_, r) in enumerate(top.iterrows()):
         vals = [_param_value(r.get("params." + k)) for k in keys]
+        costs = [float(_metric(top.loc[[r.name]], o).iloc[0]) for o in objs]
         seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
         t_runs[(len(rows), 1)] = r["run_id"]
         rows.append([str(i + 1), str(r["trial_id"]), r["arm"], seed]
-                    + [fparam(v) for v in vals] + [fnum(r["score"])] + ([fnum(r["reported"])] if test else []))
-        raw.append([i + 1, r["trial_id"], r["run_id"], r["arm"], r["seed"]] + vals + [r["score"], r["reported"]])
+                    + [fparam(v) for v in vals] + [fnum(r["score"])] + ([fnum(r["reported"])] if test else [])
+                    + [fnum(c, 3) for c in costs] + (["yes" if not r["_front"] else ""] if objs else []))
+        raw.append([i + 1, r["trial_id"], r["run_id"], r["arm"], r["seed"]] + vals + [r["score"], r["reported"]]
+                   + costs + ([not r["_front"]] if objs else []))
     counts = runs["status"].value_counts()
     n = len(keys) + 4
+    extra = len(test) + len(objs)
     t = Table("search", f"Search: top {len(rows)} of {len(f)} finished trials: {data.sweep}",
-              ["Rank", "Trial", "Arm", "Seed"] + keys + [label] + test, rows, raw,
-              bold={(0, n)} if rows else set(), numeric={0, 3, n} | ({n + 1} if test else set()))
+              ["Rank", "Trial", "Arm", "Seed"] + keys + [label] + test + objs + (["Front"] if objs else []), rows, raw,
+              bold={(0, n)} if rows and not objs else {(i, n) for i in range(front_n)},
+              numeric={0, 3, n} | set(range(n + 1, n + 1 + extra)))
     if len(data.arms) == 1:  # a search without arms: the Arm column says nothing
         t.columns.pop(2)
         t.rows = [r[:2] + r[3:] for r in t.rows]
         t.bold = {(i, j - 1) for i, j in t.bold}
         t.numeric = {j - 1 if j > 2 else j for j in t.numeric}
-    t.raw_columns = ["rank", "trial_id", "run_id", "arm", "seed"] + keys + ["score", "reported"]
+    t.raw_columns = (["rank", "trial_id", "run_id", "arm", "seed"] + keys + ["score", "reported"] + objs
+                     + (["pareto"] if objs else []))
     t.runs = t_runs  # the trial column (it stays column 1 when the Arm column goes)
     t.notes = [f"Trials: {int(counts.get(Status.FINISHED.value, 0))} finished, "
                f"{int(counts.get(Status.EARLY_STOPPED.value, 0))} stopped early by ASHA, "
                f"{int(counts.get(Status.FAILED.value, 0))} failed, {int(counts.get(Status.RUNNING.value, 0))} "
                f"running; only finished trials are ranked, by `{data.metric}` (best over epochs)"
                + (f"; `{data.reported_metric}` is shown, not used." if test else ".")]
+    if objs:
+        t.notes.append(f"Multi-objective search: `{data.metric}` ({data.mode}) and "
+                       f"{', '.join(f'`{o}` (min)' for o in objs)}, measured at each trial's final epoch. The "
+                       f"{front_n} trial(s) of the Pareto front (no other finished trial as good in every objective "
+                       f"and better in one) come first, in bold, then the rest by `{data.metric}`.")
     above = early_stopped_above_best(data)
     if above:
         t.notes.append(f"Early-stopped trial(s) {', '.join(above)} scored above rank 1 before ASHA stopped them "

@@ -54,6 +54,15 @@ def mean_std(values: Sequence[float]) -> MeanStd:
     return MeanStd(float(x.mean()), std, int(x.size))
 
 
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The t-interval of the mean of finite `values`: mean +- t_{(1+c)/2, n-1} * sd / sqrt(n); nan for n < 2."""
+    ms = mean_std(values)
+    if ms.n < 2:
+        return math.nan, math.nan
+    half = float(sps.t.ppf(0.5 + confidence / 2, ms.n - 1)) * ms.std / math.sqrt(ms.n)
+    return ms.mean - half, ms.mean + half
+
+
 def paired_delta(arm: Mapping[int, float], baseline: Mapping[int, float],
                  confidence: float = CONFIDENCE) -> Delta:
     """Delta of ``arm`` against ``baseline`` given per-seed values ``{seed: metric}`` (see module doc)."""

@@ -1,7 +1,7 @@
 """Typed experiment config: one schema for YAML files, `-o key=value` overrides, sweeps and MLflow params.
 
-A config is a YAML file with the sections `model`, `data`, `augment`, `train`, `eval`, `distill`, `tracking`,
-`output` (plus a `name`). Every key is a dotted path (`train.lr`, `augment.zoom_out.p`), the same
+A config is a YAML file with the sections `model`, `data`, `augment`, `train`, `eval`, `distill`, `deploy`,
+`tracking`, `output` (plus a `name`). Every key is a dotted path (`train.lr`, `augment.zoom_out.p`), the same
 path the CLI (`-o train.lr=0.01`), sweep search spaces and MLflow params use.
 
     cfg = load_config("experiments/configs/demo_shapes.yaml", ["train.lr=0.01"])
@@ -13,7 +13,8 @@ dotted key and what was expected. `num_classes` is not a key: it is derived from
 (`data.class_names`, or the dataset's classes when that is null) plus the background class.
 
 `config_hash` excludes the keys in `HASH_EXCLUDED`: names, output and tracking locations, where the
-data lives, logging cadence and image caching. None of them changes the trained weights.
+data lives, logging cadence, image caching and the deployment measurements. None of them changes the
+trained weights.
 """
 from __future__ import annotations
 
@@ -296,12 +297,33 @@ class DistillConfig(_Section):
     with box_weight > 0, box offsets) the model learns from, on top of the MultiBox loss
     (ssd_core.loss.DistillationLoss, ssd_core/distill.py). The teacher must have the same classes and
     the same default boxes (image size and layout); fit checks it before training. Left at its defaults,
-    the section is omitted from dumps (ExperimentConfig._omit_default_distill)."""
+    the section is omitted from dumps (ExperimentConfig._omit_default_sections)."""
 
     teacher: Optional[str] = None  # a checkpoint (best.pt) path: relative to the cwd, then the repository
     temperature: float = Field(2.0, gt=0)
     weight: float = Field(1.0, ge=0)       # on the KL term of the class scores (x T^2)
     box_weight: float = Field(0.0, ge=0)   # on Smooth L1 between student and teacher offsets (positives)
+
+
+class DeployConfig(_Section):
+    """Deployment measurements at the end of training (off while `bench` is false): `ssdlab deploy bench` on
+    the selected checkpoint (ssd_core.deploy.bench: CPU latency at batch 1 with pre- and post-processing
+    apart, parameters, GFLOPs, size; with `onnx` / `int8` the exported ONNX model (NMS in the graph) and
+    its INT8 twin, each scored on `split`), logged with the final epoch as `deploy/*` metrics
+    (ssd_core/metrics.py): what the report's accuracy-vs-speed table and a multi-objective search read.
+    `threads`: the threads "all threads" means (null: the machine's; a sweep trial uses its CPU share).
+    Changes no trained weight: left out of config_hash, and omitted from dumps while at its defaults."""
+
+    bench: bool = False
+    onnx: bool = True
+    int8: bool = True
+    split: str = "test"
+    threads: Optional[int] = Field(None, gt=0)
+    images: int = Field(16, gt=0)           # images cycled for the latency
+    warmup: int = Field(5, ge=0)
+    repeats: int = Field(30, gt=0)          # timed runs; the median is reported
+    calib_images: int = Field(64, gt=0)     # INT8 calibration images (training split)
+    max_images: Optional[int] = Field(None, gt=0)  # score on the split's first N images only
 
 
 class TrackingConfig(_Section):
@@ -324,6 +346,7 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     _source: Optional[str] = PrivateAttr(default=None)
@@ -345,19 +368,25 @@ class ExperimentConfig(_Section):
         return self
 
     @model_serializer(mode="wrap")
-    def _omit_default_distill(self, handler):
-        # An untouched `distill` section (distillation off) is left out of dumps: config.yaml, the MLflow
-        # params, checkpoints and config_hash stay exactly those of a config from before the section existed.
+    def _omit_default_sections(self, handler):
+        # An untouched `distill` (distillation off) or `deploy` (no bench) section is left out of dumps:
+        # config.yaml, the MLflow params, checkpoints and config_hash stay exactly those of a config from
+        # before the section existed.
         data = handler(self)
-        if isinstance(data, dict) and self.distill == DistillConfig():
-            data.pop("distill", None)
+        if isinstance(data, dict):
+            for name, default in OPTIONAL_SECTIONS.items():
+                if getattr(self, name) == default():
+                    data.pop(name, None)
         return data
+
+
+OPTIONAL_SECTIONS = {"distill": DistillConfig, "deploy": DeployConfig}
 
 
 # Keys that do not change the trained weights or the metrics: left out of config_hash.
 HASH_EXCLUDED = frozenset({
     "name", "tracking", "output", "data.root", "data.default_root", "data.cache_images",
-    "train.log_every",
+    "train.log_every", "deploy",
 })
 
 

@@ -533,12 +533,13 @@ class BenchResult:
 def bench(checkpoint, *, split: str = M.TEST, onnx: bool = True, int8: bool = True, score: bool = True,
           bench_images: int = 16, warmup: int = 5, repeats: int = 30, calib_images: int = 64,
           max_images: Optional[int] = None, data_root: Optional[str] = None, out_dir=None,
-          log: Callable[[str], None] = lambda s: None) -> BenchResult:
+          threads: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> BenchResult:
     """Every deploy/* metric of `checkpoint` on the CPU (module docstring): params, GFLOPs, weights size;
     PyTorch FP32 latency at all threads and one; with `onnx` the exported model's, with `int8` the
     quantized model's (calibrated on `calib_images` training images); with `score` the VOC07 mAP@0.5 of
     each on `split` (its first `max_images` images when set). Latency images: `bench_images` of `split`.
-    `out_dir`: keep model.onnx and model_int8.onnx there."""
+    `out_dir`: keep model.onnx and model_int8.onnx there. `threads`: what "all threads" means (default:
+    the CPUs this process may run on)."""
     from ssd_core.build import build_dataset
     from ssd_core.config import apply_overrides
     from ssd_core.data import select
@@ -549,7 +550,7 @@ def bench(checkpoint, *, split: str = M.TEST, onnx: bool = True, int8: bool = Tr
         cfg = apply_overrides(cfg, {"data.root": str(data_root)})
     state_step = int(torch.load(checkpoint, map_location="cpu", weights_only=True).get("epoch", 0) or 0)
     settings = NMSSettings.of(cfg.eval)
-    n_all = all_threads()
+    n_all = threads or all_threads()
     m: dict[str, float] = {M.DEPLOY_PARAMS: float(count_params(model)), M.DEPLOY_GFLOPS: gflops(model),
                            M.DEPLOY_CHECKPOINT_MB: weights_mb(checkpoint), M.DEPLOY_THREADS: float(n_all)}
     dataset = build_dataset(cfg, split, train=False, class_names=class_names)
@@ -611,6 +612,44 @@ def bench(checkpoint, *, split: str = M.TEST, onnx: bool = True, int8: bool = Tr
     if out_dir is None:
         files = {}
     return BenchResult(m, files, split, scored, state_step)
+
+
+def bench_with(checkpoint, d, data_root: Optional[str] = None, threads: Optional[int] = None,
+               log: Callable[[str], None] = lambda s: None) -> BenchResult:
+    """`bench` as a config's `deploy` section (ssd_core.config.DeployConfig) says: what a sweep trial runs at
+    its final epoch. `threads` (the trial's CPU share) stands in for `d.threads` when that is null."""
+    return bench(checkpoint, split=d.split, onnx=d.onnx, int8=d.int8, score=True, bench_images=d.images,
+                 warmup=d.warmup, repeats=d.repeats, calib_images=d.calib_images, max_images=d.max_images,
+                 data_root=data_root, threads=d.threads or threads, log=log)
+
+
+DEPLOY_FILE = "deploy.json"  # run-dir file: the deploy/* metrics measured at the end of training
+
+
+def measure_run(cfg, run_dir, threads: Optional[int] = None, log: Callable[[str], None] = lambda s: None
+                ) -> dict[str, float]:
+    """At the end of training with `deploy.bench` on: bench the run's selected checkpoint (best.pt, else
+    last.pt) as `cfg.deploy` says, keep the metrics in `run_dir/deploy.json` (atomically) and return the
+    finite ones. {} when `deploy.bench` is off. `saved_run_metrics` reads them back (a replayed epoch)."""
+    if cfg is None or not cfg.deploy.bench or run_dir is None:
+        return {}
+    run_dir = Path(run_dir)
+    checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    result = bench_with(checkpoint, cfg.deploy, data_root=cfg.data.root, threads=threads, log=log)
+    metrics = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
+    tmp = run_dir / (DEPLOY_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    os.replace(tmp, run_dir / DEPLOY_FILE)
+    return metrics
+
+
+def saved_run_metrics(run_dir) -> dict[str, float]:
+    """The deploy/* metrics `measure_run` kept in `run_dir` ({} when none, or unreadable)."""
+    try:
+        data = json.loads((Path(run_dir) / DEPLOY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and k.startswith(M.DEPLOY + "/")}
 
 
 def format_bench(m: dict[str, float]) -> str:
