@@ -158,8 +158,8 @@ class TuneReporter:
                 from experiments.evidence import write_evidence
                 write_evidence(Path(run_dir))  # detections.png, pr_curves.png: carried with the final checkpoint
                 result.update(DP.measure_run(self.cfg, run_dir, self.threads))  # deploy/* (deploy.bench)
-            else:  # replaying the final epoch: what was measured then
-                result.update(DP.saved_run_metrics(run_dir))
+            else:  # replaying the final epoch: what was measured then (or now, if the kill came before that)
+                result.update(DP.saved_run_metrics(run_dir) or DP.measure_run(self.cfg, run_dir, self.threads))
         if self.node:
             result[NODE_KEY] = self.node
         carry = self.carry_state and run_dir is not None and Path(run_dir).is_dir()

@@ -163,9 +163,12 @@ def test_tune_reporter_measures_at_the_final_epoch_and_replays_what_it_measured(
     rep.state_epoch = 2  # replaying the final epoch after a restart: the measurement is read back, not redone
     rep.on_epoch_end(2, {"score": 0.2, "final": 1.0}, tmp_path)
     assert len(calls) == 1 and reported[2][M.DEPLOY_LATENCY] == 7.5
+    (tmp_path / "deploy.json").unlink()  # killed after the final report, before the measurement: measured now
+    rep.on_epoch_end(2, {"score": 0.2, "final": 1.0}, tmp_path)
+    assert len(calls) == 2 and reported[3][M.DEPLOY_LATENCY] == 7.5
     off = TuneReporter("val/mAP50", "max", cfg=validate_config({"name": "y"}))
     off.on_epoch_end(1, {"score": 0.1, "final": 1.0}, tmp_path / "elsewhere")
-    assert len(calls) == 1 and M.DEPLOY_LATENCY not in reported[3]
+    assert len(calls) == 2 and M.DEPLOY_LATENCY not in reported[4]
 
 
 # ---------------------------------------------------------------- the report
