@@ -291,7 +291,9 @@ def accuracy_speed(data: SweepData, rows: pd.DataFrame | None = None) -> bytes |
                             xerr=None if math.isnan(r["latency_std"]) else r["latency_std"], fmt=markers[r["backend"]],
                             color=f"C{i % 10}", ms=7, capsize=3, zorder=3, label=f"{arm}: {r['model']}")
         front = d[d["pareto"]].sort_values("latency_ms")
-        ax.step(front["latency_ms"], front["map"], where="post", color="k", lw=1, label="Pareto front", zorder=2)
+        ax.step(front["latency_ms"], front["map"], where="post", color="k", lw=1, zorder=2)
+        ax.scatter(front["latency_ms"], front["map"], s=220, facecolors="none", edgecolors="k", lw=1.2, zorder=4,
+                   label="Pareto front")
         ax.set_xlabel("CPU latency per image, batch 1 (ms)")
         ax.set_ylabel(tables.metric_label(M_TEST_MAP))
         ax.legend(loc="best", fontsize=7)
