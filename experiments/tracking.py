@@ -502,7 +502,10 @@ class SweepTracker:
         writer = self.children[trial_id] = RunWriter(self.uri, self.experiment)
         writer._client, writer._exp_id = self.parent.client, self.parent.exp_id
         ident = {Tag.PARENT: parent, Tag.TRIAL_ID: trial_id}
-        return writer.open(ident, params=params, tags={Tag.SWEEP: self.sweep, Tag.KIND: Kind.TRIAL, **dict(tags)},
+        if getattr(self, "_provenance", None) is None:  # git + versions once per driver, on every trial run
+            self._provenance = provenance()
+        return writer.open(ident, params=params, tags={Tag.SWEEP: self.sweep, Tag.KIND: Kind.TRIAL, **self._provenance,
+                                                       **dict(tags)},
                            run_name=run_name or trial_id)
 
     def log_epoch(self, trial_id: str, step: int, metrics: Mapping[str, Any]) -> bool:

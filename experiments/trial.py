@@ -209,13 +209,23 @@ def _stage_state(run_dir: Path, into: Path) -> None:
         shutil.copy2(src, into / name)
 
 
+@functools.lru_cache(maxsize=None)
+def _process(pid: Optional[int] = None):
+    """One psutil.Process per process: cpu_percent(interval=None) measures since the previous call on the SAME
+    object (a new object's first call is always 0.0). Primed here, so the first epoch's value is real."""
+    import psutil
+
+    proc = psutil.Process(pid or os.getpid())
+    proc.cpu_percent(interval=None)
+    return proc
+
+
 def system_metrics() -> dict[str, float]:
     """The worker's CPU %, resident memory, and GPU utilisation and memory when there is one: sent with
     each epoch's metrics to the driver, which logs them like the rest (ssd_core/metrics.py `sys/...`)."""
     out: dict[str, float] = {}
     try:
-        import psutil
-        proc = psutil.Process()
+        proc = _process(os.getpid())
         out[M.SYS_CPU] = float(proc.cpu_percent(interval=None))  # since the previous epoch's call
         out[M.SYS_RSS] = proc.memory_info().rss / 2**20
     except Exception:  # psutil missing or a sandbox without /proc: no system metrics, never a failed trial

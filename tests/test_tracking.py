@@ -1,6 +1,7 @@
 """experiments.tracking: store creation under a lock, the train callback, the sweep's single writer."""
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -153,6 +154,9 @@ def test_sweep_tracker_identity_survives_a_new_driver(uri):
     assert c2.data.tags["ssdlab.status"] == "failed" and c2.info.status == "FAILED"
     assert c2.data.tags["ssdlab.error"] == "NonFiniteLossError: loss is nan"
     assert c1.data.params == {"train.lr": "0.1"} and c1.data.tags["ssdlab.kind"] == "trial"
+    for run in (parent, c1, c2):  # provenance on the trial runs too, not only on the parent
+        assert len(run.data.tags["mlflow.source.git.commit"]) == 40 and run.data.tags["ssdlab.git_dirty"] in ("true", "false")
+        assert "torch" in json.loads(run.data.tags["ssdlab.versions"]) and run.data.tags["ssdlab.command"]
     assert [m.step for m in client.get_metric_history(c1.info.run_id, "val/mAP50")] == [0, 1, 2, 3]
     assert [a.path for a in client.list_artifacts(c1.info.run_id)] == ["config.yaml"]
 
@@ -164,3 +168,18 @@ def test_parent_identity_includes_the_storage_path(uri):
     client = client_for(uri)
     runs = client.search_runs([experiment_id(client, "sw", uri)])
     assert sorted(r.data.tags["ssdlab.storage"] for r in runs) == ["/a", "/b"]
+
+
+def test_system_metrics_cpu_percent_measures_the_work_since_the_last_call():
+    """psutil's cpu_percent(interval=None) compares with the previous call on the same Process object: a new
+    object per call always said 0.0 (every trial of the BCCD sweeps logged sys/cpu_percent 0)."""
+    import time
+
+    from experiments.trial import system_metrics
+
+    system_metrics()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # 0.3 s of CPU on this thread
+        sum(i * i for i in range(1000))
+    m = system_metrics()
+    assert m["sys/cpu_percent"] > 20 and m["sys/rss_mb"] > 10
