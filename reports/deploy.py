@@ -140,12 +140,10 @@ def accuracy_speed_table(data: SweepData, rows: pd.DataFrame | None = None) -> T
 
 
 def front_flags(data: SweepData, runs: pd.DataFrame) -> list[bool]:
-    """For a multi-objective search: which of `runs` are on the Pareto front of (score, each objective)
-    among the finished trials; [] when the sweep has one objective."""
+    """For a multi-objective search: which of `runs` (finished trials) are on the Pareto front of their score
+    and each objective (experiments.schema.pareto_front); [] when the sweep has one objective."""
     objs = objectives(data)
     if not objs:
         return []
-    fin = data.runs[data.runs["status"] == Status.FINISHED.value]
-    points = [[r["score"]] + [_metric(fin.loc[[i]], o).iloc[0] for o in objs] for i, r in fin.iterrows()]
-    on = dict(zip(fin["run_id"], pareto_front(points, [data.mode] + ["min"] * len(objs))))
-    return [bool(on.get(rid, False)) for rid in runs["run_id"]]
+    columns = [pd.to_numeric(runs["score"], errors="coerce")] + [_metric(runs, o) for o in objs]
+    return pareto_front(list(zip(*(c.tolist() for c in columns))), [data.mode] + ["min"] * len(objs))

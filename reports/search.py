@@ -20,31 +20,30 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
     """Top-k finished trials by score (the selection metric) with their searched parameters and, beside
     it, their reported test value (never used for the ranking). A multi-objective search (search.objectives)
     lists its Pareto front first, with each objective's value and a Front column."""
-    from reports.deploy import _metric, front_flags, objectives
+    from reports.deploy import front_flags, objectives
 
     keys = data.searched
     objs = objectives(data)
     runs = search_runs(data)
     f = runs[runs["status"] == Status.FINISHED.value]
     key = f["score"] if data.mode == "min" else -f["score"]
-    on_front = front_flags(data, f)
-    f = f.assign(_k=key, _front=[not x for x in on_front] if objs else False)
-    top = f.sort_values(["_front", "_k", "seed", "trial_id"], na_position="last")
-    front_n = int((~top["_front"]).sum()) if objs else 0
+    f = f.assign(_k=key, _off_front=[not x for x in front_flags(data, f)] if objs else False)
+    top = f.sort_values(["_off_front", "_k", "seed", "trial_id"], na_position="last")
+    front_n = int((~top["_off_front"]).sum()) if objs else 0
     top = top.head(max(top_k, front_n))
     label = metric_label(data.metric)
     test = [metric_label(data.reported_metric)] if data.has_test else []
     rows, raw, t_runs = [], [], {}
     for i, (_, r) in enumerate(top.iterrows()):
         vals = [_param_value(r.get("params." + k)) for k in keys]
-        costs = [float(_metric(top.loc[[r.name]], o).iloc[0]) for o in objs]
+        costs = [float(pd.to_numeric(r.get("metrics." + o), errors="coerce")) for o in objs]
         seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
         t_runs[(len(rows), 1)] = r["run_id"]
         rows.append([str(i + 1), str(r["trial_id"]), r["arm"], seed]
                     + [fparam(v) for v in vals] + [fnum(r["score"])] + ([fnum(r["reported"])] if test else [])
-                    + [fnum(c, 3) for c in costs] + (["yes" if not r["_front"] else ""] if objs else []))
+                    + [fnum(c, 3) for c in costs] + (["" if r["_off_front"] else "yes"] if objs else []))
         raw.append([i + 1, r["trial_id"], r["run_id"], r["arm"], r["seed"]] + vals + [r["score"], r["reported"]]
-                   + costs + ([not r["_front"]] if objs else []))
+                   + costs + ([not r["_off_front"]] if objs else []))
     counts = runs["status"].value_counts()
     n = len(keys) + 4
     extra = len(test) + len(objs)
