@@ -20,20 +20,19 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pandas as pd
 
 from experiments.schema import M, Status, Tag, pareto_front
 from reports import stats
 from reports.load import SweepData
-from reports.tables import DASH, Table, arm_members, fnum, metric_label
+from reports.tables import DASH, Table, _col, _num, arm_members, fnum, metric_label
 
 MODELS = {"torch": "PyTorch FP32", "onnx": "ONNX FP32, NMS in the graph", "int8": "ONNX INT8"}
 
 
 def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
-    col = "metrics." + name
-    return pd.to_numeric(runs[col], errors="coerce") if col in runs else pd.Series(np.nan, index=runs.index)
+    """The latest value of metric `name` per run (NaN where a run has none)."""
+    return _num(_col(runs, "metrics." + name))
 
 
 def has_deploy(data: SweepData) -> bool:
