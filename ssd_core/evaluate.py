@@ -45,6 +45,7 @@ __all__ = [
     "evaluate_voc",
     "voc_matches",
     "weighted_voc",
+    "weighted_voc_batch",
     "VOCMatches",
     "DetectionAccumulator",
     "ground_truth_from_dataset",
@@ -139,43 +140,75 @@ def _segment_starts(labels_sorted: np.ndarray, num_classes: int):
     return np.cumsum(count) - count, count
 
 
-def _per_class_ap(label_s, tp_s, fp_s, npos, num_classes):
-    """11-point and area AP of every class at once; detections sorted by (class, score desc)."""
+def _per_class_ap(label_s, tp_s, fp_s, npos, num_classes, *, area_ap: bool = True, point11: bool = True):
+    """11-point and area AP of every class at once; detections sorted by (class, score desc).
+
+    `tp_s`, `fp_s` are [N] or [B, N] (B weightings of the same ranked detections, e.g. bootstrap
+    resamples) and `npos` [C] or [B, C]; the APs come back as [C] or [B, C] (None for a form not asked
+    for). Every step works along the last axis, so a row of a batch is computed exactly as it would be
+    alone."""
+    single = np.ndim(tp_s) == 1
+    tp, fp = np.atleast_2d(tp_s).astype(np.float64), np.atleast_2d(fp_s).astype(np.float64)
+    npos = np.atleast_2d(npos).astype(np.float64)
+    rows = tp.shape[0]
     start, count = _segment_starts(label_s, num_classes)
     cls = label_s - 1
-    tpc, fpc = np.cumsum(tp_s), np.cumsum(fp_s)
-    tpc -= np.concatenate(([0.0], tpc))[start][cls]        # restart the running sums at each class
-    fpc -= np.concatenate(([0.0], fpc))[start][cls]
+    zero = np.zeros((rows, 1))
+    tpc, fpc = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
+    tpc -= np.concatenate((zero, tpc), axis=1)[:, start][:, cls]   # restart the running sums at each class
+    fpc -= np.concatenate((zero, fpc), axis=1)[:, start][:, cls]
     with np.errstate(divide="ignore", invalid="ignore"):
-        rec = tpc / npos[cls].astype(np.float64)
+        rec = tpc / npos[:, cls]
     prec = tpc / np.maximum(tpc + fpc, _EPS)
     # Precision envelope max(prec[k:]) within each class: one reversed running max, with each class
     # lifted by 2 per class so that no maximum leaks into the class before it (prec is in [0, 1]; the
     # lift costs at most a few ulps of 2 * num_classes, i.e. < 1e-13).
     lift = 2.0 * (num_classes - cls)
-    envelope = np.maximum.accumulate((prec + lift)[::-1])[::-1] - lift
-    # 11-point: reached_k = #{t <= rec_k} is non-decreasing within a class, so the first detection
-    # with rec >= T[j] is start + #{k in class: reached_k <= j}: one histogram of (class, reached).
+    envelope = np.maximum.accumulate((prec + lift)[:, ::-1], axis=1)[:, ::-1] - lift
+    row = np.arange(rows)[:, None]
+    missing = npos == 0
+    ap07 = area = None
+    if point11:
+        ap07 = _point11(rec, envelope, cls, start, count, row, rows, num_classes)
+        ap07[missing] = np.nan
+    if area_ap:
+        area = _area(rec, envelope, cls, start, count, row, rows, num_classes)
+        area[missing] = np.nan
+    if single:
+        return (None if ap07 is None else ap07[0]), (None if area is None else area[0])
+    return ap07, area
+
+
+def _point11(rec, envelope, cls, start, count, row, rows, num_classes):
+    """VOC07 11-point AP [B, C]. reached_k = #{t <= rec_k} is non-decreasing within a class, so the first
+    detection with rec >= T[j] is start + #{k in class: reached_k <= j}: one histogram of (row, class,
+    reached)."""
     reached = np.searchsorted(VOC07_RECALL_THRESHOLDS, rec, side="right")  # exact comparisons
-    hist = np.bincount(cls * 12 + reached, minlength=num_classes * 12).reshape(num_classes, 12)
-    below = np.cumsum(hist, axis=1)[:, :11]                                    # [C, 11]
-    hit = below < count[:, None]
-    p = np.zeros((num_classes, 11))
-    p[hit] = envelope[(start[:, None] + below)[hit]]
-    ap07 = np.zeros(num_classes)
+    hist = np.bincount(((row * num_classes + cls) * 12 + reached).reshape(-1),
+                       minlength=rows * num_classes * 12).reshape(rows, num_classes, 12)
+    below = np.cumsum(hist, axis=2)[:, :, :11]                                  # [B, C, 11]
+    hit = below < count[None, :, None]
+    p = np.zeros((rows, num_classes, 11))
+    r_hit = np.broadcast_to(row[:, :, None], hit.shape)[hit]
+    p[hit] = envelope[r_hit, (start[None, :, None] + below)[hit]]
+    ap07 = np.zeros((rows, num_classes))
     for j in range(11):  # summed in the reference's order
-        ap07 += p[:, j] / 11.0
-    # Area: sum over detections of (rec_k - rec_{k-1}) * envelope_k, rec_{-1} = 0 at each class start.
-    prev = np.concatenate(([0.0], rec[:-1]))
-    prev[start[count > 0]] = 0.0
+        ap07 += p[:, :, j] / 11.0
+    return ap07
+
+
+def _area(rec, envelope, cls, start, count, row, rows, num_classes):
+    """VOC2010+ area AP [B, C]: the sum over detections of (rec_k - rec_{k-1}) * envelope_k, with
+    rec_{-1} = 0 at each class start."""
+    zero = np.zeros((rows, 1))
+    prev = np.concatenate((zero, rec[:, :-1]), axis=1)
+    prev[:, start[count > 0]] = 0.0
     with np.errstate(invalid="ignore"):
         step = rec - prev
-        area = np.bincount(cls, weights=np.where(step != 0, step * envelope, 0.0), minlength=num_classes)
-    area = area.astype(np.float64)  # bincount of nothing is int
-    missing = npos == 0
-    ap07[missing] = np.nan
-    area[missing] = np.nan
-    return ap07, area
+        contrib = np.where(step != 0, step * envelope, 0.0)
+    area = np.bincount((row * num_classes + cls).reshape(-1), weights=contrib.reshape(-1),
+                       minlength=rows * num_classes).reshape(rows, num_classes).astype(np.float64)
+    return area
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -266,6 +299,51 @@ def weighted_voc(m: VOCMatches, image_weights=None) -> dict:
     return {"mAP50": _nanmean(ap07), "mAP50_area": _nanmean(area),
             "AP50": dict(zip(m.class_names, ap07.tolist())), "AP50_area": dict(zip(m.class_names, area.tolist())),
             "num_gt": dict(zip(m.class_names, npos.tolist()))}
+
+
+def _without_trailing_false_positives(m: VOCMatches) -> VOCMatches:
+    """`m` without the detections ranked after their class's last true positive: under any image weights
+    they add no recall and only lower the precision after the last recall step, which neither AP reads
+    (the envelope looks forward, the 11-point takes the first detection reaching each recall). The scores
+    stay exactly equal; the bootstrap gets faster by the share of low-score false positives."""
+    if m.label_s.size == 0:
+        return m
+    rank = np.arange(m.label_s.size)
+    last_tp = np.full(len(m.class_names) + 1, -1)
+    np.maximum.at(last_tp, m.label_s[m.tp_s > 0], rank[m.tp_s > 0])
+    keep = rank <= last_tp[m.label_s]
+    if keep.all():
+        return m
+    return m._replace(label_s=m.label_s[keep], tp_s=m.tp_s[keep], fp_s=m.fp_s[keep], image_s=m.image_s[keep])
+
+
+def weighted_voc_batch(m: VOCMatches, image_weights, metric: str = "mAP50", chunk_elements: int = 2**22
+                       ) -> np.ndarray:
+    """`weighted_voc(m, w)[metric]` for every row w of `image_weights` [B, I] at once -> [B] (mAP50 or
+    mAP50_area): what a bootstrap over test images needs, B resamples in a few array passes instead of B
+    calls. Rows are scored in chunks of about `chunk_elements` detection cells, so memory stays bounded
+    on large test sets."""
+    if metric not in ("mAP50", "mAP50_area"):
+        raise ValueError(f"weighted_voc_batch: metric {metric!r} is not mAP50 or mAP50_area")
+    w = _np(image_weights, np.float64)
+    if w.ndim != 2:
+        raise ValueError(f"weighted_voc_batch: image_weights must be [B, I], got shape {w.shape}")
+    m = _without_trailing_false_positives(m)
+    num_classes = len(m.class_names)
+    n_gt = len(m.gt_count)
+    out = np.empty(w.shape[0])
+    step = max(1, chunk_elements // max(1, m.label_s.size + num_classes))
+    for lo in range(0, w.shape[0], step):
+        wb = w[lo:lo + step]
+        tp, fp = m.tp_s[None, :] * wb[:, m.image_s], m.fp_s[None, :] * wb[:, m.image_s]
+        npos = wb[:, :n_gt] @ m.gt_count
+        ap07, area = _per_class_ap(m.label_s, tp, fp, npos, num_classes, point11=metric == "mAP50",
+                                   area_ap=metric == "mAP50_area")
+        ap = ap07 if metric == "mAP50" else area
+        valid = ~np.isnan(ap)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo:lo + step] = np.where(valid, ap, 0.0).sum(axis=1) / valid.sum(axis=1)
+    return out
 
 
 def evaluate_voc(det_image, det_label, det_score, det_boxes,
