@@ -32,6 +32,7 @@ from experiments.schema import M, Status, Tag
 from experiments.sweep_spec import Phase, SweepSpec
 from experiments.tracking import STAMP_MS
 from experiments.trial import NODE_KEY, TrialJob, TrialKey, prune_state, trial_run_dir, trial_status
+from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, config_hash, flatten, to_yaml
 
 
@@ -229,12 +230,12 @@ class MLflowTuneCallback(tune.Callback):
         if checkpoint is not None and getattr(self.job, "checkpoint_state", False):
             with checkpoint.as_directory() as ckpt_dir:  # the trial's outputs, whichever node wrote them
                 self.tracker.end_child(tid, status, config_yaml=to_yaml(self._cfg[tid]),
-                                       checkpoint=Path(ckpt_dir) / "best.pt",
-                                       detections=Path(ckpt_dir) / M.TEST_DETECTIONS)
+                                       checkpoint=Path(ckpt_dir) / RD.BEST,
+                                       detections=Path(ckpt_dir) / RD.TEST_DETECTIONS)
             return
         run_dir = trial_run_dir(self.job, tid)  # a job from an older driver: the files are in the run dir
         self.tracker.end_child(tid, status, config_yaml=to_yaml(self._cfg[tid]),
-                               checkpoint=run_dir / "best.pt", detections=run_dir / M.TEST_DETECTIONS)
+                               checkpoint=run_dir / RD.BEST, detections=run_dir / RD.TEST_DETECTIONS)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.outbox.submit(self._fail_trial, trial, _error_line(trial))

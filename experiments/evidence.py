@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ssd_core import metrics as M
+from ssd_core import rundir as RD
 
 DETECTIONS_PNG, PR_CURVES_PNG = "detections.png", "pr_curves.png"
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
@@ -103,8 +104,8 @@ def write_evidence(run_dir: Path) -> list[str]:
     returns the problems met (empty when both were written)."""
     run_dir = Path(run_dir)
     problems = []
-    for name, make, source in ((DETECTIONS_PNG, detection_grid, run_dir / "best.pt"),
-                               (PR_CURVES_PNG, pr_curves, run_dir / M.TEST_DETECTIONS)):
+    for name, make, source in ((DETECTIONS_PNG, detection_grid, run_dir / RD.BEST),
+                               (PR_CURVES_PNG, pr_curves, run_dir / RD.TEST_DETECTIONS)):
         if not source.is_file():
             problems.append(f"{name}: no {source.name}")
             continue

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ssd_core import metrics as M  # metric names live with the code that computes them
 
-__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "M", "score_of", "best_index", "better", "Param", "parse_space",
+__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "Artifact", "M", "score_of", "best_index", "better", "Param", "parse_space",
            "SpaceError", "grid_points", "KINDS", "SEARCH_OBJECTIVES", "pareto_front"]
 
 
@@ -96,6 +96,15 @@ class Tag:
     GIT_COMMIT = "mlflow.source.git.commit"
     DESCRIPTION = "mlflow.note.content"   # the run description the MLflow UI shows
     RUN_NAME = "mlflow.runName"
+
+
+class Artifact:
+    """Artifact folders of ssdlab runs (the files in them are named by ssd_core/rundir.py)."""
+
+    CHECKPOINTS = "checkpoints"   # a trial's weights-only best.pt
+    EVIDENCE = "evidence"         # detections.png, pr_curves.png (experiments/evidence.py)
+    BUDGET = M.TEST_AT            # the test detections at each budget point (eval.test_at)
+    REPORT = "report"             # a sweep's parent: the report `ssdlab report` wrote
 
 
 # Further objectives a search may minimise beside its selection metric (search.objectives): deployment costs

@@ -27,7 +27,8 @@ from typing import Any, Iterable, Mapping, Optional
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from experiments.schema import MLFLOW_STATUS, Kind, M, Status, Tag
+from experiments.schema import MLFLOW_STATUS, Artifact, Kind, M, Status, Tag
+from ssd_core import rundir as RD
 
 PARAM_MAX_CHARS = 500
 _BATCH_METRICS, _BATCH_PARAMS, _BATCH_TAGS = 1000, 100, 100
@@ -294,15 +295,17 @@ class RunWriter:
                 except CheckpointError as exc:  # never lose the run over its artifact
                     self.set_tags({Tag.ERROR: f"checkpoint not logged: {exc}"})
                 else:
-                    self.client.log_artifact(self.run_id, str(slim), artifact_path="checkpoints")
+                    self.client.log_artifact(self.run_id, str(slim), artifact_path=Artifact.CHECKPOINTS)
         if detections is not None and Path(detections).is_file():
             self.client.log_artifact(self.run_id, str(detections))
+            for path in RD.detections_at_points(Path(detections).parent):  # eval.test_at: beside them
+                self.client.log_artifact(self.run_id, str(path), artifact_path=Artifact.BUDGET)
         from experiments.evidence import DETECTIONS_PNG, PR_CURVES_PNG
         for source in (checkpoint, detections):  # the evidence PNGs sit beside them (experiments/evidence.py)
             for name in (DETECTIONS_PNG, PR_CURVES_PNG) if source is not None else ():
                 png = Path(source).parent / name
                 if png.is_file() and name not in self._logged:
-                    self.client.log_artifact(self.run_id, str(png), artifact_path="evidence")
+                    self.client.log_artifact(self.run_id, str(png), artifact_path=Artifact.EVIDENCE)
                     self._logged.add(name)
 
     def end(self, status: Status | str, error: BaseException | str | None = None) -> None:
@@ -365,7 +368,6 @@ class MLflowCallback:
 
     def on_fit_end(self, result) -> None:
         from ssd_core.config import to_yaml
-        from ssd_core.metrics import TEST_DETECTIONS
 
         if self.writer.run_id is None:
             return
@@ -375,8 +377,8 @@ class MLflowCallback:
             write_evidence(Path(run_dir))
         self.writer.log_outputs(
             config_yaml=to_yaml(self.cfg) if self.cfg is not None else None,
-            checkpoint=Path(run_dir) / "best.pt" if self.log_checkpoint and run_dir is not None else None,
-            detections=Path(run_dir) / TEST_DETECTIONS if run_dir is not None else None)
+            checkpoint=Path(run_dir) / RD.BEST if self.log_checkpoint and run_dir is not None else None,
+            detections=Path(run_dir) / RD.TEST_DETECTIONS if run_dir is not None else None)
         self.writer.end(Status.FINISHED)
         self.writer.run_id = None
 
@@ -476,8 +478,8 @@ class SweepTracker:
         best = runs[i]
         tid = best.data.tags.get(Tag.TRIAL_ID, best.info.run_id)
         tags = {Tag.BEST_TRIAL: tid, Tag.BEST_RUN: best.info.run_id, Tag.BEST_SCORE: f"{scores[i]:.6g}"}
-        names = {a.path for a in client.list_artifacts(best.info.run_id, "checkpoints")}
-        if "checkpoints/best.pt" in names:
+        names = {a.path for a in client.list_artifacts(best.info.run_id, Artifact.CHECKPOINTS)}
+        if f"{Artifact.CHECKPOINTS}/{RD.BEST}" in names:
             name = model_name or f"{self.experiment}.{self.sweep}"
             try:
                 client.get_registered_model(name)
@@ -485,7 +487,7 @@ class SweepTracker:
                 client.create_registered_model(name, description=f"The best trial of sweep {self.sweep} by {metric} "
                                                                  f"(weights + config: ssd_core.inference.model_from_checkpoint)")
             version = client.create_model_version(
-                name, source=f"{best.info.artifact_uri}/checkpoints", run_id=best.info.run_id,
+                name, source=f"{best.info.artifact_uri}/{Artifact.CHECKPOINTS}", run_id=best.info.run_id,
                 tags={Tag.TRIAL_ID: tid, Tag.SWEEP: self.sweep, "metric": metric, "score": f"{scores[i]:.6g}"},
                 description=f"trial {tid}: {metric} {scores[i]:.4f} (checkpoints/best.pt)")
             tags[Tag.REGISTERED_MODEL] = f"{name}/{version.version}"

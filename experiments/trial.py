@@ -36,16 +36,17 @@ from typing import Any, Callable, Optional
 
 from experiments.schema import M, Status
 from experiments.sweep_spec import SweepSpec
+from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, apply_overrides, config_hash, resolve_data_root
 from ssd_core.errors import ConfigError, NonFiniteLossError
 
 OBJECTIVE = "ssdlab_objective"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 REPORTED = "reported.json"  # the Tune checkpoint's marker: the epoch reported, and the epoch of the state beside it
-STATE_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", M.TEST_DETECTIONS,  # what a checkpoint carries
+STATE_FILES = (RD.LAST, RD.BEST, RD.METRICS, RD.CONFIG, RD.TEST_DETECTIONS,  # what a checkpoint carries
                "detections.png", "pr_curves.png",  # experiments/evidence.py, drawn at the final epoch
                "deploy.json")  # ssd_core.deploy.measure_run (deploy.bench), measured at the final epoch
-HEAVY_FILES = ("last.pt", "best.pt")  # stripped from a trial's older checkpoints (the driver keeps KEEP_STATE)
+HEAVY_FILES = (RD.LAST, RD.BEST)  # stripped from a trial's older checkpoints (the driver keeps KEEP_STATE)
 KEEP_STATE = 2
 NODE_KEY = "ssdlab_node"    # result key: the node that reported it (experiments.schema.Tag.NODE)
 SCRATCH_ENV = "SSDLAB_SCRATCH"
@@ -193,10 +194,17 @@ class TuneReporter:
         return len(todo)
 
 
+def state_names(names) -> list[str]:
+    """The names among `names` (a folder's files) that a trial's state consists of: STATE_FILES and the
+    budget points' detections (ssd_core.rundir.detections_at)."""
+    names = set(names)
+    return [n for n in STATE_FILES if n in names] + sorted(n for n in names if RD.point_of(n) is not None)
+
+
 def _stage_state(run_dir: Path, into: Path) -> None:
-    """The run dir's STATE_FILES into a checkpoint folder: the large ones hard-linked (fit replaces them
+    """The run dir's state files into a checkpoint folder: the large ones hard-linked (fit replaces them
     atomically, so a link keeps this epoch's file), the small ones copied (metrics.jsonl grows in place)."""
-    for name in STATE_FILES:
+    for name in state_names(p.name for p in run_dir.iterdir()):
         src = run_dir / name
         if not src.is_file():
             continue
@@ -365,15 +373,15 @@ def restore_newest_state(checkpoint, run_dir: Path) -> Optional[int]:
         return None
     tmp = Path(tempfile.mkdtemp(prefix=".ssdlab-restore-", dir=run_dir))
     try:
-        for name in STATE_FILES:
-            src = posixpath.join(best[1], name)
-            if fs.get_file_info(src).type == pafs.FileType.File:
-                pafs.copy_files(src, str(tmp / name), source_filesystem=fs,
-                                destination_filesystem=pafs.LocalFileSystem())
-        for name in STATE_FILES:  # the whole state of that epoch, nothing newer left beside it
+        files = [e for e in fs.get_file_info(pafs.FileSelector(best[1])) if e.type == pafs.FileType.File]
+        for name in state_names(posixpath.basename(e.path) for e in files):
+            pafs.copy_files(posixpath.join(best[1], name), str(tmp / name), source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+        # the whole state of that epoch, nothing newer left beside it
+        for name in state_names([*STATE_FILES, *(p.name for p in run_dir.iterdir()), *(p.name for p in tmp.iterdir())]):
             if (tmp / name).is_file():
                 os.replace(tmp / name, run_dir / name)
-            elif name != "config.yaml":
+            elif name != RD.CONFIG:
                 (run_dir / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

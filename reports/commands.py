@@ -88,8 +88,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.no_log and report.data is not None and report.data.parent_id:
         from mlflow.tracking import MlflowClient
         client = MlflowClient(tracking_uri=report.data.tracking_uri)
+        from experiments.schema import Artifact
         for f in files:  # the parent (sweep) run carries its latest report
-            client.log_artifact(report.data.parent_id, str(f), artifact_path="report")
+            client.log_artifact(report.data.parent_id, str(f), artifact_path=Artifact.REPORT)
     if "md" in formats:
         sys.stdout.write(report.markdown())
     print(f"wrote {len(files)} files to {out}", file=sys.stderr)

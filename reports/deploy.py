@@ -25,14 +25,15 @@ import pandas as pd
 from experiments.schema import M, Status, Tag, pareto_front
 from reports import stats
 from reports.load import SweepData
-from reports.tables import DASH, Table, _col, _num, arm_members, fnum, metric_label
+from reports.fmt import DASH, Table, col, fnum, metric_label, num
+from reports.tables import arm_members
 
 MODELS = {"torch": "PyTorch FP32", "onnx": "ONNX FP32, NMS in the graph", "int8": "ONNX INT8"}
 
 
 def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
     """The latest value of metric `name` per run (NaN where a run has none)."""
-    return _num(_col(runs, "metrics." + name))
+    return num(col(runs, "metrics." + name))
 
 
 def has_deploy(data: SweepData) -> bool:

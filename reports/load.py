@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from experiments.schema import FROM_MLFLOW, Kind, M, Status, Tag, best_index, score_of
+from experiments.schema import FROM_MLFLOW, Artifact, Kind, M, Status, Tag, best_index, score_of
+from ssd_core import rundir as RD
 from ssd_core.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -59,8 +60,10 @@ class SweepData:
     runs: pd.DataFrame
     history: pd.DataFrame  # run_id, key, step, value (sorted)
     parent_tags: dict[str, str] = field(default_factory=dict)
-    # run_id -> VOCMatches of its test detections (the logged test_detections.npz), for the bootstrap
+    # run_id -> VOCMatches of its test detections (the logged test_detections.npz), for the intervals
     detections: dict[str, Any] = field(default_factory=dict)
+    # (run_id, budget fraction) -> VOCMatches of its test detections at that budget point (eval.test_at)
+    budget_detections: dict[tuple[str, float], Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -192,7 +195,7 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = Tr
     `detections`: also read the finished runs' test detections when the sweep has arms to compare."""
     uri = resolve_tracking_uri(tracking_uri)
     df = _search(uri, (Tag.SWEEP, sweep))
-    kind = _col(df, "tags." + Tag.KIND)
+    kind = _objects(df, "tags." + Tag.KIND)
     parents = df[kind == Kind.SWEEP]
     if parents.empty and not (kind == Kind.TRIAL).any():
         found = list_sweeps(uri)
@@ -202,12 +205,13 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = Tr
     ptags = _tags(parent) if parent is not None else {}
     children = df[kind != Kind.SWEEP]
     if parent is not None:  # a sweep launched again under a new storage path: report the latest
-        children = children[_col(children, "tags." + Tag.PARENT) == parent["run_id"]]
+        children = children[_objects(children, "tags." + Tag.PARENT) == parent["run_id"]]
     metric = ptags.get(Tag.METRIC) or DEFAULT_METRIC
     mode = (ptags.get(Tag.MODE) or "max").lower()
     if mode not in ("max", "min"):
         raise UserError(f"sweep {sweep!r} in {uri}: tag {Tag.MODE}={mode!r} is not max|min")
-    keys = [metric] + ([M.TRAIN_LOSS] if curves and metric != M.TRAIN_LOSS else [])
+    budget = M.TEST_AT + M.reported_of(metric)[len(M.TEST):]  # test_at/mAP50: the reported metric along the budget
+    keys = [metric, budget, M.TEST_AT_FRACTION] + ([M.TRAIN_LOSS] if curves and metric != M.TRAIN_LOSS else [])
     client = MlflowClient(tracking_uri=uri)
     history = metric_histories(client, list(children["run_id"]), keys)
     runs = _trial_frame(children, history, metric, mode)
@@ -221,9 +225,9 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = Tr
         arms=arms, baseline=ptags.get(Tag.BASELINE_ARM) or (arms[0] if arms else None),
         search_space=_json(ptags.get(Tag.SEARCH_SPACE), {}, Tag.SEARCH_SPACE, sweep, uri),
         metric=metric, mode=mode, runs=runs.reset_index(drop=True), history=history,
-        parent_tags=ptags,
-        detections=load_detections(client, runs[runs["status"] == Status.FINISHED.value]["run_id"].tolist())
-        if detections and len(arms) > 1 else {})
+        parent_tags=ptags, **(load_detections(client, runs[runs["status"] == Status.FINISHED.value]["run_id"].tolist(),
+                                              budget=(history["key"] == M.TEST_AT_FRACTION).any())
+                              if detections and len(arms) > 1 else {}))
 
 
 def load_artifact(uri: str, run_id: str, path: str) -> bytes | None:
@@ -242,27 +246,34 @@ def load_artifact(uri: str, run_id: str, path: str) -> bytes | None:
         return None
 
 
-def load_detections(client: MlflowClient, run_ids: list[str]) -> dict[str, Any]:
-    """run_id -> VOCMatches of the run's logged test detections (M.TEST_DETECTIONS), for the runs that
+def load_detections(client: MlflowClient, run_ids: list[str], budget: bool = False) -> dict[str, dict]:
+    """{"detections": run_id -> VOCMatches of the run's logged test detections (RD.TEST_DETECTIONS),
+    "budget_detections": (run_id, fraction) -> those at each budget point (with `budget`)}, for the runs that
     have them; read through the MLflow artifact API into a temporary folder."""
     import tempfile
 
-    from ssd_core.evaluate import DetectionAccumulator
+    def matches(path):
+        from ssd_core.evaluate import DetectionAccumulator
+
+        acc = DetectionAccumulator.load(path)
+        return acc.matches()._replace(image_ids=np.asarray(acc.image_keys))  # keys: same images across runs
 
     out: dict[str, Any] = {}
+    points: dict[tuple[str, float], Any] = {}
     with tempfile.TemporaryDirectory(prefix="ssdlab-detections-") as tmp:
         for rid in run_ids:
             try:
                 names = {a.path for a in client.list_artifacts(rid)}
-                if M.TEST_DETECTIONS not in names:
-                    continue
-                path = client.download_artifacts(rid, M.TEST_DETECTIONS, tmp)
-                acc = DetectionAccumulator.load(path)
-                m = acc.matches()
-                out[rid] = m._replace(image_ids=np.asarray(acc.image_keys))  # keys: same images across runs
-            except Exception:  # an unreadable artifact only costs that run its bootstrap
+                if RD.TEST_DETECTIONS in names:
+                    out[rid] = matches(client.download_artifacts(rid, RD.TEST_DETECTIONS, tmp))
+                if budget and Artifact.BUDGET in names:
+                    for a in client.list_artifacts(rid, Artifact.BUDGET):
+                        f = RD.point_of(a.path.rsplit("/", 1)[-1])
+                        if f is not None:
+                            points[(rid, f)] = matches(client.download_artifacts(rid, a.path, tmp))
+            except Exception:  # an unreadable artifact only costs that run its interval
                 continue
-    return out
+    return {"detections": out, "budget_detections": points}
 
 
 def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
@@ -272,7 +283,7 @@ def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
     if sweep is not None:
         return load_sweep(sweep, uri, curves=False).runs
     df = _search(uri)
-    df = df[_col(df, "tags." + Tag.KIND) != Kind.SWEEP]
+    df = df[_objects(df, "tags." + Tag.KIND) != Kind.SWEEP]
     history = metric_histories(MlflowClient(tracking_uri=uri), list(df["run_id"]), [metric])
     return _trial_frame(df, history, metric, "max").sort_values(
         ["sweep", "arm", "seed", "trial_id", "run_id"], na_position="last").reset_index(drop=True)
@@ -342,13 +353,13 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str
     reported (the test value at the selected checkpoint), timing, params.*, metrics.* (latest values).
     Duplicated trial ids (a restored sweep) keep the newest run."""
     df = df.reset_index(drop=True)
-    t = lambda name: _col(df, "tags." + name)  # noqa: E731
+    t = lambda name: _objects(df, "tags." + name)  # noqa: E731
     out = pd.DataFrame({
         "run_id": df["run_id"].astype(str),
         "experiment_id": df["experiment_id"].astype(str) if "experiment_id" in df else "0",
         "sweep": t(Tag.SWEEP),
         "arm": t(Tag.ARM).fillna("(none)"),
-        "seed": pd.to_numeric(t(Tag.SEED).fillna(_col(df, "params.train.seed")), errors="coerce"),
+        "seed": pd.to_numeric(t(Tag.SEED).fillna(_objects(df, "params.train.seed")), errors="coerce"),
         "trial_id": t(Tag.TRIAL_ID).fillna(df["run_id"]),
         "note": t(Tag.NOTE).fillna(""),
         "phase": t(Tag.PHASE).fillna(""),  # grid | search | confirm ("" = grid)
@@ -399,7 +410,9 @@ def _arm_order(listed: list[str], runs: pd.DataFrame) -> list[str]:
     return arms
 
 
-def _col(df: pd.DataFrame, name: str) -> pd.Series:
+def _objects(df: pd.DataFrame, name: str) -> pd.Series:
+    """A column of `df` as Python objects, None where missing (tags and params are text; reports.fmt.col
+    reads numbers, NaN where missing)."""
     if name in df:
         return df[name].astype(object).where(df[name].notna(), None)
     return pd.Series([None] * len(df), index=df.index, dtype=object)

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports import deploy, search, tables  # noqa: E402
+from reports import deploy, fmt, search, tables  # noqa: E402
 from reports.load import SweepData  # noqa: E402
 from experiments.schema import M  # noqa: E402
 
@@ -68,7 +68,7 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
                                 color=f"C{i % 10}", alpha=0.2, lw=0)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(key if key != data.metric else f"{tables.metric_label(key)} ({key})")
+            ax.set_ylabel(key if key != data.metric else f"{fmt.metric_label(key)} ({key})")
             ax.set_title(f"{key}: mean ± std over seeds; thin: each trial (dashed: early-stopped)", fontsize=9)
         axes[0][-1].legend(loc="best")
         return _png(fig)
@@ -88,7 +88,7 @@ def param_scatter(data: SweepData) -> bytes | None:
         fig.subplots_adjust(left=0.07, right=0.98, bottom=0.55 / (3.4 * nrow),
                             top=1 - 0.4 / (3.4 * nrow), wspace=0.28, hspace=0.45)
         for ax, key in zip(axes.flat, keys):
-            x_all = runs.get("params." + key, pd.Series(index=runs.index, dtype=object)).map(tables._param_value)
+            x_all = runs.get("params." + key, pd.Series(index=runs.index, dtype=object)).map(fmt.param_value)
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x_all.dropna())
             cats = sorted({str(v) for v in x_all.dropna()}) if not numeric else []
             for status, (color, marker) in STATUS_STYLE.items():
@@ -115,11 +115,11 @@ def param_scatter(data: SweepData) -> bytes | None:
                 pad = 0.03 * (dist.high - dist.low)
                 ax.set_xlim(dist.low - pad, dist.high + pad)
             ax.set_xlabel(key)
-            ax.set_ylabel(tables.metric_label(data.metric))
+            ax.set_ylabel(fmt.metric_label(data.metric))
         for ax in list(axes.flat)[len(keys):]:
             ax.set_visible(False)
         axes.flat[0].legend(loc="best")
-        fig.suptitle(f"{data.sweep}: {tables.metric_label(data.metric)} against searched parameters")
+        fig.suptitle(f"{data.sweep}: {fmt.metric_label(data.metric)} against searched parameters")
         return _png(fig)
 
 
@@ -161,38 +161,71 @@ def search_history(data: SweepData) -> bytes | None:
         ax.step(order, best, where="post", color="k", lw=1.4, label="running best (finished)")
         ax.set_xlabel("trial (start order)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(tables.metric_label(data.metric))
+        ax.set_ylabel(fmt.metric_label(data.metric))
         ax.set_title(f"{data.sweep}: search history")
         ax.legend(loc="best")
         return _png(fig)
 
 
 def deltas_forest(data: SweepData, arms: pd.DataFrame) -> bytes | None:
-    """Each arm's delta against the baseline with its 95% interval over seeds (and, where the runs logged
-    their test detections, over seeds x test images), against the zero line: the ablation at a glance."""
+    """Each arm's delta against the baseline with its 95% interval over seeds + test images (where the runs
+    logged their test detections: reports.stats.ablation_interval) and over seeds alone (paired t), against
+    the zero line: the ablation at a glance."""
     a = arms[(arms["method"] != "baseline") & arms["delta"].notna()]
     if a.empty:
         return None
     label = tables.value_label(data)
+    combined = a.get("iv_low", pd.Series(dtype=float)).notna().any()
     with plt.rc_context(_STYLE):
         height = 0.55 * len(a) + 1.5
         fig, ax = plt.subplots(figsize=(7, height))
         fig.subplots_adjust(left=0.28, right=0.96, bottom=0.6 / height + 0.08, top=1 - 0.45 / height)
         y = np.arange(len(a))[::-1]
         for yi, (_, r) in zip(y, a.iterrows()):
+            if np.isfinite(r.get("iv_low", np.nan)):
+                ax.plot([r["iv_low"], r["iv_high"]], [yi + 0.1] * 2, color="C0", lw=2.4, solid_capstyle="butt")
             if np.isfinite(r["low"]):
-                ax.plot([r["low"], r["high"]], [yi + 0.1] * 2, color="C0", lw=2.2, solid_capstyle="butt")
-            if np.isfinite(r.get("boot_low", np.nan)):
-                ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.12] * 2, color="C1", lw=2.2, solid_capstyle="butt")
+                ax.plot([r["low"], r["high"]], [yi - 0.12] * 2, color="C1" if combined else "C0", lw=1.6,
+                        solid_capstyle="butt")
             ax.plot([r["delta"]], [yi], "ko", ms=5)
         ax.axvline(0, color="0.3", lw=1, ls=":")
         ax.set_yticks(y, [str(arm) for arm in a["arm"]])
         ax.set_xlabel(f"Δ {label} vs {data.baseline}")
-        handles = [plt.Line2D([], [], color="C0", lw=2.2, label="95% CI over seeds (paired t)")]
-        if a.get("boot_low", pd.Series(dtype=float)).notna().any():
-            handles.append(plt.Line2D([], [], color="C1", lw=2.2, label="95% CI over seeds x test images (bootstrap)"))
+        handles = []
+        if combined:
+            handles.append(plt.Line2D([], [], color="C0", lw=2.4, label="95% CI, seeds + test images"))
+        handles.append(plt.Line2D([], [], color="C1" if combined else "C0", lw=1.6,
+                                  label="95% CI, seeds only (paired t, this test set)"))
         ax.legend(handles=handles, loc="best", fontsize=7)
         ax.set_title(f"{data.sweep}: which change bought how much")
+        return _png(fig)
+
+
+def budget_deltas(data: SweepData, deltas) -> bytes | None:
+    """Each arm's delta against the baseline at each budget point (reports.budget.point_deltas) with its 95%
+    band, against the zero line: whether a delta holds, grows or turns along the budget."""
+    arms = [a for a in data.arms if a != data.baseline]
+    rows = [d for d in deltas if d.arm in arms and np.isfinite(d.delta)]
+    if not rows:
+        return None
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
+        for i, arm in enumerate(arms):
+            r = [d for d in rows if d.arm == arm]
+            if not r:
+                continue
+            x = [d.fraction for d in r]
+            colour = f"C{(i + 1) % 10}"
+            ax.plot(x, [d.delta for d in r], "o-", color=colour, label=arm, lw=1.6, ms=4)
+            lo, hi = np.array([d.low for d in r], float), np.array([d.high for d in r], float)
+            if np.isfinite(lo).any():
+                ax.fill_between(x, lo, hi, color=colour, alpha=0.15, lw=0)
+        ax.axhline(0, color="0.3", lw=1, ls=":")
+        ax.set_xlabel("fraction of the training budget")
+        ax.set_ylabel(f"Δ {tables.value_label(data)} vs {data.baseline}")
+        ax.set_title(f"{data.sweep}: Δ along the budget (95% bands)")
+        ax.legend(loc="best")
         return _png(fig)
 
 
@@ -207,7 +240,7 @@ def parallel_coordinates(data: SweepData) -> bytes | None:
     space = search._space(data)
     cols = []
     for k in keys:
-        v = runs.get("params." + k, pd.Series(index=runs.index, dtype=object)).map(tables._param_value)
+        v = runs.get("params." + k, pd.Series(index=runs.index, dtype=object)).map(fmt.param_value)
         p = space.get(k)
         if p is not None and p.kind == "choice":
             x = v.map(lambda c: list(p.choices).index(p.cast(c)) / max(1, len(p.choices) - 1) if c is not None else np.nan)
@@ -235,7 +268,7 @@ def parallel_coordinates(data: SweepData) -> bytes | None:
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel("position in the searched range")
         sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
-        fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02).set_label(tables.metric_label(data.metric))
+        fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.02).set_label(fmt.metric_label(data.metric))
         ax.set_title(f"{data.sweep}: searched parameters (thick: best trial; dashed: early-stopped)")
         return _png(fig)
 
@@ -295,7 +328,7 @@ def accuracy_speed(data: SweepData, rows: pd.DataFrame | None = None) -> bytes |
         ax.scatter(front["latency_ms"], front["map"], s=220, facecolors="none", edgecolors="k", lw=1.2, zorder=4,
                    label="Pareto front")
         ax.set_xlabel("CPU latency per image, batch 1 (ms)")
-        ax.set_ylabel(tables.metric_label(M_TEST_MAP))
+        ax.set_ylabel(fmt.metric_label(M_TEST_MAP))
         ax.legend(loc="best", fontsize=7)
         ax.set_title(f"{data.sweep}: accuracy against speed")
         return _png(fig)

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.schema import M
+from experiments.evidence import DETECTIONS_PNG
+from experiments.schema import Artifact, M
 from ssd_core.errors import UserError
 
-from reports import deploy, plots, render, search, tables
+from reports import budget, deploy, fmt, plots, render, search, tables
 from reports.load import SweepData, load_artifact, load_sweep
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -29,8 +30,8 @@ class Report:
     data: SweepData | None = None
 
     @property
-    def tables(self) -> list[tables.Table]:
-        return [s for s in self.sections if isinstance(s, tables.Table)]
+    def tables(self) -> list[fmt.Table]:
+        return [s for s in self.sections if isinstance(s, fmt.Table)]
 
     def markdown(self) -> str:
         return render.markdown(self.title, self.sections, self.plots)
@@ -48,6 +49,13 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
             figs["deltas"] = forest
             sections.append(("figure", "deltas", render.PLOT_TITLES["deltas"]))
         sections.append(tables.ablation_table(data, arms))
+        points = budget.point_deltas(data, budget.budget_values(data, tables.arm_members(data)))
+        if points:  # eval.test_at: the deltas along the budget, plotted above their table
+            along = plots.budget_deltas(data, points) if with_plots else None
+            if along is not None:
+                figs["budget"] = along
+                sections.append(("figure", "budget", render.PLOT_TITLES["budget"]))
+            sections.append(budget.budget_table(data, points))
     if data.runs["status"].ne("finished").any():
         sections.append(tables.other_runs_table(data))
     if deploy.has_deploy(data):  # the deployment arms: accuracy against speed, the front plotted above its table
@@ -74,7 +82,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     fin = data.finished
     if with_plots and len(fin):  # the best run's detections (experiments/evidence.py), what one looks at first
         best = tables.best_run(fin, data.mode)
-        png = load_artifact(data.tracking_uri, best["run_id"], "evidence/detections.png")
+        png = load_artifact(data.tracking_uri, best["run_id"], f"{Artifact.EVIDENCE}/{DETECTIONS_PNG}")
         if png:
             figs["best_detections"] = png
             sections.append(("figure", "best_detections", f"Detections of the best trial ({best['trial_id']}, "

@@ -12,8 +12,8 @@ import yaml
 
 from experiments.schema import Param, SpaceError, Status, parse_space
 from reports.load import SweepData, best_run
-from reports.tables import (DASH, Table, _param_value, early_stopped_above_best, fnum, fparam, metric_label,
-                            search_runs)
+from reports.fmt import DASH, Table, fnum, fparam, metric_label, param_value
+from reports.tables import early_stopped_above_best, search_runs
 
 
 def search_table(data: SweepData, top_k: int = 10) -> Table:
@@ -35,7 +35,7 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
     test = [metric_label(data.reported_metric)] if data.has_test else []
     rows, raw, t_runs = [], [], {}
     for i, (_, r) in enumerate(top.iterrows()):
-        vals = [_param_value(r.get("params." + k)) for k in keys]
+        vals = [param_value(r.get("params." + k)) for k in keys]
         costs = [float(pd.to_numeric(r.get("metrics." + o), errors="coerce")) for o in objs]
         seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
         t_runs[(len(rows), 1)] = r["run_id"]
@@ -86,7 +86,7 @@ def best_override(data: SweepData) -> str:
     nested: dict[str, Any] = {}
     flat = []
     for k in data.searched:
-        v = _param_value(best.get("params." + k))
+        v = param_value(best.get("params." + k))
         if v is None:
             continue
         node = nested
@@ -166,8 +166,8 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova",
         if not math.isfinite(r["score"]):
             continue
         try:  # a conditional parameter (`when:`) missing from a trial is left out of that trial
-            params = {k: space[k].cast(_param_value(r.get("params." + k))) for k in dists
-                      if _param_value(r.get("params." + k)) is not None}
+            params = {k: space[k].cast(param_value(r.get("params." + k))) for k in dists
+                      if param_value(r.get("params." + k)) is not None}
             trials.append(optuna.trial.create_trial(
                 params=params, distributions={k: dists[k] for k in params}, value=float(r["score"])))
         except (ValueError, TypeError):

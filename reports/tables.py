@@ -6,72 +6,20 @@ splits: a run's checkpoint and the best trial are chosen by its ``score`` (best 
 epochs); arm means, deltas and per-class AP report ``test/...`` at that checkpoint (``data.value``).
 Every table says which split it reports in its footnote.
 
-A ``Table`` keeps display text (``rows``) and machine values (``raw``, written to CSV) side by side;
-reports/render.py turns it into Markdown, CSV, LaTeX or HTML.
+A ``Table`` (reports/fmt.py) keeps display text (``rows``) and machine values (``raw``, written to CSV) side
+by side; reports/render.py turns it into Markdown, CSV, LaTeX or HTML.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from experiments.schema import M, Status, best_index
-from reports import stats
+from reports import budget, stats
+from reports.fmt import DASH, Table, col, fduration, fmean, fnum, fp, fparam, metric_label, num, param_value
 from reports.load import SweepData, best_run
-
-DASH = "–"
-
-
-@dataclass
-class Table:
-    name: str  # file stem: summary, ablation, ...
-    title: str
-    columns: list[str]
-    rows: list[list[str]]  # display text
-    raw: list[list[Any]]  # values for CSV (numbers unrounded)
-    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells in bold
-    notes: list[str] = field(default_factory=list)
-    numeric: set[int] = field(default_factory=set)  # right-aligned columns
-    raw_columns: list[str] = field(default_factory=list)  # CSV header
-    runs: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, column) cells naming a run: its run id
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fnum(x: Any, digits: int = 3, sign: bool = False) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return DASH
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-
-
-def fmean(m: stats.MeanStd, digits: int = 3) -> str:
-    if m.n == 0:
-        return DASH
-    return fnum(m.mean, digits) if m.n < 2 else f"{fnum(m.mean, digits)} ± {fnum(m.std, digits)}"
-
-
-def fp(p: float) -> str:
-    if not math.isfinite(p):
-        return DASH
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fparam(v: Any) -> str:
-    """A parameter value: floats to 4 significant digits, everything else as text."""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def metric_label(metric: str) -> str:
-    """val/mAP50 -> 'val mAP@0.5'; test/mAP50 -> 'test mAP@0.5'."""
-    split = metric.split("/", 1)[0] if "/" in metric else ""
-    return f"{split} {M.label(metric)}".strip() if split in (M.VAL, M.TEST) else M.label(metric)
-
 
 def value_label(data: SweepData) -> str:
     """The label of what the arm tables report."""
@@ -89,18 +37,6 @@ def score_note(data: SweepData) -> str:
         rep = (" No run has a test split (`data.test_sets`), so the values are the selection scores "
                "themselves: optimistic, chosen on the split they are reported on.")
     return sel + rep + " Arm values: mean ± sample std (ddof=1) over the finished seeds."
-
-
-def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
-
-
-def _num(s: pd.Series) -> pd.Series:
-    return pd.to_numeric(s, errors="coerce")
-
-
-def _col(runs: pd.DataFrame, name: str) -> pd.Series:
-    return runs[name] if name in runs else pd.Series(math.nan, index=runs.index)
 
 
 # --------------------------------------------------------------------------- per-arm statistics
@@ -147,6 +83,7 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
     """One row per arm (sweep-file order): counts per status, mean/std over finished seeds, delta
     against the baseline arm (reports/stats.py), epochs, device-hours, images/s."""
     runs = arm_members(data)
+    slopes = budget.convergence(data, runs)
     fin = runs[runs["status"] == "finished"]
     base = fin[fin["arm"] == data.baseline]
     v = data.value
@@ -160,8 +97,8 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
                  if arm != data.baseline else stats.Delta(*(math.nan,) * 4, 0, "baseline"))
         notes = [n for n in r["note"] if n] or ([data.parent_tags.get("ssdlab.note", "")]
                                                  if len(data.arms) == 1 else [])
-        boot = _bootstrap(data, f, base) if arm != data.baseline else None
-        epochs = _num(_col(f, "params.train.epochs")).dropna()
+        iv = _interval(data, f, base) if arm != data.baseline else None
+        epochs = num(col(f, "params.train.epochs")).dropna()
         rows.append({
             "arm": arm, "note": notes[0] if notes else "",
             "seeds": sorted(int(s) for s in f["seed"].dropna()),
@@ -169,20 +106,21 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
             **{s: int((r["status"] == s).sum()) for s in ("finished", "early_stopped", "failed", "running")},
             "delta": delta.delta, "low": delta.low, "high": delta.high, "p": delta.p,
             "pairs": delta.n, "method": delta.method,
-            "boot_low": boot.low if boot else math.nan, "boot_high": boot.high if boot else math.nan,
-            "boot_p": boot.p if boot else math.nan, "boot": boot,
+            "iv_low": iv.low if iv else math.nan, "iv_high": iv.high if iv else math.nan,
+            "iv_p": iv.p if iv else math.nan, "interval": iv,
             "epochs_min": epochs.min() if len(epochs) else math.nan,
             "epochs_max": epochs.max() if len(epochs) else math.nan,
             "selected": int(f["selected"].sum()),
-            "device_hours": _num(_col(r, "metrics.cost/device_hours")).sum(min_count=1),
-            "img_s": stats.mean_std(_num(_col(f, "metrics.perf/train_img_s")).tolist()).mean,
+            "device_hours": num(col(r, "metrics.cost/device_hours")).sum(min_count=1),
+            "img_s": stats.mean_std(num(col(f, "metrics.perf/train_img_s")).tolist()).mean,
+            "slope": slopes.get(arm), "rising": slopes[arm].mark() if arm in slopes else "",
         })
     return pd.DataFrame(rows)
 
 
-def _bootstrap(data: SweepData, arm: pd.DataFrame, base: pd.DataFrame) -> stats.Bootstrap | None:
-    """The paired bootstrap of an arm against the baseline over the test images (and the paired seeds),
-    from the runs' logged test detections; None when a run lacks them or the runs' test images differ."""
+def _interval(data: SweepData, arm: pd.DataFrame, base: pd.DataFrame) -> stats.Interval | None:
+    """The arm's delta against the baseline over seeds + test images (reports.stats.ablation_interval), from
+    the runs' logged test detections; None when a run lacks them or the runs' test images differ."""
     if not data.has_test or not data.detections:
         return None
     a = {int(s): data.detections.get(r) for s, r in zip(arm["seed"], arm["run_id"]) if math.isfinite(s)}
@@ -196,8 +134,8 @@ def _bootstrap(data: SweepData, arm: pd.DataFrame, base: pd.DataFrame) -> stats.
     metric = data.reported_metric.split("/", 1)[1]
     if metric not in ("mAP50", "mAP50_area"):
         return None
-    return stats.paired_bootstrap({s: a[s] for s in shared}, {s: b[s] for s in shared}, len(keys[0]),
-                                  metric=metric)
+    iv = stats.ablation_interval({s: a[s] for s in shared}, {s: b[s] for s in shared}, len(keys[0]), metric=metric)
+    return iv if math.isfinite(iv.delta) else None
 
 
 def _best_arm_rows(a: pd.DataFrame, mode: str) -> set[int]:
@@ -231,25 +169,40 @@ def summary_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     for i, r in a.iterrows():
         ms = stats.MeanStd(r["mean"], r["std"], r["n"])
         note = r["note"] or r["arm"]
-        rows.append([str(i + 1), fmean(ms), note])
-        raw.append([i + 1, r["arm"], r["mean"], r["std"], r["n"], note])
+        shown = note + (f" ({r['rising']})" if r["rising"] else "")
+        rows.append([str(i + 1), r["arm"], fmean(ms), shown])
+        raw.append([i + 1, r["arm"], r["mean"], r["std"], r["n"], note, r["rising"]])
     best = _best_arm_rows(a, data.mode)
-    t = Table("summary", f"Experiment summary: {data.sweep}", ["No", label, "Note"], rows, raw,
-              bold={(i, 1) for i in best}, numeric={0, 1})
-    t.raw_columns = ["no", "arm", "mean", "std", "n_seeds", "note"]
+    t = Table("summary", f"Experiment summary: {data.sweep}", ["No", "Arm", label, "Note"], rows, raw,
+              bold={(i, 2) for i in best}, numeric={0, 2})
+    t.raw_columns = ["no", "arm", "mean", "std", "n_seeds", "note", "still_rising"]
     t.notes = [score_note(data) + " Best in bold; rows in sweep-file order."] + _selected_note(a)
+    t.notes += [n for n in (budget.convergence_note({r["arm"]: r["slope"] for _, r in a.iterrows() if r["slope"]}),)
+                if n]
+    moved = budget.changes(budget.point_deltas(data, budget.budget_values(data, arm_members(data))))
+    t.notes += [f"Δ along the budget: {arm}'s delta changes sign or significance ({text})." for arm, text in moved.items()]
     return t
 
 
+def _delta_text(delta: float, low: float, high: float, mark: str = "") -> str:
+    d = fnum(delta, sign=True)
+    if math.isfinite(low):
+        d += f" [{fnum(low, sign=True)}, {fnum(high, sign=True)}]"
+    return d + mark
+
+
 def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
-    """Arm, seeds, mean ± std, delta vs the baseline with a 95% CI and p, epochs, cost, speed."""
+    """Arm, seeds, mean ± std, the delta vs the baseline with its 95% interval over seeds + test images
+    and p (reports.stats.ablation_interval), the paired t over seeds beside it, epochs, cost, speed."""
     a = arm_stats(data) if a is None else a
     label = value_label(data)
-    boots = [b for b in a["boot"] if b is not None] if "boot" in a else []
-    cols = ["Arm", "Seeds", label, f"Δ vs {data.baseline} (95% CI, seeds)", "p"]
-    if boots:
-        cols += ["Δ 95% CI (seeds × test images)", "p (bootstrap)"]
-    cols += ["Not averaged", "Epochs", "Device-h", "img/s"]
+    ivs = [iv for iv in a["interval"] if iv is not None] if "interval" in a else []
+    cols = ["Arm", "Seeds", label]
+    if ivs:
+        cols += [f"Δ vs {data.baseline} (95% CI, seeds + test images)", "p"]
+    cols += ["Δ 95% CI (seeds, paired t)" if ivs else f"Δ vs {data.baseline} (95% CI, seeds)", "p (t)"]
+    rising = bool(a["rising"].astype(bool).any()) if "rising" in a else False
+    cols += ["Not averaged", "Epochs", "Device-h", "img/s"] + (["At the end"] if rising else [])
     rows, raw, methods = [], [], set()
     for _, r in a.iterrows():
         ms = stats.MeanStd(r["mean"], r["std"], r["n"])
@@ -260,35 +213,41 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
         else:
             methods.add(r["method"])
             mark = {"welch": " (w)", "single": " (1)"}.get(r["method"], "")
-            d = fnum(r["delta"], sign=True)
-            if math.isfinite(r["low"]):
-                d += f" [{fnum(r['low'], sign=True)}, {fnum(r['high'], sign=True)}]"
-            d += mark
+            if ivs and r["method"] == "paired":  # the delta is the combined column's; the t adds its interval
+                d = f"[{fnum(r['low'], sign=True)}, {fnum(r['high'], sign=True)}]"
+            else:
+                d = _delta_text(r["delta"], r["low"], r["high"], mark)
             p = fp(r["p"])
+        combined = []
+        if ivs:
+            iv = r["interval"]
+            combined = (["baseline", DASH] if r["method"] == "baseline" else [DASH, DASH] if iv is None else
+                        [_delta_text(iv.delta, iv.low, iv.high), fp(iv.p)])
         ep = (DASH if not math.isfinite(r["epochs_min"]) else f"{r['epochs_min']:g}"
               if r["epochs_min"] == r["epochs_max"] else f"{r['epochs_min']:g}-{r['epochs_max']:g}")
-        boot = []
-        if boots:
-            b = r["boot"]
-            boot = ([DASH, DASH] if b is None or r["method"] == "baseline" else
-                    [f"[{fnum(b.low, sign=True)}, {fnum(b.high, sign=True)}]", fp(b.p)])
-        rows.append([r["arm"], str(r["n"]), fmean(ms), d, p] + boot + [_other_counts(r), ep,
-                     fnum(r["device_hours"], 2), fnum(r["img_s"], 1)])
+        if ivs and r["method"] == "baseline":
+            d = DASH  # the combined column says "baseline"
+        rows.append([r["arm"], str(r["n"]), fmean(ms)] + combined + [d, p, _other_counts(r), ep,
+                     fnum(r["device_hours"], 2), fnum(r["img_s"], 1)] + ([r["rising"] or DASH] if rising else []))
+        slope = r["slope"]
         raw.append([r["arm"], r["n"], " ".join(map(str, r["seeds"])), r["mean"], r["std"],
-                    r["delta"], r["low"], r["high"], r["p"], r["method"], r["boot_low"], r["boot_high"],
-                    r["boot_p"], r["early_stopped"], r["failed"], r["running"], r["epochs_max"],
-                    r["device_hours"], r["img_s"]])
-    k = 2 if boots else 0
+                    r["delta"], r["iv_low"], r["iv_high"], r["iv_p"], r["low"], r["high"], r["p"], r["method"],
+                    r["early_stopped"], r["failed"], r["running"], r["epochs_max"], r["device_hours"], r["img_s"],
+                    slope.per10 if slope else math.nan, slope.low * budget.PER if slope else math.nan,
+                    slope.high * budget.PER if slope else math.nan])
+    k = 2 if ivs else 0
     t = Table("ablation", f"Ablation: {data.sweep}", cols, rows, raw,
               bold={(i, 2) for i in _best_arm_rows(a, data.mode)},
-              numeric={1, 2, 4, 6 + k, 7 + k, 8 + k} | ({6} if boots else set()))
+              numeric={1, 2, 4 + k, 6 + k, 7 + k, 8 + k} | ({4} if ivs else set()))
     t.raw_columns = ["arm", "n_seeds", "seeds", "mean", "std", "delta", "ci_low", "ci_high", "p",
-                     "method", "boot_ci_low", "boot_ci_high", "boot_p", "early_stopped", "failed", "running",
-                     "epochs", "device_hours", "img_s"]
+                     "t_ci_low", "t_ci_high", "t_p", "t_method", "early_stopped", "failed", "running",
+                     "epochs", "device_hours", "img_s", "end_slope_per10", "end_slope_low", "end_slope_high"]
     t.notes = [score_note(data)] + _selected_note(a)
+    if ivs:
+        t.notes.append(stats.interval_footnote(ivs[0]))
     t.notes += [stats.footnote(m) for m in ("paired", "welch", "single") if m in methods]
-    if boots:
-        t.notes.append(stats.bootstrap_footnote(boots[0]))
+    if rising:
+        t.notes.append(budget.convergence_note({r["arm"]: r["slope"] for _, r in a.iterrows() if r["slope"]}))
     t.notes.append("Seeds: finished runs. Not averaged: early-stopped (ASHA), failed and running "
                    "runs (listed below). Epochs: configured `train.epochs`. Device-h: total "
                    "`cost/device_hours` of all the arm's runs. img/s: mean `perf/train_img_s`.")
@@ -375,17 +334,6 @@ def early_stopped_above_best(data: SweepData) -> list[str]:
     return sorted(str(t) for t in stopped.loc[beats.fillna(False), "trial_id"])
 
 
-def _param_value(text: Any) -> Any:
-    """An MLflow param (text) back to a number/bool where it is one."""
-    if not isinstance(text, str):
-        return text
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        low = text.lower()
-        return {"true": True, "false": False, "none": None}.get(low, text)
-
-
 # --------------------------------------------------------------------------- browsing
 
 
@@ -428,8 +376,8 @@ def runs_table(runs: pd.DataFrame, sort: str = "score", key_params: list[str] | 
     rows, raw = [], []
     for _, x in r.iterrows():
         seed = DASH if not math.isfinite(x["seed"]) else str(int(x["seed"]))
-        dur = DASH if not math.isfinite(x["duration_s"]) else _duration(x["duration_s"])
-        vals = [_param_value(x.get("params." + k)) for k in key_params]
+        dur = DASH if not math.isfinite(x["duration_s"]) else fduration(x["duration_s"])
+        vals = [param_value(x.get("params." + k)) for k in key_params]
         best = x["run_id"] in best_ids
         rows.append(["*" if best else "", str(x["sweep"] or DASH), str(x["arm"]), seed, str(x["trial_id"]),
                      x["status"]] + [DASH if v is None else fparam(v) for v in vals]
@@ -445,13 +393,6 @@ def runs_table(runs: pd.DataFrame, sort: str = "score", key_params: list[str] | 
     if sort != "score":
         t.notes = [f"sorted by {sort}"]
     return t
-
-
-def _duration(s: float) -> str:
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 def curves(data: SweepData, key: str) -> pd.DataFrame:

@@ -290,6 +290,19 @@ class EvalConfig(_Section):
     max_detections: int = Field(200, gt=0)
     metric: Literal["voc07", "voc_area", "coco"] = "voc07"  # the selection metric, on the val split
     batch_size: Optional[int] = Field(None, gt=0)  # null -> train.batch_size
+    # Budget points: also score the test split at these fractions of the training budget (its own unit:
+    # iterations, epochs or train.time_budget_s), each at the checkpoint that is best on the selection split
+    # so far: `test_at/...` metrics and detections at that epoch (ssd_core/metrics.py). A point falls on the
+    # first evaluated epoch at or past its fraction, so it adds no evaluation of the selection split and
+    # changes nothing else (not in config_hash). The report's "Δ along the budget" reads them.
+    test_at: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _budget_points(self) -> "EvalConfig":
+        t = self.test_at
+        if any(not 0 < f <= 1 for f in t) or any(b <= a for a, b in zip(t, t[1:])):
+            raise ValueError(f"test_at {t}: fractions of the budget in (0, 1], strictly increasing")
+        return self
 
 
 class DistillConfig(_Section):
@@ -386,7 +399,7 @@ OPTIONAL_SECTIONS = {"distill": DistillConfig, "deploy": DeployConfig}
 # Keys that do not change the trained weights or the metrics: left out of config_hash.
 HASH_EXCLUDED = frozenset({
     "name", "tracking", "output", "data.root", "data.default_root", "data.cache_images",
-    "train.log_every", "deploy",
+    "train.log_every", "deploy", "eval.test_at",
 })
 
 

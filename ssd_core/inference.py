@@ -96,24 +96,33 @@ def _coco_metrics(dataset, acc, prefix: str) -> dict[str, float]:
     return {M.coco_ap(prefix, k): float(coco[k]) for k in M.COCO_KEYS if k in coco}
 
 
+def score_selected(model: nn.Module, ds, cfg: ExperimentConfig, device: torch.device, selected_checkpoint=None,
+                   prefix: str = M.TEST, detections_path=None, reference=None) -> dict[str, float]:
+    """`prefix/...` metrics of the selected weights on `ds`: `selected_checkpoint`'s, or the model's own when
+    None (it is the selected one); their detections go to `detections_path` (.npz)."""
+    if selected_checkpoint is None:
+        return evaluate_model(model, ds, cfg, device, prefix=prefix, reference=reference,
+                              save_detections=detections_path)
+    chosen = copy.deepcopy(model)
+    load_model_state(chosen, load_checkpoint(selected_checkpoint, map_location=device), selected_checkpoint)
+    try:
+        return evaluate_model(chosen, ds, cfg, device, prefix=prefix, reference=reference,
+                              save_detections=detections_path)
+    finally:
+        del chosen
+
+
 def score_test(model: nn.Module, test_ds, cfg: ExperimentConfig, device: torch.device,
                selected_checkpoint=None, detections_path=None) -> dict[str, float]:
-    """The reported split, once: `test/...` at the selected weights (`selected_checkpoint`'s, or the
-    model's own when None: it is the selected one) and `test_last/mAP50(_area)` at the model's current
-    (final) weights. The selected weights' detections go to `detections_path` (.npz)."""
+    """The reported split, once: `test/...` at the selected weights (score_selected) and
+    `test_last/mAP50(_area)` at the model's current (final) weights."""
     from ssd_core.evaluate import DetectionAccumulator
 
     reference = DetectionAccumulator.for_dataset(test_ds)
     last = evaluate_model(model, test_ds, cfg, device, prefix=M.TEST, reference=reference,
                           save_detections=detections_path if selected_checkpoint is None else None)
-    if selected_checkpoint is None:
-        selected = last
-    else:
-        chosen = copy.deepcopy(model)
-        load_model_state(chosen, load_checkpoint(selected_checkpoint, map_location=device), selected_checkpoint)
-        selected = evaluate_model(chosen, test_ds, cfg, device, prefix=M.TEST, reference=reference,
-                                  save_detections=detections_path)
-        del chosen
+    selected = last if selected_checkpoint is None else score_selected(
+        model, test_ds, cfg, device, selected_checkpoint, M.TEST, detections_path, reference)
     out = dict(selected)
     for name in (M.map50, M.map50_area):
         out[M.last_of(name(M.TEST))] = last[name(M.TEST)]

@@ -20,6 +20,11 @@ score so far: its best `val/<eval.metric>` over epochs (the best.pt epoch).
 from __future__ import annotations
 
 VAL, TEST, TEST_LAST = "val", "test", "test_last"
+# Budget points (eval.test_at): the test split at a fraction of the budget, at the checkpoint best on the
+# selection split so far; logged at that epoch's step with `test_at/fraction` (the point asked for) and
+# `test_at/selected_epoch`, the detections in the run dir as ssd_core.rundir.detections_at(fraction).
+TEST_AT = "test_at"
+TEST_AT_FRACTION, TEST_AT_SELECTED = f"{TEST_AT}/fraction", f"{TEST_AT}/selected_epoch"
 
 TRAIN_LOSS, TRAIN_LOSS_LOC, TRAIN_LOSS_CONF = "train/loss", "train/loss_loc", "train/loss_conf"
 TRAIN_LR, TRAIN_IMG_S, DEVICE_HOURS = "train/lr", "perf/train_img_s", "cost/device_hours"
@@ -28,7 +33,6 @@ SYS_CPU, SYS_RSS, SYS_GPU_UTIL, SYS_GPU_MEM = "sys/cpu_percent", "sys/rss_mb", "
 TRAIN_LOSS_DISTILL = "train/loss_distill"
 FINAL, SCORE = "final", "score"
 EPOCH, ITERATION = "epoch", "iteration"
-TEST_DETECTIONS = "test_detections.npz"  # run-dir file: the reported split's detections at the selected checkpoint
 COCO_KEYS = ("AP", "AP50", "AP75")
 
 

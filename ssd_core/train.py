@@ -38,16 +38,16 @@ import torch
 from torch import nn
 
 from ssd_core import metrics as M
+from ssd_core import rundir as RD
 from ssd_core.build import (build_dataset, build_model, build_optimizer, default_run_dir, param_groups,  # noqa: F401
                             resolve_device, split_sets)
 from ssd_core.checkpoint import TrainState, save_checkpoint
 from ssd_core.config import ExperimentConfig, to_yaml
 from ssd_core.errors import ConfigError, NonFiniteLossError
 from ssd_core.inference import (autocast, evaluate_checkpoint, evaluate_model, model_from_checkpoint,  # noqa: F401
-                                prepare, score_test)
+                                prepare, score_selected, score_test)
 from ssd_core.schedule import Progress, lr_factor  # noqa: F401
 
-TEST_DETECTIONS = M.TEST_DETECTIONS
 
 
 class Callback:
@@ -75,11 +75,11 @@ class FitResult:
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.pt"
+        return self.run_dir / RD.BEST
 
     @property
     def last_checkpoint(self) -> Path:
-        return self.run_dir / "last.pt"
+        return self.run_dir / RD.LAST
 
 
 def seed_everything(seed: int) -> None:
@@ -211,12 +211,13 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, iters_per_epoch, total_iters, elapsed))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.amp == "fp16")
     generator = getattr(loader, "generator", None)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path, best_path = run_dir / RD.LAST, run_dir / RD.BEST
 
     # -- resume
     if resume and last_path.exists():
         state = TrainState.resume(last_path, model, optimizer, scheduler, scaler, generator, cfg, device)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (run_dir / RD.CONFIG).write_text(to_yaml(cfg))
+    _rewrite_metrics(run_dir / RD.METRICS, state.history)  # the checkpoint's history is the record
     for cb in callbacks:
         cb.on_fit_start(cfg, run_dir)
     trainer = Trainer(cfg, model, torch.compile(model) if t.compile else model, optimizer, scheduler, scaler,
@@ -242,7 +243,8 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
                                                        lambda: bool(budget and elapsed() > budget), last_path)
             last_epoch = stopped or state.epoch >= total_epochs or state.iteration >= total_iters
             t_eval = time.perf_counter()
-            if val_ds is not None and (state.epoch % cfg.eval.every_epochs == 0 or last_epoch):
+            evaluated = val_ds is None or state.epoch % cfg.eval.every_epochs == 0 or last_epoch
+            if val_ds is not None and evaluated:
                 if reference is None:
                     reference = DetectionAccumulator.for_dataset(val_ds)
                 metrics.update(evaluate_model(model, val_ds, cfg, device, prefix=M.VAL, reference=reference))
@@ -253,8 +255,15 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
                 state.best_metric, state.best_epoch = metrics.get(metric_key), state.epoch
             if last_epoch and test_ds is not None:
                 metrics.update(score_test(model, test_ds, cfg, device, best_path if not improved else None,
-                                          run_dir / TEST_DETECTIONS))
+                                          run_dir / RD.TEST_DETECTIONS))
                 metrics[M.TEST + "/selected_epoch"] = float(state.best_epoch)
+            point = budget_point(cfg.eval.test_at, state.history, 1.0 if last_epoch else
+                                 max(state.iteration / total_iters, elapsed() / budget if budget else 0.0)
+                                 ) if cfg.eval.test_at else None
+            if point is not None and evaluated and test_ds is not None:  # eval.test_at: the test split so far
+                metrics.update(_score_point(point, metrics, model, test_ds, cfg, device, run_dir,
+                                            None if improved else best_path, last_epoch))
+                metrics[M.TEST_AT_SELECTED] = float(state.best_epoch)
             metrics[M.FINAL] = 1.0 if last_epoch else 0.0
             if state.best_metric is not None:
                 metrics[M.SCORE] = state.best_metric
@@ -262,7 +271,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
             metrics[M.DEVICE_HOURS] = state.device_seconds / 3600.0
             state.history.append(metrics)
             save(last_path, *([best_path] if improved or not best_path.exists() else []))
-            with open(run_dir / "metrics.jsonl", "a") as f:
+            with open(run_dir / RD.METRICS, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             for cb in callbacks:
                 cb.on_epoch_end(state.epoch, metrics, run_dir)
@@ -277,6 +286,41 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     for cb in callbacks:
         cb.on_fit_end(result)
     return result
+
+
+def budget_point(points, history: list[dict], progress: float) -> Optional[float]:
+    """The budget point (eval.test_at) reached at `progress` (the fraction of the budget used): the largest
+    point at or below it that no earlier epoch took; None when there is none. Points passed in one epoch
+    collapse into the largest of them."""
+    done = max((float(m[M.TEST_AT_FRACTION]) for m in history if M.TEST_AT_FRACTION in m), default=0.0)
+    due = [f for f in points if done < f <= progress + 1e-9]
+    return max(due) if due else None
+
+
+def _score_point(point: float, metrics: dict, model, test_ds, cfg: ExperimentConfig, device, run_dir: Path,
+                 selected, last_epoch: bool) -> dict:
+    """`test_at/...` at a budget point: the test split at the checkpoint best on the selection split so far
+    (`selected`: best.pt, or None when it is the model itself), its detections saved in the run dir. At the
+    final epoch the reported split was just scored at that checkpoint: its numbers are reused."""
+    out = {M.TEST_AT_FRACTION: point}
+    path = run_dir / RD.detections_at(point)
+    if last_epoch:
+        import shutil
+
+        out.update({M.TEST_AT + k[len(M.TEST):]: v for k, v in metrics.items()
+                    if k.startswith(M.TEST + "/") and k != M.TEST + "/selected_epoch"})
+        shutil.copyfile(run_dir / RD.TEST_DETECTIONS, path)
+        return out
+    out.update(score_selected(model, test_ds, cfg, device, selected, M.TEST_AT, path))
+    return out
+
+
+def _rewrite_metrics(path: Path, history: list[dict]) -> None:
+    """metrics.jsonl as the resumed checkpoint's history says: a run killed between writing last.pt and
+    appending its epoch's line would otherwise miss that line (or keep lines of epochs last.pt lost)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
+    tmp.replace(path)
 
 
 __all__ = ["Callback", "FitResult", "fit", "seed_everything", "epoch_seed", "Trainer", "save_checkpoint"]

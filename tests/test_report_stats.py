@@ -9,7 +9,7 @@ from scipy import stats as sps
 
 from reports import render, stats
 from reports.search import distributions
-from reports.tables import Table, fmean, fnum, fp
+from reports.fmt import Table, fmean, fnum, fp
 
 T_0975_2 = 4.302652729749464  # t_{0.975, 2} (tables)
 T_0975_3 = 3.182446305284263  # t_{0.975, 3}
@@ -127,41 +127,54 @@ def _two_image_runs():
     return arm, base
 
 
-def test_bootstrap_by_hand_on_two_images():
+def test_one_seed_interval_is_the_image_bootstrap_by_hand():
     """Resamples of 2 images: (A, A) w.p. 1/4 -> baseline AP 1, delta 0; (A, B) w.p. 1/2 -> baseline
-    recall 1/2 at precision 1, 11-point AP 6/11, delta 5/11; (B, B) w.p. 1/4 -> baseline AP 0, delta 1."""
-    from reports.stats import paired_bootstrap
+    recall 1/2 at precision 1, 11-point AP 6/11, delta 5/11; (B, B) w.p. 1/4 -> baseline AP 0, delta 1.
+    With one seed the interval is the normal interval of that bootstrap distribution: variance
+    1/2 (5/11)^2 + 1/4 - (1/2 5/11 + 1/4)^2."""
+    from reports.stats import ablation_interval
     arm, base = _two_image_runs()
-    b = paired_bootstrap({0: arm}, {0: base}, num_images=2, resamples=4000, seed=1)
-    assert b.delta == pytest.approx(5 / 11) and b.n == 1 and not b.seeds and b.resamples == 4000
-    assert (b.low, b.high) == (0.0, pytest.approx(1.0))
-    b2 = paired_bootstrap({0: arm}, {0: base}, num_images=2, resamples=4000, seed=1)
-    assert b2 == b  # reproducible with a seed
-    # the resampled deltas take exactly the three values, with the hand-computed probabilities
-    from ssd_core.evaluate import weighted_voc
-    counts = {}
-    rng = np.random.default_rng(7)
-    for _ in range(4000):
-        w = np.bincount(rng.integers(0, 2, 2), minlength=2)
-        d = round(weighted_voc(arm, w)["mAP50"] - weighted_voc(base, w)["mAP50"], 9)
-        counts[d] = counts.get(d, 0) + 1
-    assert set(counts) == {0.0, round(5 / 11, 9), 1.0}
-    for value, prob in ((0.0, 0.25), (round(5 / 11, 9), 0.5), (1.0, 0.25)):
-        assert abs(counts[value] / 4000 - prob) < 4 * math.sqrt(prob * (1 - prob) / 4000)
-    # p: the share of resampled deltas <= 0 is ~1/4, so p ~ 1/2
-    assert b.p == pytest.approx(0.5, abs=0.05)
+    iv = ablation_interval({0: arm}, {0: base}, num_images=2, resamples=4000, seed=1)
+    var = 0.5 * (5 / 11) ** 2 + 0.25 - (0.5 * 5 / 11 + 0.25) ** 2
+    assert iv.delta == pytest.approx(5 / 11) and iv.n == 1 and iv.method == "images" and iv.resamples == 4000
+    assert iv.seed_se == 0 and iv.image_se == pytest.approx(math.sqrt(var), rel=0.05)
+    assert (iv.low, iv.high) == (pytest.approx(iv.delta - 1.959964 * iv.image_se),
+                                 pytest.approx(iv.delta + 1.959964 * iv.image_se))
+    assert iv.p == pytest.approx(2 * sps.norm.sf(iv.delta / iv.image_se))
+    assert ablation_interval({0: arm}, {0: base}, num_images=2, resamples=4000, seed=1) == iv  # reproducible
+    # the batched re-scoring takes exactly the three values, with the hand-computed probabilities
+    from ssd_core.evaluate import weighted_voc_batch
+    w = np.random.default_rng(7).multinomial(2, [0.5, 0.5], size=4000)
+    d = np.round(weighted_voc_batch(arm, w) - weighted_voc_batch(base, w), 9)
+    values, counts = np.unique(d, return_counts=True)
+    assert values.tolist() == [0.0, round(5 / 11, 9), 1.0]
+    for c, prob in zip(counts, (0.25, 0.5, 0.25)):
+        assert abs(c / 4000 - prob) < 4 * math.sqrt(prob * (1 - prob) / 4000)
 
 
-def test_bootstrap_resamples_seeds_too_and_a_clear_win_excludes_zero():
-    from reports.stats import paired_bootstrap
+def test_two_seed_interval_adds_the_common_image_term_to_the_paired_t():
+    """Identical seeds: the seed term is 0 and the image term is the whole image variance (every seed
+    moves with the test set). Two seeds whose only difference is a constant: the seed term is the paired
+    t's, and the image term is as before."""
+    from reports.stats import ablation_interval, combine
     arm, base = _two_image_runs()
-    same = paired_bootstrap({0: base, 1: base}, {0: base, 1: base}, num_images=2, resamples=200, seed=0)
-    assert same.delta == 0 and same.low == same.high == 0 and same.seeds
-    win = paired_bootstrap({0: arm, 1: arm}, {0: base, 1: base}, num_images=2, resamples=200, seed=0,
-                           confidence=0.4)
-    assert win.n == 2 and win.seeds and 0 <= win.low <= win.delta <= win.high
-    missing = paired_bootstrap({0: arm}, {1: base}, num_images=2)
-    assert math.isnan(missing.delta) and missing.n == 0
+    same = ablation_interval({0: base, 1: base}, {0: base, 1: base}, num_images=2, resamples=200, seed=0)
+    assert same.delta == 0 and same.low == same.high == 0 and same.p == 1.0 and same.method == "seeds+images"
+    twin = ablation_interval({0: arm, 1: arm}, {0: base, 1: base}, num_images=2, resamples=4000, seed=1)
+    one = ablation_interval({0: arm}, {0: base}, num_images=2, resamples=4000, seed=1)
+    assert twin.seed_se == 0 and twin.image_se == pytest.approx(one.image_se, rel=0.05)
+    assert twin.high - twin.low == pytest.approx(2 * 1.959964 * twin.image_se)
+    missing = ablation_interval({0: arm}, {1: base}, num_images=2)
+    assert math.isnan(missing.delta) and missing.n == 0 and missing.method == "none"
+    # the combination: no image term -> the paired t; no seed term -> the normal interval
+    t = combine(0.1, 0.02 ** 2, 2, 0.0)
+    assert (t.low, t.high) == (pytest.approx(0.1 - sps.t.ppf(0.975, 2) * 0.02), pytest.approx(0.1 + sps.t.ppf(0.975, 2) * 0.02))
+    assert t.p == pytest.approx(2 * sps.t.sf(5, 2))
+    z = combine(0.1, 0.0, 2, 0.02 ** 2)
+    assert z.high - 0.1 == pytest.approx(1.959964 * 0.02)
+    both = combine(0.1, 0.02 ** 2, 2, 0.02 ** 2)  # wider than the normal, narrower than the t plus the normal
+    assert 1.959964 * math.sqrt(2) * 0.02 < both.high - 0.1 < (sps.t.ppf(0.975, 2) + 1.959964) * 0.02
+    assert both.excludes_zero() and 0 < both.p < 0.05
 
 
 def test_csv_cells_are_numbers_pandas_reads_back():

@@ -196,16 +196,16 @@ def test_unknown_sweep_names_sweep_store_and_lists_found(store):
 def test_summary_table_means_stds_and_bold_best(abl):
     from reports.tables import summary_table
     t = summary_table(abl)
-    assert t.columns == ["No", "test mAP@0.5", "Note"]
+    assert t.columns == ["No", "Arm", "test mAP@0.5", "Note"]
     # base: best val per seed 0.48, 0.50, 0.49 -> test 0.44, 0.46, 0.45 -> mean 0.45, std 0.01 (by hand)
-    assert t.rows[0] == ["1", "0.450 ± 0.010", "initial implementation"]
+    assert t.rows[0] == ["1", "base", "0.450 ± 0.010", "initial implementation"]
     # aug finished: 0.58, 0.61, 0.57 - 0.04 -> mean 0.54667, sd sqrt(((-.00667)^2+.02333^2+.01667^2)/2)
     aug = np.array([0.58, 0.61, 0.57]) - TEST_GAP
-    assert t.rows[1] == ["2", f"{aug.mean():.3f} ± {aug.std(ddof=1):.3f}", NOTES["aug"]]
-    assert t.rows[1][1] == "0.547 ± 0.021"
-    assert t.rows[2] == ["3", "0.360", "lite heads"]  # one finished seed: no ±
-    assert t.rows[3] == ["4", "0.490 ± 0.014", NOTES["wd"]]
-    assert t.bold == {(1, 1)}
+    assert t.rows[1] == ["2", "aug", f"{aug.mean():.3f} ± {aug.std(ddof=1):.3f}", NOTES["aug"]]
+    assert t.rows[1][2] == "0.547 ± 0.021"
+    assert t.rows[2] == ["3", "lite", "0.360", "lite heads"]  # one finished seed: no ±
+    assert t.rows[3] == ["4", "wd", "0.490 ± 0.014", NOTES["wd"]]
+    assert t.bold == {(1, 2)}
     assert t.raw[0][2] == pytest.approx(0.45) and t.raw[0][3] == pytest.approx(0.01)
     assert "Selection: each run's checkpoint is its best `val/mAP50` epoch" in t.notes[0]
     assert "Reported: `test/mAP50`" in t.notes[0]
@@ -315,8 +315,8 @@ def test_search_sweep_arm_is_the_best_trial_plus_its_confirm_seeds(hpo):
     assert sorted(m["trial_id"]) == ["c1", "c2", "t04"] and list(m["selected"]) .count(True) == 1
     t = summary_table(hpo)
     scores = np.array([0.62, 0.58, 0.60])  # t04 (seed 0), confirm seeds 1 and 2
-    assert t.rows == [["1", f"{scores.mean():.3f} ± {scores.std(ddof=1):.3f}", "TPE over lr, wd and backbone"]]
-    assert t.rows[0][1] == "0.600 ± 0.020"
+    assert t.rows == [["1", "(none)", f"{scores.mean():.3f} ± {scores.std(ddof=1):.3f}", "TPE over lr, wd and backbone"]]
+    assert t.rows[0][2] == "0.600 ± 0.020"
 
 
 def test_importances_equal_optuna_on_the_same_trials_and_are_deterministic(hpo):
@@ -376,7 +376,7 @@ def test_report_regenerates_byte_identical_in_every_format(store, tmp_path):
     html = (tmp_path / "hpo" / "a" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and 'src="http' not in html
     md = (tmp_path / "abl" / "a" / "report.md").read_text()
-    assert "| 2 | **0.547 ± 0.021** | stronger augmentation (sample patch, zoom out) |" in md
+    assert "| 2 | aug | **0.547 ± 0.021** | stronger augmentation (sample patch, zoom out) |" in md
     assert "| aug | 3 | **0.547 ± 0.021** | +0.097 [+0.059, +0.135] | 0.008 | 1 failed |" in md
     rows = list(csv.DictReader(io.StringIO((tmp_path / "abl" / "a" / "ablation.csv").read_text())))
     assert [r["arm"] for r in rows] == ARMS and float(rows[1]["delta"]) == pytest.approx(0.29 / 3)

@@ -159,6 +159,50 @@ def test_resume_reaches_the_same_weights(full_run, tmp_path):
         [m["train/loss"] for m in result.metrics_history], abs=1e-6)
 
 
+def test_budget_points_score_the_test_split_at_the_best_checkpoint_so_far(full_run, shapes, tmp_path):
+    """eval.test_at: at each point the test split is scored at the checkpoint best on the selection split so
+    far (never chosen on test), logged at that epoch with its fraction, its detections kept; the final point
+    is the reported test value itself; the training, the selection and the test value do not change."""
+    from ssd_core import rundir as RD
+    from ssd_core.config import apply_overrides, config_hash
+    from ssd_core.evaluate import DetectionAccumulator
+
+    cfg, plain, _ = full_run
+    pts = apply_overrides(cfg, {"train.epochs": 3, "eval.test_at": [0.1, 0.3, 0.5, 1.0]})
+    assert config_hash(pts) == config_hash(cfg)
+    result = fit(pts, run_dir=tmp_path)
+    h = result.metrics_history
+    # 0.1 and 0.3 are both passed by epoch 1 (1/3 of the iterations) and collapse into 0.3
+    points = {m["epoch"]: m["test_at/fraction"] for m in h if "test_at/fraction" in m}
+    assert points == {1: 0.3, 2: 0.5, 3: 1.0}
+    for m in h:
+        best = max(range(m["epoch"]), key=lambda e: (h[e]["val/mAP50"], -e)) + 1  # first best val epoch so far
+        if "test_at/fraction" in m:
+            assert m["test_at/selected_epoch"] == best
+            saved = DetectionAccumulator.load(tmp_path / RD.detections_at(m["test_at/fraction"])).evaluate()
+            assert m["test_at/mAP50"] == pytest.approx(saved["mAP50"], abs=1e-12)
+    assert h[-1]["test_at/mAP50"] == h[-1]["test/mAP50"] == plain.metrics_history[-1]["test/mAP50"]
+    assert [m["val/mAP50"] for m in h] == [m["val/mAP50"] for m in plain.metrics_history]
+    assert [p.name for p in RD.detections_at_points(tmp_path)] == [
+        "test_detections_at_0.3.npz", "test_detections_at_0.5.npz", "test_detections_at_1.npz"]
+
+
+def test_budget_points_land_on_evaluated_epochs_and_survive_a_resume(shapes, tmp_path):
+    """With eval.every_epochs 2 a point waits for the next evaluated epoch (no extra selection-split
+    evaluation); a run stopped and resumed takes each point once; metrics.jsonl follows last.pt."""
+    cfg = tiny_config(shapes, tmp_path, epochs=4)
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"every_epochs": 2, "test_at": [0.25, 0.5, 1.0]})})
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, callbacks=[Recorder(stop_after=2)], run_dir=tmp_path / "a")
+    (tmp_path / "a" / "metrics.jsonl").write_text("")  # as if killed before the line was appended
+    h = fit(cfg, run_dir=tmp_path / "a", resume=True).metrics_history
+    assert {m["epoch"]: m.get("test_at/fraction") for m in h} == {1: None, 2: 0.5, 3: None, 4: 1.0}
+    assert [m["epoch"] for m in h if "val/mAP50" in m] == [2, 4]
+    import json
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4] and lines == h
+
+
 def test_resume_refuses_another_config(full_run, tmp_path):
     cfg, result, _ = full_run
     other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e-3})})
