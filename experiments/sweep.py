@@ -34,10 +34,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Callable, Optional
 
 from experiments.schema import Kind, M, Param, Status, Tag, best_index, parse_space
-from experiments.sweep_spec import Phase, SweepSpec, parent_params, parent_tags, plan
+from experiments.sweep_spec import Phase, SweepSpec, parent_params, parent_tags, plan, wave_phase
 from experiments.trial import META, OBJECTIVE, TrialJob, TrialKey, run_trial, searched_params, trial_status
 from ssd_core.config import flatten
 from ssd_core.errors import ConfigError
@@ -218,7 +220,7 @@ def prepare_inputs(spec: SweepSpec, job: TrialJob) -> None:
 
     done = set()
     for arm in spec.arm_names or [None]:
-        cfg = job.config(TrialKey(arm, spec.file.seeds[0]))
+        cfg = job.config(TrialKey(arm, spec.seeds[0]))
         s = cfg.data.synthetic
         if s is None:
             continue
@@ -233,6 +235,7 @@ class SweepInterrupted(KeyboardInterrupt):
 
 
 SNAPSHOT = "sweep_snapshot.json"
+SEQUENTIAL_STATE = "sequential.json"  # sequential seeding: the looks so far (what Tag.SEQUENTIAL holds)
 
 
 def _snapshot(spec: SweepSpec) -> dict[str, Any]:
@@ -340,6 +343,7 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
         from ssd_core.train import fit as train_fn
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
+    from experiments import storage as st
     from experiments.storage import join, local_path, sweep_storage
 
     check_store(spec.file.tracking.uri, f"{spec.path}: tracking.uri")  # before anything is created
@@ -369,8 +373,9 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
 
     job.driver_node = ray.get_runtime_context().get_node_id()  # its trials keep their run dirs in a local storage
     grids, best_by_arm, trials = [], {}, 0
+    waves, outcomes = spec.waves(), {}
     try:
-        for ph in phases:
+        for ph in phases:  # sequential seeding appends each next wave as it goes
             callback = MLflowTuneCallback(spec, job, tracker, ph)
             best = best_by_arm.get(ph.arm) if ph.kind == "confirm" else None
             if ph.kind == "confirm" and best is None:
@@ -396,6 +401,15 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
                                        f"continue with --resume")
             if ph.kind == "search":
                 best_by_arm[ph.arm] = _best_params(grid, spec.mode)
+            if waves is not None:
+                outcomes.update(wave_outcomes(grid, spec))
+                k = len(waves.history)
+                following = next_wave(waves, k, outcomes)
+                tracker.parent.set_tags({Tag.SEQUENTIAL: json.dumps(waves.summary(), default=float)})
+                st.write_text(st.join(storage, SEQUENTIAL_STATE), json.dumps(waves.summary(), indent=1, default=float))
+                _print_look(spec, waves, k, following)
+                if following:
+                    phases.append(wave_phase(k + 1, following))
         counts, failures = tracker.summarize()  # ssdlab.counts (+ ssdlab.error when trials failed)
         try:
             tracker.register_best(spec.metric, spec.mode)  # ssdlab.best_* tags and the model registry
@@ -415,6 +429,65 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
             _shutdown_ray()
     return SweepResult(spec.name, local_path(storage) or storage, parent, trials, time.perf_counter() - start, grids,
                        counts=counts, failures=failures)
+
+
+def wave_outcomes(grid, spec: SweepSpec) -> dict[tuple[str, int], dict[str, Any]]:
+    """(arm, seed) -> {"value": the reported test value (the score without a test split), "hours": device-hours,
+    "matches": VOCMatches of its test detections or None} of each finished trial of a wave's ResultGrid."""
+    from ssd_core import rundir as RD
+    from ssd_core.evaluate import DetectionAccumulator
+
+    reported = M.reported_of(spec.metric)
+    out = {}
+    for r in grid:
+        metrics = r.metrics or {}
+        if r.error is not None or not metrics.get(M.FINAL):
+            continue  # failed or cut short: its seed is not paired
+        key = TrialKey.of(r.config)
+        value = metrics.get(reported, metrics.get(M.SCORE))
+        if value is None:
+            continue
+        matches = None
+        if r.checkpoint is not None:
+            try:
+                with r.checkpoint.as_directory() as d:
+                    path = Path(d) / RD.TEST_DETECTIONS
+                    if path.is_file():
+                        acc = DetectionAccumulator.load(path)
+                        matches = acc.matches()._replace(image_ids=np.asarray(acc.image_keys))
+            except Exception:  # no detections: that seed's interval falls back to the paired t
+                matches = None
+        out[(key.arm, key.seed)] = {"value": float(value), "hours": float(metrics.get(M.DEVICE_HOURS, 0.0)),
+                                    "matches": matches}
+    return out
+
+
+def next_wave(waves, k: int, outcomes: dict) -> list[tuple[str, int]]:
+    """Look at the deltas after wave k (experiments.sequential.Waves.look) and return wave k + 1's trials."""
+    scores = {key: o["value"] for key, o in outcomes.items()}
+    matches = {key: o["matches"] for key, o in outcomes.items() if o["matches"] is not None}
+    sizes = {len(m.image_ids) for m in matches.values()}
+    if len(sizes) != 1:  # detections missing or on different images: the paired t over seeds
+        matches, sizes = {}, {0}
+    hours = [o["hours"] for o in outcomes.values()]
+    plan = waves.plan
+    upcoming = (len(waves.open_arms()) + 1) * (plan[k + 1] - plan[k]) if k + 1 < len(plan) else 0
+    waves.look(k, scores, matches, sizes.pop(), spent_hours=sum(hours),
+               next_hours=upcoming * (sum(hours) / len(hours) if hours else 0.0))
+    return waves.wave(k + 1)
+
+
+def _print_look(spec: SweepSpec, waves, k: int, following: list) -> None:
+    from experiments.sequential import REASONS
+
+    parts = []
+    for d in waves.history[-1]:
+        state = REASONS[d.reason] if d.reason else "open"
+        parts.append(f"{d.arm} {d.delta:+.3f} [{d.low:+.3f}, {d.high:+.3f}] ({1 - d.level:.1%} interval): {state}")
+    more = (f"wave {k + 2} trains {len(following)} trials (seeds {following[0][1]}-{following[-1][1]})"
+            if following else "done")
+    print(f"sweep {spec.name}: look {k + 1} of {len(waves.plan)} ({waves.plan[k]} seeds): " + "; ".join(parts)
+          + f"; {more}", flush=True)
 
 
 def _summarize_quietly(tracker) -> None:

@@ -58,9 +58,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from experiments.schema import SEARCH_OBJECTIVES, M, Param, SpaceError, Tag, grid_points, parse_space
 from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config, read_yaml
@@ -101,6 +101,20 @@ class ArmSpec(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class SequentialSeeds(_Strict):
+    """`seeds: {start, max, ...}`: seeds added in waves until each arm's delta is decided
+    (experiments/sequential.py); seeds are 0..max-1."""
+
+    start: int = Field(2, ge=2)
+    max: int = Field(8, ge=2)
+    step: int = Field(1, ge=1)
+    until: Literal["decided"] = "decided"
+    width: Optional[float] = Field(None, gt=0)        # also stop an arm when its interval is this narrow
+    max_device_hours: Optional[float] = Field(None, gt=0)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    spending: Literal["pocock", "obrien_fleming"] = "pocock"
+
+
 class ResourcesSpec(_Strict):
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
@@ -126,7 +140,7 @@ class SweepFile(_Strict):
     search: Optional[SearchSpec] = None
     scheduler: Optional[SchedulerSpec] = None  # `none` in the file reads as null
     arms: Optional[dict[str, ArmSpec]] = None
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: Union[list[int], SequentialSeeds] = Field(default_factory=lambda: [0])
     metric: Optional[str] = None  # for arms-only sweeps with a scheduler; search.metric wins
     mode: Optional[Literal["max", "min"]] = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -161,6 +175,28 @@ class SweepSpec:
     def asha(self) -> Optional[AshaSpec]:
         return self.file.scheduler.asha if self.file.scheduler else None
 
+    @property
+    def sequential(self) -> Optional[SequentialSeeds]:
+        """The sequential seeding settings (None for a fixed seed list)."""
+        seeds = self.file.seeds
+        return seeds if isinstance(seeds, SequentialSeeds) else None
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every seed the sweep may train: the list, or 0..max-1 for sequential seeding."""
+        seq = self.sequential
+        return list(range(seq.max)) if seq is not None else list(self.file.seeds)
+
+    def waves(self):
+        """The wave planner of a sequentially seeded sweep (experiments.sequential.Waves), None otherwise."""
+        from experiments.sequential import Waves
+
+        seq = self.sequential
+        if seq is None:
+            return None
+        return Waves(self.arm_names, seq.start, seq.max, seq.step, seq.alpha, seq.spending, seq.width,
+                     seq.max_device_hours)
+
     def arm_overrides(self, arm: Optional[str]) -> dict[str, Any]:
         return dict(self.file.arms[arm].overrides) if arm else {}
 
@@ -176,7 +212,7 @@ class SweepSpec:
         asha = self.asha
         if asha and asha.max_t:
             return asha.max_t
-        return self.resolve(arm, self.file.seeds[0]).train.epochs
+        return self.resolve(arm, self.seeds[0]).train.epochs
 
 
 # --------------------------------------------------------------------------- loading
@@ -198,6 +234,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
 def validate_sweep(data: dict, path: Path) -> SweepSpec:
     if data.get("scheduler") == "none":
         data = {**data, "scheduler": None}
+    if "seeds" in data:  # a list or a mapping: validated as the one it is (pydantic would report both forms)
+        form = SequentialSeeds if isinstance(data["seeds"], dict) else TypeAdapter(list[int])
+        try:
+            data = {**data, "seeds": form.model_validate(data["seeds"]) if form is SequentialSeeds
+                    else form.validate_python(data["seeds"])}
+        except ValidationError as exc:
+            raise ConfigError("invalid sweep: " + "; ".join(_pyd_messages(exc, path, "seeds"))) from None
     try:
         sf = SweepFile.model_validate(data)
     except ValidationError as exc:
@@ -211,9 +254,18 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
     _check_keys(path, "overrides", sf.overrides, keys)
     raw_base = load_config(cfg_path)
     base = _apply(path, "overrides", raw_base, sf.overrides)
-    if not sf.seeds:
+    if isinstance(sf.seeds, SequentialSeeds):
+        seq = sf.seeds
+        if seq.max < seq.start:
+            raise _fail(path, "seeds.max", f"{seq.max} is below seeds.start {seq.start}")
+        if sf.search is not None:
+            raise _fail(path, "seeds", "sequential seeding decides each arm's delta against the baseline: it takes "
+                        "arms and no search (search the configuration first, then compare arms)")
+        if not sf.arms or len(sf.arms) < 2:
+            raise _fail(path, "seeds", "sequential seeding needs a baseline arm and at least one arm to compare")
+    elif not sf.seeds:
         raise _fail(path, "seeds", "empty: expected at least one seed")
-    if len(set(sf.seeds)) != len(sf.seeds):
+    elif len(set(sf.seeds)) != len(sf.seeds):
         raise _fail(path, "seeds", f"{sf.seeds} repeats a seed")
     if sf.resources.gpu > 1 and sf.resources.gpu != int(sf.resources.gpu):
         raise _fail(path, "resources.gpu", f"{sf.resources.gpu}: fractions are for one GPU (<= 1) only")
@@ -288,10 +340,11 @@ def _check_objectives(path: Path, sf: "SweepFile", arms: dict, base: ExperimentC
                     raise _fail(path, "search.objectives", f"{name!r} needs deploy.{backend}: true{where}")
 
 
-def _pyd_messages(exc: ValidationError, path: Path) -> list[str]:
+def _pyd_messages(exc: ValidationError, path: Path, prefix: str = "") -> list[str]:
     out = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
+        key = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]
+                                                  if not str(p).startswith(("function-", "literal["))])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if "input" in err and err["type"] not in ("extra_forbidden", "missing"):
             msg += f" (got {err['input']!r})"
@@ -389,8 +442,11 @@ def _slug(text: str) -> str:
 def plan(spec: SweepSpec) -> list[Phase]:
     """The phases of a sweep, in run order (see the module docstring)."""
     arms = spec.arm_names
-    seeds = list(spec.file.seeds)
+    seeds = spec.seeds
     s = spec.file.search
+    waves = spec.waves()
+    if waves is not None:  # sequential seeding: the first wave; the driver plans the others as it goes
+        return [wave_phase(0, waves.wave(0))]
     if s is None:
         trials = [{"arm": a, "seed": seed} for a in (arms or [None]) for seed in seeds]
         return [Phase("grid", "trials", trials=trials, num_samples=1)]
@@ -404,6 +460,11 @@ def plan(spec: SweepSpec) -> list[Phase]:
             phases.append(Phase("confirm", f"{tag}confirm", arm=arm,
                                 trials=[{"arm": arm, "seed": seed} for seed in seeds[1:]]))
     return phases
+
+
+def wave_phase(k: int, trials: list[tuple[str, int]]) -> Phase:
+    """Wave k of a sequentially seeded sweep as a phase (its own Ray Tune experiment)."""
+    return Phase("grid", f"wave-{k:02d}", trials=[{"arm": a, "seed": seed} for a, seed in trials])
 
 
 def describe(spec: SweepSpec) -> str:
@@ -430,6 +491,15 @@ def describe(spec: SweepSpec) -> str:
                 note = f.arms[t["arm"]].note if t["arm"] else ""
                 lines.append(f"      arm={t['arm'] or '-'} seed={t['seed']}" + (f"  # {note}" if note else ""))
         total += n
+    waves = spec.waves()
+    if waves is not None:
+        seq = spec.sequential
+        per = len(spec.arm_names) * (waves.plan[-1] - waves.plan[0])
+        lines.append(f"  sequential seeding: looks at {waves.plan} seeds; alpha {seq.alpha} spent {seq.spending}-type "
+                     f"({', '.join(f'{a:.4g}' for a in waves.levels)} per look); an arm stops when its interval "
+                     f"excludes 0" + (f" or is narrower than {seq.width:g}" if seq.width else "")
+                     + (f"; cap {seq.max_device_hours:g} device-hours" if seq.max_device_hours else "")
+                     + f"; later waves: up to {per} more trials")
     asha = spec.asha
     sched = (f"ASHA (epoch; grace {asha.grace_period}, reduction {asha.reduction_factor}, "
              f"max_t {spec.max_t(spec.arm_names[0] if spec.arm_names else None)})") if asha else "none (equal budget)"
@@ -450,7 +520,7 @@ def parent_tags(spec: SweepSpec) -> dict[str, str]:
         Tag.SEARCH_SPACE: json.dumps(spec.file.search.space if spec.file.search else {}),
         Tag.METRIC: spec.metric,
         Tag.MODE: spec.mode,
-        Tag.SEEDS: json.dumps(list(spec.file.seeds)),
+        Tag.SEEDS: json.dumps(spec.seeds),
         Tag.SAMPLER: spec.file.search.sampler if spec.file.search else "",
         Tag.OBJECTIVES: json.dumps(spec.file.search.objectives if spec.file.search else []),
         Tag.NOTE: spec.file.description,

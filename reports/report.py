@@ -56,6 +56,9 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
                 figs["budget"] = along
                 sections.append(("figure", "budget", render.PLOT_TITLES["budget"]))
             sections.append(budget.budget_table(data, points))
+    seq = tables.sequential_table(data)
+    if seq is not None:
+        sections.append(seq)
     if data.runs["status"].ne("finished").any():
         sections.append(tables.other_runs_table(data))
     if deploy.has_deploy(data):  # the deployment arms: accuracy against speed, the front plotted above its table

@@ -289,6 +289,50 @@ def per_class_table(data: SweepData) -> Table:
     return t
 
 
+def sequential_table(data: SweepData) -> Table | None:
+    """Sequential seeding (experiments/sequential.py, the parent's Tag.SEQUENTIAL): per arm the seeds it got,
+    why it stopped, and the interval it stopped with, at its look's level; None for a fixed seed list."""
+    import json
+
+    from experiments.schema import Tag
+    from experiments.sequential import REASONS
+
+    text = data.parent_tags.get(Tag.SEQUENTIAL)
+    if not text:
+        return None
+    try:
+        seq = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    rows, raw = [], []
+    for arm in [a for a in data.arms if a in seq.get("arms", {})] + list(seq.get("open", [])):
+        d = seq["arms"].get(arm)
+        if d is None:  # still open: the sweep was stopped between looks
+            rows.append([arm, DASH, "open (the sweep stopped before this arm was decided)", DASH, DASH, DASH])
+            raw.append([arm, None, "open", None, None, None, None, None])
+            continue
+        level = 1 - float(d["level"])
+        rows.append([arm, str(d["seeds"]), REASONS.get(d["reason"], d["reason"]), f"{int(d['look']) + 1}",
+                     f"{level:.2%}", f"{fnum(d['delta'], sign=True)} [{fnum(d['low'], sign=True)}, "
+                                     f"{fnum(d['high'], sign=True)}]"])
+        raw.append([arm, d["seeds"], d["reason"], int(d["look"]) + 1, level, d["delta"], d["low"], d["high"]])
+    t = Table("sequential", f"Sequential seeding: {data.sweep}",
+              ["Arm", "Seeds", "Stopped", "Look", "Level", "Δ at the stop (interval at that level)"], rows, raw,
+              numeric={1, 3, 4})
+    t.raw_columns = ["arm", "seeds", "reason", "look", "confidence", "delta", "low", "high"]
+    fixed = seq["looks"][-1] * len(data.arms)
+    used = sum(int(d["seeds"]) for d in seq["arms"].values()) + max(
+        (int(d["seeds"]) for d in seq["arms"].values()), default=0)
+    t.notes = [f"Seeds were added in waves until each arm's delta against `{data.baseline}` was decided (its "
+               f"interval excludes 0){', or narrower than ' + format(seq['width'], 'g') if seq.get('width') else ''}"
+               f", up to {seq['looks'][-1]} seeds{'' if not seq.get('max_device_hours') else ', within ' + format(seq['max_device_hours'], 'g') + ' device-hours'}"
+               f". Looks at {seq['looks']} seeds; alpha {seq['alpha']:g} spent over them ({seq['spending']}-type), "
+               f"so look k's interval is at confidence 1 - alpha_k ({', '.join(f'{1 - a:.2%}' for a in seq['levels'])}): "
+               f"the chance of any false decision over all looks stays at most {seq['alpha']:g}. Trained: about "
+               f"{used} trials where the fixed design trains {fixed}."]
+    return t
+
+
 OTHER = (Status.EARLY_STOPPED, Status.FAILED, Status.LOST, Status.RUNNING)
 
 

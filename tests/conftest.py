@@ -23,3 +23,17 @@ def bccd_root() -> Path:
     if not (BCCD_ROOT / "BCCD" / "Annotations").is_dir():
         pytest.skip(f"BCCD not found at {BCCD_ROOT} (../shared/data/bccd is absent in this checkout)")
     return BCCD_ROOT
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray (2 CPUs) for a module's sweeps; yields its GCS address (for driver subprocesses)."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()

@@ -26,82 +26,7 @@ from ssd_core.errors import NonFiniteLossError  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 # Ray workers cannot import the tests package: ship this module's functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
-    """fit's signature, checkpoints and report keys (`score`, `final`), no network. val/mAP50 = lr * epoch.
-
-    lr >= 0.5 -> NonFiniteLossError at epoch 2. name 'crash' -> the worker dies (os._exit) once at
-    epoch 2, flagged by a file in output.dir. `test/start_epoch` records where it resumed from and
-    `test/attempt` which call trained the epoch (a random id per call). Like fit, each epoch goes to
-    last.pt, then metrics.jsonl, then the callbacks."""
-    from ssd_core.checkpoint import load_checkpoint, save_checkpoint
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    last = run_dir / "last.pt"
-    state = load_checkpoint(last) if resume and last.exists() else {"epoch": 0, "history": []}
-    start, history = state["epoch"], list(state["history"])
-    attempt = float(int.from_bytes(os.urandom(4), "big"))
-    for cb in callbacks:
-        getattr(cb, "on_fit_start", lambda *a: None)(cfg, run_dir)
-    for epoch in range(start + 1, cfg.train.epochs + 1):
-        time.sleep(cfg.train.time_budget_s or 0.02)  # seconds per fake epoch
-        if cfg.train.lr >= 0.5 and epoch == 2:
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch} (lr {cfg.train.lr})")
-        flag = Path(cfg.output.dir) / f"crashed-{cfg.train.seed}"
-        if cfg.name == "crash" and epoch == 2 and not flag.exists():
-            flag.parent.mkdir(parents=True, exist_ok=True)
-            flag.write_text("died once")
-            os._exit(1)
-        metrics = {"train/loss": 1.0 / epoch, "val/mAP50": cfg.train.lr * epoch, "test/start_epoch": start,
-                   "test/attempt": attempt, "epoch": epoch, "score": cfg.train.lr * epoch,
-                   "final": float(epoch == cfg.train.epochs)}
-        history.append(metrics)
-        ckpt = {"model": {}, "config": cfg.model_dump(mode="json"), "class_names": [], "epoch": epoch,
-                "history": history}
-        save_checkpoint(ckpt, last)
-        save_checkpoint(ckpt, run_dir / "best.pt")
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, metrics, run_dir)
-    for cb in callbacks:
-        getattr(cb, "on_fit_end", lambda *a: None)(None)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
-
-
-def write_sweep(tmp_path: Path, sweep: dict) -> Path:
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(
-        {"name": "tiny", "train": {"epochs": 4, "lr": 0.01}, "output": {"dir": str(tmp_path / "out")},
-         "data": {"train_sets": ["S/train"], "val_sets": ["S/val"]}}))
-    sweep = {"experiment": "base.yaml", "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, **sweep}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
-
-
-def runs_of(uri: str, experiment: str):
-    client = client_for(uri)
-    runs = client.search_runs([experiment_id(client, experiment, uri)], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("ssdlab.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("ssdlab.kind") == "trial"]
-    return client, parents, children
-
-
-def history(client, run, key="val/mAP50"):
-    return [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+from tests.fake_fit import history, runs_of, tiny_fit, write_sweep  # noqa: E402
 
 
 def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
@@ -172,7 +97,7 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
 DRIVER = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from tests.test_sweep_ray import tiny_fit
+from tests.fake_fit import tiny_fit
 from experiments.sweep import run_sweep
 from experiments.sweep_spec import load_sweep
 run_sweep(load_sweep(sys.argv[2]), tiny_fit, address=sys.argv[3], storage=sys.argv[4])
@@ -263,7 +188,8 @@ KILL_DRIVER = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from tests.test_sweep_ray import kill_driver_after_logging, tiny_fit
+from tests.fake_fit import tiny_fit
+from tests.test_sweep_ray import kill_driver_after_logging
 from experiments.sweep import run_sweep
 from experiments.sweep_spec import load_sweep
 spec = load_sweep(sys.argv[2])

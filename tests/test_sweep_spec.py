@@ -249,3 +249,32 @@ def test_restart_archives_the_old_launch_and_keeps_its_runs(tmp_path):
     assert moved.name.startswith(f"{spec.name}.")
     assert find_run(client, exp, ident) is None  # a new launch will not reuse the old parent
     assert client.get_run(old.info.run_id).data.tags["ssdlab.storage"] == str(moved)
+
+
+SEQ = {"start": 2, "max": 6, "step": 2}
+
+
+@pytest.mark.parametrize("changes, key, message", [
+    ({"seeds": {**SEQ, "max": 1}}, "seeds.max", "greater than or equal to 2"),
+    ({"seeds": {**SEQ, "start": 4, "max": 3}}, "seeds.max", "below seeds.start 4"),
+    ({"seeds": SEQ}, "seeds", "takes arms and no search"),
+    ({"seeds": SEQ, "search": ..., "scheduler": ..., "arms": {"only": {}}}, "seeds", "a baseline arm and at least one"),
+    ({"seeds": {**SEQ, "until": "width"}}, "seeds.until", "'decided'"),
+    ({"seeds": {**SEQ, "spending": "bonferroni"}}, "seeds.spending", "pocock"),
+])
+def test_sequential_seeds_are_validated_naming_the_key(tmp_path, changes, key, message):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(write(tmp_path, with_(changes)))
+    assert f"{key}: " in str(err.value) and message in str(err.value)
+
+
+def test_sequential_plan_is_the_first_wave_and_the_dry_run_says_the_looks(tmp_path):
+    spec = load_sweep(write(tmp_path, with_({"seeds": SEQ, "search": ..., "scheduler": ...})))
+    assert spec.sequential.start == 2 and spec.seeds == [0, 1, 2, 3, 4, 5]
+    (phase,) = plan(spec)
+    assert phase.dirname == "wave-00" and phase.trials == [{"arm": a, "seed": s} for a in ("initial", "+augment")
+                                                          for s in (0, 1)]
+    text = describe(spec)
+    assert "sequential seeding: looks at [2, 4, 6] seeds; alpha 0.05 spent pocock-type" in text
+    assert "later waves: up to 8 more trials" in text
+    assert json.loads(parent_tags(spec)["ssdlab.seeds"]) == [0, 1, 2, 3, 4, 5]
