@@ -31,7 +31,7 @@ from ray import tune
 from experiments.schema import M, Status, Tag
 from experiments.sweep_spec import Phase, SweepSpec
 from experiments.tracking import STAMP_MS
-from experiments.trial import NODE_KEY, TrialJob, TrialKey, prune_state, trial_run_dir, trial_status
+from experiments.trial import NODE_KEY, PRECISION_KEY, TrialJob, TrialKey, prune_state, trial_run_dir, trial_status
 from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, config_hash, flatten, to_yaml
 
@@ -157,6 +157,7 @@ class MLflowTuneCallback(tune.Callback):
         self.spec, self.job, self.tracker, self.phase = spec, job, tracker, phase
         self._cfg: dict[str, ExperimentConfig] = {}
         self._nodes: dict[str, list] = {}
+        self._precision: dict[str, str] = {}
         self.outbox = Outbox(spec.file.tracking.uri)
 
     def _ensure(self, trial) -> str:
@@ -191,12 +192,15 @@ class MLflowTuneCallback(tune.Callback):
         epoch = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
         metrics = {k: v for k, v in result.items()
                    if "/" in k and not k.startswith("config/") and isinstance(v, (int, float))}
-        self.outbox.submit(self._log_result, trial, epoch, metrics, result.get(NODE_KEY))
+        self.outbox.submit(self._log_result, trial, epoch, metrics, result.get(NODE_KEY), result.get(PRECISION_KEY))
 
-    def _log_result(self, trial, epoch: int, metrics: dict, node: Optional[str]) -> None:
+    def _log_result(self, trial, epoch: int, metrics: dict, node: Optional[str], precision: Optional[str] = None) -> None:
         self._ensure(trial)
         if node:
             self._note_node(trial.trial_id, str(node))
+        if precision and self._precision.get(trial.trial_id) != precision:
+            self.tracker.children[trial.trial_id].set_tags({Tag.PRECISION: precision})
+            self._precision[trial.trial_id] = precision
         self.tracker.log_epoch(trial.trial_id, epoch, metrics)
 
     def _note_node(self, tid: str, node: str) -> None:
@@ -259,10 +263,12 @@ class MLflowTuneCallback(tune.Callback):
         state = self.__dict__.copy()
         state["_cfg"] = {}
         state["_nodes"] = {}
+        state["_precision"] = {}
         return state
 
     def __setstate__(self, state):  # a callback pickled by an older driver has neither
         self.__dict__.update(state)
         self.__dict__.setdefault("_nodes", {})
+        self.__dict__.setdefault("_precision", {})
         if "outbox" not in self.__dict__:
             self.outbox = Outbox(self.spec.file.tracking.uri)

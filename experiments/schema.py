@@ -81,6 +81,7 @@ class Tag:
     SOURCE_TRIAL = "ssdlab.source_trial"  # a confirm run: the search trial whose configuration it retrains
     NODE = "ssdlab.node"              # "<hostname>/<ip>/<Ray node id>" of the node that ran its latest attempt
     NODES = "ssdlab.nodes"            # JSON list of every node its attempts ran on, in order
+    PRECISION = "ssdlab.precision"    # the training precision train.amp resolved to there (ssd_core/precision.py)
     # an `ssdlab train` run
     RUN_DIR = "ssdlab.run_dir"
     # the end of a sweep (parent run): the best trial by the schema's rule, and its registered model

@@ -356,7 +356,11 @@ class MLflowCallback:
         description = (f"`ssdlab train` of {cfg.source}: {cfg.model.backbone} at {cfg.model.image_size} px, "
                        f"selected on {cfg.data.val_sets or 'a holdout' if cfg.data.holdout else 'the last epoch'}, "
                        f"reported on {cfg.data.test_sets or 'nothing'}")
+        from ssd_core.build import resolve_device
+        from ssd_core.precision import resolve
+
         self.writer.open(ident, params=flatten(cfg), tags={Tag.CONFIG_HASH: config_hash(cfg), **provenance(),
+                                                           Tag.PRECISION: resolve(cfg.train, resolve_device(cfg)).describe(),
                                                            Tag.DESCRIPTION: description, **self.tags},
                          run_name=self.run_name or getattr(cfg, "name", None), resume=resume)
 

@@ -49,6 +49,7 @@ STATE_FILES = (RD.LAST, RD.BEST, RD.METRICS, RD.CONFIG, RD.TEST_DETECTIONS,  # w
 HEAVY_FILES = (RD.LAST, RD.BEST)  # stripped from a trial's older checkpoints (the driver keeps KEEP_STATE)
 KEEP_STATE = 2
 NODE_KEY = "ssdlab_node"    # result key: the node that reported it (experiments.schema.Tag.NODE)
+PRECISION_KEY = "ssdlab_precision"  # result key: the precision the trial trains at there (Tag.PRECISION)
 SCRATCH_ENV = "SSDLAB_SCRATCH"
 META = "ssdlab"             # the key of a Tune trial config that holds the TrialKey fields
 
@@ -163,6 +164,10 @@ class TuneReporter:
                 result.update(DP.saved_run_metrics(run_dir) or DP.measure_run(self.cfg, run_dir, self.threads))
         if self.node:
             result[NODE_KEY] = self.node
+        if self.cfg is not None:
+            from ssd_core.build import resolve_device
+            from ssd_core.precision import resolve
+            result[PRECISION_KEY] = resolve(self.cfg.train, resolve_device(self.cfg)).describe()
         carry = self.carry_state and run_dir is not None and Path(run_dir).is_dir()
         # inside the run dir when it carries files: hard links to last.pt / best.pt need the same filesystem
         with tempfile.TemporaryDirectory(prefix=".ssdlab-ckpt-", dir=str(run_dir) if carry else None) as tmp:

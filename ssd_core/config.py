@@ -260,7 +260,10 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     max_iters: Optional[int] = Field(None, gt=0)  # an iteration budget; overrides epochs when set
     grad_clip: Optional[float] = Field(None, gt=0)
-    amp: Literal["off", "bf16", "fp16"] = "off"  # CUDA only; ignored on CPU
+    # Mixed precision (ssd_core/precision.py): auto = bf16 autocast + channels_last on CUDA and on CPUs with
+    # bf16 instructions (AMX-BF16, AVX512-BF16), fp32 where bf16 would be slower; bf16 as asked; fp16 on CUDA.
+    # The loss and the evaluation stay fp32 on a CPU.
+    amp: Literal["off", "auto", "bf16", "fp16"] = "off"
     channels_last: bool = False
     compile: bool = False
     seed: int = 0

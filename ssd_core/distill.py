@@ -75,7 +75,7 @@ class Distiller:
                  gt_labels: Tensor) -> Tensor:
         from ssd_core.inference import autocast, prepare
 
-        with torch.no_grad(), autocast(self.cfg, self.device):
+        with torch.no_grad(), autocast(self.cfg, self.device, training=True):
             t_loc, t_conf = self.teacher(prepare(self.teacher, images, self.cfg, self.device))
         return self.loss(loc, conf, t_loc, t_conf, priors, gt_boxes, gt_labels).total
 

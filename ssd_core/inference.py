@@ -16,24 +16,24 @@ import torch
 from torch import nn
 
 from ssd_core import metrics as M
+from ssd_core import precision
 from ssd_core.build import build_dataset, build_model, resolve_device
 from ssd_core.checkpoint import load_checkpoint, load_model_state
 from ssd_core.config import ExperimentConfig, validate_config
 from ssd_core.errors import CheckpointError, ConfigError
 
 
-def autocast(cfg: ExperimentConfig, device: torch.device):
-    """bf16/fp16 autocast on CUDA when train.amp asks for it; a no-op elsewhere."""
-    enabled = device.type == "cuda" and cfg.train.amp != "off"
-    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+def autocast(cfg: ExperimentConfig, device: torch.device, training: bool = False):
+    """The forward's autocast as train.amp resolves on `device` (ssd_core/precision.py): while training the
+    resolved dtype; in evaluation on CUDA only (a CPU run scores in fp32)."""
+    return precision.autocast(cfg.train, device, training)
 
 
 def prepare(model: nn.Module, images: torch.Tensor, cfg: ExperimentConfig, device: torch.device) -> torch.Tensor:
     """uint8 images [B, 3, S, S] -> the normalised float input the base network expects, on `device`
-    (channels_last when train.channels_last): the input path of training and inference alike."""
+    (channels_last when the resolved precision plan says so): the input path of training and inference alike."""
     x = unwrap(model).normalize(images.to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if cfg.train.channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if precision.resolve(cfg.train, device).channels_last else x
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -157,6 +157,6 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint, split: str = "val") -
     model = build_model(cfg, len(class_names) + 1)
     load_model_state(model, state, checkpoint)
     model.to(device)
-    if cfg.train.channels_last:
+    if precision.resolve(cfg.train, device).channels_last:
         model = model.to(memory_format=torch.channels_last)
     return evaluate_model(model, dataset, cfg, device, prefix=split)

@@ -28,6 +28,9 @@ TEST_AT_FRACTION, TEST_AT_SELECTED = f"{TEST_AT}/fraction", f"{TEST_AT}/selected
 
 TRAIN_LOSS, TRAIN_LOSS_LOC, TRAIN_LOSS_CONF = "train/loss", "train/loss_loc", "train/loss_conf"
 TRAIN_LR, TRAIN_IMG_S, DEVICE_HOURS = "train/lr", "perf/train_img_s", "cost/device_hours"
+# the precision the run trained at (ssd_core/precision.py): 1 when the forward ran under bf16 autocast / the
+# model was in channels_last
+PERF_BF16, PERF_CHANNELS_LAST = "perf/bf16", "perf/channels_last"
 # system metrics of a sweep trial's worker, sampled at each epoch's end (experiments/trial.py)
 SYS_CPU, SYS_RSS, SYS_GPU_UTIL, SYS_GPU_MEM = "sys/cpu_percent", "sys/rss_mb", "sys/gpu_util_percent", "sys/gpu_mem_mb"
 TRAIN_LOSS_DISTILL = "train/loss_distill"

@@ -48,17 +48,28 @@ def _candidates(conf: Tensor, score_threshold: float, top_k: int) -> tuple[Tenso
 
     ``conf [B, P, C]`` logits -> flat ``(image, prior, class, score)`` (class 1..C-1) sorted by
     group (image-major, then class) and by score, descending, inside a group.
-    A trained model has few candidates: the threshold is tested in logit space
-    (``logit > logsumexp + log(threshold)``, no [B, P, C] softmax) and only those are scored and
-    sorted. Many candidates (an untrained model) take a dense softmax + per-class ``topk``.
+    A trained model has few candidates, so the work goes where they can be: a class's softmax
+    exceeds the threshold only if its logit exceeds (max logit + log(threshold)), since logsumexp >= max;
+    one max over the classes finds those priors (a 2% slice for a trained model), and only their rows
+    are scored: the threshold in logit space (``logit > logsumexp + log(threshold)``), then sorted.
+    Many candidates (an untrained model) take a dense softmax + per-class ``topk``.
     """
     B, P, C = conf.shape
-    lse = log_sum_exp(conf)                                           # [B, P]
-    above = conf[..., 1:] > (lse + math.log(score_threshold)).unsqueeze(-1)   # [B, P, C-1]
-    if int(torch.count_nonzero(above)) <= SPARSE_CANDIDATES_PER_IMAGE * B:
-        b, p, c = above.nonzero(as_tuple=True)
+    log_t = math.log(score_threshold)
+    fg_max = conf[..., 1:].amax(dim=-1)                                            # [B, P]
+    # the margin covers rounding in logsumexp (it can land a few ulps below the max logit)
+    rb, rp = (fg_max > torch.maximum(fg_max, conf[..., 0]) + (log_t - 1e-3)).nonzero(as_tuple=True)
+    sparse = rb.numel() <= SPARSE_CANDIDATES_PER_IMAGE * B  # else nearly every prior has a candidate: dense
+    if sparse:
+        rows = conf[rb, rp]                                                         # [R, C]
+        lse = log_sum_exp(rows)                                                     # [R]
+        above = rows[:, 1:] > (lse + log_t).unsqueeze(-1)                          # [R, C-1]
+        sparse = int(torch.count_nonzero(above)) <= SPARSE_CANDIDATES_PER_IMAGE * B
+    if sparse:
+        r, c = above.nonzero(as_tuple=True)
         c = c + 1
-        s = torch.exp(conf[b, p, c] - lse[b, p])
+        b, p = rb[r], rp[r]
+        s = torch.exp(rows[r, c] - lse[r])
         order = torch.argsort(s, descending=True, stable=True)
         order = order[torch.argsort((b * C + c)[order], stable=True)]
         b, p, c, s = b[order], p[order], c[order], s[order]

@@ -3,8 +3,8 @@
 Recipe (paper section 3): SGD with momentum (AdamW as an option), weight decay (optionally not on
 norms and biases), linear warmup, then a multistep or cosine schedule counted in iterations, epochs
 or wall-clock time (schedule.py); the paper's SSD300 is 120k iterations with the lr divided by 10 at
-80k and 100k. Options: gradient clipping, AMP on CUDA (bf16, or fp16 with a GradScaler),
-channels_last, torch.compile, knowledge distillation from a teacher checkpoint (config `distill`,
+80k and 100k. Options: gradient clipping, mixed precision (train.amp: bf16 autocast on CUDA and on CPUs with
+bf16 instructions, fp16 with a GradScaler on CUDA; ssd_core/precision.py), channels_last, torch.compile, knowledge distillation from a teacher checkpoint (config `distill`,
 ssd_core/distill.py; off by default). Seeding is deterministic (torch, numpy, Python, the loader's generator).
 
 Every `eval.every_epochs` epochs the model is scored on the selection split (`val/...`, the VOC
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ssd_core import metrics as M
+from ssd_core import precision
 from ssd_core import rundir as RD
 from ssd_core.build import (build_dataset, build_model, build_optimizer, default_run_dir, param_groups,  # noqa: F401
                             resolve_device, split_sets)
@@ -126,7 +127,7 @@ class Trainer:
             images = prepare(self.model, batch.images, cfg, self.device)
             boxes = batch.boxes.to(self.device, non_blocking=True)
             labels = batch.labels.to(self.device, non_blocking=True)
-            with autocast(cfg, self.device):
+            with autocast(cfg, self.device, training=True):
                 loc, conf = self.step_model(images)
             parts = self.criterion(loc.float(), conf.float(), self.model.priors, boxes, labels)
             loss, terms = parts.total, [parts.total.detach(), parts.loc.detach(), parts.conf.detach()]
@@ -200,7 +201,8 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     total_epochs = math.ceil(total_iters / iters_per_epoch)
     model = build_model(cfg, len(class_names) + 1).to(device)
     distiller = build_distiller(cfg, class_names, model, device)  # None unless distill.teacher is set
-    if t.channels_last:
+    plan = precision.resolve(t, device)  # train.amp on this device: autocast dtype, layout, scaler
+    if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     state, start = TrainState(), clock()
@@ -209,7 +211,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
         return state.elapsed_seconds + clock() - start
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, iters_per_epoch, total_iters, elapsed))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.amp == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=plan.scaler)
     generator = getattr(loader, "generator", None)
     last_path, best_path = run_dir / RD.LAST, run_dir / RD.BEST
 
@@ -269,6 +271,8 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
                 metrics[M.SCORE] = state.best_metric
             state.device_seconds += time.perf_counter() - t_eval
             metrics[M.DEVICE_HOURS] = state.device_seconds / 3600.0
+            metrics[M.PERF_BF16] = float(plan.dtype == torch.bfloat16)
+            metrics[M.PERF_CHANNELS_LAST] = float(plan.channels_last)
             state.history.append(metrics)
             save(last_path, *([best_path] if improved or not best_path.exists() else []))
             with open(run_dir / RD.METRICS, "a") as f:

@@ -119,3 +119,31 @@ def test_long_suppression_chain(monkeypatch, max_steps):
     boxes = torch.stack((x, torch.zeros(40), x + 0.1, torch.ones(40)), dim=1)
     keep = grouped_nms(boxes, torch.zeros(40, dtype=torch.long), 0.45)
     assert keep.nonzero().flatten().tolist() == list(range(0, 40, 2))
+
+
+def test_the_prior_prefilter_keeps_every_candidate_at_the_threshold_edge():
+    """The sparse path only scores priors whose best foreground logit is within log(threshold) of the max
+    logit. Scores placed right at the threshold (softmax 0.01 x (1 +- 1e-4)) and foreground classes that are
+    the row's max still come out as torchvision's softmax > threshold says."""
+    g = torch.Generator().manual_seed(3)
+    B, P, C = 2, 600, 5
+    priors = random_priors(P, g)
+    loc = torch.randn(B, P, 4, generator=g) * 0.5
+    conf = trained_like(B, P, C, g)
+    edge = torch.rand(B, P, generator=g) < 0.1
+    lse_rest = torch.logsumexp(conf[..., [0, 2, 3, 4]], dim=-1)
+    sign = torch.where(torch.rand(B, P, generator=g) < 0.5, 1.0, -1.0)
+    factor = 1 + sign * (1e-4 + 1e-4 * torch.rand(B, P, generator=g))  # 100-200 ulps of the logits, no ties
+    target = 0.01 * factor  # softmax of class 1 = target: logit = lse_rest + log(t / (1 - t))
+    conf[..., 1] = torch.where(edge, lse_rest + torch.log(target / (1 - target)), conf[..., 1])
+    conf[0, :5, 3] = conf[0, :5].amax(-1) + torch.arange(1.0, 6.0)  # foreground classes that are the max logit
+    ours = postprocess(loc, conf, priors)
+    ref = torchvision_postprocess(loc, conf, priors)
+    for i, r in enumerate(ref):  # as sets: the edge scores agree to a few ulps, so their order may not
+        n = int(ours.counts[i])
+        mine = {(int(lab), tuple(round(v, 4) for v in box)) for lab, box in
+                zip(ours.labels[i, :n].tolist(), ours.boxes[i, :n].tolist())}
+        theirs = {(int(lab), tuple(round(v, 4) for v in box)) for lab, box in
+                  zip(r["labels"].tolist(), r["boxes"].tolist())}
+        assert n == len(r["scores"]) and mine == theirs
+    assert int(ours.counts.sum()) > 40 and (ours.scores[ours.scores > 0] < 0.0101).sum() > 5  # edge ones kept
