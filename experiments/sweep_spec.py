@@ -503,8 +503,10 @@ def describe(spec: SweepSpec) -> str:
     asha = spec.asha
     sched = (f"ASHA (epoch; grace {asha.grace_period}, reduction {asha.reduction_factor}, "
              f"max_t {spec.max_t(spec.arm_names[0] if spec.arm_names else None)})") if asha else "none (equal budget)"
+    seq = spec.sequential
+    count = f"{total} in the first wave, up to {len(spec.arm_names) * seq.max}" if seq else f"{total}"
     lines += [f"  early stopping: {sched}" + (" (not in confirm phases)" if asha and f.search else ""),
-              f"  trials: {total}; per trial cpu={f.resources.cpu:g} gpu={f.resources.gpu:g}; "
+              f"  trials: {count}; per trial cpu={f.resources.cpu:g} gpu={f.resources.gpu:g}; "
               f"max_concurrent={f.max_concurrent or 'as resources allow'}; max_failures={f.failure.max_failures}",
               f"  tracking: {f.tracking.uri} experiment={spec.experiment_name} "
               f"log_checkpoints={f.tracking.log_checkpoints}"]

@@ -97,6 +97,10 @@ class TrialJob:
         return id(self)
 
     def _resolve(self, key: TrialKey) -> ExperimentConfig:
+        """Arm + seed + searched params, the data root made absolute, and default boxes fitted to the data
+        (model.prior_scales: auto) where this process can read it (else the worker fits them)."""
+        from ssd_core.prior_fit import resolve_priors
+
         cfg = self.spec.resolve(key.arm, key.seed, dict(key.params))
         try:
             root = resolve_data_root(cfg)
@@ -104,7 +108,11 @@ class TrialJob:
             return cfg
         if not root.is_absolute():
             root = Path(self.cwd) / root
-        return apply_overrides(cfg, {"data.root": str(root)})
+        cfg = apply_overrides(cfg, {"data.root": str(root)})
+        try:
+            return resolve_priors(cfg)
+        except Exception:  # e.g. a driver that cannot read the data: fit resolves them in the worker
+            return cfg
 
 
 @functools.lru_cache(maxsize=4096)

@@ -69,13 +69,21 @@ class ModelConfig(_Section):
     pretrained: bool = False
     width_mult: float = Field(1.0, gt=0, le=2.0)
     lite_heads: bool = False
-    prior_scales: Literal["voc", "coco"] = "voc"
-    # Default-box scales in percent of the image side (the Caffe rule, ssd_core/priors.py): first_ratio is
-    # the first map's box, min_ratio..max_ratio spread over the others; null takes prior_scales' values.
-    # A dataset of small objects (BCCD platelets, ~7% of the side) wants a smaller first_ratio.
+    # Default-box scales: the paper's VOC or COCO values (the Caffe rule, ssd_core/priors.py), or `auto`: fitted
+    # to the training boxes (ssd_core/prior_fit.py) and written into prior_sizes of the resolved config.
+    prior_scales: Literal["voc", "coco", "auto"] = "voc"
+    # The Caffe rule's ratios in percent of the image side: first_ratio is the first map's box,
+    # min_ratio..max_ratio spread over the others; null takes prior_scales' values.
     prior_first_ratio: Optional[float] = Field(None, gt=0, lt=100)
     prior_min_ratio: Optional[float] = Field(None, gt=0, lt=100)
     prior_max_ratio: Optional[float] = Field(None, gt=0, le=100)
+    # Explicit sizes s_1 < ... < s_m+1 (fractions of the side; map k: s_k and sqrt(s_k s_k+1)): what `auto` fits.
+    prior_sizes: Optional[list[float]] = None
+    # Aspect ratios per map: the paper's ({2} on the first and last two maps, {2, 3} between), or `auto`
+    # (fitted with the sizes, at most prior_max_boxes boxes per cell), written into prior_aspect_ratios.
+    prior_aspect: Literal["paper", "auto"] = "paper"
+    prior_aspect_ratios: Optional[list[list[float]]] = None
+    prior_max_boxes: int = Field(6, ge=2, le=12)
     # Stride of the first feature map: 8 is the paper's layout (38x38 at 300 px); 16 keeps MobileNetV2's
     # and EfficientNetV2's native strides (SSDLite's 19x19), about 3x cheaper on a CPU.
     output_stride: Literal[8, 16] = 8
@@ -105,6 +113,16 @@ class ModelConfig(_Section):
             raise ValueError(f"width_mult {self.width_mult}: torchvision has ImageNet weights for "
                              f"{self.backbone} only at width_mult=1.0; use pretrained false or width_mult 1.0")
         lo, hi, first = self.prior_min_ratio, self.prior_max_ratio, self.prior_first_ratio
+        ratios = [n for n, v in (("prior_first_ratio", first), ("prior_min_ratio", lo), ("prior_max_ratio", hi))
+                  if v is not None]
+        if ratios and (self.prior_scales == "auto" or self.prior_sizes is not None):
+            what = "prior_scales auto fits the sizes" if self.prior_scales == "auto" else "prior_sizes sets them"
+            raise ValueError(f"{ratios[0]} {getattr(self, ratios[0])}: {what}; remove {', '.join(ratios)}")
+        sizes = self.prior_sizes
+        if sizes is not None and (any(not 0 < v <= 1.5 for v in sizes) or any(b <= a for a, b in zip(sizes, sizes[1:]))):
+            raise ValueError(f"prior_sizes {sizes}: fractions of the image side in (0, 1.5], strictly increasing")
+        if self.prior_aspect_ratios is not None and any(r < 1 for rs in self.prior_aspect_ratios for r in rs):
+            raise ValueError(f"prior_aspect_ratios {self.prior_aspect_ratios}: ratios >= 1 (each adds r and 1/r)")
         if lo is not None and hi is not None and not lo < hi:
             raise ValueError(f"prior_max_ratio {hi} must be greater than prior_min_ratio {lo}")
         if lo is not None and first is not None and not first < lo:
@@ -393,10 +411,16 @@ class ExperimentConfig(_Section):
             for name, default in OPTIONAL_SECTIONS.items():
                 if getattr(self, name) == default():
                     data.pop(name, None)
+            model = data.get("model")
+            if isinstance(model, dict):  # the fitted-default-box keys, likewise, while unused
+                for key in OPTIONAL_MODEL_KEYS:
+                    if key in model and model[key] == ModelConfig.model_fields[key].default:
+                        model.pop(key)
         return data
 
 
 OPTIONAL_SECTIONS = {"distill": DistillConfig, "deploy": DeployConfig}
+OPTIONAL_MODEL_KEYS = ("prior_sizes", "prior_aspect", "prior_aspect_ratios", "prior_max_boxes")
 
 
 # Keys that do not change the trained weights or the metrics: left out of config_hash.

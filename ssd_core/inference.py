@@ -154,6 +154,9 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint, split: str = "val") -
     if dataset is None:
         key = "data.val_sets (or data.holdout)" if split == M.VAL else f"data.{split}_sets"
         raise ConfigError(f"{cfg.source}: {key}: empty, so there is no {split!r} split to evaluate on")
+    if cfg.model.prior_scales == "auto" and cfg.model.prior_sizes is None:
+        # fitted default boxes: the checkpoint's config holds what the weights were trained with
+        cfg = cfg.model_copy(update={"model": config_from_checkpoint(state, checkpoint).model})
     model = build_model(cfg, len(class_names) + 1)
     load_model_state(model, state, checkpoint)
     model.to(device)

@@ -229,11 +229,23 @@ def build_ssd(model: "ModelConfig | str" = "vgg16", num_classes: int = 21, image
         raise ConfigError("build_ssd: give either a model section or keyword options, not both")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"model.num_classes={num_classes!r}: need an int >= 2 (background + at least one class)")
+    from ssd_core.prior_fit import prior_spec_kwargs
+
     base = build_base(model)
     extras, extra_channels = make_extras(base, dry_run_sizes(base, model.image_size)[-1])
     features = SSDFeatures(base, extras)
-    ratios = {k: getattr(model, f"prior_{k}") for k in ("first_ratio", "min_ratio", "max_ratio")
-              if getattr(model, f"prior_{k}") is not None}
-    spec = paper_prior_spec(model.image_size, dry_run_sizes(features, model.image_size), model.prior_scales,
-                            **ratios, **raw)
+    maps = dry_run_sizes(features, model.image_size)
+    spec = paper_prior_spec(model.image_size, maps, "voc" if model.prior_scales == "auto" else model.prior_scales,
+                            **{**prior_spec_kwargs(model, len(maps)), **raw})
     return SSD(features, base.out_channels + extra_channels, spec, num_classes, model.lite_heads)
+
+
+def feature_map_sizes(model: "ModelConfig") -> list[int]:
+    """The sides of the maps the network of a model section produces (base taps, then the extra layers)."""
+    base = build_base(model)
+    sizes = dry_run_sizes(base, model.image_size)
+    n = sizes[-1]
+    while (shape := extra_layer_shape(n)) is not None:
+        n = conv_output_size(n, *shape)
+        sizes.append(n)
+    return sizes

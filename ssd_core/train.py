@@ -45,6 +45,7 @@ from ssd_core.build import (build_dataset, build_model, build_optimizer, default
 from ssd_core.checkpoint import TrainState, save_checkpoint
 from ssd_core.config import ExperimentConfig, to_yaml
 from ssd_core.errors import ConfigError, NonFiniteLossError
+from ssd_core.prior_fit import coverage, resolve_priors, training_boxes
 from ssd_core.inference import (autocast, evaluate_checkpoint, evaluate_model, model_from_checkpoint,  # noqa: F401
                                 prepare, score_selected, score_test)
 from ssd_core.schedule import Progress, lr_factor  # noqa: F401
@@ -185,6 +186,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg)
+    cfg = resolve_priors(cfg)  # model.prior_scales: auto -> sizes fitted to the training boxes, in the config
     seed_everything(t.seed)
     train_ds = build_dataset(cfg, "train", train=True)
     class_names = list(train_ds.class_names)
@@ -200,6 +202,8 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     total_iters = t.max_iters or t.epochs * iters_per_epoch
     total_epochs = math.ceil(total_iters / iters_per_epoch)
     model = build_model(cfg, len(class_names) + 1).to(device)
+    boxes, labels, _ = training_boxes(cfg, train_ds)  # how the default boxes cover them: data/... metrics
+    cover = coverage(model.prior_spec, boxes, labels, class_names).metrics()
     distiller = build_distiller(cfg, class_names, model, device)  # None unless distill.teacher is set
     plan = precision.resolve(t, device)  # train.amp on this device: autocast dtype, layout, scaler
     if plan.channels_last:
@@ -271,6 +275,8 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
                 metrics[M.SCORE] = state.best_metric
             state.device_seconds += time.perf_counter() - t_eval
             metrics[M.DEVICE_HOURS] = state.device_seconds / 3600.0
+            if state.epoch == 1:
+                metrics.update(cover)
             metrics[M.PERF_BF16] = float(plan.dtype == torch.bfloat16)
             metrics[M.PERF_CHANNELS_LAST] = float(plan.channels_last)
             state.history.append(metrics)

@@ -19,7 +19,8 @@ def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
         "name": "e2e",
         "experiment": str(REPO / "experiments" / "configs" / "demo_shapes.yaml"),
         "overrides": {"train.epochs": 2, "train.batch_size": 4, "model.image_size": 64, "train.log_every": 1000,
-                      "data.root": str(tmp_path / "shapes"), "data.synthetic.images": 24},
+                      "data.root": str(tmp_path / "shapes"), "data.synthetic.images": 24, "eval.every_epochs": 1,
+                      "eval.test_at": [0.5, 1.0]},
         "search": {"sampler": "tpe", "num_samples": 2, "metric": "val/mAP50", "mode": "max", "seed": 0,
                    "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]},
                              "train.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]}}},
@@ -48,7 +49,13 @@ def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
         assert title in md, f"report.md lacks the {title!r} table"
     # selection on SHAPES/val, reporting on SHAPES/test, with the bootstrap over the logged test detections
     assert "test mAP@0.5" in md and "Reported: `test/mAP50`" in md
-    assert "Δ 95% CI (seeds × test images)" in md and "Δ bootstrap: 1000 resamples" in md
+    assert "Δ vs initial (95% CI, seeds + test images)" in md and "over 1000 bootstrap resamples of the test images" in md
+    # the budget points (eval.test_at: half way and at the end) along the budget, with their intervals
+    assert "Δ along the budget: e2e" in md and (out / "budget.csv").is_file() and (out / "budget.png").is_file()
+    import pandas as pd
+    budget = pd.read_csv(out / "budget.csv")
+    assert sorted(set(budget["fraction"])) == [0.5, 1.0] and set(budget["arm"]) == {"initial", "+sample_patch"}
+    assert (budget[budget["arm"] == "+sample_patch"]["method"] == "seeds+images").all()
     assert "![Detections of the best trial" in md and (out / "best_detections.png").stat().st_size > 1000
     # one summary row per arm, in sweep-file order, with the arm notes
     assert md.index("no sample patch") < md.index("sample patch (paper sec. 2.2)")
@@ -65,3 +72,6 @@ def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
     assert sum(1 for line in runs.splitlines() if "e2e" in line.split()[:2]) == 6, runs
     assert sum(1 for line in runs.splitlines() if line.startswith("*")) == 1, runs  # the best trial
     assert "finished" in runs
+    from tests.fake_fit import runs_of  # every trial run records the precision it trained at on its node
+    _, _, children = runs_of(uri, "e2e")
+    assert all(r.data.tags["ssdlab.precision"].startswith(("bf16 autocast + channels_last", "fp32")) for r in children)

@@ -64,9 +64,15 @@ def _overrides(parser: argparse.ArgumentParser) -> None:
 def config_show(args) -> int:
     from ssd_core.config import config_hash, load_config, to_yaml
 
+    from ssd_core.prior_fit import resolve_priors
+
     cfg = load_config(args.config, args.override)
-    sys.stdout.write(to_yaml(cfg))
-    print(f"# config_hash: {config_hash(cfg)}")
+    fitted = resolve_priors(cfg)  # model.prior_scales: auto -> the sizes fitted to the training boxes
+    sys.stdout.write(to_yaml(fitted))
+    if fitted is not cfg:
+        print("# model.prior_sizes" + (" and prior_aspect_ratios" if fitted.model.prior_aspect_ratios else "")
+              + " fitted to the training boxes (model.prior_scales: auto; `ssdlab data check --config ... --fit`)")
+    print(f"# config_hash: {config_hash(fitted)}")
     return 0
 
 
