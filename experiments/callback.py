@@ -173,12 +173,12 @@ class MLflowTuneCallback(tune.Callback):
                 Tag.PHASE: self.phase.kind, Tag.EXPERIMENT: self.phase.dirname}
         if arm:
             tags[Tag.ARM] = arm
-            tags[Tag.NOTE] = self.spec.file.arms[arm].note
+            tags[Tag.NOTE] = self.spec.arms[arm].note
         if self.phase.kind == "search":
             tags[Tag.SEARCHED] = json.dumps(sorted(k for k, _ in key.params))
         if key.source_trial:  # a confirm run: the search trial whose configuration it retrains
             tags[Tag.SOURCE_TRIAL] = key.source_trial
-        what = [f"arm {arm} ({self.spec.file.arms[arm].note})" if arm else f"sweep {self.spec.name}", f"seed {seed}"]
+        what = [f"arm {arm} ({self.spec.arms[arm].note})" if arm else f"sweep {self.spec.name}", f"seed {seed}"]
         what += [f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in key.params]
         if key.source_trial:
             what.append(f"retrains search trial {key.source_trial}")

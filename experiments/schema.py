@@ -70,6 +70,7 @@ class Tag:
     SAMPLER = "ssdlab.sampler"
     OBJECTIVES = "ssdlab.objectives"  # JSON list of the search's further objectives (minimised), [] for one
     COUNTS = "ssdlab.counts"          # JSON {status: number of trials}, set when the sweep ends or stops
+    DESIGN = "ssdlab.design"          # JSON: the sweep's design (factors, levels, points; experiments/design.py)
     SEQUENTIAL = "ssdlab.sequential"  # JSON: sequential seeding's looks, and per arm its seeds and why it stopped
     # a trial (child run)
     TRIAL_ID = "ssdlab.trial_id"

@@ -164,20 +164,34 @@ def ablation_interval(arm: Mapping[int, object], baseline: Mapping[int, object],
     `arm`, `baseline`: seed -> the VOCMatches of that run's test detections (ssd_core.evaluate.voc_matches),
     every run on the same `num_images` images (dense ids 0..num_images-1). Seeds in only one of them are
     left out (the pairing is per seed). `seed` makes the bootstrap reproducible."""
+    return contrast_interval({"arm": 1.0, "baseline": -1.0}, {"arm": arm, "baseline": baseline}, num_images,
+                             confidence, resamples, seed, metric)
+
+
+def contrast_interval(weights: Mapping[str, float], runs: Mapping[str, Mapping[int, object]], num_images: int,
+                      confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                      metric: str = "mAP50") -> Interval:
+    """A linear contrast of arms, sum_a weights[a] * metric(a), with the ablation interval: per seed the
+    contrast of that seed's runs (the seeds every weighted arm has), its seed term from their spread and its
+    image term from the covariance of two seeds' contrasts over resampled test images. A delta is the
+    contrast {arm: +1, baseline: -1}; factorial effects and Shapley shares are contrasts too
+    (reports/factorial.py). `runs`: arm -> seed -> VOCMatches, all on the same `num_images` images."""
     from ssd_core.evaluate import weighted_voc, weighted_voc_batch
 
-    shared = sorted(set(arm) & set(baseline))
+    arms = [a for a, w in weights.items() if w != 0]
+    shared = sorted(set.intersection(*(set(runs.get(a, {})) for a in arms))) if arms else []
     if not shared or num_images < 1:
         return NO_INTERVAL._replace(confidence=confidence, n=len(shared))
     n = len(shared)
-    runs = [arm[s] for s in shared] + [baseline[s] for s in shared]
-    full = np.array([weighted_voc(m)[metric] for m in runs])
-    d = full[:n] - full[n:]
-    if not np.isfinite(d).all():
+    w = np.array([weights[a] for a in arms])
+    full = np.array([[weighted_voc(runs[a][s])[metric] for s in shared] for a in arms])  # [A, n]
+    c = w @ full
+    if not np.isfinite(c).all():
         return NO_INTERVAL._replace(confidence=confidence, n=n)
-    weights = resample_weights(num_images, resamples, seed)
-    scores = np.stack([weighted_voc_batch(m, weights, metric) for m in runs], axis=1)  # [B, 2n]
-    boot = scores[:, :n] - scores[:, n:]
+    rw = resample_weights(num_images, resamples, seed)
+    scores = np.stack([np.stack([weighted_voc_batch(runs[a][s], rw, metric) for s in shared], axis=1)
+                       for a in arms])                                          # [A, B, n]
+    boot = np.tensordot(w, scores, axes=1)                                      # [B, n]
     boot = boot[np.isfinite(boot).all(axis=1)]
     if len(boot) < 2:
         return NO_INTERVAL._replace(confidence=confidence, n=n)
@@ -185,10 +199,38 @@ def ablation_interval(arm: Mapping[int, object], baseline: Mapping[int, object],
         seed_var, image_var = 0.0, float(boot[:, 0].var(ddof=1))
     else:
         cov = np.cov(boot, rowvar=False, ddof=1)
-        seed_var = float(d.var(ddof=1)) / n
+        seed_var = float(c.var(ddof=1)) / n
         image_var = max(0.0, float(cov[~np.eye(n, dtype=bool)].mean()))
-    return combine(float(d.mean()), seed_var, max(n - 1, 1), image_var, confidence, n,
+    return combine(float(c.mean()), seed_var, max(n - 1, 1), image_var, confidence, n,
                    "seeds+images" if n > 1 else "images", len(boot))
+
+
+def contrast_t(weights: Mapping[str, float], values: Mapping[str, Mapping[int, float]],
+               confidence: float = CONFIDENCE) -> Delta:
+    """A contrast of arms from per-seed values alone (the test set held fixed): the t interval of the per-seed
+    contrasts over the seeds every weighted arm has ("paired"); with fewer than 2 such seeds, the contrast of
+    the arms' means with a Welch-Satterthwaite interval from each arm's spread ("welch", >= 2 runs an arm),
+    else the contrast alone ("single")."""
+    arms = [a for a, w in weights.items() if w != 0]
+    vals = {a: _finite(values.get(a, {})) for a in arms}
+    if not arms or any(not v for v in vals.values()):
+        return Delta(math.nan, math.nan, math.nan, math.nan, 0, "none")
+    shared = sorted(set.intersection(*(set(v) for v in vals.values())))
+    if len(shared) >= 2:
+        c = np.array([sum(weights[a] * vals[a][s] for a in arms) for s in shared])
+        n, mean, sd = c.size, float(c.mean()), float(c.std(ddof=1))
+        half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+        return Delta(mean, mean - half, mean + half, _t_pvalue(mean, sd / math.sqrt(n), n - 1), n, "paired")
+    mean = float(sum(weights[a] * np.mean(list(vals[a].values())) for a in arms))
+    if all(len(v) >= 2 for v in vals.values()):
+        parts = [weights[a] ** 2 * np.var(list(vals[a].values()), ddof=1) / len(vals[a]) for a in arms]
+        se = math.sqrt(sum(parts))
+        if se == 0:
+            return Delta(mean, mean, mean, 1.0 if mean == 0 else 0.0, min(map(len, vals.values())), "welch")
+        dof = sum(parts) ** 2 / sum(p ** 2 / (len(vals[a]) - 1) for p, a in zip(parts, arms) if p > 0)
+        half = float(sps.t.ppf(0.5 + confidence / 2, dof)) * se
+        return Delta(mean, mean - half, mean + half, _t_pvalue(mean, se, dof), min(map(len, vals.values())), "welch")
+    return Delta(mean, math.nan, math.nan, math.nan, min(map(len, vals.values())), "single")
 
 
 def combine(delta: float, seed_var: float, dof: int, image_var: float, confidence: float = CONFIDENCE,
@@ -247,4 +289,4 @@ def _sum_quantile(a: float, b: float, dof: int, confidence: float) -> float:
 
 
 __all__ = ["CONFIDENCE", "BOOTSTRAP_RESAMPLES", "MeanStd", "mean_std", "mean_ci", "Delta", "paired_delta",
-           "Interval", "ablation_interval", "combine", "resample_weights"]
+           "Interval", "ablation_interval", "contrast_interval", "contrast_t", "combine", "resample_weights"]

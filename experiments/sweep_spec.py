@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -140,6 +141,7 @@ class SweepFile(_Strict):
     search: Optional[SearchSpec] = None
     scheduler: Optional[SchedulerSpec] = None  # `none` in the file reads as null
     arms: Optional[dict[str, ArmSpec]] = None
+    design: Optional[dict[str, Any]] = None  # factors -> design points (experiments/design.py); arms besides them
     seeds: Union[list[int], SequentialSeeds] = Field(default_factory=lambda: [0])
     metric: Optional[str] = None  # for arms-only sweeps with a scheduler; search.metric wins
     mode: Optional[Literal["max", "min"]] = None
@@ -158,6 +160,8 @@ class SweepSpec:
     base: ExperimentConfig       # base experiment + sweep overrides
     metric: str
     mode: str
+    arms: dict[str, ArmSpec] = field(default_factory=dict)  # the design's points, then the file's arms
+    design: Optional[Any] = None  # experiments.design.Design
 
     @property
     def name(self) -> str:
@@ -165,7 +169,7 @@ class SweepSpec:
 
     @property
     def arm_names(self) -> list[str]:
-        return list(self.file.arms or {})
+        return list(self.arms)
 
     @property
     def experiment_name(self) -> str:
@@ -198,7 +202,7 @@ class SweepSpec:
                      seq.max_device_hours)
 
     def arm_overrides(self, arm: Optional[str]) -> dict[str, Any]:
-        return dict(self.file.arms[arm].overrides) if arm else {}
+        return dict(self.arms[arm].overrides) if arm else {}
 
     def resolve(self, arm: Optional[str], seed: int, params: dict[str, Any] | None = None) -> ExperimentConfig:
         """The trial's config: `base` (with the sweep overrides) + arm, seed and searched params."""
@@ -261,20 +265,20 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
         if sf.search is not None:
             raise _fail(path, "seeds", "sequential seeding decides each arm's delta against the baseline: it takes "
                         "arms and no search (search the configuration first, then compare arms)")
-        if not sf.arms or len(sf.arms) < 2:
-            raise _fail(path, "seeds", "sequential seeding needs a baseline arm and at least one arm to compare")
     elif not sf.seeds:
         raise _fail(path, "seeds", "empty: expected at least one seed")
     elif len(set(sf.seeds)) != len(sf.seeds):
         raise _fail(path, "seeds", f"{sf.seeds} repeats a seed")
     if sf.resources.gpu > 1 and sf.resources.gpu != int(sf.resources.gpu):
         raise _fail(path, "resources.gpu", f"{sf.resources.gpu}: fractions are for one GPU (<= 1) only")
-    arms = sf.arms or {}
-    if sf.arms is not None and not arms:
+    if sf.arms is not None and not sf.arms:
         raise _fail(path, "arms", "empty: expected at least one arm or no `arms` key")
-    if sf.arms is None and sf.search is None:
-        raise _fail(path, "arms", "neither `arms` nor `search`: a sweep needs one of them (a single arm "
+    if sf.arms is None and sf.search is None and sf.design is None:
+        raise _fail(path, "arms", "neither `arms`, `design` nor `search`: a sweep needs one of them (a single arm "
                     "`arms: {base: {}}` repeats the base config over the seeds)")
+    design, arms = _design_arms(path, sf, keys)
+    if isinstance(sf.seeds, SequentialSeeds) and len(arms) < 2:
+        raise _fail(path, "seeds", "sequential seeding needs a baseline arm and at least one arm to compare")
     for name, arm in arms.items():
         if not _NAME.match(str(name)):
             raise _fail(path, f"arms.{name}", "arm names use letters, digits and _ . + - only")
@@ -298,7 +302,10 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
             size = len(grid_points(search_params(path, sf.search)))
             if sf.search.num_samples is not None and sf.search.num_samples > size:
                 raise _fail(path, "search.num_samples", f"{sf.search.num_samples} exceeds the grid size {size}")
-    spec = SweepSpec(path=path, file=sf, base=base, metric=metric, mode=mode)
+    if sf.search is not None and design is not None:
+        warnings.warn(f"{path}: design with search: an Optuna search per design point ({len(design.points)} "
+                      f"searches) is expensive; search the configuration first, then run the design", stacklevel=2)
+    spec = SweepSpec(path=path, file=sf, base=base, metric=metric, mode=mode, arms=arms, design=design)
     asha = spec.asha
     if asha is not None:
         for arm in (list(arms) or [None]):
@@ -307,6 +314,31 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
                 raise _fail(path, "scheduler.asha.grace_period",
                             f"{asha.grace_period} exceeds max_t {max_t} (train.epochs{' of arm ' + arm if arm else ''})")
     return spec
+
+
+def _design_arms(path: Path, sf: "SweepFile", keys: set[str]):
+    """(Design or None, arms): the design's points as arms (named by their changes, the baseline first) and
+    then the file's hand-written arms; ConfigError naming design.<key> or the colliding arm."""
+    from experiments.design import DesignError, build
+
+    arms: dict[str, ArmSpec] = {}
+    design = None
+    if sf.design is not None:
+        try:
+            design = build(sf.design)
+        except DesignError as exc:
+            raise _fail(path, f"design.{exc.where}".rstrip("."), exc.message) from None
+        for f, levels in design.factors.items():
+            for lv, over in levels.items():
+                _check_keys(path, f"design.factors.{f}.{lv}", over, keys)
+        for point, levels in design.points.items():
+            note = ", ".join(f"{f} {lv}" for f, lv in levels.items())
+            arms[point] = ArmSpec(note=note, overrides=design.overrides(point))
+    for name, arm in (sf.arms or {}).items():
+        if name in arms:
+            raise _fail(path, f"arms.{name}", "is also the name of a design point: rename the arm")
+        arms[name] = arm
+    return design, arms
 
 
 def _check_objectives(path: Path, sf: "SweepFile", arms: dict, base: ExperimentConfig) -> None:
@@ -488,9 +520,12 @@ def describe(spec: SweepSpec) -> str:
             what = "best searched config x seeds" if ph.kind == "confirm" else "arms x seeds"
             lines.append(f"  phase {ph.dirname}: {n} trials ({what})")
             for t in ph.trials:
-                note = f.arms[t["arm"]].note if t["arm"] else ""
+                note = spec.arms[t["arm"]].note if t["arm"] else ""
                 lines.append(f"      arm={t['arm'] or '-'} seed={t['seed']}" + (f"  # {note}" if note else ""))
         total += n
+    if spec.design is not None:
+        from experiments.design import describe as describe_design
+        lines += describe_design(spec.design)
     waves = spec.waves()
     if waves is not None:
         seq = spec.sequential
@@ -526,6 +561,7 @@ def parent_tags(spec: SweepSpec) -> dict[str, str]:
         Tag.SAMPLER: spec.file.search.sampler if spec.file.search else "",
         Tag.OBJECTIVES: json.dumps(spec.file.search.objectives if spec.file.search else []),
         Tag.NOTE: spec.file.description,
+        Tag.DESIGN: spec.design.record() if spec.design is not None else "",
     }
 
 

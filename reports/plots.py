@@ -229,6 +229,56 @@ def budget_deltas(data: SweepData, deltas) -> bytes | None:
         return _png(fig)
 
 
+def effects_forest(data: SweepData, estimates) -> bytes | None:
+    """A designed sweep's main effects and interactions (reports/factorial.py) with their 95% intervals."""
+    rows = [e for e in estimates if np.isfinite(e.delta)]
+    if not rows:
+        return None
+    with plt.rc_context(_STYLE):
+        height = 0.45 * len(rows) + 1.4
+        fig, ax = plt.subplots(figsize=(7, height))
+        fig.subplots_adjust(left=0.34, right=0.96, bottom=0.6 / height + 0.08, top=1 - 0.45 / height)
+        y = np.arange(len(rows))[::-1]
+        for yi, e in zip(y, rows):
+            colour = "C0" if e.kind == "main" else ("C3" if e.excludes_zero else "C7")
+            if np.isfinite(e.low):
+                ax.plot([e.low, e.high], [yi, yi], color=colour, lw=2.2, solid_capstyle="butt")
+            ax.plot([e.delta], [yi], "o", color=colour, ms=5)
+        ax.axvline(0, color="0.3", lw=1, ls=":")
+        ax.set_yticks(y, [e.name + (f"  (= {e.alias})" if e.alias else "") for e in rows], fontsize=8)
+        ax.set_xlabel(f"effect on {tables.value_label(data)}")
+        ax.legend(handles=[plt.Line2D([], [], color="C0", lw=2.2, label="main effect"),
+                           plt.Line2D([], [], color="C3", lw=2.2, label="interaction, interval excludes 0"),
+                           plt.Line2D([], [], color="C7", lw=2.2, label="interaction")], loc="best", fontsize=7)
+        ax.set_title(f"{data.sweep}: effects with 95% intervals")
+        return _png(fig)
+
+
+def shapley_bars(data: SweepData, shares, total) -> bytes | None:
+    """Each factor's Shapley share of the gain (bars with 95% intervals) stacked against the total."""
+    rows = [e for e in shares if np.isfinite(e.delta)]
+    if not rows:
+        return None
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7, 0.45 * (len(rows) + 1) + 1.4))
+        fig.subplots_adjust(left=0.3, right=0.96, bottom=0.18, top=0.88)
+        names = [e.name for e in rows] + ["total"]
+        vals = [e.delta for e in rows] + [total.delta]
+        lows = [e.low for e in rows] + [total.low]
+        highs = [e.high for e in rows] + [total.high]
+        y = np.arange(len(names))[::-1]
+        ax.barh(y, vals, color=[f"C{i % 10}" for i in range(len(rows))] + ["0.5"], height=0.6)
+        for yi, lo, hi in zip(y, lows, highs):
+            if np.isfinite(lo):
+                ax.plot([lo, hi], [yi, yi], color="k", lw=1.2)
+        ax.axvline(0, color="0.3", lw=1, ls=":")
+        ax.set_yticks(y, names)
+        ax.set_xlabel(f"share of the gain in {tables.value_label(data)}")
+        model = " (model-based)" if any(e.model_based for e in rows) else ""
+        ax.set_title(f"{data.sweep}: Shapley shares{model}, 95% intervals")
+        return _png(fig)
+
+
 def parallel_coordinates(data: SweepData) -> bytes | None:
     """Every search trial's parameters on parallel axes (scaled to the searched range, log where the
     distribution is), coloured by its score; the best finished trial drawn thick."""

@@ -144,6 +144,8 @@ def table_html(t: Table, run_url=None) -> str:
 PLOT_TITLES = {
     "accuracy_speed": "Accuracy against CPU latency: each arm's models (mean ± std over seeds), the Pareto front",
     "deltas": "Which change bought how much: deltas against the baseline with 95% intervals",
+    "effects": "Main effects and two-way interactions with 95% intervals",
+    "shapley": "Each change's Shapley share of the gain from the baseline",
     "budget": "Δ along the budget: each arm's delta against the baseline at each budget point, 95% band",
     "learning_curves": "Learning curves (mean ± std over seeds; thin lines: every trial, early-stopped included)",
     "params": "The selection metric against each searched parameter",

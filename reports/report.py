@@ -16,7 +16,7 @@ from experiments.evidence import DETECTIONS_PNG
 from experiments.schema import Artifact, M
 from ssd_core.errors import UserError
 
-from reports import budget, deploy, fmt, plots, render, search, tables
+from reports import budget, deploy, factorial, fmt, plots, render, search, tables
 from reports.load import SweepData, load_artifact, load_sweep
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -56,6 +56,9 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
                 figs["budget"] = along
                 sections.append(("figure", "budget", render.PLOT_TITLES["budget"]))
             sections.append(budget.budget_table(data, points))
+    designed, design_figs = factorial.sections(data, with_plots)  # a designed sweep: effects, shares, the path
+    sections += designed
+    figs.update(design_figs)
     seq = tables.sequential_table(data)
     if seq is not None:
         sections.append(seq)
