@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-search test install bench clean
+.PHONY: demo demo-search demo-factorial test install bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(STAMP)
 demo-search: $(STAMP)
 	$(BIN)/ssdlab sweep sweeps/demo.yaml --restart
 	$(BIN)/ssdlab report --sweep demo-search
+
+# The factorial demo: the demo's recipe as a 2^3 design (effects, interactions, Shapley shares), then its report.
+demo-factorial: $(STAMP)
+	$(BIN)/ssdlab sweep sweeps/demo_factorial.yaml --restart
+	$(BIN)/ssdlab report --sweep demo-factorial
 
 BENCHMARKS := bench_loss_postprocess bench_train_step bench_augment bench_evaluate bench_report bench_sweep_overhead
 

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output directory (default reports/out/<sweep>)")
     p.add_argument("--top-k", type=int, default=10, help="trials in the search table (default 10)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots (faster)")
+    p.add_argument("--arms", default=None, help="comma-separated arms to report, the first as the baseline "
+                                                "(default: every arm, the sweep's baseline first)")
     p.add_argument("--ui-url", default=None,
                    help="MLflow UI address (e.g. http://127.0.0.1:5000): the HTML report links each trial to its run page")
     p.add_argument("--no-log", action="store_true",
@@ -81,8 +83,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                         f"choose from {','.join(FORMATS)}")
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     report = build_report(args.sweep, _store(args.tracking_uri), top_k=args.top_k,
-                          with_plots=not args.no_plots)
+                          with_plots=not args.no_plots, arms=arms)
     out = Path(args.out) if args.out else Path("reports") / "out" / args.sweep
     files = write_report(report, out, formats, ui_url=args.ui_url)
     if not args.no_log and report.data is not None and report.data.parent_id:

@@ -292,7 +292,7 @@ def path_table(data: SweepData, rows: list[dict], points: Points) -> Table:
 def sections(data: SweepData, with_plots: bool = True) -> tuple[list, dict[str, bytes]]:
     """The report's design sections (tables, and figures above them) or nothing for an undesigned sweep."""
     d = design_of(data)
-    if d is None or not d.two_level():
+    if d is None or not d.two_level() or not set(d.points) <= set(data.arms):  # --arms left a point out
         return [], {}
     points = Points(data, d)
     out, figs = [], {}

@@ -38,8 +38,12 @@ class Report:
 
 
 def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
-                 with_plots: bool = True, evaluator: str = "ped-anova") -> Report:
+                 with_plots: bool = True, evaluator: str = "ped-anova", arms: list[str] | None = None) -> Report:
+    """The report of `sweep`; `arms` restricts it to those arms, in that order (the first is the baseline):
+    e.g. the cumulative path of a designed sweep as an ablation of its own."""
     data = load_sweep(sweep, tracking_uri)
+    if arms:
+        data = restrict(data, arms)
     arms = tables.arm_stats(data)
     sections: list[Any] = [tables.summary_table(data, arms)]
     figs: dict[str, bytes] = {}
@@ -109,6 +113,19 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
             f"{data.parent_id or '(none)'}; {len(data.runs)} trial runs; metric `{data.metric}`, "
             f"mode {data.mode}; baseline arm `{data.baseline}`).")
     return Report(f"ssdlab report: {sweep}", [meta] + sections, figs, data)
+
+
+def restrict(data, arms: list[str]):
+    """`data` with only `arms` (ordered; the first is the baseline) and their runs; UserError for an arm the
+    sweep does not have."""
+    import dataclasses
+
+    missing = [a for a in arms if a not in data.arms]
+    if missing:
+        raise UserError(f"--arms: {', '.join(missing)} not in sweep {data.sweep!r} (arms: {', '.join(data.arms)})")
+    runs = data.runs[data.runs["arm"].isin(arms)].reset_index(drop=True)
+    return dataclasses.replace(data, arms=list(arms), baseline=arms[0], runs=runs,
+                               history=data.history[data.history["run_id"].isin(runs["run_id"])])
 
 
 def run_links(report: Report, ui_url: str | None):

@@ -176,3 +176,17 @@ def test_uneven_seeds_use_the_seeds_each_contrast_has(tmp_path):
     assert est["a"].n == 2 and est["a"].delta == pytest.approx(0.1)
     path = F.path(points)
     assert path[0]["step"].n == 3 and path[1]["step"].n == 2  # baseline -> +a has every seed; +a -> +a+b does not
+
+
+def test_report_arms_restricts_to_a_path_with_its_own_baseline(tmp_path):
+    from reports.report import build_report
+    from ssd_core.errors import UserError
+    data = _store(tmp_path, "sub", {"type": "full", "factors": FACTORS3},
+                  lambda lv: 0.4 + 0.1 * (lv["a"] == "on") + 0.05 * (lv["b"] == "on"))
+    r = build_report("sub", data.tracking_uri, with_plots=False, arms=["baseline", "+a", "+a+b"])
+    assert r.data.arms == ["baseline", "+a", "+a+b"] and set(r.data.runs["arm"]) == set(r.data.arms)
+    assert "effects" not in [t.name for t in r.tables]  # the design is not whole: no effects from part of it
+    abl = next(t for t in r.tables if t.name == "ablation")
+    assert [row[0] for row in abl.rows] == ["baseline", "+a", "+a+b"] and abl.rows[2][3].startswith("+0.150")
+    with pytest.raises(UserError, match="--arms: \\+z not in sweep 'sub'"):
+        build_report("sub", data.tracking_uri, with_plots=False, arms=["baseline", "+z"])
