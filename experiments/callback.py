@@ -53,8 +53,17 @@ def _error_line(trial) -> str:
     return line.replace("ssd_core.errors.", "")
 
 
+# The driver's record of a trial that failed because a disk filled (experiments.sweep.DiskFullStop reads it).
+DISK_FULL: list[str] = []
+
+
+def _disk_full(error: str) -> bool:
+    return "DiskFullError" in error or "No space left on device" in error or "[Errno 28]" in error
+
+
 _UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|Read timed out|"
-                          r"failed with error code 5\d\d|Remote end closed|temporarily unavailable", re.I)
+                          r"failed with error code 5\d\d|Remote end closed|temporarily unavailable|"
+                          r"database is locked", re.I)  # a sqlite store another process holds locked
 OUTAGE_WAIT_S = float(os.environ.get("SSDLAB_MLFLOW_OUTAGE_WAIT_S", "900"))
 
 
@@ -71,6 +80,19 @@ def unreachable(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def patient(fn, *args, wait_s: float | None = None, **kwargs):
+    """`fn(*args, **kwargs)`, tried again every Outbox.RETRY_S while the store does not answer or another
+    process holds it locked (up to OUTAGE_WAIT_S): the driver's own writes outside the trial events."""
+    deadline = time.monotonic() + (OUTAGE_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not unreachable(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(Outbox.RETRY_S)
 
 
 @contextmanager
@@ -242,7 +264,10 @@ class MLflowTuneCallback(tune.Callback):
                                checkpoint=run_dir / RD.BEST, detections=run_dir / RD.TEST_DETECTIONS)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.outbox.submit(self._fail_trial, trial, _error_line(trial))
+        error = _error_line(trial)
+        if _disk_full(error) and not DISK_FULL:  # the other trials would fail the same way: stop the phase
+            DISK_FULL.append(error.split(": ", 1)[-1].replace("[Errno 28] ", ""))
+        self.outbox.submit(self._fail_trial, trial, error)
 
     def _fail_trial(self, trial, error: str) -> None:
         self._ensure(trial)

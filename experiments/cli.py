@@ -31,7 +31,7 @@ import importlib
 import os
 import sys
 
-from ssd_core.errors import NonFiniteLossError, UserError
+from ssd_core.errors import DiskFullError, NonFiniteLossError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ssdlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except NonFiniteLossError as exc:
-        print(f"ssdlab {args.command}: error: {exc}", file=sys.stderr)
+    except (NonFiniteLossError, DiskFullError) as exc:  # the work ran and could not go on: one line, exit 1
+        print(f"ssdlab {args.command}: error: {exc.strerror if isinstance(exc, DiskFullError) else exc}",
+              file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

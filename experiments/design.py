@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ssd_core.config import short
+
 TYPES = ("full", "fractional", "one_at_a_time", "leave_one_out", "cumulative")
 BASELINE_NAME = "baseline"
 
@@ -115,6 +117,29 @@ def point_name(levels: dict[str, str], baseline: dict[str, str], factors: dict) 
     return "".join(parts) or BASELINE_NAME
 
 
+def point_count(spec: dict) -> int:
+    """How many points the design section will have, counted without building them (0 when malformed:
+    `build` says why)."""
+    try:
+        factors = spec.get("factors") or {}
+        sizes = [len(levels) for levels in factors.values()]
+        kind = spec.get("type", "full")
+    except AttributeError:
+        return 0
+    if not sizes or any(n < 2 for n in sizes):
+        return 0
+    if kind == "full":
+        return math.prod(sizes)
+    if kind == "fractional":
+        k = len(sizes)
+        options = [p for (kk, p) in GENERATORS if kk == k]
+        p = spec.get("fraction") if spec.get("fraction") in options else min(options, default=0)
+        return 2 ** (k - (p or 0))
+    if kind == "one_at_a_time":
+        return 1 + sum(n - 1 for n in sizes)
+    return len(sizes) + 1
+
+
 def build(spec: dict) -> Design:
     """A design section (a plain mapping, as in the sweep file) -> its Design with every point; DesignError
     names the key."""
@@ -125,7 +150,7 @@ def build(spec: dict) -> Design:
         raise DesignError(unknown[0], "unknown key (type, factors, baseline, resolution, fraction)")
     kind = spec.get("type", "full")
     if kind not in TYPES:
-        raise DesignError("type", f"{kind!r} is not one of {', '.join(TYPES)}")
+        raise DesignError("type", f"{short(kind)} is not one of {', '.join(TYPES)}")
     factors = spec.get("factors")
     if not isinstance(factors, dict) or not factors:
         raise DesignError("factors", "expected a mapping of factor name -> {level: overrides, ...}")
@@ -137,7 +162,7 @@ def build(spec: dict) -> Design:
                                      "{off: {augment.photometric: false}, on: {augment.photometric: true}}")
         for lv, over in levels.items():
             if not isinstance(over, dict):
-                raise DesignError(f"{where}.{lv}", f"expected an override mapping, got {over!r}")
+                raise DesignError(f"{where}.{lv}", f"expected an override mapping, got {short(over)}")
         seen: dict[str, str] = {}
         for lv, over in levels.items():
             key = json.dumps(over, sort_keys=True, default=str)
@@ -204,12 +229,12 @@ def _fractional(d: Design, spec: dict) -> list[dict[str, str]]:
         raise DesignError("type", f"no fractional design for {k} factors here (3 to 8); use full")
     if fraction is not None:
         if fraction not in options:
-            raise DesignError("fraction", f"{fraction!r}: for {k} factors one of {options}")
+            raise DesignError("fraction", f"{short(fraction)}: for {k} factors one of {options}")
         p = fraction
     else:
         want = 4 if resolution is None else resolution
         if not isinstance(want, int) or want < 3:
-            raise DesignError("resolution", f"{want!r}: an integer >= 3")
+            raise DesignError("resolution", f"{short(want)}: an integer >= 3")
         ok = [p for p in options if design_resolution(k, GENERATORS[(k, p)]) >= want]
         if not ok:
             raise DesignError("resolution", f"no fraction of the 2^{k} design reaches resolution {want}: use full")

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable, Optional, Sequence
 
+from ssd_core.config import short
+
 from ssd_core import metrics as M  # metric names live with the code that computes them
 
 __all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "Artifact", "M", "score_of", "best_index", "better", "Param", "parse_space",
-           "SpaceError", "grid_points", "KINDS", "SEARCH_OBJECTIVES", "pareto_front"]
+           "SpaceError", "grid_points", "grid_size", "KINDS", "SEARCH_OBJECTIVES", "pareto_front"]
 
 
 class Status(str, Enum):
@@ -201,7 +203,7 @@ class Param:
             for c in self.choices:
                 if value == c or str(value) == str(c):
                     return c
-            raise ValueError(f"{self.key}: {value!r} is not one of {list(self.choices)}")
+            raise ValueError(f"{self.key}: {short(value)} is not one of {list(self.choices)}")
         return int(value) if self.kind == "int" else float(value)
 
     def extremes(self) -> list:
@@ -225,7 +227,7 @@ class Param:
 def parse_param(key: str, dist: Any) -> Param:
     """One entry of search.space -> Param; SpaceError names the key path."""
     if not isinstance(dist, dict):
-        raise SpaceError(key, f"expected a mapping like {{uniform: [lo, hi]}}, got {dist!r}")
+        raise SpaceError(key, f"expected a mapping like {{uniform: [lo, hi]}}, got {short(dist)}")
     kinds = [k for k in dist if k in KINDS]
     unknown = [k for k in dist if k not in KINDS and k != "when"]
     if unknown or len(kinds) != 1:
@@ -234,27 +236,27 @@ def parse_param(key: str, dist: Any) -> Param:
     where = f"{key}.{kind}"
     when = dist.get("when")
     if when is not None and (not isinstance(when, dict) or not when):
-        raise SpaceError(f"{key}.when", f"expected a mapping {{key: value}}, got {when!r}")
+        raise SpaceError(f"{key}.when", f"expected a mapping {{key: value}}, got {short(when)}")
     when = tuple((str(k), v) for k, v in (when or {}).items())
     if kind == "choice":
         if not isinstance(arg, list) or not arg:
-            raise SpaceError(where, f"expected a non-empty list, got {arg!r}")
+            raise SpaceError(where, f"expected a non-empty list, got {short(arg)}")
         bad = [v for v in arg if not (v is None or isinstance(v, (bool, int, float, str)))]
         if bad:
             raise SpaceError(where, f"choices must be numbers, strings, booleans or null, got {bad}")
         return Param(key, kind, choices=tuple(arg), when=when)
     if not (isinstance(arg, list) and len(arg) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
-        raise SpaceError(where, f"expected [low, high], got {arg!r}")
+        raise SpaceError(where, f"expected [low, high], got {short(arg)}")
     lo, hi = arg
     if not all(math.isfinite(v) for v in arg):
-        raise SpaceError(where, f"bounds must be finite numbers, got {arg!r}")
+        raise SpaceError(where, f"bounds must be finite numbers, got {short(arg)}")
     if not lo < hi:
         raise SpaceError(where, f"low {lo} must be below high {hi}")
     if kind == "loguniform" and lo <= 0:
         raise SpaceError(where, f"low {lo} must be > 0 for a log scale")
     if kind == "int" and not all(isinstance(v, int) for v in arg):
-        raise SpaceError(where, f"expected integer bounds, got {arg!r}")
+        raise SpaceError(where, f"expected integer bounds, got {short(arg)}")
     return Param(key, kind, float(lo) if kind != "int" else lo, float(hi) if kind != "int" else hi, when=when)
 
 
@@ -263,6 +265,11 @@ def parse_space(space: dict) -> list[Param]:
     if not isinstance(space, dict):
         raise SpaceError("", f"expected a mapping of config keys to distributions, got {type(space).__name__}")
     return [parse_param(str(k), d) for k, d in space.items()]
+
+
+def grid_size(params: Sequence[Param]) -> int:
+    """The number of points of a grid space, without listing them."""
+    return math.prod(len(p.grid() or ()) if p.kind != "int" else int(p.high) - int(p.low) + 1 for p in params)
 
 
 def grid_points(params: Sequence[Param]) -> list[dict]:

@@ -64,10 +64,22 @@ def read_text(uri: str) -> str:
 
 
 def write_text(uri: str, text: str) -> None:
+    """Write `text` to `uri` atomically: a temporary file beside it, then a move (a full disk or a kill leaves
+    the old file whole, never half of the new one)."""
     fs, path = filesystem(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
+    tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp")
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(text.encode())
+        fs.move(tmp, path)
+    except OSError as exc:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        from ssd_core.errors import disk_full
+        raise disk_full(path if not is_uri(uri) else uri, exc) or exc
 
 
 def move(src: str, dst: str) -> None:

@@ -27,6 +27,24 @@ MLFLOW_TABLES = ("experiments", "runs")
 PROBE_RETRIES, PROBE_TIMEOUT_S, PROBE_BACKOFF = 2, 10, 1  # MLflow reads the backoff factor as an int
 
 
+SQLITE_BUSY_TIMEOUT_S = 60  # a writer waits this long for another process's lock on a sqlite store, then retries
+
+
+def with_busy_timeout(uri: str) -> str:
+    """A sqlite URI with a busy timeout (sqlite3.connect(timeout=...) through SQLAlchemy's query string), so a
+    store that another process holds locked makes writes wait instead of failing at once; others unchanged."""
+    if sqlite_file(uri) is None or "timeout=" in uri.split("?", 1)[-1] and "?" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_BUSY_TIMEOUT_S}"
+
+
+def mlflow_client(uri: str):
+    """THE MlflowClient of a store (every reader and writer opens it here: sqlite gets its busy timeout)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=with_busy_timeout(uri))
+
+
 def sqlite_file(uri: str) -> Optional[Path]:
     """The database file of a `sqlite:///...` URI (query string dropped), else None."""
     if not uri.startswith("sqlite:///"):
@@ -145,9 +163,7 @@ def check_store(uri: str, where: str = "", write: bool = True) -> str:
 
                 ensure_store(uri)
             else:
-                from mlflow.tracking import MlflowClient
-
-                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+                mlflow_client(uri).search_experiments(max_results=1)
     except Exception as exc:  # sqlalchemy, requests, MlflowException: one line, not their tracebacks
         verb = "did not answer" if re.match(r"^https?://", uri) else "cannot be opened"
         raise ConfigError(f"{prefix}MLflow store {uri} {verb}: {_reason(exc)}") from None

@@ -124,7 +124,7 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
                                   num_samples=num_samples, max_concurrent_trials=f.max_concurrent,
                                   reuse_actors=True)
     run_config = tune.RunConfig(
-        name=phase.dirname, storage_path=str(storage), verbose=0,
+        name=phase.dirname, storage_path=str(storage), verbose=0, stop=DiskFullStop(),
         callbacks=list(callback) if isinstance(callback, (list, tuple)) else [callback],
         failure_config=tune.FailureConfig(max_failures=f.failure.max_failures),
         # Tune deletes a trial's older checkpoints (num_to_keep) as soon as it registers a new one, and saves
@@ -234,6 +234,217 @@ class SweepInterrupted(KeyboardInterrupt):
     """Ray Tune stopped before every trial ended (SIGINT/SIGTERM): continue with `--resume`."""
 
 
+def _tolerate_damaged_error_files() -> None:
+    """Ray Tune unpickles each failed trial's error file to build its results, and a file cut short (a full
+    disk) raises EOFError there, which would end the driver without a summary: read such a file as no
+    pickled error (Tune then keeps the error's text)."""
+    from ray.tune.experiment.trial import Trial
+
+    if getattr(Trial.get_pickled_error, "_ssdlab", False):
+        return
+    original = Trial.get_pickled_error
+
+    def get_pickled_error(self):
+        try:
+            return original(self)
+        except (EOFError, OSError, ValueError, TypeError):
+            return None
+
+    get_pickled_error._ssdlab = True
+    Trial.get_pickled_error = get_pickled_error
+
+
+try:
+    from ray.tune.stopper import Stopper as _Stopper
+except ImportError:  # the sweep module is importable without Ray (dry runs)
+    _Stopper = object
+
+
+def _atomic_local_uploads() -> None:
+    """Ray Tune copies its experiment state (and each trial's checkpoint) from a staging folder into the
+    storage folder file by file, overwriting in place: a disk that fills midway leaves the newest state cut and
+    the sweep unresumable. On a local filesystem each file is copied beside its target and renamed over it,
+    so a failed copy leaves the previous version whole (object stores write whole objects already)."""
+    import fnmatch
+    import shutil
+
+    import pyarrow.fs as pafs
+    from ray.train._internal import storage as ray_storage
+
+    original = ray_storage._upload_to_fs_path
+    if getattr(original, "_ssdlab", False):
+        return
+
+    def upload(local_path, fs, fs_path, exclude=None):
+        if not isinstance(fs, pafs.LocalFileSystem):
+            return original(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+        src = Path(local_path)
+        files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()]
+        for f in files:
+            rel = f.name if src.is_file() else f.relative_to(src).as_posix()
+            if exclude and any(fnmatch.fnmatch(rel, pattern) for pattern in exclude):
+                continue
+            dst = Path(fs_path) if src.is_file() else Path(fs_path, rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.ssdlab-upload")
+            try:
+                shutil.copyfile(f, tmp)
+                os.replace(tmp, dst)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    upload._ssdlab = True
+    ray_storage._upload_to_fs_path = upload
+
+
+class DiskFullStop(_Stopper):
+    """A Tune stopper that ends the experiment once a trial failed because a disk filled (the other trials
+    would fail the same way): the driver's MLflow callback records such a failure (callback.DISK_FULL)."""
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        from experiments.callback import DISK_FULL
+        return bool(DISK_FULL)
+
+
+class SweepStopped(RuntimeError):
+    """The sweep stopped for a reason the user fixes outside it (a full disk): one line, continue with --resume."""
+
+
+class DriverLock:
+    """One driver per sweep: an exclusive lock (flock) on `.<name>.driver.lock` beside the sweep's storage
+    folder, held as long as the driver process lives. The kernel drops it when that process dies, however it
+    dies, so a killed driver never leaves the sweep locked. The file names the holder (pid, host, start,
+    command) for the message a second driver gets. Storage given as a URI is not locked (no shared flock)."""
+
+    def __init__(self, storage: str, name: str):
+        from experiments.storage import local_path
+
+        folder = local_path(storage)
+        self.path = None if folder is None else folder.parent / f".{name}.driver.lock"
+        self.file = None
+
+    def acquire(self) -> "DriverLock":
+        import fcntl
+        import socket
+        import sys
+
+        from ssd_core.errors import UserError
+
+        if self.path is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                holder = json.loads(f.read() or "{}")
+            except ValueError:
+                holder = {}
+            f.close()
+            who = (f"driver pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started', '?')}"
+                   if holder else "another driver")
+            raise UserError(f"{self.path.name[1:-len('.driver.lock')]}: this sweep is already being run by {who} "
+                            f"(lock {self.path}): wait for it to end, or stop it (Ctrl-C), then --resume") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "command": " ".join(sys.argv)[:500]}))
+        f.flush()
+        self.file = f
+        return self
+
+    def release(self) -> None:
+        if self.file is not None:
+            import fcntl
+
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+
+def check_free_space(spec: SweepSpec, job: TrialJob, storage: str) -> None:
+    """Before a launch: the storage folder must hold the checkpoints of the first phase's trials (each keeps its
+    last.pt and best.pt, and Tune's copies of both, to the end); UserError naming the folder and the space
+    otherwise. A URI (object storage) is not checked."""
+    import shutil
+
+    from experiments.storage import local_path
+    from ssd_core.errors import UserError
+
+    folder = local_path(storage)
+    if folder is None:
+        return
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    # last.pt and best.pt in the run dir, and both again in each of the KEEP_STATE newest Tune checkpoints
+    from experiments.trial import KEEP_STATE
+
+    copies = 2 * (1 + KEEP_STATE)
+    per_trial = copies * checkpoint_bytes(job.config(TrialKey(spec.arm_names[0] if spec.arm_names else None,
+                                                                spec.seeds[0])))
+    trials = sum(_expected_trials(ph) for ph in plan(spec))  # every trial keeps its state to the end
+    need = trials * per_trial + 20_000_000
+    if free < need:
+        raise UserError(f"--storage {folder}: {free / 1e6:.0f} MB free where this sweep needs about {need / 1e6:.0f} MB "
+                        f"({trials} trials, {per_trial / copies / 1e6:.0f} MB checkpoints each, kept as last.pt, best.pt "
+                        f"and Tune's copies of both): free space there or pass --storage elsewhere")
+
+
+def checkpoint_bytes(cfg) -> int:
+    """About the size of one resumable checkpoint of `cfg`'s model: the weights and the optimizer's state
+    (SGD momentum: 1 more copy, AdamW: 2), float32."""
+    import torch
+
+    from ssd_core.build import build_model
+
+    classes = len(cfg.data.class_names) + 1 if cfg.data.class_names else 21
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg, classes)
+        params = sum(p.numel() for p in model.parameters())
+    except Exception:  # a model that cannot be built here is the trial's to report
+        return 0
+    copies = 1 + (2 if cfg.train.optimizer == "adamw" else 1)
+    return 4 * params * copies
+
+
+def check_restorable(path: str) -> None:
+    """Before Tuner.restore: Ray Tune writes its experiment state in place, so a full disk can cut the newest
+    copy; a damaged copy is moved aside (Tune then resumes from the newest whole one, and each trial from its
+    newest checkpoint). SweepStopped, in one line, when none is whole."""
+    import glob
+
+    from experiments.storage import local_path
+
+    folder = local_path(path)
+    if folder is None:
+        return
+    states = sorted(glob.glob(str(folder / "experiment_state-*.json")))
+    damaged = []
+    for state in states:
+        try:
+            json.loads(Path(state).read_text())
+        except (ValueError, OSError):
+            damaged.append(state)
+    for state in damaged:
+        os.replace(state, state + ".damaged")
+    if states and len(damaged) == len(states):
+        raise SweepStopped(f"cannot resume {folder}: Ray Tune's saved state ({Path(damaged[-1]).name}) is damaged, "
+                           f"cut when it was written (a full disk?), and no earlier copy is whole; start afresh with "
+                           f"--restart (the runs logged so far stay in MLflow)")
+
+
 SNAPSHOT = "sweep_snapshot.json"
 SEQUENTIAL_STATE = "sequential.json"  # sequential seeding: the looks so far (what Tag.SEQUENTIAL holds)
 
@@ -332,23 +543,36 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
               resume: bool = False, storage: str | os.PathLike | None = None,
               num_cpus: Optional[int] = None, restart: bool = False, progress: bool = True) -> SweepResult:
     """Run (or with `resume`, continue) every phase of `spec`; MLflow gets one parent + one child per trial."""
-    from ray import tune
-
+    from experiments.storage import sweep_storage
     from experiments.store import check_store
-    from experiments.callback import MLflowTuneCallback
-    from experiments.progress import ProgressCallback
-    from experiments.tracking import SweepTracker, ensure_store
 
     if train_fn is None:
         from ssd_core.train import fit as train_fn
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
-    from experiments import storage as st
-    from experiments.storage import join, local_path, sweep_storage
-
-    check_store(spec.file.tracking.uri, f"{spec.path}: tracking.uri")  # before anything is created
     storage = sweep_storage(storage, spec.name, DEFAULT_STORAGE)  # a local folder (resolved) or a URI
     job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu, storage=storage)
+    if not resume:
+        check_free_space(spec, job, storage)  # before anything is created
+    check_store(spec.file.tracking.uri, f"{spec.path}: tracking.uri")
+    lock = DriverLock(storage, spec.name).acquire()  # one driver per sweep (a second one is refused)
+    try:
+        return _run_locked(spec, job, storage, train_fn, address, resume, num_cpus, restart, progress, start)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address, resume: bool, num_cpus, restart: bool,
+                progress: bool, start: float) -> SweepResult:
+    """run_sweep once the sweep's driver lock is held."""
+    from ray import tune
+
+    from experiments import storage as st
+    from experiments.callback import MLflowTuneCallback, patient
+    from experiments.progress import ProgressCallback
+    from experiments.storage import join, local_path
+    from experiments.tracking import SweepTracker, ensure_store
+
     phases = plan(spec)
     if restart and not resume:
         archived = archive_sweep(spec, storage)
@@ -366,10 +590,13 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
     tracker = SweepTracker(f.tracking.uri, spec.experiment_name, spec.name, str(storage),
                            parent_tags=parent_tags(spec), parent_params=parent_params(spec),
                            log_checkpoints=f.tracking.log_checkpoints)
-    parent = tracker.start()
-    tracker.parent.client.log_artifact(parent, str(spec.path))  # the sweep file, as launched
+    parent = patient(tracker.start)
+    patient(tracker.parent.client.log_artifact, parent, str(spec.path))  # the sweep file, as launched
     started_ray = _init_ray(address, num_cpus)
     import ray
+
+    _tolerate_damaged_error_files()
+    _atomic_local_uploads()
 
     job.driver_node = ray.get_runtime_context().get_node_id()  # its trials keep their run dirs in a local storage
     grids, best_by_arm, trials = [], {}, 0
@@ -384,15 +611,23 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
                 continue
             path = join(storage, ph.dirname)
             if resume and tune.Tuner.can_restore(path):
-                tuner = tune.Tuner.restore(path, _trainable(job), resume_unfinished=True)
+                check_restorable(path)
+                # failed trials get another attempt from their newest checkpoint (one stopped by a full disk goes
+                # on; one whose loss went non-finite fails again at once: its run dir holds the marker)
+                tuner = tune.Tuner.restore(path, _trainable(job), resume_unfinished=True, resume_errored=True)
             else:
                 views = [ProgressCallback(ph.dirname, _expected_trials(ph), spec.max_t(ph.arm),
                                           spec.file.max_concurrent or 1)] if progress else []
                 tuner = _new_tuner(spec, job, ph, storage, [callback, *views], best_params=best)
+            from experiments.callback import DISK_FULL
+
+            DISK_FULL.clear()
             grid = tuner.fit()
             grids.append(grid)
+            if DISK_FULL:
+                raise SweepStopped(f"sweep {spec.name} stopped: {DISK_FULL[0]}")
             known = [str(r.metrics.get("trial_id")) for r in grid if r.metrics and r.metrics.get("trial_id")]
-            tracker.mark_lost(ph.dirname, known)
+            patient(tracker.mark_lost, ph.dirname, known)
             trials += len(grid)
             states = phase_states(grid, _expected_trials(ph), lambda config: job.resolve(config).train.epochs)
             if _ended(states) < _expected_trials(ph):
@@ -405,24 +640,24 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
                 outcomes.update(wave_outcomes(grid, spec))
                 k = len(waves.history)
                 following = next_wave(waves, k, outcomes)
-                tracker.parent.set_tags({Tag.SEQUENTIAL: json.dumps(waves.summary(), default=float)})
+                patient(tracker.parent.set_tags, {Tag.SEQUENTIAL: json.dumps(waves.summary(), default=float)})
                 st.write_text(st.join(storage, SEQUENTIAL_STATE), json.dumps(waves.summary(), indent=1, default=float))
                 _print_look(spec, waves, k, following)
                 if following:
                     phases.append(wave_phase(k + 1, following))
-        counts, failures = tracker.summarize()  # ssdlab.counts (+ ssdlab.error when trials failed)
+        counts, failures = patient(tracker.summarize)  # ssdlab.counts (+ ssdlab.error when trials failed)
         try:
-            tracker.register_best(spec.metric, spec.mode)  # ssdlab.best_* tags and the model registry
+            patient(tracker.register_best, spec.metric, spec.mode)  # ssdlab.best_* tags and the model registry
         except Exception as exc:  # the runs are logged: a registry hiccup must not fail the sweep
             print(f"sweep {spec.name}: best trial not registered: {type(exc).__name__}: {exc}")
-        tracker.finish(Status.FINISHED)
-    except KeyboardInterrupt:
+        patient(tracker.finish, Status.FINISHED)
+    except (KeyboardInterrupt, SweepStopped):
         _summarize_quietly(tracker)
-        tracker.finish(Status.KILLED)  # resumable: ssdlab.status stays meaningful, MLflow status KILLED
+        patient(tracker.finish, Status.KILLED, wait_s=60)  # resumable: ssdlab.status kept, MLflow status KILLED
         raise
     except BaseException:
         _summarize_quietly(tracker)
-        tracker.finish(Status.FAILED)
+        patient(tracker.finish, Status.FAILED, wait_s=60)
         raise
     finally:
         if started_ray:

@@ -63,8 +63,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from experiments.schema import SEARCH_OBJECTIVES, M, Param, SpaceError, Tag, grid_points, parse_space
-from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config, read_yaml
+from experiments.schema import SEARCH_OBJECTIVES, M, Param, SpaceError, Tag, grid_size, parse_space
+from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config, read_yaml, short
 from ssd_core.errors import ConfigError
 
 DEFAULT_MODE = "max"
@@ -147,6 +147,7 @@ class SweepFile(_Strict):
     mode: Optional[Literal["max", "min"]] = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_concurrent: Optional[int] = Field(None, gt=0)
+    max_trials: int = Field(10_000, gt=0)  # a plan larger than this is refused before it is built
     failure: FailureSpec = Field(default_factory=FailureSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
@@ -252,8 +253,11 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
     if not _NAME.match(sf.name):
         raise _fail(path, "name", f"{sf.name!r}: use letters, digits and _ . + - only")
     cfg_path = (path.parent / sf.experiment).resolve()
-    if not cfg_path.is_file():
+    if not cfg_path.exists():
         raise _fail(path, "experiment", f"base config {cfg_path} not found (paths are relative to the sweep file)")
+    if not cfg_path.is_file():
+        from ssd_core.config import _kind
+        raise _fail(path, "experiment", f"base config {cfg_path} is {_kind(cfg_path)}, not a YAML file")
     keys = config_keys()
     _check_keys(path, "overrides", sf.overrides, keys)
     raw_base = load_config(cfg_path)
@@ -276,14 +280,24 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
     if sf.arms is None and sf.search is None and sf.design is None:
         raise _fail(path, "arms", "neither `arms`, `design` nor `search`: a sweep needs one of them (a single arm "
                     "`arms: {base: {}}` repeats the base config over the seeds)")
+    total = planned_trials(sf)
+    if total > sf.max_trials:  # before anything is built: a plan can be astronomically large
+        raise _fail(path, "max_trials", f"the plan has {total:,} trials, more than max_trials {sf.max_trials:,}: "
+                    f"shrink the sweep, or raise max_trials if you mean it")
     design, arms = _design_arms(path, sf, keys)
     if isinstance(sf.seeds, SequentialSeeds) and len(arms) < 2:
         raise _fail(path, "seeds", "sequential seeding needs a baseline arm and at least one arm to compare")
+    roots = set()
     for name, arm in arms.items():
         if not _NAME.match(str(name)):
             raise _fail(path, f"arms.{name}", "arm names use letters, digits and _ . + - only")
         _check_keys(path, f"arms.{name}.overrides", arm.overrides, keys)
-        _apply(path, f"arms.{name}.overrides", base, arm.overrides)
+        arm_cfg = _apply(path, f"arms.{name}.overrides", base, arm.overrides)
+        if (arm_cfg.data.root, arm_cfg.data.default_root) not in roots:
+            roots.add((arm_cfg.data.root, arm_cfg.data.default_root))
+            _check_data_root(path, arm_cfg)
+    if not arms:
+        _check_data_root(path, base)
     metric, mode = _metric_and_mode(sf, path, base)
     if sf.search is not None or (sf.scheduler is not None and sf.scheduler.asha is not None):
         for arm in (list(arms) or [None]):
@@ -299,7 +313,7 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
             _check_space(path, sf.search, arm_cfg, keys)
         _check_objectives(path, sf, arms, base)
         if sf.search.sampler == "grid":
-            size = len(grid_points(search_params(path, sf.search)))
+            size = grid_size(search_params(path, sf.search))
             if sf.search.num_samples is not None and sf.search.num_samples > size:
                 raise _fail(path, "search.num_samples", f"{sf.search.num_samples} exceeds the grid size {size}")
     if sf.search is not None and design is not None:
@@ -314,6 +328,46 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
                 raise _fail(path, "scheduler.asha.grace_period",
                             f"{asha.grace_period} exceeds max_t {max_t} (train.epochs{' of arm ' + arm if arm else ''})")
     return spec
+
+
+def _check_data_root(path: Path, cfg: ExperimentConfig) -> None:
+    """A data root that exists but is not a folder (or, for a synthetic set to be made, whose nearest existing
+    parent is not one) fails here, before anything is created; a missing one is left to the node that reads
+    it (on a cluster the driver need not hold the data)."""
+    from ssd_core.config import resolve_data_root
+
+    try:
+        root = resolve_data_root(cfg)
+    except ConfigError:
+        return  # not set: fit names the key
+    key = "data.root" if cfg.data.root else "data.default_root"
+    if root.exists() and not root.is_dir():
+        raise _fail(path, key, f"{root} is a file, not a dataset folder")
+    if cfg.data.synthetic is not None and not root.exists():
+        parent = root.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise _fail(path, key, f"{root}: the synthetic set cannot be made there: {parent} is a file")
+
+
+def planned_trials(sf: "SweepFile") -> int:
+    """The most trials the sweep's plan can hold, counted without building it: arms (the design's points and
+    the file's arms) x seeds, and per arm the search's trials plus its confirm seeds (sequential seeding:
+    arms x max seeds)."""
+    from experiments.design import point_count
+
+    n_arms = max(1, len(sf.arms or {}) + (point_count(sf.design) if isinstance(sf.design, dict) else 0))
+    seeds = sf.seeds.max if isinstance(sf.seeds, SequentialSeeds) else len(sf.seeds)
+    if sf.search is None:
+        return n_arms * seeds
+    samples = sf.search.num_samples
+    if samples is None:
+        try:
+            samples = grid_size(parse_space(sf.search.space))
+        except SpaceError:
+            samples = 1
+    return n_arms * (samples + max(0, seeds - 1))
 
 
 def _design_arms(path: Path, sf: "SweepFile", keys: set[str]):
@@ -379,7 +433,7 @@ def _pyd_messages(exc: ValidationError, path: Path, prefix: str = "") -> list[st
                                                   if not str(p).startswith(("function-", "literal["))])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if "input" in err and err["type"] not in ("extra_forbidden", "missing"):
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {short(err['input'])})"
         out.append(f"{path}: {key or '<root>'}: {msg}")
     return out
 
@@ -482,7 +536,7 @@ def plan(spec: SweepSpec) -> list[Phase]:
     if s is None:
         trials = [{"arm": a, "seed": seed} for a in (arms or [None]) for seed in seeds]
         return [Phase("grid", "trials", trials=trials, num_samples=1)]
-    n = s.num_samples or len(grid_points(parse_space(s.space)))
+    n = s.num_samples or grid_size(parse_space(s.space))
     phases = []
     for i, arm in enumerate(arms or [None]):
         tag = f"{i:02d}-{_slug(arm)}-" if arm else ""

@@ -28,6 +28,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from experiments.schema import MLFLOW_STATUS, Artifact, Kind, M, Status, Tag
+from experiments.store import mlflow_client, sqlite_file
 from ssd_core import rundir as RD
 
 PARAM_MAX_CHARS = 500
@@ -38,16 +39,9 @@ _READY: set[str] = set()
 # --------------------------------------------------------------------------- store
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///...` URI, else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):])
-
-
 def artifact_root(uri: str) -> str | None:
     """Artifacts of a sqlite store live next to the database (`<dir>/mlartifacts`), not in CWD."""
-    db = sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is None:
         return None
     return (db.resolve().parent / "mlartifacts").as_uri()
@@ -62,20 +56,20 @@ def ensure_store(uri: str) -> str:
     """
     if uri in _READY:
         return uri
-    db = sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is not None:
         from filelock import FileLock
 
         db.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(db) + ".lock", timeout=300):
             # Constructing the store runs the migrations when the tables do not exist yet.
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            mlflow_client(uri).search_experiments(max_results=1)
     _READY.add(uri)
     return uri
 
 
 def client_for(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=ensure_store(uri))
+    return mlflow_client(ensure_store(uri))
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:

@@ -67,7 +67,10 @@ class TrialKey:
     @classmethod
     def of(cls, config: dict[str, Any]) -> "TrialKey":
         """From a Tune trial config: {"ssdlab": {arm, seed, source_trial}, <dotted key>: value, ...}."""
-        meta = config[META]
+        meta = config.get(META) if isinstance(config, dict) else None
+        if not isinstance(meta, dict) or "seed" not in meta:
+            raise ConfigError("a trial came back from Ray Tune's saved state without its ssdlab identity (arm, seed): "
+                              "that state is damaged; start the sweep afresh with --restart (its MLflow runs are kept)")
         params = tuple(sorted((k, v) for k, v in config.items() if k != META))
         return cls(meta.get("arm"), int(meta["seed"]), params, meta.get("source_trial"))
 

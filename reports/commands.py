@@ -89,8 +89,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("reports") / "out" / args.sweep
     files = write_report(report, out, formats, ui_url=args.ui_url)
     if not args.no_log and report.data is not None and report.data.parent_id:
-        from mlflow.tracking import MlflowClient
-        client = MlflowClient(tracking_uri=report.data.tracking_uri)
+        from experiments.store import mlflow_client
+        client = mlflow_client(report.data.tracking_uri)
         from experiments.schema import Artifact
         for f in files:  # the parent (sweep) run carries its latest report
             client.log_artifact(report.data.parent_id, str(f), artifact_path=Artifact.REPORT)

@@ -34,6 +34,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from experiments.schema import FROM_MLFLOW, Artifact, Kind, M, Status, Tag, best_index, score_of
+from experiments.store import mlflow_client
 from ssd_core import rundir as RD
 from ssd_core.errors import UserError
 
@@ -141,7 +142,7 @@ def _tracking_uri(uri: str):
 
 
 def _sql_engine(uri: str):
-    store = getattr(MlflowClient(tracking_uri=uri)._tracking_client, "store", None)
+    store = getattr(mlflow_client(uri)._tracking_client, "store", None)
     return getattr(store, "engine", None) if type(store).__name__ == "SqlAlchemyStore" else None
 
 
@@ -212,7 +213,7 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = Tr
         raise UserError(f"sweep {sweep!r} in {uri}: tag {Tag.MODE}={mode!r} is not max|min")
     budget = M.TEST_AT + M.reported_of(metric)[len(M.TEST):]  # test_at/mAP50: the reported metric along the budget
     keys = [metric, budget, M.TEST_AT_FRACTION] + ([M.TRAIN_LOSS] if curves and metric != M.TRAIN_LOSS else [])
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     history = metric_histories(client, list(children["run_id"]), keys)
     runs = _trial_frame(children, history, metric, mode)
     arms = _arm_order(_json(ptags.get(Tag.ARMS), [], Tag.ARMS, sweep, uri), runs)
@@ -234,7 +235,7 @@ def load_artifact(uri: str, run_id: str, path: str) -> bytes | None:
     """The bytes of one artifact of a run (None when it has none by that path)."""
     import tempfile
 
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     folder = path.rsplit("/", 1)[0] if "/" in path else ""
     try:
         if path not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
@@ -284,7 +285,7 @@ def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
         return load_sweep(sweep, uri, curves=False).runs
     df = _search(uri)
     df = df[_objects(df, "tags." + Tag.KIND) != Kind.SWEEP]
-    history = metric_histories(MlflowClient(tracking_uri=uri), list(df["run_id"]), [metric])
+    history = metric_histories(mlflow_client(uri), list(df["run_id"]), [metric])
     return _trial_frame(df, history, metric, "max").sort_values(
         ["sweep", "arm", "seed", "trial_id", "run_id"], na_position="last").reset_index(drop=True)
 

@@ -66,7 +66,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     seq = tables.sequential_table(data)
     if seq is not None:
         sections.append(seq)
-    if data.runs["status"].ne("finished").any():
+    if data.runs["status"].ne("finished").any() or (data.finished[data.value].isna().any() if len(data.runs) else False):
         sections.append(tables.other_runs_table(data))
     if deploy.has_deploy(data):  # the deployment arms: accuracy against speed, the front plotted above its table
         rows = deploy.deploy_rows(data)

@@ -104,6 +104,7 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
             "seeds": sorted(int(s) for s in f["seed"].dropna()),
             "n": ms.n, "mean": ms.mean, "std": ms.std,
             **{s: int((r["status"] == s).sum()) for s in ("finished", "early_stopped", "failed", "running")},
+            "no_value": int(f[v].isna().sum()),  # finished, but the reported value is NaN: not averaged
             "delta": delta.delta, "low": delta.low, "high": delta.high, "p": delta.p,
             "pairs": delta.n, "method": delta.method,
             "iv_low": iv.low if iv else math.nan, "iv_high": iv.high if iv else math.nan,
@@ -155,6 +156,8 @@ def _selected_note(a: pd.DataFrame) -> list[str]:
 
 def _other_counts(row) -> str:
     parts = [f"{row[s]} {s.replace('_', '-')}" for s in ("early_stopped", "failed", "running") if row[s]]
+    if row.get("no_value"):
+        parts.append(f"{row['no_value']} finished without a value")
     return ", ".join(parts) if parts else DASH
 
 
@@ -337,8 +340,13 @@ OTHER = (Status.EARLY_STOPPED, Status.FAILED, Status.LOST, Status.RUNNING)
 
 
 def other_runs_table(data: SweepData) -> Table:
-    """Runs not averaged into the arm means: early-stopped, failed, lost and running."""
-    o = data.runs[data.runs["status"] != Status.FINISHED.value]
+    """Runs not averaged into the arm means: early-stopped, failed, lost and running, and finished runs whose
+    reported value is NaN (a metric that could not be computed)."""
+    runs = data.runs
+    unvalued = (runs["status"] == Status.FINISHED.value) & runs[data.value].isna()
+    o = runs[(runs["status"] != Status.FINISHED.value) | unvalued].copy()
+    o.loc[unvalued[unvalued].index, "error"] = f"finished, but its {data.reported_metric if data.has_test else data.metric} " \
+                                               f"is NaN: not averaged"
     label = metric_label(data.metric)
     rows, raw, t_runs = [], [], {}
     for _, r in o.iterrows():
@@ -351,7 +359,7 @@ def other_runs_table(data: SweepData) -> Table:
         raw.append([r["arm"], r["seed"], r["trial_id"], r["run_id"], r["status"], r["last_step"],
                     r["score"], err[-1] if err else ""])
     counts = data.runs["status"].value_counts()
-    t = Table("other_runs", "Runs not averaged (early-stopped, failed, lost, running)",
+    t = Table("other_runs", "Runs not averaged (early-stopped, failed, lost, running, finished without a value)",
               ["Arm", "Seed", "Trial", "Status", "Last epoch", f"best {label} so far", "Error"], rows, raw,
               numeric={1, 4, 5})
     t.raw_columns = ["arm", "seed", "trial_id", "run_id", "status", "last_epoch", "score", "error"]

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ssd_core.errors import CheckpointError
+from ssd_core.errors import CheckpointError, disk_full
 
 REQUIRED_KEYS = ("model", "config", "class_names")
 
@@ -30,6 +30,14 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, os.PathLike]) -> Pat
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk: one line naming the file and the space (the old file stays)
+        need = tmp.stat().st_size if tmp.exists() else None
+        if tmp.exists():
+            tmp.unlink()
+        full = disk_full(path, exc, max(need or 0, path.stat().st_size if path.exists() else 0) or None)
+        if full is not None:
+            raise full from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

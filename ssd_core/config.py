@@ -56,9 +56,24 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 DATA_ROOT_ENV = "SSDLAB_DATA_ROOT"
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # training runs in float32 (or narrower): a larger number overflows there
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: `.inf` (or nan) is never a sensible learning rate, decay or zoom factor.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _float32(self) -> "_Section":
+        """Every number must fit a float32: `lr: 1e308` would validate as a float64 and overflow in training."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            for v in (x for item in values for x in (item if isinstance(item, list) else [item])):
+                if isinstance(v, float) and abs(v) > FLOAT32_MAX:
+                    raise ValueError(f"{name} {v:g}: larger than a float32 holds ({FLOAT32_MAX:.4g}); the training "
+                                     f"would overflow")
+        return self
 
 
 class ModelConfig(_Section):
@@ -447,7 +462,7 @@ def _format_errors(exc: ValidationError, source: str) -> ConfigError:
             if field.split(".", 1)[0] in err["input"]:
                 key = f"{key}.{field}" if key != "<root>" else field
         elif "input" in err and err["type"] != "missing":
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {short(err['input'])})"
         lines.append(f"{source}: {key}: {msg}")
     return ConfigError("invalid config: " + "; ".join(lines))
 
@@ -499,15 +514,102 @@ def yaml_error_line(exc: yaml.YAMLError) -> str:
     return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
+# YAML aliases let a small file stand for an enormous value (a "billion laughs": a list of 9 aliases of a list of
+# 9 aliases of ...): configs and sweeps are refused when their values, with every alias expanded, pass this size.
+MAX_YAML_VALUES = 100_000
+MAX_YAML_BYTES = 10_000_000
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load's loader, refusing duplicate keys (naming the key and both lines)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class says so
+                    break
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {short(key, 60)} (first on line {first + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def expanded_size(value: Any, limit: int = MAX_YAML_VALUES) -> tuple[int, int]:
+    """(expanded, written): the number of scalars and containers `value` holds with shared (aliased) parts
+    counted as often as they appear, computed without expanding them (stops counting past `limit`), and the
+    number of distinct ones the file wrote."""
+    memo: dict[int, int] = {}
+    written = [0]
+
+    def size(v: Any, depth: int = 0) -> int:
+        if depth > 200:
+            return limit + 1
+        if isinstance(v, dict):
+            items = list(v.keys()) + list(v.values())
+        elif isinstance(v, list):
+            items = v
+        else:
+            return 1
+        key = id(v)
+        if key not in memo:
+            memo[key] = limit + 1  # a cycle counts as too large
+            written[0] += 1 + sum(not isinstance(x, (dict, list)) for x in items)
+            total = 1
+            for x in items:
+                total += size(x, depth + 1)
+                if total > limit:
+                    break
+            memo[key] = total
+        return memo[key]
+
+    return size(value), written[0]
+
+
+def short(value: Any, limit: int = 120) -> str:
+    """`value` as text for an error message, cut to `limit` characters (a value can be huge)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = limit, limit, 8, 8, 3
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _kind(path: Path) -> str:
+    """What a path that is not a regular file is."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "not readable"
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def read_yaml(path: Union[str, os.PathLike], what: str = "config") -> Any:
     """`yaml.safe_load` of a file, or ConfigError in one line naming the file (and line and column):
-    missing, a folder, unreadable, not UTF-8 text, not valid YAML."""
+    missing, not a regular file (a folder, a device, a FIFO: said which), unreadable, larger than
+    MAX_YAML_BYTES, not UTF-8 text, not valid YAML, a key given twice, values that expand (YAML aliases) past
+    MAX_YAML_VALUES."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: {what} file not found")
     if not path.is_file():
-        raise ConfigError(f"{path}: not a file (a {what} file is a YAML file)")
+        raise ConfigError(f"{path}: not a file but {_kind(path)} (a {what} file is a YAML file)")
     try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes: larger than a {what} file can be "
+                              f"({MAX_YAML_BYTES // 1_000_000} MB)")
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} file: {exc.strerror or exc}") from None
@@ -517,9 +619,16 @@ def read_yaml(path: Union[str, os.PathLike], what: str = "config") -> Any:
         raise ConfigError(f"{path}: not a text (UTF-8) YAML file: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
                           ) from None
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    expanded, written = expanded_size(data)
+    if expanded > MAX_YAML_VALUES and expanded > 10 * written:  # aliases, not a long literal list
+        raise ConfigError(f"{path}: its values expand (YAML aliases) to more than {MAX_YAML_VALUES:,} items: "
+                          f"refused (a {what} file is small)")
+    return data
 
 
 # YAML 1.1 reads "1e-3" (no dot) as a string; overrides read it as the number a user means.
@@ -535,7 +644,7 @@ def parse_overrides(items: Iterable[str], source: str = "<overrides>") -> dict[s
         if not sep or not key:
             raise ConfigError(f"{source}: override {item!r}: expected key=value, e.g. train.lr=0.01")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
             out[key] = float(value) if isinstance(value, str) and _FLOAT.fullmatch(value) else value
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: override {key}: value {raw!r} is not valid YAML: "

@@ -234,6 +234,9 @@ def ensure_synthetic(root: str | Path, images: int = 300, seed: int = 0, image_s
     stale set (other parameters, or a partial one without marker) is moved aside first.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        from ssd_core.errors import DataError
+        raise DataError(f"{root}: data.root is a file, not a folder for the synthetic set")
     base, params = root / SUBDIR, _params(images, seed, image_size, **profile)
     if _is_complete(base, params):
         return root

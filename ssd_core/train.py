@@ -44,7 +44,7 @@ from ssd_core.build import (build_dataset, build_model, build_optimizer, default
                             resolve_device, split_sets)
 from ssd_core.checkpoint import TrainState, save_checkpoint
 from ssd_core.config import ExperimentConfig, to_yaml
-from ssd_core.errors import ConfigError, NonFiniteLossError
+from ssd_core.errors import ConfigError, NonFiniteLossError, disk_full
 from ssd_core.prior_fit import coverage, resolve_priors, training_boxes
 from ssd_core.inference import (autocast, evaluate_checkpoint, evaluate_model, model_from_checkpoint,  # noqa: F401
                                 prepare, score_selected, score_test)
@@ -184,7 +184,6 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     # -- setup: data, model, optimisation
     callbacks, t = list(callbacks), cfg.train
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg)
     cfg = resolve_priors(cfg)  # model.prior_scales: auto -> sizes fitted to the training boxes, in the config
     seed_everything(t.seed)
@@ -192,6 +191,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     class_names = list(train_ds.class_names)
     val_ds = build_dataset(cfg, M.VAL, train=False, class_names=class_names)    # None: select the last epoch
     test_ds = build_dataset(cfg, M.TEST, train=False, class_names=class_names)  # None: nothing reported
+    run_dir.mkdir(parents=True, exist_ok=True)  # once the data is known to load: a bad root leaves nothing behind
     loader = make_loader(train_ds, batch_size=t.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                          seed=t.seed, pin_memory=device.type == "cuda", persistent_workers=False,
                          drop_last=len(train_ds) >= 2 * t.batch_size)
@@ -281,8 +281,11 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
             metrics[M.PERF_CHANNELS_LAST] = float(plan.channels_last)
             state.history.append(metrics)
             save(last_path, *([best_path] if improved or not best_path.exists() else []))
-            with open(run_dir / RD.METRICS, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            try:
+                with open(run_dir / RD.METRICS, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            except OSError as exc:
+                raise disk_full(run_dir / RD.METRICS, exc) or exc
             for cb in callbacks:
                 cb.on_epoch_end(state.epoch, metrics, run_dir)
     finally:

@@ -84,6 +84,24 @@ class Case:
     where: str = ""      # what the line must name besides: the file, the key or the object
 
 
+def bomb(levels: int = 9) -> str:
+    """A YAML value that expands to 9^levels items through aliases (defined inline, in document order)."""
+    parts = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def sweep_text(f: Files, body: str) -> str:
+    f.config()
+    return f.raw("s.yaml", (f"name: hostile\nexperiment: base.yaml\nseeds: [0]\n"
+                            f"tracking: {{uri: 'sqlite:///{f.root / 'mlflow.db'}'}}\n" + body).encode())
+
+
+def fifo(f: Files) -> str:
+    os.mkfifo(f.root / "pipe.yaml")
+    return "pipe.yaml"
+
+
 STORE = "sqlite:////proc/nope/x.db"
 CASES = [
     # issue 14, item 3: the ten reproductions
@@ -129,7 +147,7 @@ CASES = [
                                                         "--out", "det"], 2,
          "evil.pt: not a checkpoint this tool will load: it holds a pickled Python object (posix.getcwd)"),
     Case("sweep with neither arms nor search", lambda f: ["sweep", f.sweep(drop=("arms",)), "--dry-run"], 2,
-         "arms: neither `arms` nor `search`", "s.yaml"),
+         "arms: neither `arms`, `design` nor `search`", "s.yaml"),
     # the ones tested before (tests/test_cli_train.py, test_sweep_spec.py, test_score.py, test_reports.py)
     Case("-o train.lr=-1", lambda f: ["config", "show", str(DEMO), "-o", "train.lr=-1"], 2,
          "train.lr: Input should be greater than 0", "demo_shapes.yaml"),
@@ -187,6 +205,52 @@ CASES = [
     Case("data check on a missing folder", lambda f: ["data", "check", "nope"], 2, "nope"),
     Case("data synth --images 0", lambda f: ["data", "synth", "--out", "syn", "--images", "0"], 2,
          "syn: --images must be >= 1"),
+    # issue 22, item 4: YAML alias bombs inside values, refused in well under a second in one short line
+    Case("alias bomb in an arm override", lambda f: ["sweep", sweep_text(f, f"arms:\n  a:\n    overrides:\n"
+                                                                            f"      data.class_names: {bomb()}\n"),
+                                                     "--dry-run"], 2, "expand (YAML aliases) to more than 100,000", "s.yaml"),
+    Case("alias bomb in a choice list", lambda f: ["sweep", sweep_text(f, "search:\n  num_samples: 2\n  space:\n"
+                                                                         f"    train.lr: {{choice: {bomb()}}}\n"),
+                                                   "--dry-run"], 2, "expand (YAML aliases) to more than 100,000", "s.yaml"),
+    Case("alias bomb in a description", lambda f: ["sweep", sweep_text(f, f"arms: {{a: {{}}}}\ndescription: {bomb()}\n"),
+                                                   "--dry-run"], 2, "expand (YAML aliases)", "s.yaml"),
+    Case("alias bomb in a config", lambda f: ["config", "show", f.raw("c.yaml", f"data: {{class_names: {bomb()}}}\n".encode())],
+         2, "c.yaml: its values expand (YAML aliases)"),
+    # issue 22, smaller items
+    Case("duplicate key in a sweep file", lambda f: ["sweep", sweep_text(f, "arms: {a: {}}\nseeds: [1]\n"), "--dry-run"],
+         2, "duplicate key 'seeds' (first on line 3)", "s.yaml"),
+    Case("duplicate key in a config", lambda f: ["config", "show", f.raw("c.yaml", b"train:\n  lr: 0.1\n  lr: 0.2\n")],
+         2, "c.yaml: not valid YAML: line 3, column 3: duplicate key 'lr' (first on line 2)"),
+    Case("lr: 1e308", lambda f: ["config", "show", f.raw("c.yaml", b"train: {lr: 1.0e+308}\n")], 2,
+         "train.lr: lr 1e+308: larger than a float32 holds", "c.yaml"),
+    Case("experiment: /dev/zero", lambda f: ["sweep", f.sweep(experiment="/dev/zero"), "--dry-run"], 2,
+         "experiment: base config /dev/zero is a character device, not a YAML file", "s.yaml"),
+    Case("experiment is a folder", lambda f: ["sweep", f.sweep(experiment="."), "--dry-run"], 2,
+         "is a folder, not a YAML file", "s.yaml"),
+    Case("experiment is a FIFO", lambda f: ["sweep", f.sweep(experiment=fifo(f)), "--dry-run"], 2,
+         "pipe.yaml is a FIFO (named pipe), not a YAML file", "s.yaml"),
+    Case("config is a FIFO", lambda f: ["config", "show", fifo(f)], 2, "pipe.yaml: not a file but a FIFO (named pipe)"),
+    # issue 22, item 5: plans too large, refused before they are built
+    Case("a grid of 10^8 points", lambda f: ["sweep", f.sweep(drop=("arms",), search={"sampler": "grid", "space": {
+        f"model.prior_max_boxes" if i == 0 else k: {"int": [2, 11]} for i, k in enumerate(
+            ["a", "train.batch_size", "train.warmup_iters", "train.log_every", "train.seed", "eval.top_k",
+             "eval.max_detections", "data.holdout_seed"])}}), "--dry-run"], 2,
+         "max_trials: the plan has 100,000,000 trials, more than max_trials 10,000", "s.yaml"),
+    Case("100,000 seeds", lambda f: ["sweep", f.sweep(seeds=list(range(100_000))), "--storage", "ray"], 2,
+         "max_trials: the plan has 100,000 trials", "s.yaml"),
+    Case("a design of 2^20 points", lambda f: ["sweep", f.sweep(drop=("arms",), design={"type": "full", "factors": {
+        f"f{i}": {"off": {"train.seed": 0}, "on": {"train.seed": i + 1}} for i in range(20)}}), "--dry-run"], 2,
+         "the plan has 1,048,576 trials", "s.yaml"),
+    Case("a design factor that is not a config key", lambda f: ["sweep", f.sweep(drop=("arms",), design={"factors": {
+        "z": {"off": {"augment.zoom.p": 0.0}, "on": {"augment.zoom.p": 0.5}}}}), "--dry-run"], 2,
+         "design.factors.z.off.augment.zoom.p: not a config key", "s.yaml"),
+    # issue 22, item 6: a data root that is a file, caught by --dry-run and by a launch before anything is made
+    Case("data.root is a file, dry run", lambda f: ["sweep", f.sweep(overrides={"data.root": f.raw("d.txt", b"x")}),
+                                                    "--dry-run"], 2, "data.root: ", "is a file, not a dataset folder"),
+    Case("data.root is a file, launch", lambda f: ["sweep", f.sweep(overrides={"data.root": f.raw("d.txt", b"x")}),
+                                                   "--storage", "ray"], 2, "data.root: ", "is a file, not a dataset folder"),
+    Case("synthetic data.root is a file", lambda f: ["train", str(DEMO), "-o", f"data.root={f.raw('d.txt', b'x')}",
+                                                     "--no-tracking"], 2, "d.txt: data.root is a file"),
 ]
 
 

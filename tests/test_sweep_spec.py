@@ -205,8 +205,9 @@ def test_shipped_sweep_files_validate(path):
     assert plan(spec) and spec.file.tracking.uri.startswith("sqlite:///")
     if spec.file.name == "demo-search":
         assert spec.file.search.num_samples >= 8 and spec.asha is not None
-    if spec.file.name == "demo":  # `make demo`: an ablation, at least 3 cumulative arms x 3 seeds, equal budget
-        assert len(spec.arm_names) >= 3 and len(spec.file.seeds) >= 3 and spec.asha is None
+    if spec.file.name == "demo":  # `make demo`: an ablation of 3 cumulative arms, seeds until decided, equal budget
+        assert len(spec.arm_names) >= 3 and spec.sequential.max >= 4 and spec.asha is None
+        assert spec.base.eval.test_at[-1] == 1.0 and len(spec.base.eval.test_at) >= 3
 
 
 def test_resume_refuses_a_changed_base_config(tmp_path):

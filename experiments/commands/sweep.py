@@ -47,7 +47,7 @@ def sweep(args) -> int:
     if args.dry_run:
         print(describe(spec))
         return EXIT_OK
-    from experiments.sweep import SweepInterrupted, run_sweep  # Ray sizes each worker's threads to its CPUs
+    from experiments.sweep import SweepInterrupted, SweepStopped, run_sweep  # Ray sizes each worker's threads to its CPUs
 
     try:
         result = run_sweep(spec, address=args.address, resume=args.resume, storage=args.storage,
@@ -55,6 +55,9 @@ def sweep(args) -> int:
     except SweepInterrupted as exc:
         print(f"ssdlab sweep: interrupted: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SweepStopped as exc:
+        print(f"ssdlab sweep: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     from experiments.sweep import format_counts
 
     print(f"sweep {result.name}: {result.trials} trials in {result.wall_s:.0f} s ({format_counts(result.counts)}); "
