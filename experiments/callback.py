@@ -212,8 +212,9 @@ class MLflowTuneCallback(tune.Callback):
     # trial that a killed driver started but Tune's state never recorded leaves no run behind.
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get(M.EPOCH, result.get("training_iteration", 0)))
-        metrics = {k: v for k, v in result.items()
-                   if "/" in k and not k.startswith("config/") and isinstance(v, (int, float))}
+        metrics = {k: v for k, v in result.items()  # the metrics, and the run's score so far (M.SCORE: what
+                   if ("/" in k and not k.startswith("config/") or k == M.SCORE)  # MLflow's runs table sorts by)
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.outbox.submit(self._log_result, trial, epoch, metrics, result.get(NODE_KEY), result.get(PRECISION_KEY))
 
     def _log_result(self, trial, epoch: int, metrics: dict, node: Optional[str], precision: Optional[str] = None) -> None:

@@ -11,6 +11,7 @@ Each area registers its own sub-commands from a small module under `experiments/
     ssdlab export|deploy bench  experiments/commands/deploy.py
     ssdlab report|runs|ui       reports/commands.py
     ssdlab server               experiments/commands/server.py
+    ssdlab dashboard            experiments/commands/dashboard.py
 
 A command handler returns an exit code. `UserError` (bad config, sweep, data, checkpoint, store) is
 printed as one clear line and exits 2; anything else is a bug and shows its traceback.
@@ -31,6 +32,14 @@ import importlib
 import os
 import sys
 
+# MLflow draws a progress bar for every artifact it downloads and logs its schema migrations: the lab's
+# commands print their own lines
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+import logging  # noqa: E402
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
 from ssd_core.errors import DiskFullError, NonFiniteLossError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
@@ -43,6 +52,7 @@ COMMAND_MODULES = (
     "experiments.commands.deploy",
     "reports.commands",
     "experiments.commands.server",
+    "experiments.commands.dashboard",
 )
 
 

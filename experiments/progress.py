@@ -61,14 +61,14 @@ class ProgressCallback(tune.Callback):
         t = self._get(trial)
         t.status, t.epoch = Status.RUNNING.value, int(result.get(M.EPOCH, t.epoch))
         score = result.get(M.SCORE, result.get(OBJECTIVE))
-        if score is not None and abs(float(score)) < 1e29:
+        if score is not None and abs(float(score)) < 1e29 and float(score) == float(score):
             t.score = float(score)
-        self._changed(f"epoch  {t.label}: epoch {t.epoch}/{self.epochs}, score {t.score:.4f}")
+        self._changed(f"epoch  {t.label}: epoch {t.epoch}/{self.epochs}, {_score(t.score)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         t = self._get(trial)
         t.status, t.ended = trial_status(getattr(trial, "last_result", None), self.epochs).value, time.monotonic()
-        self._changed(f"{t.status:<6} {t.label}: epoch {t.epoch}, score {t.score:.4f}")
+        self._changed(f"{t.status:<6} {t.label}: epoch {t.epoch}, {_score(t.score)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from experiments.callback import _error_line
@@ -79,6 +79,7 @@ class ProgressCallback(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         if self._live is not None:
+            self._live.update(self._table(), refresh=True)
             self._live.stop()
             self._live = None
 
@@ -108,34 +109,37 @@ class ProgressCallback(tune.Callback):
         return max(pool, key=lambda t: t.score) if pool else None
 
     def eta_s(self) -> Optional[float]:
-        """Seconds left: the mean duration of the ended trials times the waves still to run (a first guess
-        from the running trials' epoch rate while none has ended)."""
+        """Seconds left: the work still to do (the running trials' epochs left, the pending trials' whole
+        budget) at the time a trial takes (the ended trials' mean, else the running trials' epoch rate),
+        spread over the trials that run at once. It falls as epochs finish, not only when trials end."""
+        now = time.monotonic()
         ended = [t.ended - t.started for t in self.trials.values() if t.ended and t.started]
+        running = [t for t in self.trials.values() if t.status == Status.RUNNING.value and t.started]
         c = self.counts()
-        left = c["pending"] + c["running"]
-        if not left:
+        if not c["pending"] and not running:
             return 0.0
         if ended:
             per = sum(ended) / len(ended)
         else:
-            rates = [(time.monotonic() - t.started) / t.epoch for t in self.trials.values()
-                     if t.status == Status.RUNNING.value and t.started and t.epoch]
+            rates = [(now - t.started) / t.epoch for t in running if t.epoch]
             if not rates:
                 return None
             per = self.epochs * sum(rates) / len(rates)
-        return per * left / self.concurrency
+        left = c["pending"] * per + sum(max(0.0, per * (1 - t.epoch / self.epochs)) for t in running)
+        return left / self.concurrency
 
-    def summary(self) -> str:
+    def summary(self, lines: bool = False) -> str:
+        """One line (a log's), or with `lines` two short ones (a terminal's header: counts and time, then the
+        best so far), each well under 100 columns."""
         c = self.counts()
         best = self.best()
         eta = self.eta_s()
-        parts = [f"[{self.phase}] {c['finished'] + c['early_stopped'] + c['failed']}/{self.expected} done",
-                 f"{c['running']} running", f"{c['pending']} pending", f"{c['failed']} failed",
-                 f"{c['early_stopped']} early-stopped", f"elapsed {_hms(time.monotonic() - self.t0)}",
-                 f"ETA {_hms(eta) if eta is not None else '?'}"]
-        if best is not None:
-            parts.append(f"best {best.score:.4f} ({best.label})")
-        return " | ".join(parts)
+        head = (f"[{self.phase}] {c['finished'] + c['early_stopped'] + c['failed']}/{self.expected} done | "
+                f"{c['running']} running | {c['pending']} pending | {c['failed']} failed | "
+                f"{c['early_stopped']} early-stopped | elapsed {_hms(time.monotonic() - self.t0)} | "
+                f"ETA {_hms(eta) if eta is not None else '?'}")
+        tail = f"best {best.score:.4f} ({best.label})" if best is not None else "best: no validation yet"
+        return f"{head}\n{tail}" if lines else f"{head} | {tail}"
 
     # ---- output
     def _changed(self, event: str) -> None:
@@ -148,24 +152,32 @@ class ProgressCallback(tune.Callback):
 
     def _console(self):
         from rich.console import Console
-        return Console(file=self.stream, width=160)
+        return Console(file=self.stream)  # the terminal's own width: a wider guess wraps and leaves stale lines
 
-    def _draw(self) -> None:
-        from rich.live import Live
+    def _table(self):
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=Text(self.summary()), title_justify="left", expand=False)  # Text: no markup
+        table = Table(title=Text(self.summary(lines=True)), title_justify="left", expand=False)  # Text: no markup
         for col in ("trial", "status", "epoch", "score"):
             table.add_column(col, justify="right" if col in ("epoch", "score") else "left")
         for t in sorted(self.trials.values(), key=lambda t: (t.status != "running", t.label)):
             table.add_row(Text(t.label), t.status, f"{t.epoch}/{self.epochs}",
                           f"{t.score:.4f}" if t.score == t.score else "-")
+        return table
+
+    def _draw(self) -> None:
+        from rich.live import Live
+
         if self._live is None:
-            self._live = Live(table, console=self._console(), refresh_per_second=2, transient=False)
+            self._live = Live(self._table(), console=self._console(), refresh_per_second=2, transient=False)
             self._live.start()
         else:
-            self._live.update(table)
+            self._live.update(self._table())
+
+
+def _score(score: float) -> str:
+    return f"score {score:.4f}" if score == score else "no validation yet"
 
 
 def _hms(seconds: float) -> str:

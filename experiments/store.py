@@ -38,6 +38,26 @@ def with_busy_timeout(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_BUSY_TIMEOUT_S}"
 
 
+@contextmanager
+def using_tracking_uri(uri: str):
+    """`uri` as MLflow's global tracking URI for the block only (MLflow's module-level APIs and the registry's
+    lookups of logged models read it; the caller's later runs must not be redirected)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    use = getattr(utils, "_use_tracking_uri", None)
+    if use is not None:
+        with use(with_busy_timeout(uri)):
+            yield
+        return
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(with_busy_timeout(uri))
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def mlflow_client(uri: str):
     """THE MlflowClient of a store (every reader and writer opens it here: sqlite gets its busy timeout)."""
     from mlflow.tracking import MlflowClient

@@ -94,7 +94,8 @@ def _trainable(job: TrialJob):
     return tune.with_resources(tune.with_parameters(run_trial, job=job), res)
 
 
-def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callback, best_params=None):
+def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callback, best_params=None,
+               study: tuple[Optional[str], str] = (None, "optuna")):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -109,8 +110,11 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
         # with search.objectives, Optuna gets [the score, each cost (minimised)] at a trial's end
         metric, mode = ([OBJECTIVE, *f.search.objectives], [spec.mode] + ["min"] * len(f.search.objectives)) \
             if f.search.objectives else (OBJECTIVE, spec.mode)
+        url, name = study
+        from experiments.study import open_storage
         search_alg = OptunaSearch(space=DefineByRun(parse_space(f.search.space), base_flat), metric=metric,
-                                  mode=mode, sampler=make_sampler(f.search))
+                                  mode=mode, sampler=make_sampler(f.search), study_name=name,
+                                  storage=open_storage(url, f"{spec.path}: search.storage") if url else None)
         num_samples = phase.num_samples
     else:
         params, source = best_params or ({}, None)
@@ -161,9 +165,25 @@ class SweepResult:
     results: list  # one ray.tune.ResultGrid per phase
     counts: dict = field(default_factory=dict)    # ssdlab.status -> trials (MLflow, all launches; ssdlab.counts)
     failures: list = field(default_factory=list)  # (trial id, run name, one-line error) of each failed trial
+    best: dict = field(default_factory=dict)      # the best trial: trial, arm, seed, score, reported, model
+    stops: dict = field(default_factory=dict)     # sequential seeding: arm -> (seeds, why it stopped)
+    study: Optional[str] = None                   # a search's Optuna storage URL (experiments/study.py)
 
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 as the node address
+
+
+def quiet_engines() -> None:
+    """The terminal shows ssdlab's own lines (experiments/progress.py), not Ray's and Tune's: Ray logs only
+    errors, Tune's loggers are silent (a failed trial's error is ssdlab's to print), and Tune's legacy
+    output engine at verbosity 0 prints nothing (its new engine prints an experiment box, a results path and a
+    TensorBoard hint whatever the verbosity)."""
+    import logging
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    for name, level in (("ray", logging.ERROR), ("ray.tune", logging.CRITICAL), ("ray.train", logging.CRITICAL),
+                        ("ray._private.authentication", logging.ERROR)):
+        logging.getLogger(name).setLevel(level)
 
 
 def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
@@ -183,7 +203,10 @@ def _init_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     # on a local Ray they listen on 127.0.0.1 only (the dashboard agent on no port at all).
     # After a SIGKILLed driver they notice the raylet's death within a second, then spend 60 s (a fixed
     # timeout) reporting it to the dead GCS before exiting; they hold no ssdlab files, so --resume is unaffected.
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    import logging
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    quiet_engines()
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -584,6 +607,8 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
                 raise ConfigError(f"{spec.path}: name: {join(storage, ph.dirname)} already holds this sweep's "
                                   f"trials; continue it with --resume, or start afresh with --restart (keeps the old runs)")
     check_snapshot(spec, storage, resume)
+    from experiments import study as S
+    study_url = S.study_url(spec, storage)  # a search's Optuna study (ssdlab dashboard), never MLflow's database
     prepare_inputs(spec, job)
     f = spec.file
     ensure_store(f.tracking.uri)
@@ -618,7 +643,8 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
             else:
                 views = [ProgressCallback(ph.dirname, _expected_trials(ph), spec.max_t(ph.arm),
                                           spec.file.max_concurrent or 1)] if progress else []
-                tuner = _new_tuner(spec, job, ph, storage, [callback, *views], best_params=best)
+                tuner = _new_tuner(spec, job, ph, storage, [callback, *views], best_params=best,
+                                   study=(study_url, S.study_name(spec.name, ph.dirname, parent)))
             from experiments.callback import DISK_FULL
 
             DISK_FULL.clear()
@@ -636,6 +662,8 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
                                        f"continue with --resume")
             if ph.kind == "search":
                 best_by_arm[ph.arm] = _best_params(grid, spec.mode)
+                _close_search(spec, tracker, storage, ph, study_url, S.study_name(spec.name, ph.dirname, parent),
+                              best_by_arm[ph.arm], grid)
             if waves is not None:
                 outcomes.update(wave_outcomes(grid, spec))
                 k = len(waves.history)
@@ -663,7 +691,48 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
         if started_ray:
             _shutdown_ray()
     return SweepResult(spec.name, local_path(storage) or storage, parent, trials, time.perf_counter() - start, grids,
-                       counts=counts, failures=failures)
+                       counts=counts, failures=failures, best=_best_of(tracker, spec), study=study_url,
+                       stops={a: (d.seeds, d.reason) for a, d in waves.decisions.items()} if waves else {})
+
+
+def _close_search(spec: SweepSpec, tracker, storage, ph: Phase, url: Optional[str], name: str, best, grid) -> None:
+    """A search phase has ended: its study's lost suggestions marked FAIL and labelled for the dashboard, and
+    the best trial's overrides written as best_hyperparameters.yaml (the phase folder; the parent's artifacts)."""
+    from experiments import storage as st
+    from experiments import study as S
+    from experiments.callback import patient
+
+    S.close_study(url, name)
+    S.label_study(url, name, {"sweep": spec.name, "phase": ph.dirname, "mlflow_parent_run": tracker.parent_id,
+                              "metric": spec.metric, "mode": spec.mode})
+    if best is None:
+        return
+    params, trial = best
+    score = next((r.metrics.get(M.SCORE) for r in grid if r.metrics and str(r.metrics.get("trial_id")) == trial),
+                 None)
+    text = S.best_hyperparameters(params, sweep=spec.name, phase=ph.dirname, trial=trial,
+                                  score=None if score is None else float(score), metric=spec.metric)
+    st.write_text(st.join(storage, ph.dirname, S.BEST_HYPERPARAMETERS), text)
+    where = S.BEST_HYPERPARAMETERS if ph.dirname == "search" else f"{ph.dirname}/{S.BEST_HYPERPARAMETERS}"
+    patient(tracker.parent.client.log_text, tracker.parent_id, text, where)
+
+
+def _best_of(tracker, spec: SweepSpec) -> dict:
+    """What the closing line says of the best trial, from the parent run's tags and metrics."""
+    try:
+        run = tracker.parent.client.get_run(tracker.parent_id)
+    except Exception:
+        return {}
+    tags, metrics = run.data.tags, run.data.metrics
+    if Tag.BEST_RUN not in tags:
+        return {}
+    try:
+        best = tracker.parent.client.get_run(tags[Tag.BEST_RUN]).data.tags
+    except Exception:
+        best = {}
+    return {"trial": tags.get(Tag.BEST_TRIAL), "arm": best.get(Tag.ARM), "seed": best.get(Tag.SEED),
+            "score": metrics.get(M.SCORE), "reported": metrics.get(M.reported_of(spec.metric)),
+            "model": tags.get(Tag.REGISTERED_MODEL)}
 
 
 def wave_outcomes(grid, spec: SweepSpec) -> dict[tuple[str, int], dict[str, Any]]:

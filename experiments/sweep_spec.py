@@ -85,6 +85,9 @@ class SearchSpec(_Strict):
     # Further objectives, minimised, measured at each trial's final epoch (experiments.schema.SEARCH_OBJECTIVES):
     # the search is then multi-objective (Optuna keeps the Pareto front; the report shows it).
     objectives: list[str] = Field(default_factory=list)
+    # The study's Optuna storage (experiments/study.py): null -> optuna.db beside a sqlite MLflow store (or the
+    # local Ray storage), a SQLAlchemy URL (PostgreSQL on a cluster; never MLflow's database), or `memory`.
+    storage: Optional[str] = None
 
 
 class AshaSpec(_Strict):
@@ -432,10 +435,31 @@ def _pyd_messages(exc: ValidationError, path: Path, prefix: str = "") -> list[st
         key = ".".join([prefix] * bool(prefix) + [str(p) for p in err["loc"]
                                                   if not str(p).startswith(("function-", "literal["))])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            import difflib
+
+            fields = _fields_at(err["loc"][:-1]) if not prefix else set()
+            near = difflib.get_close_matches(str(err["loc"][-1]), sorted(fields), n=1)
+            msg += f" (did you mean {near[0]!r}?)" if near else ""
         if "input" in err and err["type"] not in ("extra_forbidden", "missing"):
             msg += f" (got {short(err['input'])})"
         out.append(f"{path}: {key or '<root>'}: {msg}")
     return out
+
+
+def _fields_at(loc: tuple) -> set[str]:
+    """The keys a sweep file allows at `loc` (a pydantic error location), for a did-you-mean."""
+    model = SweepFile
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return set()
+        ann = field.annotation
+        candidates = [a for a in (getattr(ann, "__args__", None) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return set()
+        model = candidates[0]
+    return set(model.model_fields)
 
 
 def _check_keys(path: Path, where: str, mapping: dict, keys: set[str]) -> None:
@@ -620,5 +644,18 @@ def parent_tags(spec: SweepSpec) -> dict[str, str]:
 
 
 def parent_params(spec: SweepSpec) -> dict[str, Any]:
-    """The base config (after the sweep overrides) as the parent's params."""
-    return flatten(spec.base)
+    """The parent run's params: the config keys every trial shares (the same value in every arm, neither
+    the seed nor a searched key: what differs is in the trial runs) and the sweep's own settings (sweep.*)."""
+    flats = [flatten(spec.resolve(arm, spec.seeds[0])) for arm in (spec.arm_names or [None])]
+    searched = set(spec.file.search.space) if spec.file.search else set()
+    shared = {k: v for k, v in flats[0].items()
+              if k != "train.seed" and k not in searched and all(f.get(k) == v for f in flats[1:])}
+    f = spec.file
+    seq = spec.sequential
+    settings = {"sweep.arms": len(spec.arm_names), "sweep.max_concurrent": f.max_concurrent or "as resources allow",
+                "sweep.seeds": (f"sequential: start {seq.start}, max {seq.max}, step {seq.step}" if seq
+                                else json.dumps(spec.seeds)),
+                "sweep.design": spec.design.type if spec.design is not None else "none",
+                "sweep.search": f"{f.search.sampler}, {f.search.num_samples or 'grid'} trials" if f.search else "none",
+                "sweep.scheduler": "asha" if spec.asha else "none"}
+    return {**shared, **settings}

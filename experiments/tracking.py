@@ -72,18 +72,27 @@ def client_for(uri: str) -> MlflowClient:
     return mlflow_client(ensure_store(uri))
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it lands on the GenAI overview (traces,
+# issue detection), with it on the model-training runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """Get or create the experiment `name` (race-safe: another writer may create it first)."""
+    """Get or create the experiment `name` (race-safe: another writer may create it first), tagged as a
+    model-training experiment for MLflow's UI."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root(uri))
-    except Exception:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_root(uri), tags=EXPERIMENT_KIND)
+            return exp_id
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    for k, v in EXPERIMENT_KIND.items():
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
 
 
 # --------------------------------------------------------------------------- logging helpers
@@ -99,13 +108,14 @@ def _now_ms() -> int:
 
 
 def param_text(value: Any) -> str:
-    """A param value as MLflow shows it: floats with 6 significant digits (no repr noise), lists as JSON."""
+    """A param value as MLflow shows it: floats as the shortest text that reads back as the same float (a
+    searched lr is reproducible from its run's params), lists as JSON."""
     if isinstance(value, str):
         text = value
     elif isinstance(value, bool) or value is None:
         text = str(value)
     elif isinstance(value, float):
-        text = f"{value:.6g}"
+        text = repr(float(value))  # numpy floats too
     elif isinstance(value, (list, dict)):
         text = json.dumps(value)
     else:
@@ -455,11 +465,16 @@ class SweepTracker:
         self.parent.set_tags(tags)
         return counts, failures
 
+    def model_name(self) -> str:
+        """The registered model's name: the sweep's, prefixed by the experiment when that is another name."""
+        return self.sweep if self.experiment == self.sweep else f"{self.experiment}.{self.sweep}"
+
     def register_best(self, metric: str, mode: str = "max", model_name: str | None = None) -> Optional[str]:
         """Find the sweep's best trial (experiments.schema.best_index: finished, best `metric` over
-        epochs), tag the parent with it (trial, run, score) and register its logged weights-only
-        checkpoint in the MLflow model registry as a new version of `model_name` (default
-        "<experiment>.<sweep>"), so "the best model of sweep X" is one lookup. Returns "<name>/<version>"."""
+        epochs), tag the parent with it (trial, run, score), log its score on the parent, and register the
+        trial's checkpoint as an MLflow pyfunc model (experiments/registry.py) under `model_name` (default
+        `model_name()`) with the alias `best`, so "the best model of sweep X" is `models:/X@best`. Returns
+        "<name>/<version>"."""
         from experiments.schema import best_index, score_of
 
         client = self.parent.client
@@ -476,19 +491,21 @@ class SweepTracker:
         best = runs[i]
         tid = best.data.tags.get(Tag.TRIAL_ID, best.info.run_id)
         tags = {Tag.BEST_TRIAL: tid, Tag.BEST_RUN: best.info.run_id, Tag.BEST_SCORE: f"{scores[i]:.6g}"}
-        names = {a.path for a in client.list_artifacts(best.info.run_id, Artifact.CHECKPOINTS)}
-        if f"{Artifact.CHECKPOINTS}/{RD.BEST}" in names:
-            name = model_name or f"{self.experiment}.{self.sweep}"
-            try:
-                client.get_registered_model(name)
-            except Exception:
-                client.create_registered_model(name, description=f"The best trial of sweep {self.sweep} by {metric} "
-                                                                 f"(weights + config: ssd_core.inference.model_from_checkpoint)")
-            version = client.create_model_version(
-                name, source=f"{best.info.artifact_uri}/{Artifact.CHECKPOINTS}", run_id=best.info.run_id,
-                tags={Tag.TRIAL_ID: tid, Tag.SWEEP: self.sweep, "metric": metric, "score": f"{scores[i]:.6g}"},
-                description=f"trial {tid}: {metric} {scores[i]:.4f} (checkpoints/best.pt)")
-            tags[Tag.REGISTERED_MODEL] = f"{name}/{version.version}"
+        # the best trial's score and reported value on the parent too, so its row sorts with the trials'
+        reported = M.reported_of(metric)
+        summary = {M.SCORE: scores[i], **({reported: best.data.metrics[reported]} if reported in best.data.metrics else {})}
+        log_batch(client, self.start(), metrics=metrics_of(summary, 0))
+        from experiments.registry import register
+
+        image_size = int(float(best.data.params.get("model.image_size", 300)))
+        registered = register(client, self.parent.exp_id, best.info.run_id, model_name or self.model_name(),
+                              image_size, description=f"The best trial of sweep {self.sweep} by {metric}: trial {tid}, "
+                                                      f"{metric} {scores[i]:.4f}. Input: uint8 images [N, {image_size}, "
+                                                      f"{image_size}, 3]; output: one row per detection.",
+                              tags={Tag.TRIAL_ID: tid, Tag.SWEEP: self.sweep, "metric": metric,
+                                    "score": f"{scores[i]:.6g}"})
+        if registered:
+            tags[Tag.REGISTERED_MODEL] = registered
         self.parent.set_tags(tags)
         return tags.get(Tag.REGISTERED_MODEL)
 

@@ -184,9 +184,13 @@ class TuneReporter:
         with tempfile.TemporaryDirectory(prefix=".ssdlab-ckpt-", dir=str(run_dir) if carry else None) as tmp:
             marker = {"epoch": int(epoch), "iteration": metrics.get(M.ITERATION), "config_hash": self.config_hash,
                       "state_epoch": int(epoch) if self.state_epoch is None else self.state_epoch}
-            if carry:
-                _stage_state(Path(run_dir), Path(tmp))
-            (Path(tmp) / REPORTED).write_text(json.dumps(marker))
+            try:
+                if carry:
+                    _stage_state(Path(run_dir), Path(tmp))
+                (Path(tmp) / REPORTED).write_text(json.dumps(marker))
+            except OSError as exc:  # staging the reported state: a full disk says which one and how much is free
+                from ssd_core.errors import disk_full
+                raise disk_full(getattr(exc, "filename", None) or tmp, exc) or exc
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def replay(self, last_checkpoint: Path, after_epoch: int) -> int:

@@ -9,7 +9,6 @@ The store defaults to $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db. Handlers r
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from ssd_core.errors import UserError
 def register(subparsers) -> None:
     uri_help = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
     p = subparsers.add_parser("report", help="regenerate a sweep's tables and plots from MLflow")
-    p.add_argument("--sweep", required=True, help="sweep name (tag ssdlab.sweep)")
+    p.add_argument("--sweep", default=None, help="sweep name (tag ssdlab.sweep); without it: the sweeps in the store")
     p.add_argument("--tracking-uri", default=None, help=uri_help)
     p.add_argument("--format", default="md", help="comma-separated: md,csv,tex,html (default md)")
     p.add_argument("--out", default=None, help="output directory (default reports/out/<sweep>)")
@@ -76,6 +75,15 @@ def _store(uri: str | None) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.report import FORMATS, build_report, write_report
 
+    if args.sweep is None:  # what there is to report on
+        from reports.load import list_sweeps
+
+        uri = _store(args.tracking_uri)
+        names = list_sweeps(uri)
+        for name in names:
+            print(name)
+        raise UserError(f"--sweep: which sweep? {len(names)} in {uri}" + (f": {', '.join(names)}" if names else ""))
+
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -88,16 +96,42 @@ def cmd_report(args: argparse.Namespace) -> int:
                           with_plots=not args.no_plots, arms=arms)
     out = Path(args.out) if args.out else Path("reports") / "out" / args.sweep
     files = write_report(report, out, formats, ui_url=args.ui_url)
-    if not args.no_log and report.data is not None and report.data.parent_id:
-        from experiments.store import mlflow_client
-        client = mlflow_client(report.data.tracking_uri)
-        from experiments.schema import Artifact
-        for f in files:  # the parent (sweep) run carries its latest report
-            client.log_artifact(report.data.parent_id, str(f), artifact_path=Artifact.REPORT)
     if "md" in formats:
         sys.stdout.write(report.markdown())
     print(f"wrote {len(files)} files to {out}", file=sys.stderr)
+    if not args.no_log and report.data is not None and report.data.parent_id:
+        attach(report, files, args.ui_url)
     return 0
+
+
+def attach(report, files: list[Path], ui_url: str | None) -> None:
+    """The report onto the sweep's parent run (artifacts under report/): report.html first, which MLflow's
+    viewer renders (written for it when --format left it out), then the other files. A sqlite store whose
+    artifacts do not live beside its database (a copied store still pointing at the original's) is left
+    alone, and the line says so."""
+    import tempfile
+
+    from experiments.schema import Artifact
+    from experiments.store import mlflow_client, sqlite_file
+    from reports.report import write_report
+
+    data = report.data
+    client = mlflow_client(data.tracking_uri)
+    where = client.get_run(data.parent_id).info.artifact_uri
+    db = sqlite_file(data.tracking_uri)
+    if db is not None and where.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        folder = Path(unquote(urlparse(where).path)).resolve()
+        if not folder.is_relative_to(db.resolve().parent):
+            print(f"report not attached to parent run {data.parent_id}: its artifacts live at {folder}, not beside "
+                  f"{db} (a copied store?); --no-log says nothing", file=sys.stderr)
+            return
+    with tempfile.TemporaryDirectory(prefix="ssdlab-report-") as tmp:
+        html = [f for f in files if f.name == "report.html"] or write_report(report, tmp, ("html",), ui_url=ui_url)
+        for f in html + [f for f in files if f.name != "report.html"]:
+            client.log_artifact(data.parent_id, str(f), artifact_path=Artifact.REPORT)
+    print(f"attached to parent run {data.parent_id}: {where}/{Artifact.REPORT}/report.html", file=sys.stderr)
 
 
 def format_terminal(columns: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
@@ -142,24 +176,32 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def experiment_urls(uri: str, base: str, limit: int = 8) -> list[tuple[str, str]]:
+    """(experiment, its runs page) of the store's experiments, newest first (the Default one only if used)."""
+    try:
+        from experiments.store import mlflow_client
+
+        exps = mlflow_client(uri).search_experiments(order_by=["last_update_time DESC"], max_results=limit + 1)
+    except Exception:
+        return []
+    return [(e.name, f"{base}/#/experiments/{e.experiment_id}/runs") for e in exps
+            if not (e.name == "Default" and e.experiment_id == "0")][:limit]
+
+
 def ui_command(uri: str, port: int) -> list[str]:
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--host", "127.0.0.1", "--port", str(port)]
 
 
 def _listening(port: int) -> bool:
-    import socket
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+    from experiments.serve import listening
+    return listening(port)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start `mlflow ui` on 127.0.0.1 and print its URL once it listens; SIGTERM or Ctrl-C stop it too.
     A tracking server (http...) already has a UI: print its URL and return."""
-    import signal
-    import time
-
+    from experiments.serve import check_port, serve
     from reports.load import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -167,35 +209,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI: {uri}", flush=True)
         return 0
     uri = _store(args.tracking_uri)
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port {args.port} is not a TCP port")
-    if _listening(args.port):
-        raise UserError(f"--port {args.port}: something already listens on 127.0.0.1:{args.port}; choose another")
-    proc = subprocess.Popen(ui_command(uri, args.port))
+    check_port(args.port)
 
-    def stop(signum=None, frame=None):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    previous = signal.signal(signal.SIGTERM, lambda s, f: (stop(), sys.exit(0)))
-    try:
-        deadline = time.monotonic() + args.timeout
-        while not _listening(args.port):
-            if proc.poll() is not None:
-                raise UserError(f"mlflow ui exited with {proc.returncode} before listening on port {args.port}")
-            if time.monotonic() > deadline:
-                stop()
-                raise UserError(f"mlflow ui did not listen on 127.0.0.1:{args.port} within {args.timeout:g} s")
-            time.sleep(0.2)
-        print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
-        return int(proc.wait() or 0)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        stop()
-        signal.signal(signal.SIGTERM, previous)
+    def ready(base: str) -> None:
+        print(f"MLflow UI for {uri}: {base}  (Ctrl-C to stop)", flush=True)
+        for name, url in experiment_urls(uri, base):
+            print(f"  {name}: {url}", flush=True)
+    return serve(ui_command(uri, args.port), args.port, "mlflow ui", args.timeout, ready)

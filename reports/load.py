@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from experiments.schema import FROM_MLFLOW, Artifact, Kind, M, Status, Tag, best_index, score_of
-from experiments.store import mlflow_client
+from experiments.store import mlflow_client, using_tracking_uri
 from ssd_core import rundir as RD
 from ssd_core.errors import UserError
 
@@ -115,30 +114,11 @@ def _search(uri: str, tag: tuple[str, str] | None = None) -> pd.DataFrame:
         value = tag[1].replace("'", "\\'")
         flt = f"tags.`{tag[0]}` = '{value}'"
     try:
-        with _tracking_uri(uri):
+        with using_tracking_uri(uri):
             return mlflow.search_runs(filter_string=flt, search_all_experiments=True,
                                       output_format="pandas")
     except mlflow.exceptions.MlflowException as exc:
         raise UserError(f"cannot read the MLflow store {uri}: {exc}") from exc
-
-
-@contextmanager
-def _tracking_uri(uri: str):
-    """``uri`` as MLflow's tracking URI for the block only (a report must not redirect the
-    caller's later runs)."""
-    from mlflow.tracking._tracking_service import utils
-
-    use = getattr(utils, "_use_tracking_uri", None)
-    if use is not None:
-        with use(uri):
-            yield
-        return
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def _sql_engine(uri: str):
@@ -261,28 +241,64 @@ def load_detections(client: MlflowClient, run_ids: list[str], budget: bool = Fal
 
     out: dict[str, Any] = {}
     points: dict[tuple[str, float], Any] = {}
-    with tempfile.TemporaryDirectory(prefix="ssdlab-detections-") as tmp:
-        for rid in run_ids:
-            try:
-                names = {a.path for a in client.list_artifacts(rid)}
-                if RD.TEST_DETECTIONS in names:
-                    out[rid] = matches(client.download_artifacts(rid, RD.TEST_DETECTIONS, tmp))
-                if budget and Artifact.BUDGET in names:
-                    for a in client.list_artifacts(rid, Artifact.BUDGET):
-                        f = RD.point_of(a.path.rsplit("/", 1)[-1])
-                        if f is not None:
-                            points[(rid, f)] = matches(client.download_artifacts(rid, a.path, tmp))
-            except Exception:  # an unreadable artifact only costs that run its interval
-                continue
+    for rid in run_ids:
+        try:
+            names = {a.path for a in client.list_artifacts(rid)}
+            if RD.TEST_DETECTIONS in names:
+                out[rid] = matches(cached_artifact(client, rid, RD.TEST_DETECTIONS))
+            if budget and Artifact.BUDGET in names:
+                for a in client.list_artifacts(rid, Artifact.BUDGET):
+                    f = RD.point_of(a.path.rsplit("/", 1)[-1])
+                    if f is not None:
+                        points[(rid, f)] = matches(cached_artifact(client, rid, a.path))
+        except Exception:  # an unreadable artifact only costs that run its interval
+            continue
     return {"detections": out, "budget_detections": points}
+
+
+CACHE_ENV = "SSDLAB_CACHE"
+
+
+def cache_root() -> "Path":
+    """Where fetched artifacts are kept: $SSDLAB_CACHE, else $XDG_CACHE_HOME/ssdlab, else ~/.cache/ssdlab."""
+    from pathlib import Path
+
+    base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssdlab"
+    return Path(base) / "artifacts"
+
+
+def cached_artifact(client, run_id: str, path: str) -> str:
+    """A run's artifact as a local file, downloaded once: a finished trial's detections never change (a
+    local store's artifacts are read where they are)."""
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    uri = client.get_artifact_uri(run_id, path) if hasattr(client, "get_artifact_uri") else ""
+    if not uri:
+        uri = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+        local = Path(unquote(urlparse(uri).path))
+        if local.is_file():
+            return str(local)
+    key = hashlib.sha256(f"{client.tracking_uri}|{run_id}|{path}".encode()).hexdigest()[:24]
+    target = cache_root() / key / Path(path).name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="ssdlab-fetch-", dir=target.parent) as tmp:
+            got = client.download_artifacts(run_id, path, tmp)
+            shutil.move(got, target)
+    return str(target)
 
 
 def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
               metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     """Every trial/train run in the store (or one sweep's), one row each, best ``metric`` included."""
     uri = resolve_tracking_uri(tracking_uri)
-    if sweep is not None:
-        return load_sweep(sweep, uri, curves=False).runs
+    if sweep is not None:  # a listing needs no detections: nothing is downloaded
+        return load_sweep(sweep, uri, curves=False, detections=False).runs
     df = _search(uri)
     df = df[_objects(df, "tags." + Tag.KIND) != Kind.SWEEP]
     history = metric_histories(mlflow_client(uri), list(df["run_id"]), [metric])

@@ -323,8 +323,13 @@ def parallel_coordinates(data: SweepData) -> bytes | None:
         return _png(fig)
 
 
+def cost_unit(hours) -> tuple[str, float]:
+    """The axis unit for costs given in device-hours: minutes while every cost is under an hour."""
+    return ("device-minutes", 60.0) if np.nanmax(hours) < 1 else ("device-hours", 1.0)
+
+
 def pareto(data: SweepData) -> bytes | None:
-    """Finished trials: the reported mAP against their training cost (device-hours); the Pareto front
+    """Finished trials: the reported mAP against their training cost (device-time); the Pareto front
     (no trial both cheaper and better) marked, and the best trial."""
     runs = data.finished
     cost = pd.to_numeric(runs.get("metrics.cost/device_hours", pd.Series(dtype=float)), errors="coerce")
@@ -340,18 +345,19 @@ def pareto(data: SweepData) -> bytes | None:
             front.append(i)
             top = value[i]
     best = tables.best_run(runs, data.mode)
+    unit, k = cost_unit(cost)
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
         for i, arm in enumerate(data.arms):
             m = (runs["arm"] == arm).to_numpy()
             if m.any():
-                ax.scatter(cost[m] * 60, value[m], color=f"C{i % 10}", s=24, label=str(arm), zorder=3)
-        ax.step(cost[front] * 60, value[front], where="post", color="k", lw=1, label="Pareto front", zorder=2)
+                ax.scatter(cost[m] * k, value[m], color=f"C{i % 10}", s=24, label=str(arm), zorder=3)
+        ax.step(cost[front] * k, value[front], where="post", color="k", lw=1, label="Pareto front", zorder=2)
         b = runs.index.get_loc(best.name)
-        ax.scatter([cost[b] * 60], [value[b]], s=140, facecolors="none", edgecolors="r", lw=1.5,
+        ax.scatter([cost[b] * k], [value[b]], s=140, facecolors="none", edgecolors="r", lw=1.5,
                    label="best trial (by val)", zorder=4)
-        ax.set_xlabel("training cost (device-minutes)")
+        ax.set_xlabel(f"training cost ({unit})")
         ax.set_ylabel(tables.value_label(data))
         ax.legend(loc="lower right", fontsize=7)
         ax.set_title(f"{data.sweep}: accuracy against cost")

@@ -44,7 +44,7 @@ def markdown(title: str, sections: list[Any], plots: dict[str, bytes] | None = N
             for n in s.notes:
                 out += [f"*Note.* {n}", ""]
         elif s[0] == "figure":  # ("figure", plot name, caption): a plot placed in the flow
-            out += [f"![{s[2]}]({s[1]}.png)", ""]
+            out += [f"![{s[2]}]({s[1]}.png)", "", f"*{s[2]}*", ""]  # the caption visible, not only the alt text
         else:
             kind, head, text = s
             out += [f"## {head}", ""]
@@ -119,6 +119,7 @@ margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;margin:.
 th,td{padding:.3em .7em;border-bottom:1px solid #ddd}th{background:#f4f4f4;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums}p.note{font-size:.85em;color:#555;margin:.2em 0}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto}img{max-width:100%;border:1px solid #eee}
+figure{margin:1em 0}figcaption{color:#444;font-size:.9em;margin-top:.3em}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px;font-size:.92em}"""
 
 
@@ -152,7 +153,7 @@ PLOT_TITLES = {
     "importance": "Parameter importances",
     "search_history": "Search history: the selection metric by trial, with the running best",
     "parallel": "Searched parameters of every trial (parallel coordinates, coloured by score)",
-    "pareto": "Accuracy against cost: mAP and training device-hours (Pareto front marked)",
+    "pareto": "Accuracy against cost: mAP and training device-time (Pareto front marked)",
     "best_detections": "Detections of the best trial at its selected checkpoint",
 }
 
@@ -179,7 +180,8 @@ def html_page(title: str, sections: list[Any], plots: dict[str, bytes] | None = 
             parts.append(Markup(table_html(s, run_url)))
         elif s[0] == "figure":
             data = base64.b64encode((plots or {}).get(s[1], b"")).decode("ascii")
-            parts.append(Markup(f'<img alt="{escape(s[2])}" src="data:image/png;base64,{data}">'))
+            parts.append(Markup(f'<figure><img alt="{escape(s[2])}" src="data:image/png;base64,{data}">'
+                                f'<figcaption>{_inline(s[2])}</figcaption></figure>'))
         else:
             kind, head, text = s
             body = Markup(f"<pre>{escape(text)}</pre>") if kind != "text" else Markup(f"<p>{_inline(text)}</p>")

@@ -90,6 +90,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
         else:
             sections.append(("text", "Parameter importances", f"Omitted: {imp.reason}."))
     fin = data.finished
+    if len(fin):  # every averaged trial, linked to its MLflow run with --ui-url
+        sections.append(tables.trials_table(data))
     if with_plots and len(fin):  # the best run's detections (experiments/evidence.py), what one looks at first
         best = tables.best_run(fin, data.mode)
         png = load_artifact(data.tracking_uri, best["run_id"], f"{Artifact.EVIDENCE}/{DETECTIONS_PNG}")
@@ -97,7 +99,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
             figs["best_detections"] = png
             sections.append(("figure", "best_detections", f"Detections of the best trial ({best['trial_id']}, "
                                                            f"arm {best['arm']}, seed {best['seed']:g}) at its selected "
-                                                           f"checkpoint; ground truth in white"))
+                                                           f"checkpoint: ground truth in white (difficult objects dashed), detections in their class colour"))
     if with_plots:
         for name, png in (("learning_curves", plots.learning_curves(data)),
                           ("pareto", plots.pareto(data)),

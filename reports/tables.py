@@ -263,7 +263,7 @@ def per_class_table(data: SweepData) -> Table:
     split = M.TEST if data.has_test else M.VAL
     prefix = "metrics." + M.class_ap50_prefix(split)
     classes = sorted(c[len(prefix):] for c in data.runs.columns if c.startswith(prefix))
-    rows, raw, bold = [], [], set()
+    rows, raw, bold, t_runs = [], [], set(), {}
     label = value_label(data)
     members = arm_members(data)
     fin = members[members["status"] == Status.FINISHED.value]
@@ -275,6 +275,7 @@ def per_class_table(data: SweepData) -> Table:
         aps = [float(pd.to_numeric(best.get(prefix + c, math.nan), errors="coerce")) for c in classes]
         seed = DASH if not math.isfinite(best["seed"]) else str(int(best["seed"]))
         value = float(best[data.value])
+        t_runs[(len(rows), 0)] = best["run_id"]
         rows.append([arm, seed, fnum(value)] + [fnum(v) for v in aps])
         raw.append([arm, best["seed"], best["trial_id"], best["run_id"], best["best_step"], value] + aps)
     for j in range(len(classes) + 1):
@@ -287,6 +288,7 @@ def per_class_table(data: SweepData) -> Table:
               ["Arm", "Seed", label] + classes, rows, raw, bold=bold,
               numeric=set(range(1, len(classes) + 3)))
     t.raw_columns = ["arm", "seed", "trial_id", "run_id", "best_epoch", "value"] + classes
+    t.runs = t_runs
     t.notes = [f"Best run: the arm's finished run with the best `{data.metric}` score; per-class AP (VOC07 "
                f"11-point, `{M.class_ap50_prefix(split)}<class>`) at its selected checkpoint."]
     return t
@@ -337,6 +339,29 @@ def sequential_table(data: SweepData) -> Table | None:
 
 
 OTHER = (Status.EARLY_STOPPED, Status.FAILED, Status.LOST, Status.RUNNING)
+
+
+def trials_table(data: SweepData) -> Table:
+    """Every finished trial averaged into the tables above, one row each (arm order, then seed), its trial
+    linking to its MLflow run in the HTML report (`--ui-url`); the others are in other_runs_table."""
+    fin = data.finished
+    order = {a: i for i, a in enumerate(data.arms)}
+    fin = fin.assign(_a=fin["arm"].map(order).fillna(len(order))).sort_values(["_a", "seed", "trial_id"])
+    label, value = metric_label(data.metric), value_label(data)
+    cost = pd.to_numeric(fin.get("metrics.cost/device_hours", pd.Series(math.nan, index=fin.index)), errors="coerce")
+    rows, raw, t_runs = [], [], {}
+    for (_, r), hours in zip(fin.iterrows(), cost):
+        seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))
+        step = DASH if not math.isfinite(r["best_step"]) else f"{r['best_step']:g}"
+        t_runs[(len(rows), 2)] = r["run_id"]
+        rows.append([str(r["arm"]), seed, str(r["trial_id"]), fnum(r["score"]), fnum(r[data.value]), step,
+                     DASH if not math.isfinite(hours) else f"{hours:.3f}"])
+        raw.append([r["arm"], r["seed"], r["trial_id"], r["run_id"], r["score"], r[data.value], r["best_step"], hours])
+    t = Table("trials", f"Trials: {data.sweep}", ["Arm", "Seed", "Trial", f"{label} (best)", value, "Best epoch",
+                                                 "Device-hours"], rows, raw, numeric={1, 3, 4, 5, 6})
+    t.raw_columns = ["arm", "seed", "trial_id", "run_id", "score", "value", "best_epoch", "device_hours"]
+    t.runs = t_runs
+    return t
 
 
 def other_runs_table(data: SweepData) -> Table:
@@ -417,6 +442,7 @@ def runs_table(runs: pd.DataFrame, sort: str = "score", key_params: list[str] | 
         logged = sorted(c[len("metrics."):] for c in r.columns if c.startswith("metrics."))
         raise UserError(f"--sort {sort!r}: not one of {', '.join(RUN_SORTS)} nor a logged metric "
                         f"({', '.join(logged[:12])}{', ...' if len(logged) > 12 else ''})")
+    extra = [col] if col.startswith("metrics.") else []  # the metric it sorts by, as a column of its own
     asc = col == "start_ms" or sort.endswith("loss")
     r = r.assign(_k=pd.to_numeric(r[col], errors="coerce") * (1 if asc else -1)).sort_values(
         ["_k", "sweep", "arm", "seed", "trial_id"], na_position="last")
@@ -431,17 +457,20 @@ def runs_table(runs: pd.DataFrame, sort: str = "score", key_params: list[str] | 
         dur = DASH if not math.isfinite(x["duration_s"]) else fduration(x["duration_s"])
         vals = [param_value(x.get("params." + k)) for k in key_params]
         best = x["run_id"] in best_ids
+        sorted_by = [float(pd.to_numeric(x[c], errors="coerce")) for c in extra]
         rows.append(["*" if best else "", str(x["sweep"] or DASH), str(x["arm"]), seed, str(x["trial_id"]),
                      x["status"]] + [DASH if v is None else fparam(v) for v in vals]
-                    + [fnum(x["score"]), fnum(x["reported"]), dur, str(x["run_id"])[:8]])
+                    + [fnum(x["score"]), fnum(x["reported"])] + [fnum(v, 4) for v in sorted_by]
+                    + [dur, str(x["run_id"])[:8]])
         raw.append([best, x["sweep"], x["arm"], x["seed"], x["trial_id"], x["status"]] + vals
-                   + [x["score"], x["reported"], x["duration_s"], x["run_id"]])
+                   + [x["score"], x["reported"]] + sorted_by + [x["duration_s"], x["run_id"]])
     n = len(key_params) + 6
+    shown = [c[len("metrics."):] + " (latest)" for c in extra]
     t = Table("runs", "Runs", ["Best", "Sweep", "Arm", "Seed", "Trial", "Status"] + key_params
-              + [f"{metric_label(metric)} (best)", metric_label(M.reported_of(metric)), "Duration", "Run"], rows, raw,
-              numeric={3, n, n + 1, n + 2})
+              + [f"{metric_label(metric)} (best)", metric_label(M.reported_of(metric))] + shown + ["Duration", "Run"],
+              rows, raw, numeric={3, n, n + 1, n + 2 + len(extra)} | set(range(n + 2, n + 2 + len(extra))))
     t.raw_columns = (["best", "sweep", "arm", "seed", "trial_id", "status"] + key_params
-                     + ["score", "reported", "duration_s", "run_id"])
+                     + ["score", "reported"] + [c[len("metrics."):] for c in extra] + ["duration_s", "run_id"])
     if sort != "score":
         t.notes = [f"sorted by {sort}"]
     return t

@@ -499,6 +499,9 @@ def load_config(path: Union[str, os.PathLike], overrides: Union[Iterable[str], M
     data = read_yaml(path, "config") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    if "experiment" in data and {"arms", "search", "design", "seeds"} & set(data):
+        raise ConfigError(f"{path}: this is a sweep file, not an experiment config: `ssdlab sweep {path} --dry-run` "
+                          f"shows its plan")
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides, source=str(path))
     data = _set_paths(data, overrides, str(path))
@@ -639,6 +642,9 @@ def parse_overrides(items: Iterable[str], source: str = "<overrides>") -> dict[s
     """["train.lr=0.01", "data.class_names=[a, b]"] -> {"train.lr": 0.01, ...}; values are YAML scalars."""
     out: dict[str, Any] = {}
     for item in items:
+        if str(item).startswith("@"):  # -o @best_hyperparameters.yaml
+            out.update(_override_file(str(item)[1:], source))
+            continue
         key, sep, raw = str(item).partition("=")
         key = key.strip()
         if not sep or not key:
@@ -649,6 +655,30 @@ def parse_overrides(items: Iterable[str], source: str = "<overrides>") -> dict[s
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: override {key}: value {raw!r} is not valid YAML: "
                               f"{yaml_error_line(exc)}") from None
+    return out
+
+
+def _override_file(path: str, source: str) -> dict[str, Any]:
+    """`-o @FILE`: a YAML mapping of dotted keys (a search's best_hyperparameters.yaml) or of nested sections."""
+    p = Path(path).expanduser()
+    try:
+        data = yaml.load(p.read_text(), Loader=_Loader)
+    except OSError as exc:
+        raise ConfigError(f"{source}: override file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: override file {path}: not valid YAML: {yaml_error_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys (train.lr: 0.01), got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    keys = config_keys()
+
+    def walk(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict) and f"{prefix}{k}" not in keys:
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(data, "")
     return out
 
 

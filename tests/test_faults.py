@@ -164,7 +164,7 @@ def test_a_second_driver_is_refused_and_a_killed_drivers_lock_is_not_stuck(tmp_p
     for r in children:
         steps = [s for s, _ in history(client, r)]
         assert steps == [1, 2, 3, 4, 5, 6], steps
-    versions = client.search_model_versions("name='two.two'")
+    versions = client.search_model_versions("name='two'")
     assert len(versions) <= 1
 
 

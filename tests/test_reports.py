@@ -439,7 +439,12 @@ def test_cli_ui_prints_the_url_once_listening_and_sigterm_stops_the_server(store
                             stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         line = proc.stdout.readline()
+        while not line.startswith("MLflow UI for"):  # (the stand-in server's own line comes first)
+            line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in line and commands._listening(port)  # printed only once listening
+        runs = proc.stdout.readline().strip()  # the experiment's runs page
+        assert runs.startswith(f"ssdlab: http://127.0.0.1:{port}/#/experiments/") and runs.endswith("/runs")
+        time.sleep(1.0)  # the driver now waits on the server: a handler that waited too deadlocked here
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         deadline = time.time() + 10
@@ -520,5 +525,7 @@ def test_html_links_trials_to_their_mlflow_run_pages(store, tmp_path):
     html = (tmp_path / "report.html").read_text()
     best = report.data.runs.set_index("trial_id").loc["t04"]
     assert f'<a href="http://127.0.0.1:5000/#/experiments/{best["experiment_id"]}/runs/{best["run_id"]}">t04</a>' in html
+    for _, r in report.data.runs.iterrows():  # every run row links: the trials table or the not-averaged one
+        assert f'#/experiments/{r["experiment_id"]}/runs/{r["run_id"]}">{r["trial_id"]}</a>' in html, r["trial_id"]
     write_report(report, tmp_path / "plain", ("html",))
     assert "<a href=" not in (tmp_path / "plain" / "report.html").read_text()

@@ -65,7 +65,10 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
     assert best.data.tags[Tag.ARM] == "lr02" and parent.data.tags[Tag.BEST_TRIAL] == best.data.tags[Tag.TRIAL_ID]
     name, version = parent.data.tags[Tag.REGISTERED_MODEL].split("/")
     mv = client.get_model_version(name, version)
-    assert mv.run_id == best.info.run_id and mv.source.endswith("/checkpoints")
+    assert name == "twelve" and mv.run_id == best.info.run_id and mv.source.startswith("models:/m-")  # a pyfunc model
+    assert str(client.get_model_version_by_alias(name, "best").version) == version
+    assert parent.data.metrics["score"] == pytest.approx(0.06)  # the best trial's score on the parent row
+    assert all("score" in r.data.metrics for r in children if r.data.tags[Tag.STATUS] == "finished")
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep.yaml"}
     # provenance and descriptions
     assert len(parent.data.tags[Tag.GIT_COMMIT]) == 40 and parent.data.tags[Tag.GIT_DIRTY] in ("true", "false")
@@ -160,6 +163,36 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, tmp_path):
             assert status == "early_stopped" and steps[-1] < 4
             assert r.info.run_name.endswith(" [early-stopped]")  # visible in the runs list
     assert sum(r.data.tags["ssdlab.status"] == "early_stopped" for r in children) >= 1
+    _assert_one_study_holds_every_trial(tmp_path, parents[0], children)
+
+
+def _assert_one_study_holds_every_trial(tmp_path, parent, children):
+    """The search's Optuna study (optuna.db beside mlflow.db, experiments/study.py) survived the kill as ONE
+    study: each ended trial is in it once, COMPLETE with the value Tune reported (the trial's score: its best
+    val metric so far), its lr equal to the MLflow run's; a suggestion the killed driver never saved is FAIL,
+    not left RUNNING; best_hyperparameters.yaml holds the best trial's lr, and `-o @FILE` reads it."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from ssd_core.config import parse_overrides
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(url)
+    assert summary.study_name == f"resumable/search/{parent.info.run_id[:8]}"
+    study = optuna.load_study(study_name=summary.study_name, storage=url)
+    assert study.user_attrs["mlflow_parent_run"] == parent.info.run_id
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and all(t.state == TrialState.FAIL for t in trials if t not in complete)
+    for t in complete:  # the params hold the exact float (experiments.tracking.param_text)
+        (run,) = [r for r in children if float(r.data.params["train.lr"]) == t.params["train.lr"]]
+        assert t.value == pytest.approx(run.data.metrics["score"], abs=1e-9)
+    best = max(children, key=lambda r: (r.data.tags["ssdlab.status"] == "finished", r.data.metrics["score"]))
+    text = (tmp_path / "ray" / "resumable" / "search" / "best_hyperparameters.yaml").read_text()
+    assert float(yaml.safe_load(text)["train.lr"]) == pytest.approx(float(best.data.params["train.lr"]))
+    assert parse_overrides([f"@{tmp_path / 'ray' / 'resumable' / 'search' / 'best_hyperparameters.yaml'}"]) == \
+        {"train.lr": pytest.approx(float(best.data.params["train.lr"]))}
 
 
 def kill_driver_after_logging(epoch: int, phase_dir: Path) -> None:

@@ -46,7 +46,14 @@ def sweep(args) -> int:
         raise ConfigError(f"{spec.path}: tracking.uri: MLflow store {spec.file.tracking.uri}: {problem}")
     if args.dry_run:
         print(describe(spec))
+        _warn_existing_state(spec, args)
         return EXIT_OK
+    from experiments.sweep_spec import plan
+    phases = plan(spec)
+    first = sum(len(ph.trials) if ph.kind != "search" else ph.num_samples for ph in phases)
+    print(f"ssdlab sweep {spec.name}: {len(spec.arm_names) or 1} arm(s), {first} trials planned"
+          + (" in the first wave" if spec.sequential else "") + f"; MLflow {spec.file.tracking.uri} "
+          f"(experiment {spec.experiment_name}); starting Ray", flush=True)
     from experiments.sweep import SweepInterrupted, SweepStopped, run_sweep  # Ray sizes each worker's threads to its CPUs
 
     try:
@@ -63,9 +70,48 @@ def sweep(args) -> int:
     print(f"sweep {result.name}: {result.trials} trials in {result.wall_s:.0f} s ({format_counts(result.counts)}); "
           f"state {result.storage}; MLflow parent run {result.parent_run_id} "
           f"({spec.file.tracking.uri}, experiment {spec.experiment_name})")
+    for line in closing_lines(spec, result):
+        print(line)
     if result.failures:
         print(f"ssdlab sweep: {len(result.failures)} of {sum(result.counts.values())} trials failed:", file=sys.stderr)
         for trial_id, run_name, error in result.failures:
             print(f"  {run_name or trial_id}: {error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _warn_existing_state(spec, args) -> None:
+    """A dry run of a sweep whose state already exists: say that the launch will refuse, and what to do."""
+    from pathlib import Path
+
+    from experiments.storage import local_path, sweep_storage
+
+    storage = sweep_storage(args.storage, spec.name)
+    folder = local_path(storage)
+    if folder is not None and any(Path(folder).glob("*/experiment_state-*.json")):
+        print(f"note: {folder} already holds a launch of this sweep: a launch without --resume (continue it) or "
+              f"--restart (start afresh, keeping its MLflow runs) will refuse", file=sys.stderr)
+
+
+def closing_lines(spec, result) -> list[str]:
+    """What a finished sweep says last: its best trial and registered model, why each arm stopped
+    (sequential seeding), and the two commands to look at it."""
+    from experiments.sequential import REASONS
+
+    lines = []
+    b = result.best
+    if b:
+        score = f"{b['score']:.4f}" if isinstance(b.get("score"), float) else "?"
+        test = f", {spec.metric.replace('val/', 'test/')} {b['reported']:.4f}" if isinstance(b.get("reported"), float) else ""
+        where = ", ".join(p for p in (f"arm {b['arm']}" if b.get("arm") else "",
+                                      f"seed {b['seed']}" if b.get("seed") not in (None, "") else "") if p)
+        model = f"; registered as {b['model']} (models:/{b['model'].split('/')[0]}@best)" if b.get("model") else ""
+        lines.append(f"best trial {b['trial']}{f' ({where})' if where else ''}: {spec.metric} {score}{test}{model}")
+    for arm, (seeds, why) in result.stops.items():
+        lines.append(f"  {arm}: {seeds} seeds, {REASONS.get(why, why)}")
+    uri = "" if spec.file.tracking.uri == "sqlite:///mlflow.db" else f" --tracking-uri {spec.file.tracking.uri}"
+    look = f"look: ssdlab report --sweep {spec.name}{uri}   |   ssdlab ui{uri}"
+    if getattr(result, "study", None):
+        look += f"   |   ssdlab dashboard --study-storage {result.study}"
+    lines.append(look)
+    return lines
