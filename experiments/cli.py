@@ -12,6 +12,7 @@ Each area registers its own sub-commands from a small module under `experiments/
     ssdlab report|runs|ui       reports/commands.py
     ssdlab server               experiments/commands/server.py
     ssdlab dashboard            experiments/commands/dashboard.py
+    ssdlab import               experiments/commands/importer.py
 
 A command handler returns an exit code. `UserError` (bad config, sweep, data, checkpoint, store) is
 printed as one clear line and exits 2; anything else is a bug and shows its traceback.
@@ -53,6 +54,7 @@ COMMAND_MODULES = (
     "reports.commands",
     "experiments.commands.server",
     "experiments.commands.dashboard",
+    "experiments.commands.importer",
 )
 
 

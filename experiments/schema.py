@@ -82,6 +82,7 @@ class Tag:
     EXPERIMENT = "ssdlab.experiment"  # the Ray Tune experiment (phase folder)
     SEARCHED = "ssdlab.searched"      # JSON list of the searched config keys
     SOURCE_TRIAL = "ssdlab.source_trial"  # a confirm run: the search trial whose configuration it retrains
+    SOURCE_DIR = "ssdlab.source_dir"      # an imported run (ssdlab import): the run dir it was read from
     NODE = "ssdlab.node"              # "<hostname>/<ip>/<Ray node id>" of the node that ran its latest attempt
     NODES = "ssdlab.nodes"            # JSON list of every node its attempts ran on, in order
     PRECISION = "ssdlab.precision"    # the training precision train.amp resolved to there (ssd_core/precision.py)

@@ -117,6 +117,27 @@ def match_indices(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, iou_thres
     return matched
 
 
+def match_indices_static(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """:func:`match_indices` with static shapes and no host synchronisation (for a GPU, CUDA graphs and
+    ``torch.compile``): the overlaps of every padded row ``[B, M, P]``, invalid rows at -1, and each ground
+    truth's best default box written by a scatter into a spare column. Equal to match_indices, ties included:
+    the first best ground truth per default box; where two ground truths take the same default box, the
+    later row wins (as match_indices' indexed write does on a CPU)."""
+    B, M = gt_labels.shape
+    P = priors.shape[0]
+    valid = (gt_labels > 0) & (gt_boxes[..., 2] > gt_boxes[..., 0]) & (gt_boxes[..., 3] > gt_boxes[..., 1])
+    r = _overlap(gt_boxes, cxcywh_to_xyxy(priors).to(gt_boxes.dtype), ratio=True)       # [B, M, P]
+    r = torch.where(valid.unsqueeze(-1), r, -1.0)
+    best, gt = r.max(dim=1)                                        # per default box: best ratio, first best row
+    matched = torch.where(best >= iou_threshold / (1.0 + iou_threshold), gt, -1)
+    prior = r.argmax(dim=2)                                        # [B, M] each ground truth's best default box
+    rows = torch.arange(M, device=gt_labels.device).expand(B, M)
+    forced = torch.full((B, P + 1), -1, dtype=torch.long, device=gt_labels.device)
+    forced.scatter_reduce_(1, torch.where(valid, prior, P), torch.where(valid, rows, -1), "amax")  # column P: spare
+    forced = forced[:, :P]
+    return torch.where(forced >= 0, forced, matched)
+
+
 def match(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, iou_threshold: float = 0.5,
           variances=VARIANCES) -> tuple[Tensor, Tensor]:
     """Match padded targets to default boxes and encode them.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import VARIANCES, encode, match_indices
+from .boxes import VARIANCES, encode, match_indices, match_indices_static
 
 
 class LossParts(NamedTuple):
@@ -62,8 +62,8 @@ class BoxCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, conf: Tensor, target: Tensor) -> Tensor:
-        lse = log_sum_exp(conf)
+    def forward(ctx, conf: Tensor, target: Tensor, static: bool = False) -> Tensor:
+        lse = torch.logsumexp(conf, dim=-1) if static else log_sum_exp(conf)  # log_sum_exp checks on the host
         ctx.save_for_backward(conf, lse, target)
         return lse - conf.gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
@@ -73,21 +73,32 @@ class BoxCrossEntropy(torch.autograd.Function):
         conf, lse, target = ctx.saved_tensors
         g = grad.unsqueeze(-1)
         out = (conf - lse.unsqueeze(-1)).exp_().mul_(g)                # softmax * grad
-        return out.scatter_add_(-1, target.unsqueeze(-1), -g), None    # - onehot * grad
+        return out.scatter_add_(-1, target.unsqueeze(-1), -g), None, None    # - onehot * grad
 
 
 class MultiBoxLoss(nn.Module):
-    """SSD training objective. ``forward`` returns :class:`LossParts` of scalars."""
+    """SSD training objective. ``forward`` returns :class:`LossParts` of scalars.
 
-    def __init__(self, neg_pos_ratio: int = 3, iou_threshold: float = 0.5, variances=VARIANCES):
+    Two computations of the same loss (equal values and gradients, tests/test_loss.py): on a CPU the sparse
+    one (positives gathered by index, the mined negatives by a ``topk`` of the batch's largest count), on a
+    GPU the static one (:meth:`static_forward`: masks over every default box, a full sort for the mining; no
+    data-dependent shape, so no device-to-host synchronisation: CUDA graphs and ``torch.compile`` take it).
+    ``static``: None picks by device, True / False force one.
+    """
+
+    def __init__(self, neg_pos_ratio: int = 3, iou_threshold: float = 0.5, variances=VARIANCES,
+                 static: bool | None = None):
         super().__init__()
         self.neg_pos_ratio = neg_pos_ratio
         self.iou_threshold = iou_threshold
         self.variances = tuple(variances)
+        self.static = static
 
     def forward(self, loc: Tensor, conf: Tensor, priors: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> LossParts:
         """``loc [B, P, 4]``, ``conf [B, P, C]`` raw head outputs; ``priors [P, 4]`` cx, cy, w, h;
         ``gt_boxes [B, M, 4]`` xyxy in [0, 1]; ``gt_labels [B, M]`` (0 = padding)."""
+        if self.static or (self.static is None and loc.device.type != "cpu"):
+            return self.static_forward(loc, conf, priors, gt_boxes, gt_labels)
         loc, conf = loc.float(), conf.float()  # the loss is always reduced in fp32 (autocast-safe)
         priors, gt_boxes = priors.float(), gt_boxes.float()
         with torch.no_grad():
@@ -108,6 +119,39 @@ class MultiBoxLoss(nn.Module):
         neg_loss = ce.masked_fill(pos, float("-inf"))
         num_neg = torch.minimum(self.neg_pos_ratio * num_pos, pos.shape[1] - num_pos)
         neg_sum = hard_negative_sum(neg_loss, num_neg)
+
+        loss_loc = loss_loc / n
+        loss_conf = (pos_sum + neg_sum) / n
+        return LossParts(loss_loc + loss_conf, loss_loc, loss_conf)
+
+    def static_forward(self, loc: Tensor, conf: Tensor, priors: Tensor, gt_boxes: Tensor,
+                       gt_labels: Tensor) -> LossParts:
+        """The same loss with static shapes: every default box computed, the positives' terms kept by a mask;
+        hard negative mining as a descending sort of each image's background losses summed over its first
+        ``num_neg`` ranks (the sum of the num_neg largest: equal to the topk form whatever the ties)."""
+        loc, conf = loc.float(), conf.float()
+        priors, gt_boxes = priors.float(), gt_boxes.float()
+        B, P = loc.shape[:2]
+        with torch.no_grad():
+            if gt_labels.shape[1] == 0:  # no rows at all: every default box is background
+                gt_boxes, gt_labels = gt_boxes.new_zeros(B, 1, 4), gt_labels.new_zeros(B, 1)
+            matched = match_indices_static(gt_boxes, gt_labels, priors, self.iou_threshold)       # [B, P]
+            pos = matched >= 0
+            gt = matched.clamp(min=0)
+            loc_t = encode(gt_boxes.gather(1, gt.unsqueeze(-1).expand(B, P, 4)), priors, self.variances)
+            target = torch.where(pos, gt_labels.gather(1, gt), 0)
+        num_pos = pos.sum(dim=1)
+        n = num_pos.sum().clamp(min=1).to(conf.dtype)
+
+        l1 = F.smooth_l1_loss(loc, loc_t, reduction="none").sum(dim=-1)                  # [B, P]
+        loss_loc = torch.where(pos, l1, 0.0).sum()
+
+        ce = BoxCrossEntropy.apply(conf, target, True)
+        pos_sum = torch.where(pos, ce, 0.0).sum()
+        num_neg = torch.minimum(self.neg_pos_ratio * num_pos, P - num_pos)
+        ranked = ce.masked_fill(pos, float("-inf")).sort(dim=1, descending=True).values
+        take = torch.arange(P, device=loc.device) < num_neg.unsqueeze(1)
+        neg_sum = torch.where(take, ranked, 0.0).sum()
 
         loss_loc = loss_loc / n
         loss_conf = (pos_sum + neg_sum) / n

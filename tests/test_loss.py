@@ -123,3 +123,73 @@ def test_hard_negative_sum_counts_per_image():
     neg = torch.tensor([[5.0, float("-inf"), 1.0, 3.0], [2.0, 4.0, 0.5, 1.0]])
     assert hard_negative_sum(neg, torch.tensor([2, 1])).item() == 5.0 + 3.0 + 4.0
     assert hard_negative_sum(neg, torch.tensor([0, 0])).item() == 0.0
+
+
+# ---------------------------------------------------------------- the static form (MultiBoxLoss.static_forward)
+
+
+def _both(loc, conf, priors, boxes, labels, **kw):
+    """(sparse, static) LossParts and the gradients of each total w.r.t. loc and conf."""
+    out = []
+    for static in (False, True):
+        l, c = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+        parts = MultiBoxLoss(static=static, **kw)(l, c, priors, boxes, labels)
+        parts.total.backward()
+        out.append((parts, l.grad, c.grad))
+    return out
+
+
+def _assert_equal(sparse, static):
+    (a, ga_loc, ga_conf), (b, gb_loc, gb_conf) = sparse, static
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, rtol=1e-6, atol=1e-6), (x, y)
+    assert torch.allclose(ga_loc, gb_loc, atol=1e-7) and torch.allclose(ga_conf, gb_conf, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_static_loss_equals_the_sparse_one_values_and_gradients(seed):
+    _assert_equal(*_both(*make_batch(seed, B=5, P=700, C=5, M=9)))
+
+
+def test_static_matching_equals_match_indices_with_ties_and_shared_default_boxes():
+    from ssd_core.boxes import match_indices, match_indices_static
+    g = torch.Generator().manual_seed(3)
+    priors = random_priors(300, g)
+    boxes, labels = random_targets(6, 8, 4, g)
+    boxes[0, 1], labels[0, 1] = boxes[0, 0], labels[0, 0]   # two identical objects: both want one default box
+    boxes[1, 2] = torch.tensor([0.3, 0.3, 0.3, 0.6])         # a degenerate box never matches
+    assert torch.equal(match_indices(boxes, labels, priors), match_indices_static(boxes, labels, priors))
+    grid = torch.tensor([[x, y, 0.2, 0.2] for x in (0.25, 0.5, 0.75) for y in (0.25, 0.5, 0.75)])
+    tied = torch.tensor([[[0.4, 0.4, 0.6, 0.6], [0.15, 0.15, 0.35, 0.35]]])  # exact IoU ties with the grid
+    lab = torch.tensor([[1, 2]])
+    assert torch.equal(match_indices(tied, lab, grid), match_indices_static(tied, lab, grid))
+
+
+def test_static_loss_with_no_positive_and_with_every_box_positive():
+    loc, conf, priors, boxes, labels = make_batch(5, B=3, P=200, C=4, M=4)
+    none = _both(loc, conf, priors, boxes * 0, labels * 0)   # no objects: exactly 0, zero gradients
+    _assert_equal(*none)
+    assert float(none[1][0].total) == 0.0 and not none[1][2].any()
+    _assert_equal(*_both(loc, conf, priors, boxes[:, :0], labels[:, :0]))  # no rows at all
+    same = torch.tensor([[0.5, 0.5, 0.4, 0.4]]).expand(50, 4)  # every default box is the object: all positive
+    obj = cxcywh_to_xyxy(same[:1]).expand(3, 1, 4).contiguous()
+    out = _both(loc[:, :50], conf[:, :50], same, obj, torch.ones(3, 1, dtype=torch.long))
+    _assert_equal(*out)
+    assert float(out[1][0].conf) > 0  # positives only: no negative to mine (3 x 50 capped at 0)
+
+
+def test_static_loss_has_no_data_dependent_shape_and_no_host_sync():
+    """Dynamo traces the static form as one graph (a `nonzero`, a boolean index, `.item()` or `int(tensor)`
+    would break it: each is a device-to-host synchronisation on a GPU); the sparse form does break."""
+    import torch._dynamo as dynamo
+
+    loc, conf, priors, boxes, labels = make_batch(0, B=2, P=120, C=4, M=3)
+    dynamo.reset()
+    static = torch.compile(MultiBoxLoss(static=True), backend="eager", fullgraph=True)
+    ref = MultiBoxLoss(static=False)(loc, conf, priors, boxes, labels)
+    assert torch.allclose(static(loc, conf, priors, boxes, labels).total, ref.total, atol=1e-6)
+    dynamo.reset()
+    sparse = torch.compile(MultiBoxLoss(static=False), backend="eager", fullgraph=True)
+    with pytest.raises(Exception):
+        sparse(loc, conf, priors, boxes, labels)
+    dynamo.reset()
