@@ -30,7 +30,7 @@ Parts (select with --parts 1,2,3,4,5):
      the ratio to part 2's best training rate (>= 1: the loader feeds the GPU).
   4. Packing: 1, 2, 4 concurrent training processes (experiments/configs/bccd_mobilenet_v2.yaml, batch 16,
      bf16, 3 loader workers each) on the one GPU, each capped to 1/n of its memory the way the sweep caps
-     fractional-GPU trials (experiments/trial.py `_cap_gpu_memory`: set_per_process_memory_fraction),
+     fractional-GPU trials (ssd_core/build.py `cap_gpu_memory`: set_per_process_memory_fraction),
      started together through a start-time file, each training a fixed number of seconds. Aggregate
      images/s, per-trial slowdown. Target: 4 packed trials >= 2.5x the throughput of one.
   5. Real training: ssd_core.train.fit on bccd_mobilenet_v2 from scratch, bf16, 8 loader workers,
@@ -341,19 +341,11 @@ class Repeat:
 
 
 def model_from_config(cfg, num_classes: int):
-    """build_ssd with the options of cfg.model (what ssd_core.train.fit builds)."""
+    """The network ssd_core.train.fit builds for cfg: its model section, default boxes fitted first when
+    model.prior_scales is auto (ssd_core.prior_fit.resolve_priors)."""
     from ssd_core.model import build_ssd
-    m = cfg.model
-    options: dict[str, Any] = {"lite_heads": m.lite_heads, "prior_scales": m.prior_scales}
-    if m.backbone == "mobilenet_v2":
-        options["width_mult"] = m.width_mult
-    if getattr(m, "output_stride", 8) != 8:
-        options["output_stride"] = m.output_stride
-    for key in ("first_ratio", "min_ratio", "max_ratio"):
-        if getattr(m, f"prior_{key}", None) is not None:
-            options[key] = getattr(m, f"prior_{key}")
-    return build_ssd(m.backbone, num_classes=num_classes, image_size=m.image_size, pretrained=m.pretrained,
-                     **options)
+    from ssd_core.prior_fit import resolve_priors
+    return build_ssd(resolve_priors(cfg).model, num_classes)
 
 
 # ==================================================================================================
@@ -818,7 +810,7 @@ def part4_packing(report: Report, section: dict, plan: Plan, device: str, data: 
                    trial_seconds=plan.p4_seconds, loader_workers_per_trial=plan.p4_loader_workers,
                    threads_per_trial=plan.p4_threads, image_size=plan.p4_image_size or "config",
                    memory_cap="torch.cuda.set_per_process_memory_fraction(1/n) when n > 1, as "
-                              "experiments/trial.py _cap_gpu_memory does for fractional GPUs", rounds={})
+                              "ssd_core.build.cap_gpu_memory does for fractional GPUs", rounds={})
     single = None
     for n in plan.p4_procs:
         rdir = base / f"n{n}"
@@ -928,7 +920,7 @@ def pack_worker(worker_dir: Path, rank: int) -> int:
                          num_workers=int(spec["loader_workers"]), seed=rank, drop_last=True)
     it = iter(loader)                       # fork the loader workers before CUDA is initialised
     fraction = float(spec["fraction"])
-    if 0 < fraction < 1 and device.type == "cuda":   # experiments/trial.py _cap_gpu_memory
+    if 0 < fraction < 1 and device.type == "cuda":   # ssd_core.build.cap_gpu_memory
         torch.cuda.set_per_process_memory_fraction(fraction)
     torch.manual_seed(rank)
     model = model_from_config(cfg, len(names) + 1).to(device).train()

@@ -61,6 +61,21 @@ def _disk_full(error: str) -> bool:
     return "DiskFullError" in error or "No space left on device" in error or "[Errno 28]" in error
 
 
+def _disk_full_line(trial, error: str) -> str:
+    """The one line a disk-full trial error becomes: ours names the file and the space; a write of Ray's
+    (a checkpoint copied into storage: "Error writing bytes to file") names neither, so the trial's storage
+    folder stands in for the file."""
+    if "no space left on the disk holding it" not in error:
+        import errno
+
+        from ssd_core.errors import disk_full
+
+        folder = getattr(trial, "path", None) or getattr(trial, "local_path", None) or "."
+        error = str(disk_full(folder, OSError(errno.ENOSPC, error)))
+    return error.split(": ", 1)[-1].replace("[Errno 28] ", "") if error.startswith("DiskFullError") else \
+        error.replace("[Errno 28] ", "")
+
+
 _UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|Read timed out|"
                           r"failed with error code 5\d\d|Remote end closed|temporarily unavailable|"
                           r"database is locked", re.I)  # a sqlite store another process holds locked
@@ -267,7 +282,7 @@ class MLflowTuneCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _error_line(trial)
         if _disk_full(error) and not DISK_FULL:  # the other trials would fail the same way: stop the phase
-            DISK_FULL.append(error.split(": ", 1)[-1].replace("[Errno 28] ", ""))
+            DISK_FULL.append(_disk_full_line(trial, error))
         self.outbox.submit(self._fail_trial, trial, error)
 
     def _fail_trial(self, trial, error: str) -> None:

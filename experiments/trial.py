@@ -268,15 +268,6 @@ def system_metrics() -> dict[str, float]:
     return out
 
 
-def _cap_gpu_memory(fraction: float) -> None:
-    """Fractional GPUs pack trials on one card: cap this worker's CUDA memory to its share."""
-    if 0 < fraction < 1:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(fraction)
-
-
 def node_identity() -> tuple[str, str]:
     """("<hostname>/<ip>/<Ray node id>", Ray node id) of the node this process runs on."""
     import socket
@@ -441,7 +432,8 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     from ray import tune
 
     cfg = job.resolve(config)
-    _cap_gpu_memory(job.gpu)
+    from ssd_core.build import cap_gpu_memory
+    cap_gpu_memory(job.gpu)
     node, node_id = node_identity()
     check_data_root(cfg, node)
     portable = getattr(job, "checkpoint_state", False)  # False: a job pickled by an older driver

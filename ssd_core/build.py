@@ -18,6 +18,13 @@ from ssd_core.config import ExperimentConfig, config_hash, resolve_data_root
 from ssd_core.errors import ConfigError, DataError
 
 
+def cap_gpu_memory(fraction: float) -> None:
+    """Trials packed on one GPU (fractional-GPU sweep trials, benchmarks/gpu_ablation.py): cap this process's
+    CUDA memory to its share, so one trial's growth fails that trial, not its neighbours."""
+    if 0 < fraction < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(fraction)
+
+
 def resolve_device(cfg: ExperimentConfig) -> torch.device:
     want = cfg.train.device
     if want == "cuda" and not torch.cuda.is_available():

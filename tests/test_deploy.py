@@ -209,8 +209,10 @@ def test_export_on_bccd_images():
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "experiments" / "configs" / "bccd_mobilenet_v2.yaml", [f"data.root={BCCD}"])
+    from ssd_core.prior_fit import resolve_priors
+
     torch.manual_seed(0)
-    model = build_ssd(cfg.model, 4)
+    model = build_ssd(resolve_priors(cfg).model, 4)
     for m in model.modules():  # BatchNorm statistics of these images, not of nothing (features collapse)
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()

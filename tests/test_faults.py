@@ -3,8 +3,6 @@
 locked, a finished run without a test value."""
 from __future__ import annotations
 
-import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -220,3 +218,20 @@ def test_a_finished_run_without_a_test_value_is_listed_not_averaged(tmp_path):
     other = other_runs_table(data)
     assert [(r[0], r[1], r[3]) for r in other.rows] == [("b", "0", "finished")]
     assert other.rows[0][6] == "finished, but its test/mAP50 is NaN: not averaged"
+
+
+def test_a_disk_full_error_from_rays_own_checkpoint_copy_still_names_the_folder_and_the_space(tmp_path):
+    """Ray's copy of a checkpoint into storage fails with pyarrow's "Error writing bytes to file" (no file, no
+    space): the driver's one line names the trial's storage folder, the free space and the way on."""
+    from types import SimpleNamespace
+
+    from experiments.callback import _disk_full, _disk_full_line
+
+    error = "OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"
+    assert _disk_full(error)
+    line = _disk_full_line(SimpleNamespace(path=str(tmp_path / "trial_1")), error)
+    assert line.startswith(str(tmp_path / "trial_1") + ": no space left on the disk holding it (")
+    assert "MB free" in line and "continue with --resume" in line
+    ours = "DiskFullError: [Errno 28] /x/last.pt: no space left on the disk holding it (1.0 MB free): free space " \
+           "there and continue with --resume"
+    assert _disk_full_line(SimpleNamespace(path="/elsewhere"), ours) == ours.split("[Errno 28] ")[1]

@@ -110,10 +110,10 @@ from experiments import callback
 from experiments.sweep import run_sweep
 from experiments.sweep_spec import load_sweep
 log = callback.MLflowTuneCallback._log_result
-def hooked(self, trial, epoch, metrics, node):
+def hooked(self, trial, epoch, metrics, *rest):
     if self.phase.dirname == "wave-01" and epoch >= 2:
         os.kill(os.getpid(), signal.SIGKILL)
-    return log(self, trial, epoch, metrics, node)
+    return log(self, trial, epoch, metrics, *rest)
 callback.MLflowTuneCallback._log_result = hooked
 run_sweep(load_sweep(sys.argv[2]), tiny_fit, address=sys.argv[3], storage=sys.argv[4])
 """
