@@ -1,0 +1,218 @@
+"""The BCCD augmentation ablation on one GPU, to a converged budget (issue 28), in one device command.
+
+The arms are the cumulative path of sweeps/bccd_factorial.yaml's design (baseline = flip only, + photometric,
++ sample patch, + zoom out, in the factors' order) on that sweep's base recipe (its `overrides`), each arm x
+seed trained by ssd_core.train.fit in its own process, all packed on the one GPU (bf16 autocast, each
+process's CUDA memory capped to its share as fractional-GPU sweep trials are), selection on BCCD/val,
+BCCD/test scored at the selected checkpoint and at each budget point (`eval.test_at`). The run dirs, without
+checkpoints, are bundled into $OUT/bccd_ablation_gpu.tar.gz; back on the CPU:
+
+    tar xzf bccd_ablation_gpu.tar.gz && ssdlab import gpu_ablation/runs/* --sweep bccd-ablation-gpu
+    ssdlab report --sweep bccd-ablation-gpu --out docs/results/bccd_ablation_gpu
+
+On the device (PyTorch, no Ray / MLflow / Optuna; the wheels gpu_check needs in .whl, BCCD in .data/bccd):
+
+    python3 -m benchmarks.gpu_ablation --device cuda --data .data/bccd --out $OUT      (timeout_s 590)
+
+Sizing (printed and written to gpu_ablation.json before anything trains): from the H200 figures of
+2026-11-28 (benchmarks/gpu_check.py parts 4 and 5: one bccd_mobilenet_v2 training made 1,496 iterations in
+120 s; 4 packed trained at 2.69x the throughput of one), the plan takes the iterations each run gets and the
+packing, and projects the wall time; runs still going at --deadline-s are stopped (they are then incomplete,
+and `ssdlab import` skips them) so the bundle is always written. On a CPU, `--quick` runs the same code on
+the synthetic shapes at tiny sizes (tests/test_gpu_ablation.py, then imports and reports the result).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = REPO / "sweeps" / "bccd_factorial.yaml"
+BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
+BUNDLE = "bccd_ablation_gpu.tar.gz"
+# H200, 2026-11-28 (README's GPU table): one training's iterations per second, and the aggregate speed-up of
+# packed trainings over one (4 packed: 2.69x; beyond 4 assumed to grow as the square root of the count)
+ONE_IT_S, PACK4 = 1496 / 120.0, 2.69
+TEST_AT = [0.125, 0.25, 0.5, 1.0]
+STARTUP_S, EVAL_S = 25.0, 1.5   # per process: CUDA and data start; per validation of BCCD/val
+
+
+def packed_speedup(n: int) -> float:
+    return 1.0 if n <= 1 else (PACK4 * (n / 4) ** 0.5 if n > 4 else 1 + (PACK4 - 1) * (n - 1) / 3)
+
+
+def arms(sweep: Path = SWEEP) -> list[tuple[str, dict]]:
+    """(arm, overrides) along the design's cumulative path, each on the sweep's base overrides."""
+    import yaml
+
+    from experiments.design import build
+
+    doc = yaml.safe_load(sweep.read_text())
+    design = build({**doc["design"], "type": "cumulative"})
+    base = {k: v for k, v in doc.get("overrides", {}).items() if k not in ("train.epochs", "eval.test_at")}
+    return [(name, {**base, **design.overrides(name)}) for name in design.points]
+
+
+def plan(args, iters_per_epoch: int) -> dict:
+    runs = len(args.arms_list) * len(args.seeds)
+    at_once = min(args.concurrency, runs)
+    rounds = math.ceil(runs / at_once)
+    epochs = args.epochs or math.ceil(args.iterations / iters_per_epoch)
+    per_run_it_s = ONE_IT_S * packed_speedup(at_once) / at_once
+    evals = math.ceil(epochs / args.every)
+    projected = rounds * (STARTUP_S + epochs * iters_per_epoch / per_run_it_s + evals * EVAL_S)
+    return {"runs": runs, "concurrent": at_once, "rounds": rounds, "epochs": epochs,
+            "iterations": epochs * iters_per_epoch, "iters_per_epoch": iters_per_epoch,
+            "eval_every_epochs": args.every, "test_at": TEST_AT, "memory_fraction": round(1 / at_once, 4),
+            "assumed_it_s_per_run": round(per_run_it_s, 2), "projected_s": round(projected, 1),
+            "deadline_s": args.deadline_s, "basis": "H200 2026-11-28: 1,496 it / 120 s alone, 4 packed 2.69x"}
+
+
+def run_config(args, arm: str, overrides: dict, seed: int, p: dict, out: Path):
+    from ssd_core.config import load_config
+
+    o = dict(overrides)
+    o.update({"train.epochs": p["epochs"], "train.seed": seed, "eval.every_epochs": args.every,
+              "eval.test_at": TEST_AT, "train.device": args.device, "train.log_every": 10_000,
+              "data.num_workers": args.workers, "output.dir": str(out)})
+    if args.quick:  # the synthetic shapes at tiny sizes: the same code path in seconds
+        o.update({"data.root": str(out / "data"), "data.train_sets": ["SHAPES/train"], "data.val_sets": ["SHAPES/val"],
+                  "data.test_sets": ["SHAPES/test"], "data.class_names": ["circle", "square", "triangle", "cross"],
+                  "data.synthetic": {"images": 24, "seed": 0, "image_size": 96}, "model.image_size": 64,
+                  "model.width_mult": 0.35, "model.prior_scales": "voc", "train.batch_size": 4,
+                  "train.warmup_iters": 2, "data.num_workers": 0})
+    elif args.data:
+        o["data.root"] = str(Path(args.data).resolve())
+    cfg = load_config(BCCD_CONFIG, o)
+    return cfg.model_copy(update={"name": arm})   # `ssdlab import` names each run's arm by its config name
+
+
+def worker(spec_path: Path) -> int:
+    """One training (a child process): the config from the spec file, the memory cap, fit."""
+    from ssd_core.build import cap_gpu_memory
+    from ssd_core.config import validate_config
+    from ssd_core.train import fit
+
+    spec = json.loads(spec_path.read_text())
+    cap_gpu_memory(spec["memory_fraction"])
+    cfg = validate_config(spec["config"], spec["source"])
+    if cfg.data.synthetic is not None:
+        from ssd_core.synth import ensure_synthetic
+        ensure_synthetic(cfg.data.root, **cfg.data.synthetic.model_dump())
+    fit(cfg, run_dir=Path(spec["run_dir"]))
+    return 0
+
+
+def iters_per_epoch(cfg) -> int:
+    from ssd_core.build import build_dataset
+
+    if cfg.data.synthetic is not None:
+        from ssd_core.synth import ensure_synthetic
+        ensure_synthetic(cfg.data.root, **cfg.data.synthetic.model_dump())
+    n = len(build_dataset(cfg, "train", train=True))
+    return max(1, n // cfg.train.batch_size)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--data", default=None, help="the folder holding BCCD/ (default: the config's default root)")
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu_ablation_out"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all four)")
+    ap.add_argument("--iterations", type=int, default=1500, help="at least this many iterations per run")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (overrides --iterations)")
+    ap.add_argument("--every", type=int, default=4, help="validate every this many epochs (selection)")
+    ap.add_argument("--concurrency", type=int, default=12, help="runs trained at once on the GPU")
+    ap.add_argument("--workers", type=int, default=1, help="data loader workers per run")
+    ap.add_argument("--deadline-s", type=float, default=540.0, help="stop runs still going after this long")
+    ap.add_argument("--quick", action="store_true", help="tiny synthetic sizes on a CPU (the test)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(Path(args.worker))
+    t0 = time.monotonic()
+    out = Path(args.out)
+    (out / "gpu_ablation" / "runs").mkdir(parents=True, exist_ok=True)
+    all_arms = arms()
+    keep = [a.strip() for a in args.arms.split(",")] if args.arms else [a for a, _ in all_arms]
+    unknown = sorted(set(keep) - {a for a, _ in all_arms})
+    if unknown:
+        ap.error(f"--arms: {', '.join(unknown)} not among {', '.join(a for a, _ in all_arms)}")
+    args.arms_list = [(a, o) for a, o in all_arms if a in keep]
+    work = out / "gpu_ablation"
+    first = run_config(args, *args.arms_list[0], args.seeds[0], {"epochs": 1}, work)
+    p = plan(args, iters_per_epoch(first))
+    log = open(out / "gpu_ablation.log", "a")
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+
+    say(f"gpu_ablation: {len(args.arms_list)} arms x {len(args.seeds)} seeds = {p['runs']} runs, {p['concurrent']} at "
+        f"once ({p['rounds']} round(s)), {p['epochs']} epochs = {p['iterations']} iterations each, test at {TEST_AT}; "
+        f"projected {p['projected_s']:.0f} s (deadline {args.deadline_s:.0f} s; {p['basis']})")
+    queue = []
+    for arm, overrides in args.arms_list:
+        for seed in args.seeds:
+            cfg = run_config(args, arm, overrides, seed, p, work)
+            name = f"{arm.replace('+', 'p_') or 'baseline'}-s{seed}"
+            spec = work / f"{name}.json"
+            spec.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "source": f"gpu_ablation:{name}",
+                                        "memory_fraction": p["memory_fraction"] if p["concurrent"] > 1 else 1.0,
+                                        "run_dir": str(work / "runs" / name)}))
+            queue.append((name, spec))
+    running, done = {}, {}
+    while queue or running:
+        while queue and len(running) < p["concurrent"]:
+            name, spec = queue.pop(0)
+            f = open(work / f"{name}.log", "w")
+            running[name] = (subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_ablation", "--worker", str(spec)],
+                                              cwd=REPO, stdout=f, stderr=subprocess.STDOUT), time.monotonic())
+        for name, (proc, started) in list(running.items()):
+            if proc.poll() is not None:
+                done[name] = {"rc": proc.returncode, "wall_s": round(time.monotonic() - started, 1)}
+                say(f"  {name}: exit {proc.returncode} after {done[name]['wall_s']:.0f} s")
+                del running[name]
+        if time.monotonic() - t0 > args.deadline_s:
+            for name, (proc, started) in running.items():
+                proc.terminate()
+                done[name] = {"rc": "stopped at the deadline", "wall_s": round(time.monotonic() - started, 1)}
+                say(f"  {name}: stopped at the deadline (incomplete: ssdlab import will skip it)")
+            for name, _ in queue:
+                done[name] = {"rc": "not started (deadline)"}
+            queue, running = [], {}
+            break
+        time.sleep(0.5)
+    wall = time.monotonic() - t0
+    p.update(wall_s=round(wall, 1), runs_done=done, device=_device(args.device))
+    (out / "gpu_ablation.json").write_text(json.dumps(p, indent=1))
+    with tarfile.open(out / BUNDLE, "w:gz") as tar:  # run dirs without checkpoints (the device returns <= 16 MiB)
+        tar.add(work / "runs", arcname="gpu_ablation/runs",
+                filter=lambda ti: None if ti.name.endswith(".pt") or "/." in ti.name else ti)
+        tar.add(out / "gpu_ablation.json", arcname="gpu_ablation/gpu_ablation.json")
+    ok = sum(1 for d in done.values() if d.get("rc") == 0)
+    say(f"gpu_ablation: {ok}/{p['runs']} runs finished in {wall:.0f} s; bundle {out / BUNDLE} "
+        f"({(out / BUNDLE).stat().st_size / 1e6:.1f} MB)")
+    return 0 if ok == p["runs"] else 1
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import platform
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
