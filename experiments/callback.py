@@ -70,10 +70,8 @@ def _disk_full_line(trial, error: str) -> str:
 
         from ssd_core.errors import disk_full
 
-        folder = getattr(trial, "path", None) or getattr(trial, "local_path", None) or "."
-        error = str(disk_full(folder, OSError(errno.ENOSPC, error)))
-    return error.split(": ", 1)[-1].replace("[Errno 28] ", "") if error.startswith("DiskFullError") else \
-        error.replace("[Errno 28] ", "")
+        error = str(disk_full(getattr(trial, "path", None) or ".", OSError(errno.ENOSPC, error)))
+    return error.split("[Errno 28] ", 1)[-1]   # "[DiskFullError: ][Errno 28] <file>: no space left ..."
 
 
 _UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|Read timed out|"
