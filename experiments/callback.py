@@ -74,38 +74,7 @@ def _disk_full_line(trial, error: str) -> str:
     return error.split("[Errno 28] ", 1)[-1]   # "[DiskFullError: ][Errno 28] <file>: no space left ..."
 
 
-_UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|Read timed out|"
-                          r"failed with error code 5\d\d|Remote end closed|temporarily unavailable|"
-                          r"database is locked", re.I)  # a sqlite store another process holds locked
-OUTAGE_WAIT_S = float(os.environ.get("SSDLAB_MLFLOW_OUTAGE_WAIT_S", "900"))
-
-
-def unreachable(exc: BaseException) -> bool:
-    """Whether an MLflow error means the tracking server did not answer (worth trying again later)."""
-    import requests
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
-            return True
-        if _UNREACHABLE.search(str(exc)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def patient(fn, *args, wait_s: float | None = None, **kwargs):
-    """`fn(*args, **kwargs)`, tried again every Outbox.RETRY_S while the store does not answer or another
-    process holds it locked (up to OUTAGE_WAIT_S): the driver's own writes outside the trial events."""
-    deadline = time.monotonic() + (OUTAGE_WAIT_S if wait_s is None else wait_s)
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if not unreachable(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(Outbox.RETRY_S)
+from experiments.store import OUTAGE_WAIT_S, RETRY_S, patient, unreachable  # noqa: E402,F401  (the driver's names)
 
 
 @contextmanager
@@ -132,7 +101,7 @@ class Outbox:
     In memory: a driver killed during an outage loses what waited (a resumed sweep logs the epochs its
     trials report again, not the ones reported before)."""
 
-    RETRY_S = 2.0
+    RETRY_S = RETRY_S
 
     def __init__(self, uri: str):
         self.uri = uri

@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -25,6 +26,43 @@ from ssd_core.errors import ConfigError
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = ("experiments", "runs")
 PROBE_RETRIES, PROBE_TIMEOUT_S, PROBE_BACKOFF = 2, 10, 1  # MLflow reads the backoff factor as an int
+
+
+# A store that did not answer or that another process holds locked: writes outside a trial's events are
+# tried again every RETRY_S for up to OUTAGE_WAIT_S (the sweep driver's Outbox uses the same two).
+_UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|Read timed out|"
+                          r"failed with error code 5\d\d|Remote end closed|temporarily unavailable|"
+                          r"database is locked", re.I)  # a sqlite store another process holds locked
+OUTAGE_WAIT_S = float(os.environ.get("SSDLAB_MLFLOW_OUTAGE_WAIT_S", "900"))
+RETRY_S = 2.0
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error means the store did not answer or was locked (worth trying again later)."""
+    import requests
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+            return True
+        if _UNREACHABLE.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def patient(fn, *args, wait_s: float | None = None, **kwargs):
+    """`fn(*args, **kwargs)`, tried again every RETRY_S while the store does not answer or another process
+    holds it locked (up to OUTAGE_WAIT_S): the writes that are not a trial's buffered events."""
+    deadline = time.monotonic() + (OUTAGE_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not unreachable(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(RETRY_S)
 
 
 SQLITE_BUSY_TIMEOUT_S = 60  # a writer waits this long for another process's lock on a sqlite store, then retries

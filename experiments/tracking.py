@@ -51,8 +51,10 @@ def ensure_store(uri: str) -> str:
     """Create the MLflow schema of `uri` once, under a file lock, and return `uri`.
 
     A fresh sqlite store that many processes open at once fails its alembic migration; calling
-    this first (in the one driver, or in every process: the lock serialises them) avoids it.
-    Non-sqlite URIs (a tracking server, a directory) need nothing and are returned unchanged.
+    this first (in the one driver, or in every process: the lock serialises them) avoids it. A new
+    database is migrated under a temporary name beside it and moved into place whole, so no other
+    process (a reader, one that locks the file) ever meets a half-built schema; opening it then waits
+    while another process holds it locked (store.patient). Non-sqlite URIs need nothing.
     """
     if uri in _READY:
         return uri
@@ -60,12 +62,27 @@ def ensure_store(uri: str) -> str:
     if db is not None:
         from filelock import FileLock
 
+        from experiments.store import patient
+
         db.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(db) + ".lock", timeout=300):
-            # Constructing the store runs the migrations when the tables do not exist yet.
-            mlflow_client(uri).search_experiments(max_results=1)
+            if not db.exists() or db.stat().st_size == 0:
+                _create_schema_aside(db)
+            patient(lambda: mlflow_client(uri).search_experiments(max_results=1))
     _READY.add(uri)
     return uri
+
+
+def _create_schema_aside(db: Path) -> None:
+    """MLflow's tables in `.<name>.creating-<pid>` beside `db` (constructing the store runs the migrations),
+    then renamed to `db` in one step."""
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        mlflow_client(f"sqlite:///{tmp}").search_experiments(max_results=1)
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def client_for(uri: str) -> MlflowClient:

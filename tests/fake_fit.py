@@ -32,7 +32,8 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
     epoch 2, flagged by a file in output.dir. `test/start_epoch` records where it resumed from and
     `test/attempt` which call trained the epoch (a random id per call). With data.test_sets the final
     epoch reports test/mAP50 = the score + SEED_NOISE sin(2.3 seed + 1 + 100 lr). Like fit, each epoch goes to
-    last.pt, then metrics.jsonl, then the callbacks."""
+    last.pt, then metrics.jsonl, then the callbacks, and a start rewrites metrics.jsonl from last.pt's history
+    (a worker killed between the two writes left the line out)."""
     from ssd_core.checkpoint import load_checkpoint, save_checkpoint
 
     run_dir = Path(run_dir)
@@ -41,6 +42,7 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
     state = load_checkpoint(last) if resume and last.exists() else {"epoch": 0, "history": []}
     start, history = state["epoch"], list(state["history"])
     attempt = float(int.from_bytes(os.urandom(4), "big"))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     for cb in callbacks:
         getattr(cb, "on_fit_start", lambda *a: None)(cfg, run_dir)
     for epoch in range(start + 1, cfg.train.epochs + 1):

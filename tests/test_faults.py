@@ -3,6 +3,7 @@
 locked, a finished run without a test value."""
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -200,6 +201,41 @@ def test_a_store_locked_by_another_process_makes_the_writes_wait(ray_session, tm
     assert len(children) == 4 and parents[0].data.tags["ssdlab.status"] == "finished"
     for r in children:
         assert [s for s, _ in history(client, r)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_new_sqlite_store_appears_whole_and_opening_it_waits_out_a_lock(tmp_path, monkeypatch):
+    """CI saw a sweep die in its first store check: another process locked the fresh database between two of
+    MLflow's migration steps. A new store is now built aside and moved in whole (while it is built, the
+    database path does not exist; after, it holds MLflow's tables and nothing is left beside it), and
+    opening a store that another process holds locked waits (busy timeout cut to 1 s) until it is free."""
+    from experiments import store, tracking
+
+    db = tmp_path / "mlflow.db"
+    seen = []
+    real = tracking.mlflow_client
+
+    def spy(uri):
+        seen.append((uri, db.exists()))
+        return real(uri)
+
+    monkeypatch.setattr(tracking, "mlflow_client", spy)
+    uri = f"sqlite:///{db}"
+    tracking.ensure_store(uri)
+    assert seen[0][0].endswith(f".mlflow.db.creating-{os.getpid()}") and seen[0][1] is False  # built aside
+    tables = {r[0] for r in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")}
+    assert {"experiments", "runs", "metrics", "alembic_version"} <= tables
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
+
+    monkeypatch.setattr(store, "SQLITE_BUSY_TIMEOUT_S", 1)
+    monkeypatch.setattr(store, "RETRY_S", 0.2)
+    tracking._READY.discard(uri)
+    con = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN EXCLUSIVE")
+    threading.Timer(3.0, lambda: con.execute("COMMIT")).start()
+    t0 = time.monotonic()
+    monkeypatch.setattr(store, "OUTAGE_WAIT_S", 60)
+    tracking.ensure_store(uri)  # without the wait: OperationalError 'database is locked' after 1 s
+    assert 2.5 < time.monotonic() - t0 < 30
 
 
 def test_a_finished_run_without_a_test_value_is_listed_not_averaged(tmp_path):
