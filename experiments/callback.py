@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from typing import Optional
 from ray import tune
 
 from experiments.schema import M, Status, Tag
+from experiments.store import OUTAGE_WAIT_S, RETRY_S, unreachable
 from experiments.sweep_spec import Phase, SweepSpec
 from experiments.tracking import STAMP_MS
 from experiments.trial import NODE_KEY, PRECISION_KEY, TrialJob, TrialKey, prune_state, trial_run_dir, trial_status
@@ -72,9 +72,6 @@ def _disk_full_line(trial, error: str) -> str:
 
         error = str(disk_full(getattr(trial, "path", None) or ".", OSError(errno.ENOSPC, error)))
     return error.split("[Errno 28] ", 1)[-1]   # "[DiskFullError: ][Errno 28] <file>: no space left ..."
-
-
-from experiments.store import OUTAGE_WAIT_S, RETRY_S, patient, unreachable  # noqa: E402,F401  (the driver's names)
 
 
 @contextmanager

@@ -591,7 +591,8 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
     from ray import tune
 
     from experiments import storage as st
-    from experiments.callback import MLflowTuneCallback, patient
+    from experiments.callback import MLflowTuneCallback
+    from experiments.store import patient
     from experiments.progress import ProgressCallback
     from experiments.storage import join, local_path
     from experiments.tracking import SweepTracker, ensure_store
@@ -700,7 +701,7 @@ def _close_search(spec: SweepSpec, tracker, storage, ph: Phase, url: Optional[st
     the best trial's overrides written as best_hyperparameters.yaml (the phase folder; the parent's artifacts)."""
     from experiments import storage as st
     from experiments import study as S
-    from experiments.callback import patient
+    from experiments.store import patient
 
     S.close_study(url, name)
     S.label_study(url, name, {"sweep": spec.name, "phase": ph.dirname, "mlflow_parent_run": tracker.parent_id,
