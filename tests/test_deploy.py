@@ -15,6 +15,7 @@ pytest.importorskip("onnxscript")
 
 from experiments.cli import main  # noqa: E402
 from ssd_core import deploy as DP  # noqa: E402
+from ssd_core import onnx_export as OX  # noqa: E402
 from ssd_core import metrics as M  # noqa: E402
 from ssd_core.build import build_dataset  # noqa: E402
 from ssd_core.config import validate_config  # noqa: E402
@@ -54,26 +55,26 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def core(trained):
-    return DP.export_core(trained[1])
+    return OX.export_core(trained[1])
 
 
 def test_export_matches_pytorch_on_real_images(trained, core, tmp_path):
     """The exported model (one file, NMS inside) gives detect()'s detections: same labels, scores within
     1e-5, boxes within 1e-4, at batch 1 and batch 12."""
     ckpt, model, cfg = trained
-    path = DP.export_onnx(model, tmp_path / "m.onnx", DP.NMSSettings.of(cfg.eval), CLASSES, core=core)
+    path = OX.export_onnx(model, tmp_path / "m.onnx", DP.NMSSettings.of(cfg.eval), CLASSES, core=core)
     ds = build_dataset(cfg, "test", train=False, class_names=CLASSES)
     images = torch.stack([ds[i][0] for i in range(12)])
     ref = detect(model, images, cfg, torch.device("cpu"))
     sess = DP.session(path, threads=1)
-    got = DP.detections_of(sess.run(None, {DP.INPUT: images.numpy()}))
+    got = OX.detections_of(sess.run(None, {OX.INPUT: images.numpy()}))
     assert got.boxes.shape == ref.boxes.shape == (12, cfg.eval.max_detections, 4)
     assert torch.equal(got.counts, ref.counts) and int(ref.counts.sum()) > 12
-    parity = DP.compare_detections(ref, got)
+    parity = OX.compare_detections(ref, got)
     assert parity.ok, parity
     assert parity.max_score_diff <= 1e-5 and parity.max_box_diff <= 1e-4
-    one = DP.detections_of(sess.run(None, {DP.INPUT: images[3:4].numpy()}))  # the batch does not matter
-    assert DP.compare_detections(DP.detections_of([o[3:4] for o in (got.boxes, got.scores, got.labels,
+    one = OX.detections_of(sess.run(None, {OX.INPUT: images[3:4].numpy()}))  # the batch does not matter
+    assert OX.compare_detections(OX.detections_of([o[3:4] for o in (got.boxes, got.scores, got.labels,
                                                                      got.counts)]), one).ok
     meta = {p.key: p.value for p in __import__("onnx").load(str(path)).metadata_props}
     assert json.loads(meta["ssdlab.class_names"]) == CLASSES and meta["ssdlab.image_size"] == "64"
@@ -90,9 +91,9 @@ def test_postprocess_graph_matches_postprocess_under_load(settings):
     model = build_ssd("tiny", 5, 48).eval()
     for head in model.conf_heads:
         nn.init.normal_(head.weight, std=0.05)
-    full = DP.add_postprocess(DP.export_core(model), model.priors.shape[0], model.num_classes, settings)
+    full = OX.add_postprocess(OX.export_core(model), model.priors.shape[0], model.num_classes, settings)
     images = torch.randint(0, 256, (3, 3, 48, 48), dtype=torch.uint8)
-    got = DP.detections_of(DP.session(full, threads=1).run(None, {DP.INPUT: images.numpy()}))
+    got = OX.detections_of(DP.session(full, threads=1).run(None, {OX.INPUT: images.numpy()}))
     with torch.no_grad():
         loc, conf = model(model.normalize(images))
     ref = postprocess(loc, conf, model.priors, *settings)
@@ -100,26 +101,26 @@ def test_postprocess_graph_matches_postprocess_under_load(settings):
     assert torch.equal(got.counts, ref.counts) and int(ref.counts.min()) > 0
     if settings.max_detections <= (model.num_classes - 1) * model.priors.shape[0] and settings.top_k < 400:
         assert int(ref.counts.max()) == settings.max_detections
-    parity = DP.compare_detections(ref, got)
+    parity = OX.compare_detections(ref, got)
     assert parity.ok, parity
     assert not got.scores[:, int(got.counts.max()):].any()  # padding rows are zero
 
 
 def test_int8_model_runs_and_scores_close_to_fp32(trained, core, tmp_path):
     ckpt, model, cfg = trained
-    calib = DP.calibration_images(cfg, CLASSES, 16)
+    calib = OX.calibration_images(cfg, CLASSES, 16)
     assert len(calib) == 16 and calib[0].dtype == np.uint8 and calib[0].shape == (1, 3, 64, 64)
     settings = DP.NMSSettings.of(cfg.eval)
-    int8 = DP.export_onnx(model, tmp_path / "int8.onnx", settings, CLASSES, core=DP.quantize_core(core, calib))
-    fp32 = DP.export_onnx(model, tmp_path / "fp32.onnx", settings, CLASSES, core=core)
+    int8 = OX.export_onnx(model, tmp_path / "int8.onnx", settings, CLASSES, core=OX.quantize_core(core, calib))
+    fp32 = OX.export_onnx(model, tmp_path / "fp32.onnx", settings, CLASSES, core=core)
     assert DP.file_mb(int8) < 0.5 * DP.file_mb(fp32)
     names = {n.op_type for n in __import__("onnx").load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "NonMaxSuppression"} <= names
     test = build_dataset(cfg, "test", train=False, class_names=CLASSES)
     ref = evaluate_model(model, test, cfg, torch.device("cpu"), prefix="test")["test/mAP50"]
     assert ref > 0.1
-    assert DP.evaluate_onnx(DP.session(fp32), test, cfg, "test")["test/mAP50"] == pytest.approx(ref, abs=1e-6)
-    q = DP.evaluate_onnx(DP.session(int8), test, cfg, "test")["test/mAP50"]
+    assert OX.evaluate_onnx(DP.session(fp32), test, cfg, "test")["test/mAP50"] == pytest.approx(ref, abs=1e-6)
+    q = OX.evaluate_onnx(DP.session(int8), test, cfg, "test")["test/mAP50"]
     assert abs(q - ref) < 0.05, (q, ref)
 
 
@@ -225,9 +226,9 @@ def test_export_on_bccd_images():
     boxes = decode(loc, model.priors).clamp(0, 1)
     scores = torch.softmax(conf, dim=-1)[..., 1:].transpose(1, 2).contiguous()
     for settings in (DP.NMSSettings(0.05, 0.45, 100, 50), DP.NMSSettings(0.01, 0.45, 400, 200)):
-        post = DP.session(DP.postprocess_model(model.priors.shape[0], 4, settings))
-        got = DP.detections_of(post.run(None, dict(zip(DP.CORE_OUTPUTS, (boxes.numpy(), scores.numpy())))))
+        post = DP.session(OX.postprocess_model(model.priors.shape[0], 4, settings))
+        got = OX.detections_of(post.run(None, dict(zip(OX.CORE_OUTPUTS, (boxes.numpy(), scores.numpy())))))
         ref = postprocess(loc, conf, model.priors, *settings)
         assert int(ref.counts.min()) == settings.max_detections
-        parity = DP.compare_detections(ref, got)
+        parity = OX.compare_detections(ref, got)
         assert parity.ok, parity

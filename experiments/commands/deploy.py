@@ -79,6 +79,7 @@ def export(args) -> int:
     import torch
 
     from ssd_core import deploy as DP
+    from ssd_core import onnx_export as OX
     from ssd_core.config import apply_overrides
     from ssd_core.inference import detect, model_from_checkpoint
 
@@ -92,14 +93,14 @@ def export(args) -> int:
     if args.data_root is not None:
         cfg = apply_overrides(cfg, {"data.root": args.data_root})
     settings = DP.NMSSettings.of(cfg.eval)
-    core = DP.export_core(model)
-    paths = {"onnx": DP.export_onnx(model, args.onnx, settings, class_names, core=core)}
+    core = OX.export_core(model)
+    paths = {"onnx": OX.export_onnx(model, args.onnx, settings, class_names, core=core)}
     print(f"wrote {paths['onnx']} ({DP.file_mb(paths['onnx']):.2f} MB): uint8 images [B, 3, {model.image_size}, "
           f"{model.image_size}] -> boxes, scores, labels, counts (score > {settings.score_threshold}, NMS "
           f"{settings.nms_threshold}, top_k {settings.top_k}, max {settings.max_detections})")
     if args.int8:
-        calib = DP.calibration_images(cfg, class_names, args.calib_images)
-        paths["int8"] = DP.export_onnx(model, args.int8, settings, class_names, core=DP.quantize_core(core, calib))
+        calib = OX.calibration_images(cfg, class_names, args.calib_images)
+        paths["int8"] = OX.export_onnx(model, args.int8, settings, class_names, core=OX.quantize_core(core, calib))
         print(f"wrote {paths['int8']} ({DP.file_mb(paths['int8']):.2f} MB): INT8 convolutions, calibrated on "
               f"{len(calib)} training images")
     if args.check == 0:
@@ -114,18 +115,18 @@ def export(args) -> int:
     reference = detect(model, images, cfg, torch.device("cpu"))
     for kind, path in paths.items():
         sess = DP.session(path)
-        got = DP.detections_of(sess.run(None, {DP.INPUT: images.numpy()}))
+        got = OX.detections_of(sess.run(None, {OX.INPUT: images.numpy()}))
         one = DP.session(path, threads=1)
         x = [images[i:i + 1].numpy() for i in range(n)]
-        ms = DP.time_stages([("run", lambda a: one.run(None, {DP.INPUT: a}))], x, warmup=3, repeats=max(10, 2 * n))
+        ms = DP.time_stages([("run", lambda a: one.run(None, {OX.INPUT: a}))], x, warmup=3, repeats=max(10, 2 * n))
         if kind == "onnx":
-            parity = DP.compare_detections(reference, got)
+            parity = OX.compare_detections(reference, got)
             print(f"{path}: vs PyTorch: {parity}; {ms['latency_ms']:.2f} ms per image (batch 1, 1 thread, "
                   f"network + post-processing)")
             if not parity.ok:
                 print(f"{path}: WARNING: the ONNX model's detections differ from PyTorch's", file=sys.stderr)
         else:
-            loose = DP.compare_detections(reference, got, box_tol=0.02, score_tol=0.05)
+            loose = OX.compare_detections(reference, got, box_tol=0.02, score_tol=0.05)
             print(f"{path}: vs PyTorch FP32: {loose.matched}/{loose.detections} detections within 0.02 box / "
                   f"0.05 score; {ms['latency_ms']:.2f} ms per image (batch 1, 1 thread); mAP: ssdlab deploy bench")
     return 0
@@ -136,6 +137,7 @@ def export(args) -> int:
 
 def bench(args) -> int:
     from ssd_core import deploy as DP
+    from ssd_core import onnx_export as OX
     from ssd_core.checkpoint import load_checkpoint
     from ssd_core.inference import config_from_checkpoint
 
