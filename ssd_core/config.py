@@ -375,8 +375,11 @@ class DeployConfig(_Section):
     max_images: Optional[int] = Field(None, gt=0)  # score on the split's first N images only
 
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the embedded store: a database in the working directory
+
+
 class TrackingConfig(_Section):
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     experiment: str = "ssdlab"
     run_name: Optional[str] = None
 

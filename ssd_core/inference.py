@@ -46,14 +46,14 @@ def detect(model: nn.Module, images: torch.Tensor, cfg: ExperimentConfig, device
            score_threshold: Optional[float] = None):
     """THE inference path: uint8 images -> prepare -> forward -> postprocess (decode + per-class NMS,
     eval.* settings) -> Detections (boxes xyxy in [0, 1]). Evaluation and `ssdlab detect` both use it."""
-    from ssd_core.postprocess import postprocess
+    from ssd_core.postprocess import NMSSettings, postprocess
 
-    e = cfg.eval
+    settings = NMSSettings.of(cfg.eval)
+    if score_threshold is not None:
+        settings = settings._replace(score_threshold=score_threshold)
     with autocast(cfg, device):
         loc, conf = model(prepare(model, images, cfg, device))
-    return postprocess(loc.float(), conf.float(), unwrap(model).priors,
-                       score_threshold=e.score_threshold if score_threshold is None else score_threshold,
-                       nms_threshold=e.nms_threshold, top_k=e.top_k, max_detections=e.max_detections)
+    return postprocess(loc.float(), conf.float(), unwrap(model).priors, **settings._asdict())
 
 
 def predict(model: nn.Module, loader, cfg: ExperimentConfig, device: torch.device, accumulator) -> None:
@@ -65,23 +65,35 @@ def predict(model: nn.Module, loader, cfg: ExperimentConfig, device: torch.devic
     model.train(was_training)
 
 
+def eval_loader(dataset, cfg: ExperimentConfig, device: torch.device, batch_size: Optional[int] = None):
+    """THE loader a split is scored with: in order, every image, eval.batch_size (else train.batch_size)."""
+    from ssd_core.data import make_loader
+
+    return make_loader(dataset, batch_size=batch_size or cfg.eval.batch_size or cfg.train.batch_size, shuffle=False,
+                       num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                       pin_memory=device.type == "cuda", persistent_workers=False, drop_last=False)
+
+
+def voc_metrics(acc, prefix: str) -> dict[str, float]:
+    """An accumulator's VOC07 11-point and area mAP@0.5 and per-class AP, named `<prefix>/...`."""
+    voc = acc.evaluate(iou_threshold=0.5)
+    metrics = {M.map50(prefix): float(voc["mAP50"]), M.map50_area(prefix): float(voc["mAP50_area"])}
+    metrics.update({M.class_ap50(prefix, c): float(ap) for c, ap in voc["AP50"].items()})
+    return metrics
+
+
 def evaluate_model(model: nn.Module, dataset, cfg: ExperimentConfig, device: torch.device,
                    prefix: str = M.VAL, reference=None, save_detections=None) -> dict[str, float]:
     """VOC07 11-point and area mAP@0.5 (+ per class), and COCO AP on COCO data, as flat metrics named
     `<prefix>/...` (ssd_core.metrics). `reference`: a DetectionAccumulator.for_dataset(dataset) to reuse
     its ground truth. `save_detections`: also write the detections + ground truth there (.npz)."""
-    from ssd_core.data import image_keys, make_loader
+    from ssd_core.data import image_keys
     from ssd_core.evaluate import DetectionAccumulator
 
     ref = reference if reference is not None else DetectionAccumulator.for_dataset(dataset)
     acc = DetectionAccumulator(ref.class_names, ref.image_sizes, ref.ground_truth)
-    loader = make_loader(dataset, batch_size=cfg.eval.batch_size or cfg.train.batch_size, shuffle=False,
-                         num_workers=cfg.data.num_workers, seed=cfg.train.seed,
-                         pin_memory=device.type == "cuda", persistent_workers=False, drop_last=False)
-    predict(model, loader, cfg, device, acc)
-    voc = acc.evaluate(iou_threshold=0.5)
-    metrics = {M.map50(prefix): float(voc["mAP50"]), M.map50_area(prefix): float(voc["mAP50_area"])}
-    metrics.update({M.class_ap50(prefix, c): float(ap) for c, ap in voc["AP50"].items()})
+    predict(model, eval_loader(dataset, cfg, device), cfg, device, acc)
+    metrics = voc_metrics(acc, prefix)
     if cfg.data.format == "coco":
         metrics.update(_coco_metrics(dataset, acc, prefix))
     if save_detections is not None:

@@ -24,6 +24,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from .boxes import VARIANCES, decode
+from .config import EvalConfig
 from .loss import log_sum_exp
 
 # Dense NMS holds a [G, K, K] IoU tensor; above this many elements torchvision's NMS kernel wins.
@@ -153,9 +154,26 @@ def _pairwise_iou(b: Tensor) -> Tensor:
     return inter / (area[:, :, None] + area[:, None, :] - inter)
 
 
-def postprocess(loc: Tensor, conf: Tensor, priors: Tensor, score_threshold: float = 0.01,
-                nms_threshold: float = 0.45, top_k: int = 400, max_detections: int = 200,
-                variances=VARIANCES) -> Detections:
+_PAPER = EvalConfig()  # the paper's settings (section 3) live in the schema: eval.*
+
+
+class NMSSettings(NamedTuple):
+    """The eval.* settings the post-processing takes (postprocess's keyword arguments); defaults: the paper's."""
+
+    score_threshold: float = _PAPER.score_threshold
+    nms_threshold: float = _PAPER.nms_threshold
+    top_k: int = _PAPER.top_k
+    max_detections: int = _PAPER.max_detections
+
+    @classmethod
+    def of(cls, eval_cfg) -> "NMSSettings":
+        return cls(float(eval_cfg.score_threshold), float(eval_cfg.nms_threshold), int(eval_cfg.top_k),
+                   int(eval_cfg.max_detections))
+
+
+def postprocess(loc: Tensor, conf: Tensor, priors: Tensor, score_threshold: float = _PAPER.score_threshold,
+                nms_threshold: float = _PAPER.nms_threshold, top_k: int = _PAPER.top_k,
+                max_detections: int = _PAPER.max_detections, variances=VARIANCES) -> Detections:
     """Head outputs ``loc [B, P, 4]``, ``conf [B, P, C]`` (logits) -> padded :class:`Detections`.
 
     Boxes are decoded with ``priors [P, 4]`` (cx, cy, w, h) and clipped to [0, 1]. ``D`` is
