@@ -17,18 +17,16 @@ for the server (OUTAGE_WAIT_S) before the sweep goes on.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections import deque
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 from ray import tune
 
 from experiments.schema import M, Status, Tag
-from experiments.store import OUTAGE_WAIT_S, RETRY_S, unreachable
+from experiments.store import OUTAGE_WAIT_S, RETRY_S, scoped_env, unreachable
 from experiments.sweep_spec import Phase, SweepSpec
 from experiments.tracking import STAMP_MS
 from experiments.trial import NODE_KEY, PRECISION_KEY, TrialJob, TrialKey, prune_state, trial_run_dir, trial_status
@@ -74,21 +72,10 @@ def _disk_full_line(trial, error: str) -> str:
     return error.split("[Errno 28] ", 1)[-1]   # "[DiskFullError: ][Errno 28] <file>: no space left ..."
 
 
-@contextmanager
 def _one_try():
     """MLflow's HTTP client without its own retries for one buffered write (they would hold the Tune
     loop for minutes): the Outbox retries instead."""
-    caps = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-    saved = {k: os.environ.get(k) for k in caps}
-    os.environ.update(caps)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return scoped_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"})
 
 
 class Outbox:

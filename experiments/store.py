@@ -179,13 +179,10 @@ def store_problem(uri: str, write: bool = True) -> Optional[str]:
 
 
 @contextmanager
-def _bounded_http():
-    """MLflow's HTTP retries capped for one probe (its defaults retry for minutes)."""
-    caps = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(PROBE_RETRIES),
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S),
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(PROBE_BACKOFF)}
-    saved = {k: os.environ.get(k) for k in caps}
-    os.environ.update(caps)
+def scoped_env(values: dict[str, str]):
+    """The environment variables `values` set for the block only (restored, or removed, after it)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -194,6 +191,13 @@ def _bounded_http():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _bounded_http():
+    """MLflow's HTTP retries capped for one probe (its defaults retry for minutes)."""
+    return scoped_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(PROBE_RETRIES),
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S),
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(PROBE_BACKOFF)})
 
 
 def _reason(exc: BaseException) -> str:

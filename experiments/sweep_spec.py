@@ -64,7 +64,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from experiments.schema import SEARCH_OBJECTIVES, M, Param, SpaceError, Tag, grid_size, parse_space
-from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, flatten, load_config, read_yaml, short
+from ssd_core.config import DEFAULT_TRACKING_URI, ExperimentConfig, apply_overrides, config_keys, flatten, load_config, read_yaml, short
 from ssd_core.errors import ConfigError
 
 DEFAULT_MODE = "max"
@@ -129,7 +129,7 @@ class FailureSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     experiment: Optional[str] = None  # null -> the sweep name
     log_checkpoints: bool = True
 

@@ -372,7 +372,7 @@ def restore_newest_state(checkpoint, run_dir: Path) -> Optional[int]:
                    and posixpath.basename(e.path).startswith("checkpoint_")), reverse=True)
     best = None
     for path in dirs:
-        if fs.get_file_info(posixpath.join(path, "last.pt")).type != pafs.FileType.File:
+        if fs.get_file_info(posixpath.join(path, RD.LAST)).type != pafs.FileType.File:
             continue
         marker = _read_marker(fs, path)
         if marker is None:
@@ -380,7 +380,7 @@ def restore_newest_state(checkpoint, run_dir: Path) -> Optional[int]:
         epoch = int(marker.get("state_epoch", marker.get("epoch", 0)))
         if best is None or epoch > best[0]:
             best = (epoch, path)
-    if best is None or best[0] <= _state_epoch(run_dir / "last.pt"):
+    if best is None or best[0] <= _state_epoch(run_dir / RD.LAST):
         return None
     tmp = Path(tempfile.mkdtemp(prefix=".ssdlab-restore-", dir=run_dir))
     try:
@@ -454,9 +454,9 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
             restore_newest_state(checkpoint, run_dir)
     reporter = TuneReporter(job.spec.metric, job.spec.mode, config_hash(cfg), node=node, carry_state=portable,
                             cfg=cfg, threads=max(1, int(job.spec.file.resources.cpu)))
-    resume = (run_dir / "last.pt").is_file()
+    resume = (run_dir / RD.LAST).is_file()
     if resume:
-        reporter.replay(run_dir / "last.pt", seen)
+        reporter.replay(run_dir / RD.LAST, seen)
     try:
         job.train_fn(cfg, callbacks=[reporter], run_dir=run_dir, resume=resume)
     except NonFiniteLossError as exc:

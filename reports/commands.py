@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ssd_core.config import DEFAULT_TRACKING_URI
 from ssd_core.errors import UserError
 
 # reports.load imports MLflow (seconds): it is imported inside the handlers, so every other
@@ -20,7 +21,7 @@ from ssd_core.errors import UserError
 
 
 def register(subparsers) -> None:
-    uri_help = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    uri_help = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
     p = subparsers.add_parser("report", help="regenerate a sweep's tables and plots from MLflow")
     p.add_argument("--sweep", default=None, help="sweep name (tag ssdlab.sweep); without it: the sweeps in the store")
     p.add_argument("--tracking-uri", default=None, help=uri_help)
@@ -57,10 +58,11 @@ def register(subparsers) -> None:
 def _store(uri: str | None) -> str:
     from reports.load import resolve_tracking_uri
 
-    from experiments.store import store_problem
+    from experiments.store import sqlite_file, store_problem
 
     uri = resolve_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    db = sqlite_file(uri)
+    if db is not None and not db.is_file():
         raise UserError(f"MLflow store {uri} not found (no such database file); pass --tracking-uri")
     problem = store_problem(uri, write=False)  # a garbage file: one line, not sqlalchemy's traceback
     if problem:

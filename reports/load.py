@@ -35,9 +35,9 @@ from mlflow.tracking import MlflowClient
 from experiments.schema import FROM_MLFLOW, Artifact, Kind, M, Status, Tag, best_index, score_of
 from experiments.store import mlflow_client, using_tracking_uri
 from ssd_core import rundir as RD
+from ssd_core.config import DEFAULT_TRACKING_URI
 from ssd_core.errors import UserError
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_METRIC = M.map50(M.VAL)
 _MLFLOW_STATUS = {k: v.value for k, v in FROM_MLFLOW.items()}
 _BULK_CHUNK = 500
@@ -231,7 +231,6 @@ def load_detections(client: MlflowClient, run_ids: list[str], budget: bool = Fal
     """{"detections": run_id -> VOCMatches of the run's logged test detections (RD.TEST_DETECTIONS),
     "budget_detections": (run_id, fraction) -> those at each budget point (with `budget`)}, for the runs that
     have them; read through the MLflow artifact API into a temporary folder."""
-    import tempfile
 
     def matches(path):
         from ssd_core.evaluate import DetectionAccumulator

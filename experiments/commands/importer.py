@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ssd_core.config import DEFAULT_TRACKING_URI
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("import", help="log run dirs made outside Ray (ssdlab train, SLURM, notebooks) as a sweep")
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--arm-from", default=None, metavar="KEY",
                    help="the config key whose value names each run's arm (default: the config's name)")
     p.add_argument("--baseline", default=None, metavar="ARM", help="the baseline arm (default: the first)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", default=None, help=f"MLflow store (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep name)")
     p.add_argument("--no-checkpoints", action="store_true", help="do not log best.pt (weights only)")
     p.set_defaults(func=cmd_import)

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from experiments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ssd_core.config import DEFAULT_TRACKING_URI
 
 EXIT_STATUS = f"""exit status:
   {EXIT_OK}    every trial ended (finished or early-stopped)
@@ -109,7 +110,7 @@ def closing_lines(spec, result) -> list[str]:
         lines.append(f"best trial {b['trial']}{f' ({where})' if where else ''}: {spec.metric} {score}{test}{model}")
     for arm, (seeds, why) in result.stops.items():
         lines.append(f"  {arm}: {seeds} seeds, {REASONS.get(why, why)}")
-    uri = "" if spec.file.tracking.uri == "sqlite:///mlflow.db" else f" --tracking-uri {spec.file.tracking.uri}"
+    uri = "" if spec.file.tracking.uri == DEFAULT_TRACKING_URI else f" --tracking-uri {spec.file.tracking.uri}"
     look = f"look: ssdlab report --sweep {spec.name}{uri}   |   ssdlab ui{uri}"
     if getattr(result, "study", None):
         look += f"   |   ssdlab dashboard --study-storage {result.study}"
