@@ -11,7 +11,10 @@ Reference: `ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)` 
 downloaded), torchvision's detection-reference recipe for it: "ssdlite" augmentation (RandomIoUCrop,
 horizontal flip), SGD momentum 0.9, weight decay 4e-5, lr 0.15 at batch 192 scaled linearly to our
 batch, the reference's first-epoch linear warmup, then cosine annealing over the same wall-clock budget,
-its own post-processing (score 0.001, NMS 0.55, 300 per image).
+its own post-processing (score 0.001, NMS 0.55, 300 per image). Precision: both train at the config's
+`train.amp` as resolved for this CPU (ssd_core.precision: bf16 autocast + channels_last where the CPU has
+bf16 instructions); the reference wraps its model call in autocast as torchvision's reference script does
+with --amp (the forward and its loss), and both score the test split in fp32.
 
 Both sides: the same images and annotations (ssd_core.data.VOCDataset, EXIF-upright), the same
 batch size and seed, the same training wall-clock budget, then the same VOC07 11-point mAP@0.5 code
@@ -58,6 +61,7 @@ def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str
     import torch
     torch.set_num_threads(threads)
     from ssd_core import metrics as M
+    from ssd_core import precision
     from ssd_core.train import build_model, fit
 
     cfg = ours_config(config, root, budget_s, out_dir, seed)
@@ -72,7 +76,8 @@ def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str
             "mAP50_area": final.get(M.map50_area(M.TEST)),
             "AP50": {k.rsplit("/", 1)[1]: v for k, v in final.items() if k.startswith(M.class_ap50_prefix(M.TEST))},
             "iterations": result.iterations, "wall_s": wall_s, "params": params,
-            "config": str(config), "seed": seed}
+            "config": str(config), "seed": seed,
+            "precision": precision.resolve(cfg.train, torch.device("cpu")).describe()}
 
 
 # ---------------------------------------------------------------- reference
@@ -110,6 +115,7 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
     torch.set_num_threads(threads)
     from torch.utils.data import DataLoader
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+    from ssd_core import precision
     from ssd_core.config import load_config
     from ssd_core.data import VOCDataset
     from ssd_core.evaluate import evaluate_voc, ground_truth_from_dataset
@@ -125,6 +131,9 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
     loader = DataLoader(_ReferenceData(train_set, train=True), batch_size=batch, shuffle=True, drop_last=True,
                         collate_fn=collate, generator=torch.Generator().manual_seed(seed))
     model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=len(train_set.class_names) + 1)
+    plan = precision.resolve(cfg.train, torch.device("cpu"))  # the machine's best precision, as ours gets it
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     lr = 0.15 * batch / 192  # the reference's lr 0.15 at 8 GPUs x 24 images, scaled linearly
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=4e-5)
     warmup = min(1000, len(loader) - 1)  # the reference's first-epoch linear warmup from lr/1000
@@ -133,8 +142,9 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
         images, targets, _ = items
         for g in opt.param_groups:
             g["lr"] = lr * factor
-        losses = model(list(images), list(targets))
-        loss = sum(losses.values())
+        with precision.autocast(cfg.train, torch.device("cpu")):
+            losses = model(list(images), list(targets))
+        loss = sum(float_loss.float() for float_loss in losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"reference: non-finite loss {losses}")
         opt.zero_grad()
@@ -166,7 +176,7 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
     voc = evaluate_voc(**det, **ground_truth_from_dataset(test_set), class_names=test_set.class_names)
     return {"name": "torchvision ssdlite320_mobilenet_v3_large", "mAP50": voc["mAP50"], "mAP50_area": voc["mAP50_area"],
             "AP50": voc["AP50"], "iterations": it, "wall_s": time.perf_counter() - t0,
-            "params": sum(p.numel() for p in model.parameters()), "seed": seed}
+            "params": sum(p.numel() for p in model.parameters()), "seed": seed, "precision": plan.describe()}
 
 
 # ---------------------------------------------------------------- driver
@@ -238,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             per_class = " ".join(f"{k} {v:.3f}" for k, v in r["AP50"].items())
             print(f"{seed:>4} {r['name']:<44} {r['params']:>9,} {r['iterations']:>6} {r['wall_s']:>7.0f} "
                   f"{r['mAP50']:>6.3f} {r['mAP50_area']:>6.3f}  {per_class}", flush=True)
+            print(f"{'':>4} {'  precision: ' + r.get('precision', '?')}", flush=True)
         pairs.append((ours, ref))
     ours_map = [o["mAP50"] for o, _ in pairs]
     ref_map = [r["mAP50"] for _, r in pairs]

@@ -25,56 +25,20 @@ import argparse
 import os
 import statistics
 import time
-import types
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 from torchvision.models.detection import _utils as det_utils  # noqa: E402
 from torchvision.models.detection.ssd import SSD  # noqa: E402
-from torchvision.ops import box_iou  # noqa: E402
 
+from benchmarks.inputs import NUM_CLASSES, padded_targets, torchvision_loss, torchvision_ssd, trained_like  # noqa: E402
 from ssd_core.boxes import cxcywh_to_xyxy  # noqa: E402
 from ssd_core.loss import MultiBoxLoss  # noqa: E402
 from ssd_core.postprocess import postprocess  # noqa: E402
 from ssd_core.priors import default_boxes, paper_prior_spec  # noqa: E402
 
 SIZE = 300
-NUM_CLASSES = 21
-
-
-def make_targets(B: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded targets: 1-10 boxes per image, xyxy in [0, 1]; label 0 = padding."""
-    n = torch.randint(1, 11, (B,), generator=gen)
-    M = int(n.max())
-    xy = torch.rand(B, M, 2, generator=gen) * 0.8
-    wh = torch.rand(B, M, 2, generator=gen) * 0.5 + 0.02
-    boxes = torch.cat((xy, (xy + wh).clamp(max=1.0)), dim=-1)
-    labels = torch.randint(1, NUM_CLASSES, (B, M), generator=gen)
-    pad = torch.arange(M) >= n[:, None]
-    return boxes.masked_fill(pad[..., None], 0.0), labels.masked_fill(pad, 0)
-
-
-def trained_like(B: int, P: int, gen: torch.Generator) -> torch.Tensor:
-    conf = torch.randn(B, P, NUM_CLASSES, generator=gen)
-    conf[..., 0] += 12
-    hit = (torch.rand(B, P, generator=gen) < 0.02).float() * 14
-    conf.scatter_add_(2, torch.randint(1, NUM_CLASSES, (B, P, 1), generator=gen), hit.unsqueeze(-1))
-    return conf
-
-
-def _torchvision_ssd() -> types.SimpleNamespace:
-    """The attributes SSD.compute_loss / postprocess_detections read, with SSD300 defaults."""
-    return types.SimpleNamespace(box_coder=det_utils.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)), neg_to_pos_ratio=3.0,
-                                 score_thresh=0.01, nms_thresh=0.45, detections_per_img=200, topk_candidates=400)
-
-
-def torchvision_loss(ssd, matcher, loc, conf, anchors_px, targets_px):
-    """SSD.forward's training branch from the head outputs on: per-image matching, then compute_loss."""
-    matched = [matcher(box_iou(t["boxes"], anchors_px)) for t in targets_px]
-    heads = {"bbox_regression": loc, "cls_logits": conf}
-    out = SSD.compute_loss(ssd, targets_px, heads, [anchors_px] * len(targets_px), matched)
-    return out["bbox_regression"] + out["classification"]
 
 
 CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -121,9 +85,9 @@ def main(argv=None) -> None:
     priors = default_boxes(paper_prior_spec(SIZE, (38, 19, 10, 5, 3, 1)))
     P = priors.shape[0]
     anchors_px = cxcywh_to_xyxy(priors) * SIZE
-    boxes, labels = make_targets(B, gen)
+    boxes, labels = padded_targets(B, gen)
     targets_px = [{"boxes": b[l > 0] * SIZE, "labels": l[l > 0]} for b, l in zip(boxes, labels)]
-    ssd, matcher, criterion = _torchvision_ssd(), det_utils.SSDMatcher(0.5), MultiBoxLoss()
+    ssd, matcher, criterion = torchvision_ssd(), det_utils.SSDMatcher(0.5), MultiBoxLoss()
     print(f"SSD300: {P} default boxes, {NUM_CLASSES} classes, batch {B}, "
           f"{int((labels > 0).sum())} objects; torch.set_num_threads({torch.get_num_threads()}); "
           f"clock: {which} (ms per call); torch {torch.__version__}")

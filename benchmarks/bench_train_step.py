@@ -32,21 +32,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from torchvision.models.detection import ssd300_vgg16  # noqa: E402
 
+from benchmarks.inputs import NUM_CLASSES, padded_targets  # noqa: E402
 from ssd_core.loss import MultiBoxLoss  # noqa: E402
 from ssd_core.model import build_ssd, normalize  # noqa: E402
 
-SIZE, NUM_CLASSES = 300, 21
+SIZE = 300
 
 
 def make_batch(B: int, gen: torch.Generator):
     images = torch.randint(0, 256, (B, 3, SIZE, SIZE), dtype=torch.uint8, generator=gen)
-    n = torch.randint(1, 11, (B,), generator=gen)
-    M = int(n.max())
-    xy = torch.rand(B, M, 2, generator=gen) * 0.7
-    boxes = torch.cat((xy, xy + torch.rand(B, M, 2, generator=gen) * 0.25 + 0.05), dim=-1)
-    labels = torch.randint(1, NUM_CLASSES, (B, M), generator=gen)
-    pad = torch.arange(M) >= n[:, None]
-    return images, boxes.masked_fill(pad[..., None], 0.0), labels.masked_fill(pad, 0)
+    return (images, *padded_targets(B, gen))
 
 
 def sgd(model):

@@ -71,10 +71,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from benchmarks.inputs import NUM_CLASSES, padded_targets, torchvision_loss, torchvision_ssd, trained_like
+
 T_START = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
-NUM_CLASSES = 21                     # VOC: 20 classes + background, for parts 1 and 2
 PAPER_FWD_FLOPS = 35e9               # the issue's figure for SSD300-VGG16 forward per image
 TRAIN_FLOPS_PER_FWD = 3              # forward + backward (~2x forward) per training step
 LR = 1e-4   # part 2, both models: from random init on random images, 1e-3 diverges to inf/nan in ~4 steps
@@ -351,29 +352,6 @@ def model_from_config(cfg, num_classes: int):
 # ==================================================================================================
 # Part 1: MultiBox loss and post-processing against torchvision's SSD code path
 # ==================================================================================================
-def make_targets(B: int, num_classes: int, gen, device):
-    """Padded targets, 1-10 boxes per image, xyxy in [0, 1]; label 0 = padding."""
-    import torch
-    n = torch.randint(1, 11, (B,), generator=gen)
-    M = int(n.max())
-    xy = torch.rand(B, M, 2, generator=gen) * 0.7
-    wh = torch.rand(B, M, 2, generator=gen) * 0.25 + 0.05
-    boxes = torch.cat((xy, (xy + wh).clamp(max=1.0)), dim=-1)
-    labels = torch.randint(1, num_classes, (B, M), generator=gen)
-    pad = torch.arange(M) >= n[:, None]
-    return boxes.masked_fill(pad[..., None], 0.0).to(device), labels.masked_fill(pad, 0).to(device)
-
-
-def trained_like(B: int, P: int, gen):
-    """Logits of a trained model: background +12, 2% of the priors +14 on one class (~175 candidates/image)."""
-    import torch
-    conf = torch.randn(B, P, NUM_CLASSES, generator=gen)
-    conf[..., 0] += 12
-    hit = (torch.rand(B, P, generator=gen) < 0.02).float() * 14
-    conf.scatter_add_(2, torch.randint(1, NUM_CLASSES, (B, P, 1), generator=gen), hit.unsqueeze(-1))
-    return conf
-
-
 def compare_ms(ours: Callable, ref: Callable, reps: int, device, warmup: int = 2) -> tuple[list, list]:
     """Interleaved repetitions (ours, ref, ref, ours, ...); ms per call (CUDA events on a GPU)."""
     import torch
@@ -406,7 +384,7 @@ def part1_loss_postprocess(report: Report, section: dict, plan: Plan, device: st
     import torch
     from torchvision.models.detection import _utils as det_utils
     from torchvision.models.detection.ssd import SSD
-    from torchvision.ops import box_convert, box_iou
+    from torchvision.ops import box_convert
 
     from ssd_core.loss import MultiBoxLoss
     from ssd_core.model import build_ssd
@@ -418,21 +396,12 @@ def part1_loss_postprocess(report: Report, section: dict, plan: Plan, device: st
     P = priors.shape[0]
     anchors01 = box_convert(priors, "cxcywh", "xyxy")
     anchors_px = anchors01 * S
-    boxes, labels = make_targets(B, NUM_CLASSES, gen, device)
+    boxes, labels = (t.to(device) for t in padded_targets(B, gen))
     targets_px = [{"boxes": b[lb > 0] * S, "labels": lb[lb > 0]} for b, lb in zip(boxes, labels)]
-    # The attributes SSD.compute_loss / postprocess_detections read, with ssd300_vgg16's settings.
-    tv = type("TorchvisionSSD", (), {})()
-    tv.box_coder = det_utils.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
-    tv.neg_to_pos_ratio, tv.score_thresh, tv.nms_thresh = 3.0, 0.01, 0.45
-    tv.detections_per_img, tv.topk_candidates = 200, 400
-    matcher, criterion = det_utils.SSDMatcher(0.5), MultiBoxLoss()
+    tv, matcher, criterion = torchvision_ssd(), det_utils.SSDMatcher(0.5), MultiBoxLoss()
 
     def tv_loss(loc, conf):
-        """SSD.forward's training branch from the head outputs on: per-image matching, then compute_loss."""
-        matched = [matcher(box_iou(t["boxes"], anchors_px)) for t in targets_px]
-        out = SSD.compute_loss(tv, targets_px, {"bbox_regression": loc, "cls_logits": conf},
-                               [anchors_px] * B, matched)
-        return out["bbox_regression"] + out["classification"]
+        return torchvision_loss(tv, matcher, loc, conf, anchors_px, targets_px)
 
     loc = torch.randn(B, P, 4, generator=gen).to(device)
     conf = torch.randn(B, P, NUM_CLASSES, generator=gen).to(device)
@@ -522,7 +491,7 @@ class TrainBench:
         if B not in self.batches:
             gen = torch.Generator().manual_seed(B)
             images = torch.randint(0, 256, (B, 3, self.size, self.size), dtype=torch.uint8, generator=gen)
-            boxes, labels = make_targets(B, NUM_CLASSES, gen, "cpu")
+            boxes, labels = padded_targets(B, gen)
             images, boxes, labels = images.to(self.device), boxes.to(self.device), labels.to(self.device)
             targets = [{"boxes": b[lb > 0] * self.size, "labels": lb[lb > 0]} for b, lb in zip(boxes, labels)]
             floats = [im.float() / 255.0 for im in images]       # pre-resized: torchvision's resize is a no-op

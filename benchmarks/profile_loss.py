@@ -10,7 +10,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.gpu_check import NUM_CLASSES, make_targets
+from benchmarks.inputs import NUM_CLASSES, padded_targets
 from ssd_core.loss import MultiBoxLoss
 from ssd_core.model import build_ssd
 
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     dev = args.device
     gen = torch.Generator().manual_seed(0)
     priors = build_ssd("vgg16", NUM_CLASSES, 300).priors.to(dev)
-    boxes, labels = make_targets(args.batch, NUM_CLASSES, gen, dev)
+    boxes, labels = (t.to(dev) for t in padded_targets(args.batch, gen))
     loc = torch.randn(args.batch, len(priors), 4, generator=gen).to(dev).requires_grad_()
     conf = torch.randn(args.batch, len(priors), NUM_CLASSES, generator=gen).to(dev).requires_grad_()
     loss = MultiBoxLoss()
