@@ -41,8 +41,6 @@ def register(client, experiment_id: str, run_id: str, name: str, image_size: int
         out = Path(tmp) / "model"
         import pandas as pd
 
-        signature = infer_signature(example, pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            COLUMNS, ["int64", "int64", "str", "float64", "float64", "float64", "float64", "float64"])}))
         # "models from code": the model is this file's class, not a pickle (loading it runs no pickled code)
         import logging
         import warnings
@@ -52,6 +50,8 @@ def register(client, experiment_id: str, run_id: str, name: str, image_size: int
             level = logging.getLogger("mlflow").level
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             try:
+                signature = infer_signature(example, pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+                    COLUMNS, ["int64", "int64", "str", "float64", "float64", "float64", "float64", "float64"])}))
                 mlflow.pyfunc.save_model(out, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                                          artifacts={"checkpoint": ckpt}, signature=signature, input_example=example,
                                          pip_requirements=_requirements())

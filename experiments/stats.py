@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats as sps
@@ -156,6 +157,29 @@ def resample_weights(num_images: int, resamples: int, seed: int = 0) -> np.ndarr
     return rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=resamples)
 
 
+_BOOT_CACHE: "OrderedDict[tuple, tuple[object, np.ndarray]]" = OrderedDict()
+_BOOT_CACHE_SIZE = 256  # (run, budget point) bootstraps kept: a report asks for each many times; the entries keep
+                       # their detections alive, so the cache is small (a report holds them anyway)
+
+
+def _bootstrap_scores(matches, rw: np.ndarray, plan: tuple, metric: str) -> np.ndarray:
+    """weighted_voc_batch(matches, rw, metric), remembered for this `matches` object and resample plan
+    (num_images, resamples, seed): a report's tables ask for the baseline's (and each arm's) bootstrap once
+    per delta, per budget point and per table, and the resamples are the same every time."""
+    from ssd_core.evaluate import weighted_voc_batch
+
+    key = (id(matches), plan, metric)
+    hit = _BOOT_CACHE.get(key)
+    if hit is not None and hit[0] is matches:  # the object itself kept alive in the entry: ids are not reused
+        _BOOT_CACHE.move_to_end(key)
+        return hit[1]
+    scores = weighted_voc_batch(matches, rw, metric)
+    _BOOT_CACHE[key] = (matches, scores)
+    while len(_BOOT_CACHE) > _BOOT_CACHE_SIZE:
+        _BOOT_CACHE.popitem(last=False)
+    return scores
+
+
 def ablation_interval(arm: Mapping[int, object], baseline: Mapping[int, object], num_images: int,
                       confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                       metric: str = "mAP50") -> Interval:
@@ -176,7 +200,7 @@ def contrast_interval(weights: Mapping[str, float], runs: Mapping[str, Mapping[i
     image term from the covariance of two seeds' contrasts over resampled test images. A delta is the
     contrast {arm: +1, baseline: -1}; factorial effects and Shapley shares are contrasts too
     (reports/factorial.py). `runs`: arm -> seed -> VOCMatches, all on the same `num_images` images."""
-    from ssd_core.evaluate import weighted_voc, weighted_voc_batch
+    from ssd_core.evaluate import weighted_voc
 
     arms = [a for a, w in weights.items() if w != 0]
     shared = sorted(set.intersection(*(set(runs.get(a, {})) for a in arms))) if arms else []
@@ -189,7 +213,8 @@ def contrast_interval(weights: Mapping[str, float], runs: Mapping[str, Mapping[i
     if not np.isfinite(c).all():
         return NO_INTERVAL._replace(confidence=confidence, n=n)
     rw = resample_weights(num_images, resamples, seed)
-    scores = np.stack([np.stack([weighted_voc_batch(runs[a][s], rw, metric) for s in shared], axis=1)
+    plan = (num_images, resamples, seed)
+    scores = np.stack([np.stack([_bootstrap_scores(runs[a][s], rw, plan, metric) for s in shared], axis=1)
                        for a in arms])                                          # [A, B, n]
     boot = np.tensordot(w, scores, axes=1)                                      # [B, n]
     boot = boot[np.isfinite(boot).all(axis=1)]
