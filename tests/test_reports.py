@@ -443,7 +443,8 @@ def test_cli_ui_prints_the_url_once_listening_and_sigterm_stops_the_server(store
             line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in line and commands._listening(port)  # printed only once listening
         runs = proc.stdout.readline().strip()  # the experiment's runs page
-        assert runs.startswith(f"ssdlab: http://127.0.0.1:{port}/#/experiments/") and runs.endswith("/runs")
+        assert runs.startswith(f"ssdlab: http://127.0.0.1:{port}/#/experiments/")
+        assert runs.endswith("/runs?orderByKey=metrics.%60score%60&orderByAsc=false")  # sorted by the score, best first
         time.sleep(1.0)  # the driver now waits on the server: a handler that waited too deadlocked here
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
