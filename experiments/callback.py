@@ -153,7 +153,7 @@ class MLflowTuneCallback(tune.Callback):
         if tid in self._cfg and self.tracker.run_id(tid) is not None:
             return self.tracker.run_id(tid)
         if tid not in self._cfg:
-            self._cfg[tid] = self.job.resolve(trial.config)
+            self._cfg[tid] = self.job.config_of(trial.config)
         cfg = self._cfg[tid]
         key = TrialKey.of(trial.config)
         arm, seed = key.arm, key.seed

@@ -106,7 +106,7 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
     if phase.kind == "search":
         meta = dict(phase.trials[0])
         param_space = {META: meta}
-        base_flat = flatten(spec.resolve(phase.arm, meta["seed"]))
+        base_flat = flatten(spec.trial_config(phase.arm, meta["seed"]))
         # with search.objectives, Optuna gets [the score, each cost (minimised)] at a trial's end
         metric, mode = ([OBJECTIVE, *f.search.objectives], [spec.mode] + ["min"] * len(f.search.objectives)) \
             if f.search.objectives else (OBJECTIVE, spec.mode)
@@ -656,7 +656,7 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
             known = [str(r.metrics.get("trial_id")) for r in grid if r.metrics and r.metrics.get("trial_id")]
             patient(tracker.mark_lost, ph.dirname, known)
             trials += len(grid)
-            states = phase_states(grid, _expected_trials(ph), lambda config: job.resolve(config).train.epochs)
+            states = phase_states(grid, _expected_trials(ph), lambda config: job.config_of(config).train.epochs)
             if _ended(states) < _expected_trials(ph):
                 raise SweepInterrupted(f"sweep {spec.name}: {ph.dirname} stopped with {_ended(states)} of "
                                        f"{_expected_trials(ph)} trials ended ({format_counts(states)}); "

@@ -208,7 +208,7 @@ class SweepSpec:
     def arm_overrides(self, arm: Optional[str]) -> dict[str, Any]:
         return dict(self.arms[arm].overrides) if arm else {}
 
-    def resolve(self, arm: Optional[str], seed: int, params: dict[str, Any] | None = None) -> ExperimentConfig:
+    def trial_config(self, arm: Optional[str], seed: int, params: dict[str, Any] | None = None) -> ExperimentConfig:
         """The trial's config: `base` (with the sweep overrides) + arm, seed and searched params."""
         return apply_overrides(self.base, {**self.arm_overrides(arm), "train.seed": seed, **(params or {})})
 
@@ -220,7 +220,7 @@ class SweepSpec:
         asha = self.asha
         if asha and asha.max_t:
             return asha.max_t
-        return self.resolve(arm, self.seeds[0]).train.epochs
+        return self.trial_config(arm, self.seeds[0]).train.epochs
 
 
 # --------------------------------------------------------------------------- loading
@@ -646,7 +646,7 @@ def parent_tags(spec: SweepSpec) -> dict[str, str]:
 def parent_params(spec: SweepSpec) -> dict[str, Any]:
     """The parent run's params: the config keys every trial shares (the same value in every arm, neither
     the seed nor a searched key: what differs is in the trial runs) and the sweep's own settings (sweep.*)."""
-    flats = [flatten(spec.resolve(arm, spec.seeds[0])) for arm in (spec.arm_names or [None])]
+    flats = [flatten(spec.trial_config(arm, spec.seeds[0])) for arm in (spec.arm_names or [None])]
     searched = set(spec.file.search.space) if spec.file.search else set()
     shared = {k: v for k, v in flats[0].items()
               if k != "train.seed" and k not in searched and all(f.get(k) == v for f in flats[1:])}

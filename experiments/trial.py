@@ -88,7 +88,7 @@ class TrialJob:
     # Tune checkpoints carry the run dir's files (a job pickled by an older driver lacks this: markers only)
     checkpoint_state: bool = True
 
-    def resolve(self, config: dict[str, Any]) -> ExperimentConfig:
+    def config_of(self, config: dict[str, Any]) -> ExperimentConfig:
         """Trial config (Tune's `config` dict) -> the resolved ExperimentConfig, data root absolute."""
         return self.config(TrialKey.of(config))
 
@@ -104,7 +104,7 @@ class TrialJob:
         (model.prior_scales: auto) where this process can read it (else the worker fits them)."""
         from ssd_core.prior_fit import resolve_priors
 
-        cfg = self.spec.resolve(key.arm, key.seed, dict(key.params))
+        cfg = self.spec.trial_config(key.arm, key.seed, dict(key.params))
         try:
             root = resolve_data_root(cfg)
         except ConfigError:
@@ -431,7 +431,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     one continuous history whatever moment a driver, a worker or a node died."""
     from ray import tune
 
-    cfg = job.resolve(config)
+    cfg = job.config_of(config)
     from ssd_core.build import cap_gpu_memory
     cap_gpu_memory(job.gpu)
     node, node_id = node_identity()

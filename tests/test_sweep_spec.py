@@ -72,7 +72,7 @@ def test_good_sweep_and_its_plan(tmp_path):
                                            "01-_augment-confirm"]
     assert phases[0].trials == [{"arm": "initial", "seed": 0}]
     assert phases[1].trials == [{"arm": "initial", "seed": 1}, {"arm": "initial", "seed": 2}]
-    cfg = spec.resolve("initial", 2, {"train.lr": 0.005})
+    cfg = spec.trial_config("initial", 2, {"train.lr": 0.005})
     assert (cfg.train.seed, cfg.train.lr, cfg.augment.sample_patch.enabled, cfg.train.batch_size) == (2, 0.005, False, 8)
     tags = parent_tags(spec)
     assert json.loads(tags["ssdlab.arms"]) == ["initial", "+augment"] and tags["ssdlab.baseline_arm"] == "initial"
