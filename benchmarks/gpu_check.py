@@ -987,7 +987,7 @@ def part5_bccd_training(report: Report, section: dict, plan: Plan, device: str, 
     test_source = "fit (data.test_sets at the selected = final checkpoint)"
     test_s = 0.0
     if "test/mAP50" not in final:   # a fit that does not score data.test_sets itself: score last.pt here
-        from ssd_core.train import evaluate_checkpoint
+        from ssd_core.inference import evaluate_checkpoint
         t1 = time.perf_counter()
         final.update(evaluate_checkpoint(cfg, result.last_checkpoint, split="test"))
         test_s = time.perf_counter() - t1

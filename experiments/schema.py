@@ -19,7 +19,7 @@ from ssd_core.config import short
 
 from ssd_core import metrics as M  # metric names live with the code that computes them
 
-__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "Artifact", "M", "score_of", "best_index", "better", "Param", "parse_space",
+__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "Artifact", "M", "score_of", "best_index", "Param", "parse_space",
            "SpaceError", "grid_points", "grid_size", "KINDS", "SEARCH_OBJECTIVES", "pareto_front"]
 
 
@@ -127,15 +127,6 @@ def score_of(values: Iterable[float], mode: str = "max") -> float:
     if not finite:
         return math.nan
     return max(finite) if mode == "max" else min(finite)
-
-
-def better(a: float, b: float, mode: str = "max") -> bool:
-    """Is score a strictly better than b (nan is worse than everything)?"""
-    if not math.isfinite(a):
-        return False
-    if not math.isfinite(b):
-        return True
-    return a > b if mode == "max" else a < b
 
 
 def best_index(scores: Sequence[float], statuses: Sequence[str], seeds: Sequence[Optional[float]],

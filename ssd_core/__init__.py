@@ -7,9 +7,9 @@ Where each part of the paper lives:
     SSD = backbone + heads (fig. 2)         ssd_core/model.py
     matching strategy, offsets (2.2, eq. 2) ssd_core/boxes.py
     MultiBox loss, hard negative mining     ssd_core/loss.py   (eq. 1-3)
-    NMS at inference (3.1)                  ssd_core/postprocess.py
+    NMS at inference (3.1)                  ssd_core/postprocess.py (its settings: config.EvalConfig)
     data augmentation (2.2, 3.6 zoom out)   ssd_core/augment.py
-    VOC / COCO / synthetic data             ssd_core/data.py, ssd_core/synth.py
+    VOC / COCO / synthetic data             ssd_core/data/ (voc.py, coco.py, dataset.py), ssd_core/synth.py
     VOC07 11-point mAP, COCO AP             ssd_core/evaluate.py
     the one training loop                   ssd_core/train.py (config schema: config.py)
 

@@ -88,7 +88,7 @@ WEIGHTS_KEYS = ("model", "config", "config_yaml", "config_hash", "config_source"
 def export_weights(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Path:
     """A copy of checkpoint `src` with the model weights and the config only (no optimizer, scheduler,
     RNG states or history): what a run logs to MLflow and a user deploys. It loads like any checkpoint
-    (ssd_core.train.model_from_checkpoint) but cannot resume training."""
+    (ssd_core.inference.model_from_checkpoint) but cannot resume training."""
     state = load_checkpoint(src)
     return save_checkpoint({k: state[k] for k in WEIGHTS_KEYS if k in state}, dst)
 

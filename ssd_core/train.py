@@ -40,15 +40,13 @@ from torch import nn
 from ssd_core import metrics as M
 from ssd_core import precision
 from ssd_core import rundir as RD
-from ssd_core.build import (build_dataset, build_model, build_optimizer, default_run_dir, param_groups,  # noqa: F401
-                            resolve_device, split_sets)
+from ssd_core.build import build_dataset, build_model, build_optimizer, default_run_dir, resolve_device
 from ssd_core.checkpoint import TrainState, save_checkpoint
 from ssd_core.config import ExperimentConfig, to_yaml
 from ssd_core.errors import ConfigError, NonFiniteLossError, disk_full
 from ssd_core.prior_fit import coverage, resolve_priors, training_boxes
-from ssd_core.inference import (autocast, evaluate_checkpoint, evaluate_model, model_from_checkpoint,  # noqa: F401
-                                prepare, score_selected, score_test)
-from ssd_core.schedule import Progress, lr_factor  # noqa: F401
+from ssd_core.inference import autocast, evaluate_model, prepare, score_selected, score_test
+from ssd_core.schedule import Progress, lr_factor
 
 
 

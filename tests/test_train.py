@@ -12,7 +12,10 @@ from torch import nn
 from ssd_core.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from ssd_core.config import ExperimentConfig, validate_config
 from ssd_core.errors import CheckpointError, ConfigError, NonFiniteLossError
-from ssd_core.train import Callback, evaluate_checkpoint, fit, lr_factor, param_groups
+from ssd_core.build import param_groups
+from ssd_core.inference import evaluate_checkpoint
+from ssd_core.schedule import lr_factor
+from ssd_core.train import Callback, fit
 
 CLASSES = ["circle", "square", "triangle", "cross"]
 
@@ -133,7 +136,7 @@ def test_without_a_val_split_the_last_epoch_is_selected(shapes, tmp_path):
 
 
 def test_holdout_splits_the_training_images_for_selection(shapes, tmp_path):
-    from ssd_core.train import build_dataset
+    from ssd_core.build import build_dataset
     cfg = tiny_config(shapes, tmp_path).model_dump()
     cfg["data"].update(val_sets=[], holdout=0.25)
     cfg = validate_config(cfg, "tiny.yaml")
@@ -329,7 +332,7 @@ def test_progress_eta_is_capped_by_the_time_budget():
 
 def test_prior_ratios_from_the_config_reach_the_default_boxes(shapes, tmp_path):
     from ssd_core.config import apply_overrides
-    from ssd_core.train import build_model
+    from ssd_core.build import build_model
     cfg = tiny_config(shapes, tmp_path)
     default = build_model(cfg, 5).prior_spec
     spec = build_model(apply_overrides(cfg, {"model.prior_first_ratio": 5, "model.prior_max_ratio": 80}), 5).prior_spec

@@ -130,7 +130,7 @@ def format_ap_table(metrics: dict[str, float], prefix: str) -> str:
 
 def evaluate(args) -> int:
     from ssd_core.config import load_config
-    from ssd_core.train import evaluate_checkpoint
+    from ssd_core.inference import evaluate_checkpoint
 
     cfg = load_config(args.config, args.override)
     metrics = evaluate_checkpoint(cfg, args.checkpoint, split=args.split)
