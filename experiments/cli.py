@@ -68,14 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                "the training failed, 2 bad input, 130 interrupted. `ssdlab COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"ssdlab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # an area not built yet must not break the others
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+    for name in COMMAND_MODULES:  # each registers its subcommands; its heavy imports wait for the handler
+        importlib.import_module(name).register(sub)
     return parser
 
 
