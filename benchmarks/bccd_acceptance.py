@@ -62,6 +62,7 @@ def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str
     torch.set_num_threads(threads)
     from ssd_core import metrics as M
     from ssd_core import precision
+    from ssd_core.prior_fit import resolve_priors
     from ssd_core.train import build_model, fit
 
     cfg = ours_config(config, root, budget_s, out_dir, seed)
@@ -71,7 +72,8 @@ def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str
     result = fit(cfg, run_dir=run_dir)
     wall_s = time.perf_counter() - t0
     final = result.final_metrics
-    params = sum(p.numel() for p in build_model(cfg, len(cfg.data.class_names) + 1).parameters())
+    fitted = resolve_priors(cfg)  # model.prior_scales: auto -> the default boxes fit trained with
+    params = sum(p.numel() for p in build_model(fitted, len(cfg.data.class_names) + 1).parameters())
     return {"name": f"ssdlab {cfg.name}", "mAP50": final.get(M.map50(M.TEST)),
             "mAP50_area": final.get(M.map50_area(M.TEST)),
             "AP50": {k.rsplit("/", 1)[1]: v for k, v in final.items() if k.startswith(M.class_ap50_prefix(M.TEST))},

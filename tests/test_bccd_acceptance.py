@@ -16,3 +16,27 @@ def test_bad_config_fails_before_anything_trains(tmp_path, capsys):
     bad.write_text("train: {batch_size: -1}\n")
     assert main(["--data-root", str(tmp_path), "--config", str(bad), "--quick", "--out", str(tmp_path / "o")]) == 2
     assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_ours_trains_and_reports_with_fitted_default_boxes(tmp_path):
+    """run_ours end to end on a tiny VOC-layout set named like BCCD, with model.prior_scales: auto (the
+    shipped config's): a 20-minute acceptance run once died after training, counting the parameters of a
+    model built from the unfitted config."""
+    import shutil
+
+    import yaml
+
+    from benchmarks.bccd_acceptance import run_ours
+    from ssd_core.synth import SYNTH_CLASSES, generate
+
+    generate(tmp_path / "data", images=16, seed=0, image_size=64)
+    shutil.move(str(tmp_path / "data" / "SHAPES"), str(tmp_path / "data" / "BCCD"))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "tiny_acceptance", "model": {"backbone": "tiny", "image_size": 48, "prior_scales": "auto"},
+        "data": {"train_sets": ["BCCD/train"], "class_names": list(SYNTH_CLASSES)},
+        "augment": {"photometric": False, "zoom_out": {"p": 0.0}, "sample_patch": {"enabled": False}},
+        "train": {"batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "warmup_iters": 1, "log_every": 1000}}))
+    out = run_ours(str(config), str(tmp_path / "data"), 2.0, 1, str(tmp_path / "out"), seed=0)
+    assert out["params"] > 1000 and out["iterations"] >= 1 and 0.0 <= out["mAP50"] <= 1.0
+    assert "fp32" in out["precision"] or "bf16" in out["precision"]
