@@ -155,16 +155,18 @@ class ProgressCallback(tune.Callback):
         return Console(file=self.stream)  # the terminal's own width: a wider guess wraps and leaves stale lines
 
     def _table(self):
+        """The header (the terminal's width: a table title would wrap to the narrow table's) above the table."""
+        from rich.console import Group
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=Text(self.summary(lines=True)), title_justify="left", expand=False)  # Text: no markup
+        table = Table(expand=False)
         for col in ("trial", "status", "epoch", "score"):
             table.add_column(col, justify="right" if col in ("epoch", "score") else "left")
         for t in sorted(self.trials.values(), key=lambda t: (t.status != "running", t.label)):
             table.add_row(Text(t.label), t.status, f"{t.epoch}/{self.epochs}",
                           f"{t.score:.4f}" if t.score == t.score else "-")
-        return table
+        return Group(Text(self.summary(lines=True), no_wrap=True, overflow="ellipsis"), table)  # Text: no markup
 
     def _draw(self) -> None:
         from rich.live import Live

@@ -56,3 +56,18 @@ def test_live_table_on_a_terminal_renders(monkeypatch):
     cb.on_experiment_end([])
     text = out.getvalue()
     assert "[search] 0/2 done" in text and "s0 t1" in text and "0.2000" in text
+
+
+def test_the_live_header_keeps_its_lines_in_a_terminal_wider_than_the_table(monkeypatch):
+    """In a 150-column tmux the header wrapped to four lines: it was the table's title, which rich wraps to
+    the (narrow) table's width. It is one line of counts and one of the best so far."""
+    from rich.console import Console
+
+    cb = ProgressCallback("search", expected=4, epochs=4, concurrency=2, stream=io.StringIO(), live=False)
+    t = trial("t1", None, 0)
+    cb.on_trial_start(0, [], t)
+    out = io.StringIO()
+    Console(file=out, width=150).print(cb._table())
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+    assert lines[0].startswith("[search] 0/4 done | 1 running | 3 pending") and "ETA" in lines[0]
+    assert lines[1].startswith("best: no validation yet") and lines[2].startswith("┏")
