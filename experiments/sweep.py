@@ -111,7 +111,10 @@ def _new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, call
         metric, mode = ([OBJECTIVE, *f.search.objectives], [spec.mode] + ["min"] * len(f.search.objectives)) \
             if f.search.objectives else (OBJECTIVE, spec.mode)
         url, name = study
+        import optuna
+
         from experiments.study import open_storage
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "A new study created" lines: the terminal is ssdlab's
         search_alg = OptunaSearch(space=DefineByRun(parse_space(f.search.space), base_flat), metric=metric,
                                   mode=mode, sampler=make_sampler(f.search), study_name=name,
                                   storage=open_storage(url, f"{spec.path}: search.storage") if url else None)
