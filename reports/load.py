@@ -1,6 +1,6 @@
 """MLflow -> pandas: everything a report says is read back from the tracking store.
 
-``load_sweep(name)`` finds the sweep's parent run (``ssdlab.kind=sweep``) and its trial runs, as the
+``read_sweep(name)`` finds the sweep's parent run (``ssdlab.kind=sweep``) and its trial runs, as the
 frame ``mlflow.search_runs`` returns (run_id, status, start_time, end_time, metrics.*, params.*,
 tags.*), then reads the metric histories it needs. ``load_runs()`` does the same for every
 trial/train run in the store.
@@ -170,7 +170,7 @@ def list_sweeps(tracking_uri: str | None = None) -> list[str]:
     return sorted(set(df[col].dropna())) if col in df else []
 
 
-def load_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = True,
+def read_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = True,
                detections: bool = True) -> SweepData:
     """Read one sweep. Raises UserError naming the sweep, the store and the sweeps found.
     `detections`: also read the finished runs' test detections when the sweep has arms to compare."""
@@ -297,7 +297,7 @@ def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
     """Every trial/train run in the store (or one sweep's), one row each, best ``metric`` included."""
     uri = resolve_tracking_uri(tracking_uri)
     if sweep is not None:  # a listing needs no detections: nothing is downloaded
-        return load_sweep(sweep, uri, curves=False, detections=False).runs
+        return read_sweep(sweep, uri, curves=False, detections=False).runs
     df = _search(uri)
     df = df[_objects(df, "tags." + Tag.KIND) != Kind.SWEEP]
     history = metric_histories(mlflow_client(uri), list(df["run_id"]), [metric])

@@ -17,7 +17,7 @@ from experiments.schema import Artifact, M
 from ssd_core.errors import UserError
 
 from reports import budget, deploy, factorial, fmt, plots, render, search, tables
-from reports.load import SweepData, load_artifact, load_sweep
+from reports.load import SweepData, load_artifact, read_sweep
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -41,7 +41,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
                  with_plots: bool = True, evaluator: str = "ped-anova", arms: list[str] | None = None) -> Report:
     """The report of `sweep`; `arms` restricts it to those arms, in that order (the first is the baseline):
     e.g. the cumulative path of a designed sweep as an ablation of its own."""
-    data = load_sweep(sweep, tracking_uri)
+    data = read_sweep(sweep, tracking_uri)
     if arms:
         data = restrict(data, arms)
     arms = tables.arm_stats(data)

@@ -33,7 +33,7 @@ TEST_AT = {  # arm -> per point -> per seed
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from reports.load import load_sweep
+    from reports.load import read_sweep
     uri = f"sqlite:///{tmp_path_factory.mktemp('budget') / 'mlflow.db'}"
     runs = []
     for seed in range(3):
@@ -46,7 +46,7 @@ def data(tmp_path_factory):
             h["test_at/mAP50"] = {step: TEST_AT[arm][f][seed] for f, step in POINTS}
             runs.append(Run(arm, seed, h, params={"train.epochs": EPOCHS}))
     write_sweep(uri, "budget", ["flat", "rising", "noisy"], runs)
-    return load_sweep("budget", uri)
+    return read_sweep("budget", uri)
 
 
 def test_a_rising_arm_is_marked_and_flat_ones_are_not(data):

@@ -236,9 +236,9 @@ def test_worker_node_killed_mid_sweep_resumes_its_trial_on_the_head_from_storage
     assert len(ckpts) == epochs and all((c / "reported.json").is_file() for c in ckpts)
     assert [c.name for c in ckpts if (c / "last.pt").is_file()] == [c.name for c in ckpts[-2:]]
     # the report reads the same sweep back
-    from reports.load import load_sweep
+    from reports.load import read_sweep
 
-    data = load_sweep("two-nodes", uri)
+    data = read_sweep("two-nodes", uri)
     got = {r.trial_id: (r.status, round(float(r.score), 6), int(r.last_step)) for r in data.runs.itertuples()
            if r.trial_id in trained}
     assert got == {t: ("finished", round(0.01 * epochs, 6), epochs) for t in trained}

@@ -222,9 +222,9 @@ def _store(tmp_path: Path, objectives: list | None = None, searched: bool = Fals
 
 def test_accuracy_speed_rows_intervals_deltas_and_front_by_hand(tmp_path):
     from reports.deploy import accuracy_speed_table, deploy_rows
-    from reports.load import load_sweep
+    from reports.load import read_sweep
 
-    data = load_sweep("dep", _store(tmp_path))
+    data = read_sweep("dep", _store(tmp_path))
     d = deploy_rows(data)
     assert list(zip(d["arm"], d["backend"])) == [(a, b) for a in ("student", "+distill") for b in ("torch", "onnx", "int8")]
     st = d.iloc[0]
@@ -266,20 +266,20 @@ def test_report_shows_the_accuracy_speed_table_and_plot(tmp_path):
 
 def test_no_deploy_metrics_no_table(tmp_path):
     from reports.deploy import accuracy_speed_table, has_deploy
-    from reports.load import load_sweep
+    from reports.load import read_sweep
     from tests.test_reports import _fill
 
     uri = f"sqlite:///{tmp_path / 'abl.db'}"
     _fill(uri)
-    data = load_sweep("abl", uri)
+    data = read_sweep("abl", uri)
     assert not has_deploy(data) and accuracy_speed_table(data) is None
 
 
 def test_multi_objective_search_table_lists_the_front_first(tmp_path):
-    from reports.load import load_sweep
+    from reports.load import read_sweep
     from reports.search import search_table
 
-    data = load_sweep("dep", _store(tmp_path, objectives=[M.DEPLOY_LATENCY], searched=True))
+    data = read_sweep("dep", _store(tmp_path, objectives=[M.DEPLOY_LATENCY], searched=True))
     t = search_table(data, top_k=2)
     # score = torch mAP + 0.01; latency 10/11/12 per seed: the front of (score max, latency min) is
     # t3 (0.67, 10 ms), t4 (0.68, 11 ms), t5 (0.69, 12 ms); every student trial is dominated by t3..t5
@@ -287,7 +287,7 @@ def test_multi_objective_search_table_lists_the_front_first(tmp_path):
     assert t.columns[-2:] == [M.DEPLOY_LATENCY, "Front"] and all(r[-1] == "yes" for r in t.rows)
     assert any("Multi-objective search" in n and "3 trial(s) of the Pareto front" in n for n in t.notes)
     (tmp_path / "b").mkdir()
-    single = search_table(load_sweep("dep", _store(tmp_path / "b", searched=True)), top_k=2)
+    single = search_table(read_sweep("dep", _store(tmp_path / "b", searched=True)), top_k=2)
     assert "Front" not in single.columns and len(single.rows) == 2
 
 

@@ -88,7 +88,7 @@ def test_a_design_in_a_sweep_file_is_validated_and_dry_run(tmp_path):
 def _store(tmp_path, name, design_spec, value, seeds=(0, 1, 2), skip=()):
     """A fabricated designed sweep: every point x seed with test/mAP50 = value(levels) + the seed's luck."""
     from experiments.schema import Tag
-    from reports.load import load_sweep
+    from reports.load import read_sweep
 
     d = build(design_spec)
     runs = []
@@ -100,7 +100,7 @@ def _store(tmp_path, name, design_spec, value, seeds=(0, 1, 2), skip=()):
             runs.append(Run(point, s, {"val/mAP50": {1: v, 2: v + 0.01}, "test/mAP50": {2: v}}))
     uri = f"sqlite:///{tmp_path / (name + '.db')}"
     write_sweep(uri, name, list(d.points), runs, parent_tags={Tag.DESIGN: d.record()})
-    return load_sweep(name, uri)
+    return read_sweep(name, uri)
 
 
 def test_additive_factors_shapley_equals_the_main_effects_and_no_interaction(tmp_path):

@@ -239,7 +239,7 @@ def test_a_new_sqlite_store_appears_whole_and_opening_it_waits_out_a_lock(tmp_pa
 
 
 def test_a_finished_run_without_a_test_value_is_listed_not_averaged(tmp_path):
-    from reports.load import load_sweep
+    from reports.load import read_sweep
     from reports.tables import ablation_table, other_runs_table
     from tests.fake_store import Run, write_sweep as fake_sweep
 
@@ -247,7 +247,7 @@ def test_a_finished_run_without_a_test_value_is_listed_not_averaged(tmp_path):
     runs += [Run("b", s, {"val/mAP50": {1: 0.6}, "test/mAP50": {1: 0.5 if s else float("nan")}}) for s in range(3)]
     uri = f"sqlite:///{tmp_path / 'nan.db'}"
     fake_sweep(uri, "nan", ["a", "b"], runs)
-    data = load_sweep("nan", uri)
+    data = read_sweep("nan", uri)
     abl = ablation_table(data)
     row = next(r for r in abl.rows if r[0] == "b")
     assert row[1] == "2" and "1 finished without a value" in row

@@ -261,7 +261,7 @@ def test_two_sweeps_at_once_reports_while_writing_and_a_server_outage(server, pg
     started again a few seconds later. Both sweeps finish without an error, the trials went on during the
     outage (one attempt each, epochs reported while the server was down), and PostgreSQL holds every
     metric point exactly once."""
-    from reports.load import load_sweep
+    from reports.load import read_sweep
 
     epochs = 20
     paths = [tiny_sweep(tmp_path, name, server.uri, epochs) for name in ("left", "right")]
@@ -277,7 +277,7 @@ def test_two_sweeps_at_once_reports_while_writing_and_a_server_outage(server, pg
             time.sleep(0.5)
             if outage is None:
                 try:  # a report read while both sweeps write
-                    logged = [load_sweep(n, server.uri, curves=True, detections=False) for n in ("left", "right")]
+                    logged = [read_sweep(n, server.uri, curves=True, detections=False) for n in ("left", "right")]
                     reads += 1
                 except Exception as exc:  # the parents may not exist yet in the first moments
                     if reads:

@@ -140,8 +140,8 @@ def store(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def abl(store):
-    from reports.load import load_sweep
-    return load_sweep("abl", store)
+    from reports.load import read_sweep
+    return read_sweep("abl", store)
 
 
 def _best(arm):
@@ -152,7 +152,7 @@ def _best(arm):
 # --------------------------------------------------------------------------- loading
 
 
-def test_load_sweep_reads_arms_status_and_best_over_epochs(abl):
+def test_read_sweep_reads_arms_status_and_best_over_epochs(abl):
     assert abl.arms == ARMS and abl.baseline == "base" and abl.metric == "val/mAP50"
     assert len(abl.runs) == len(ABL)
     assert list(abl.runs["arm"]) == [a for arm in ARMS for a, *_ in ABL if a == arm]
@@ -168,12 +168,12 @@ def test_sql_fast_path_equals_the_mlflow_api(store, abl, monkeypatch):
     import pandas as pd
 
     from reports import load
-    hpo_fast, runs_fast = load.load_sweep("hpo", store), load.load_runs(store)
+    hpo_fast, runs_fast = load.read_sweep("hpo", store), load.load_runs(store)
     monkeypatch.setattr(load, "FAST_SQL", False)
-    api = load.load_sweep("abl", store)
+    api = load.read_sweep("abl", store)
     pd.testing.assert_frame_equal(abl.runs, api.runs)
     pd.testing.assert_frame_equal(abl.history, api.history)
-    hpo_api = load.load_sweep("hpo", store)
+    hpo_api = load.read_sweep("hpo", store)
     pd.testing.assert_frame_equal(hpo_fast.runs, hpo_api.runs)
     pd.testing.assert_frame_equal(hpo_fast.history, hpo_api.history)
     before = mlflow.get_tracking_uri()
@@ -183,9 +183,9 @@ def test_sql_fast_path_equals_the_mlflow_api(store, abl, monkeypatch):
 
 
 def test_unknown_sweep_names_sweep_store_and_lists_found(store):
-    from reports.load import load_sweep
+    from reports.load import read_sweep
     with pytest.raises(UserError) as e:
-        load_sweep("nope", store)
+        read_sweep("nope", store)
     msg = str(e.value)
     assert "'nope'" in msg and store in msg and "abl, hpo" in msg
 
@@ -288,8 +288,8 @@ def test_other_runs_and_per_class_at_best_epoch(abl):
 
 @pytest.fixture(scope="module")
 def hpo(store):
-    from reports.load import load_sweep
-    return load_sweep("hpo", store)
+    from reports.load import read_sweep
+    return read_sweep("hpo", store)
 
 
 def test_search_table_top_k_counts_and_best_override(hpo):
@@ -486,7 +486,7 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
     trials: before, `ssdlab runs` put the early-stopped trial first while the report's best was a
     finished one. Both now use experiments.schema.best_index: finished only, ties to the lowest seed."""
     from experiments.cli import main
-    from reports.load import load_sweep
+    from reports.load import read_sweep
     from reports.search import best_override, search_table
     from reports.tables import other_runs_table
 
@@ -508,7 +508,7 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
                                       Tag.TRIAL_ID: tid, Tag.SEED: str(seed), Tag.PHASE: "search",
                                       Tag.STATUS: status, Tag.SEARCHED: '["train.lr"]'},
                  {"train.lr": lr}, ms, status, end=start + 5000)
-    data = load_sweep("tie", uri)
+    data = read_sweep("tie", uri)
     assert [r[1] for r in search_table(data).rows] == ["c", "a", "d"]  # a and c tie at 0.6: seed 0 first
     assert "# best trial c" in best_override(data)
     assert any("b" in n and "scored above" in n for n in other_runs_table(data).notes)
