@@ -40,7 +40,8 @@ from typing import Any, Callable, Optional
 
 from experiments.schema import Kind, M, Param, Status, Tag, best_index, parse_space
 from experiments.sweep_spec import Phase, SweepSpec, parent_params, parent_tags, plan, wave_phase
-from experiments.trial import META, OBJECTIVE, TrialJob, TrialKey, run_trial, searched_params, trial_status
+from experiments.trial import (META, OBJECTIVE, TrialJob, TrialKey, result_status, run_trial, searched_params,
+                              trial_status)
 from ssd_core.config import flatten
 from ssd_core.errors import ConfigError
 
@@ -150,8 +151,7 @@ def _best_params(results, mode: str) -> Optional[tuple[dict[str, Any], str]]:
     trials only, best score); None when no finished trial has one."""
     rows = [r for r in results if r.metrics]
     scores = [float(r.metrics.get(M.SCORE, r.metrics.get(OBJECTIVE, float("nan")))) for r in rows]
-    statuses = [Status.FINISHED.value if r.error is None and r.metrics.get(M.FINAL, 1) else Status.EARLY_STOPPED.value
-                for r in rows]
+    statuses = [result_status(r).value for r in rows]
     seeds = [r.config.get(META, {}).get("seed") for r in rows]
     ids = [str(r.metrics.get("trial_id", i)) for i, r in enumerate(rows)]
     i = best_index(scores, statuses, seeds, ids, mode)
@@ -749,9 +749,9 @@ def wave_outcomes(grid, spec: SweepSpec) -> dict[tuple[str, int], dict[str, Any]
     out = {}
     for r in grid:
         metrics = r.metrics or {}
-        if r.error is not None or not metrics.get(M.FINAL):
-            continue  # failed or cut short: its seed is not paired
         key = TrialKey.of(r.config)
+        if result_status(r, spec.trial_config(key.arm, key.seed).train.epochs) is not Status.FINISHED:
+            continue  # failed or cut short: its seed is not paired
         value = metrics.get(reported, metrics.get(M.SCORE))
         if value is None:
             continue

@@ -466,6 +466,14 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)  # node scratch: the trial's state is in storage
 
 
+def result_status(result, planned_epochs: int = 0) -> Status:
+    """A Tune Result's status: FAILED when it ended in an error, else trial_status of its last metrics
+    (planned_epochs 0: a result without fit's `final` mark counts as finished)."""
+    if result.error is not None:
+        return Status.FAILED
+    return trial_status(result.metrics or {}, planned_epochs)
+
+
 def trial_status(last_result: Optional[dict], planned_epochs: int) -> Status:
     """FINISHED when the trial's last report was the epoch that ended its training (fit marks it `final`;
     for a trainable without that mark: it reached train.epochs), else EARLY_STOPPED (a scheduler)."""
