@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from ssd_core.errors import ConfigError
 
@@ -303,6 +304,12 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(20, gt=0)
     time_budget_s: Optional[float] = Field(None, gt=0)  # wall-clock stop (seconds, evaluation included)
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        """YAML 1.1 reads a bare `off` as false (`amp: off`, `-o train.amp=off`): that is the "off" it means."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _time_schedule_has_budget(self) -> "TrainConfig":

@@ -188,3 +188,14 @@ def test_no_shipped_config_selects_on_its_test_split(path):
 def test_split_rules_name_the_key(data, expected):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         validate_config({"data": {"train_sets": ["B/train"], **data}}, "x.yaml")
+
+
+def test_a_bare_yaml_off_for_train_amp_means_off(tmp_path):
+    """YAML 1.1 reads `amp: off` (and `-o train.amp=off`) as false; a sweep with it was refused ("got False")."""
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain: {amp: off}\n")
+    assert load_config(path).train.amp == "off"
+    assert load_config(path, ["train.amp=off"]).train.amp == "off"
+    assert config_hash(load_config(path)) == config_hash(load_config(path, ['train.amp="off"']))
+    with pytest.raises(ConfigError, match="train.amp"):
+        load_config(path, ["train.amp=true"])  # only the false that means off is read kindly
