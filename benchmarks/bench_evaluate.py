@@ -5,7 +5,7 @@
 Synthetic VOC07-test-sized input: 4,952 images, 20 classes, Poisson(2.4) objects per image (10%
 difficult), 200 detections per image (a third jittered copies of objects, some with the wrong class,
 the rest background boxes), integer 1-based boxes, scores rounded to 3 decimals (ties). The reference
-is py-faster-rcnn's voc_eval written loop by loop (tests/test_evaluate.py); it is timed on the first
+is py-faster-rcnn's voc_eval written loop by loop (tests/unit/test_evaluate.py); it is timed on the first
 --ref-images images and extrapolated linearly to the full set (its cost is one Python step per
 detection), or on everything with --full-reference. Repetitions are interleaved so that load from
 other processes hits both. Both run on one thread. Prints per-class agreement on the subset and
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ssd_core.evaluate import evaluate_voc  # noqa: E402
-from tests.test_evaluate import reference_voc_eval  # noqa: E402
+from tests.support.voc_reference import reference_voc_eval  # noqa: E402
 
 
 def voc07_sized(num_images=4952, num_classes=20, objects_per_image=2.4, dets_per_image=200, seed=0):

@@ -19,7 +19,7 @@ Sizing (printed and written to gpu_ablation.json before anything trains): from t
 120 s; 4 packed trained at 2.69x the throughput of one), the plan takes the iterations each run gets and the
 packing, and projects the wall time; runs still going at --deadline-s are stopped (they are then incomplete,
 and `ssdlab import` skips them) so the bundle is always written. On a CPU, `--quick` runs the same code on
-the synthetic shapes at tiny sizes (tests/test_gpu_ablation.py, then imports and reports the result).
+the synthetic shapes at tiny sizes (tests/integration/test_gpu_ablation.py, then imports and reports the result).
 """
 from __future__ import annotations
 

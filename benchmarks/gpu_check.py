@@ -10,7 +10,7 @@ typing-inspection, typing-extensions >= 4.16 which pydantic needs, defusedxml); 
 ../shared/data/bccd (both git-ignored, so they travel only when named in `carry`). Nothing here imports
 Ray, MLflow, Optuna or pycocotools. On this CPU machine the same code runs on tiny sizes (~40 s):
 
-    python -m benchmarks.gpu_check --device cpu --quick            (tests/test_gpu_check.py runs it)
+    python -m benchmarks.gpu_check --device cpu --quick            (tests/integration/test_gpu_check.py runs it)
 
 Parts (select with --parts 1,2,3,4,5):
   1. MultiBox loss (matching + encoding + hard negative mining; forward, and forward + backward) and

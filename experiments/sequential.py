@@ -19,7 +19,7 @@ interval at confidence 1 - alpha_k. The shares sum to alpha, so the chance of an
 the looks is at most alpha whatever the correlation between looks (a union bound: each look's interval is
 valid at its own level), and the interval an arm stops with holds at that level too (a repeated confidence
 interval). With 10 or fewer seeds this is usually tighter than an anytime-valid confidence sequence.
-tests/test_sequential.py measures the false-decision rate by simulation (and the naive rule's), and the
+tests/integration/test_sequential.py measures the false-decision rate by simulation (and the naive rule's), and the
 seeds a clear delta needs against the fixed design.
 
 The intervals are those of the ablation table (experiments.stats.ablation_interval: seeds + test images, from

@@ -21,7 +21,7 @@ Which interval answers which question:
   degrees of freedom plus an independent normal; `_sum_tail`). Unlike Welch-Satterthwaite degrees of
   freedom, which under-cover at n = 2 or 3 when the seed term dominates, it never covers less than the
   stated level when the terms are as estimated, and it is the paired t when the image term is 0 and the
-  normal bootstrap interval when there is one seed. tests/test_intervals.py measures its coverage by
+  normal bootstrap interval when there is one seed. tests/unit/test_intervals.py measures its coverage by
   simulation (synthetic detectors through ssd_core.evaluate.voc_matches, 2-5 seeds, a seed-dominated
   and an image-dominated regime) next to the percentile bootstrap over seeds x images that this
   replaced, which covers far less than 95% with few seeds.

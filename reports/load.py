@@ -5,7 +5,7 @@ frame ``mlflow.search_runs`` returns (run_id, status, start_time, end_time, metr
 tags.*), then reads the metric histories it needs. ``load_runs()`` does the same for every
 trial/train run in the store.
 
-Two read paths give the same frames (tests/test_reports.py checks they are equal):
+Two read paths give the same frames (tests/integration/test_reports.py checks they are equal):
 
 * the MLflow API: ``mlflow.search_runs`` + ``get_metric_history_bulk`` (one query per metric key)
   or ``MlflowClient.get_metric_history`` per run where the store has no bulk call (a server);

@@ -79,7 +79,7 @@ class BoxCrossEntropy(torch.autograd.Function):
 class MultiBoxLoss(nn.Module):
     """SSD training objective. ``forward`` returns :class:`LossParts` of scalars.
 
-    Two computations of the same loss (equal values and gradients, tests/test_loss.py): on a CPU the sparse
+    Two computations of the same loss (equal values and gradients, tests/unit/test_loss.py): on a CPU the sparse
     one (positives gathered by index, the mined negatives by a ``topk`` of the batch's largest count), on a
     GPU the static one (:meth:`static_forward`: masks over every default box, a full sort for the mining; no
     data-dependent shape, so no device-to-host synchronisation: CUDA graphs and ``torch.compile`` take it).

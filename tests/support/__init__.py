@@ -1,0 +1,1 @@
+"""Helpers the tests share (fakes, reference implementations, tiny configs): no test module imports another."""
