@@ -244,7 +244,7 @@ def bench(checkpoint, *, split: str = M.TEST, onnx: bool = True, int8: bool = Tr
         for one in (False, True):  # all threads, then one
             threads = 1 if one else n_all
             # PyTorch alone, then the ONNX Runtime models interleaved: ORT's pool threads spin after a run,
-            # and interleaved with torch's OpenMP threads they starve each other (measured: 50x slower torch)
+            # and interleaved with torch's OpenMP threads they starve each other (measured: docs/deploy_timings.md)
             timings = {}
             for group in (["torch"], [b for b in pipelines if b != "torch"]):
                 with torch_threads(threads), torch.inference_mode():

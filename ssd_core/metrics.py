@@ -28,7 +28,7 @@ TEST_AT_FRACTION, TEST_AT_SELECTED = f"{TEST_AT}/fraction", f"{TEST_AT}/selected
 
 TRAIN_LOSS, TRAIN_LOSS_LOC, TRAIN_LOSS_CONF = "train/loss", "train/loss_loc", "train/loss_conf"
 TRAIN_LR, TRAIN_IMG_S, DEVICE_HOURS = "train/lr", "perf/train_img_s", "cost/device_hours"
-# how the default boxes cover the training boxes (ssd_core/prior_fit.py), logged with the first epoch: the share
+# how the default boxes cover the training boxes (ssd_core/prior_fit/), logged with the first epoch: the share
 # with best IoU >= 0.5 (all, class mean, per class and per COCO size) and the mean best IoU
 DATA_COVERAGE, DATA_COVERAGE_CLASS_MEAN, DATA_BEST_IOU = "data/coverage50", "data/coverage50_class_mean", "data/best_iou"
 

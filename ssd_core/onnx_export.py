@@ -30,15 +30,14 @@ scores may come out in another order.
 
 INT8 (why ONNX Runtime static quantization, not PT2E): torch 2.14 no longer ships torch.ao's PT2E flow
 (prepare_pt2e / X86InductorQuantizer live in the separate torchao package now), and a PT2E model gets INT8
-kernels only through torch.compile's Inductor. Measured on the 2-core AVX512-VNNI development CPU (one
-thread, BCCD MobileNetV2 SSDLite at 320 px, busy machine): torchao 0.18 PT2E + Inductor INT8 23.7 ms a
-forward after a 119 s first compile (Inductor FP32 45.8 ms, eager FP32 68.6 ms), against ONNX Runtime
-INT8 9.1 ms (FP32 17.7 ms) with no compile and no extra package. ONNX Runtime quantizes the graph
-`ssdlab export` already produces, and the result is one deployable file with the NMS inside. Quantized:
-convolutions with their ReLU / ReLU6 folded in (QDQ; weights int8 per output channel, activations uint8,
-min-max ranges from training images); everything after the heads (decode, softmax, NMS) stays float.
-Quantizing the convolutions alone leaves a float ReLU6 between every pair (dequantize, clip, quantize):
-8.6 ms instead of 4.8 ms for that model's network, measured back to back.
+kernels only through torch.compile's Inductor: measured, that was slower than ONNX Runtime INT8 even after
+a long first compile, while ONNX Runtime needs no compile and no extra package (the figures, with device
+and model: docs/deploy_timings.md). ONNX Runtime quantizes the graph `ssdlab export` already produces, and
+the result is one deployable file with the NMS inside. Quantized: convolutions with their ReLU / ReLU6
+folded in (QDQ; weights int8 per output channel, activations uint8, min-max ranges from training images);
+everything after the heads (decode, softmax, NMS) stays float. Quantizing the convolutions alone leaves a
+float ReLU6 between every pair (dequantize, clip, quantize), which measured clearly slower
+(docs/deploy_timings.md).
 """
 from __future__ import annotations
 

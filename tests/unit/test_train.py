@@ -249,7 +249,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": {}, "config": {}, "class_names": [], "obj": ExperimentConfig()}, pickled)
     with pytest.raises(CheckpointError, match=r"pickled.pt: not a checkpoint this tool will load: it holds a pickled "
-                                              r"Python object \(ssd_core.config.ExperimentConfig\)") as refused:
+                                              r"Python object \(ssd_core.config.experiment.ExperimentConfig\)") as refused:
         load_checkpoint(pickled)
     assert "\n" not in str(refused.value) and "weights_only=False" not in str(refused.value)
     partial = save_checkpoint({"model": {}}, tmp_path / "partial.pt")

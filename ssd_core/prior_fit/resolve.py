@@ -1,0 +1,133 @@
+"""The config side of fitted default boxes: `model.prior_scales: auto` (and `model.prior_aspect: auto`)
+resolved into model.prior_sizes (and model.prior_aspect_ratios) fitted to data.train_sets, once per process
+and training split; and the default-box layout any model section asks for.
+
+    training_boxes(cfg)              the training split's boxes as the fit and the coverage see them
+    resolve_priors(cfg)              the config with the fitted keys written in (unchanged when nothing to fit)
+    spec_of(cfg)                     the PriorSpec the config's model lays out, without building the model
+    prior_spec_kwargs(model, maps)   paper_prior_spec keywords from a model section (ssd_core/model.py)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ssd_core.errors import ConfigError
+from ssd_core.prior_fit.fit import fit_sizes
+
+
+def training_boxes(cfg, dataset=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(boxes [N, 4] normalised xyxy, labels [N], class names) of the training split as fit trains on it
+    (difficult objects only with data.keep_difficult); `dataset`: that split already built."""
+    from ssd_core.build import build_dataset
+
+    ds = dataset if dataset is not None else build_dataset(cfg, "train", train=False)
+    parts, labs = [], []
+    for i in range(len(ds)):
+        t = ds.annotation(i)
+        w, h = ds.image_size(i)
+        b = np.asarray(t.boxes, np.float64).reshape(-1, 4) / np.array([w, h, w, h], np.float64)
+        keep = np.ones(len(b), bool) if cfg.data.keep_difficult else ~np.asarray(t.difficult, bool).reshape(-1)
+        parts.append(np.clip(b[keep], 0, 1))
+        labs.append(np.asarray(t.labels, np.int64).reshape(-1)[keep])
+    boxes = np.concatenate(parts) if parts else np.zeros((0, 4))
+    labels = np.concatenate(labs) if labs else np.zeros(0, np.int64)
+    return boxes, labels, list(ds.class_names)
+
+
+def layout(model_cfg) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(feature map sizes, steps) the model section's network lays its default boxes on."""
+    from ssd_core.model import feature_map_sizes
+    from ssd_core.priors import default_steps
+
+    maps = tuple(feature_map_sizes(model_cfg))
+    return maps, default_steps(model_cfg.image_size, maps)
+
+
+def resolve_priors(cfg):
+    """`cfg` with model.prior_scales: auto resolved: model.prior_sizes (and, with model.prior_aspect: auto,
+    model.prior_aspect_ratios) fitted to the training split. Unchanged when nothing is to fit."""
+    model = cfg.model
+    if model.prior_scales != "auto" or (model.prior_sizes is not None and
+                                        (model.prior_aspect != "auto" or model.prior_aspect_ratios is not None)):
+        return cfg
+    from ssd_core.config import apply_overrides, config_hash
+
+    key = (config_hash(cfg), str(cfg.data.root), cfg.source, _data_stamp(cfg))
+    fitted = _fitted(key, cfg)
+    out = apply_overrides(cfg, fitted)
+    out._source = cfg.source
+    return out
+
+
+_FITS: dict = {}  # (config hash, data root, source, data stamp) -> the fitted keys: one fit per process
+
+
+def _data_stamp(cfg) -> tuple:
+    """(path, size, mtime) of the training split's list or annotation files: a changed split is fitted anew."""
+    from ssd_core.config import resolve_data_root
+
+    try:
+        root = resolve_data_root(cfg)
+    except ConfigError:
+        return ()
+    out = []
+    for name in cfg.data.train_sets:
+        sub, _, split = name.rpartition("/")
+        for path in (root / sub / "ImageSets" / "Main" / f"{split}.txt", root / "annotations" / f"instances_{name}.json"):
+            if path.is_file():
+                st = path.stat()
+                out.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _fitted(key, cfg) -> dict:
+    if key not in _FITS:
+        boxes, labels, names = training_boxes(cfg)
+        if len(boxes) == 0:
+            raise ConfigError(f"{cfg.source}: model.prior_scales: auto: the training split ({', '.join(cfg.data.train_sets)}) "
+                              f"has no boxes to fit the default boxes to")
+        maps, steps = layout(cfg.model)
+        f = fit_sizes(maps, steps, cfg.model.image_size, boxes, labels, len(names), aspect=cfg.model.prior_aspect == "auto",
+                      max_boxes=cfg.model.prior_max_boxes)
+        out = {"model.prior_sizes": [round(s, 6) for s in f.sizes]}
+        if cfg.model.prior_aspect == "auto":
+            out["model.prior_aspect_ratios"] = f.aspect_ratios
+        _FITS[key] = out
+    return _FITS[key]
+
+
+def spec_of(cfg):
+    """The PriorSpec the config's model lays out (fitted sizes included), without building the model."""
+    from ssd_core.priors import paper_prior_spec
+
+    model = cfg.model
+    maps, steps = layout(model)
+    kwargs = prior_spec_kwargs(model, len(maps))
+    return paper_prior_spec(model.image_size, maps, "voc" if model.prior_scales == "auto" else model.prior_scales,
+                            **kwargs)
+
+
+def prior_spec_kwargs(model, num_maps: int) -> dict:
+    """paper_prior_spec keywords from a model section: the ratio overrides, or the explicit/fitted sizes
+    (min_sizes = S s_1..s_m, max_sizes = S s_2..s_m+1) and aspect ratios. ConfigError when their lengths do
+    not fit the network's maps, or when auto sizes were never fitted."""
+    S = model.image_size
+    out = {k: getattr(model, f"prior_{k}") for k in ("first_ratio", "min_ratio", "max_ratio")
+           if getattr(model, f"prior_{k}") is not None}
+    if model.prior_sizes is not None:
+        s = list(model.prior_sizes)
+        if len(s) != num_maps + 1:
+            raise ConfigError(f"model.prior_sizes: {len(s)} sizes for {num_maps} feature maps: expected {num_maps + 1} "
+                              f"(s_1 .. s_m+1; map k's boxes are s_k and sqrt(s_k s_k+1))")
+        out.update(min_sizes=tuple(S * v for v in s[:-1]), max_sizes=tuple(S * v for v in s[1:]))
+    elif model.prior_scales == "auto":
+        raise ConfigError("model.prior_scales: auto: the default boxes have not been fitted to the training split yet "
+                          "(ssd_core.prior_fit.resolve_priors; `ssdlab train`, sweeps and `ssdlab data check --fit` do it)")
+    if model.prior_aspect_ratios is not None:
+        r = model.prior_aspect_ratios
+        if len(r) != num_maps:
+            raise ConfigError(f"model.prior_aspect_ratios: {len(r)} ratio sets for {num_maps} feature maps")
+        out["aspect_ratios"] = tuple(tuple(x) for x in r)
+    elif model.prior_aspect == "auto":
+        raise ConfigError("model.prior_aspect: auto: the aspect ratios have not been fitted yet (resolve_priors)")
+    return out
