@@ -3,6 +3,7 @@
 imported inside the functions, so importing this module sets nothing up before a benchmark's own setup).
 
     padded_targets(B, gen)       1-10 boxes per image, xyxy in [0, 1], label 0 = padding (ours' layout)
+    torchvision_targets(...)     the same targets as torchvision's per-image dicts, in pixels
     trained_like(B, P, gen)      logits of a trained model: ~175 candidates per image above 0.01
     torchvision_ssd()            the attributes torchvision's SSD.compute_loss / postprocess_detections read
     torchvision_loss(...)        SSD.forward's training branch from the head outputs on
@@ -30,6 +31,11 @@ def padded_targets(B: int, gen: torch.Generator, num_classes: int = NUM_CLASSES)
     labels = torch.randint(1, num_classes, (B, M), generator=gen)
     pad = torch.arange(M) >= n[:, None]
     return boxes.masked_fill(pad[..., None], 0.0), labels.masked_fill(pad, 0)
+
+
+def torchvision_targets(boxes: torch.Tensor, labels: torch.Tensor, size: int) -> list[dict]:
+    """padded_targets' boxes and labels as torchvision's detection targets: per image, padding dropped, pixels."""
+    return [{"boxes": b[lb > 0] * size, "labels": lb[lb > 0]} for b, lb in zip(boxes, labels)]
 
 
 def trained_like(B: int, P: int, gen: torch.Generator, num_classes: int = NUM_CLASSES) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py on its quick CPU path, so the one-shot GPU script cannot rot between GPU draws.
+"""benchmarks/gpu_check/ on its quick CPU path, so the one-shot GPU script cannot rot between GPU draws.
 
 The quick run goes through every part (loss/post-processing, train step + torch.compile, input pipeline,
 packed worker processes, fit + mAP) on tiny sizes, in a fresh interpreter where Ray, MLflow, Optuna and
@@ -139,15 +139,15 @@ def test_quick_run_is_quick(quick_run):
 
 
 def test_a_failing_part_is_recorded_and_the_rest_still_run(tmp_path, monkeypatch, capsys):
-    from benchmarks import gpu_check
+    from benchmarks.gpu_check import harness
 
     def broken(report, section, plan, device):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(gpu_check, "part1_loss_postprocess", broken)
+    monkeypatch.setattr(harness, "part1_loss_postprocess", broken)
     old_term = signal.getsignal(signal.SIGTERM)
     try:
-        assert gpu_check.main(["--device", "cpu", "--quick", "--parts", "1,3", "--out", str(tmp_path)]) == 0
+        assert harness.main(["--device", "cpu", "--quick", "--parts", "1,3", "--out", str(tmp_path)]) == 0
     finally:
         signal.signal(signal.SIGTERM, old_term)
     stdout = capsys.readouterr().out
@@ -160,7 +160,7 @@ def test_a_failing_part_is_recorded_and_the_rest_still_run(tmp_path, monkeypatch
 
 
 def test_time_cap_interrupts_a_part():
-    from benchmarks.gpu_check import PartTimeout, time_cap
+    from benchmarks.gpu_check.runtime import PartTimeout, time_cap
     t0 = time.perf_counter()
     with pytest.raises(PartTimeout):
         with time_cap(1):
