@@ -49,7 +49,7 @@ def _base_params() -> dict[str, str]:
 
 
 def fill(uri: str, runs: int, epochs: int) -> None:
-    from experiments.tracking import ensure_store
+    from experiments.tracking.store import ensure_store
     ensure_store(uri)
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("bench")

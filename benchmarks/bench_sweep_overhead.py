@@ -1,6 +1,6 @@
 """Orchestration overhead per trial: sweep wall time minus the trials' own compute, per trial.
 
-Ours: `experiments.sweep.run_sweep` (validated spec, per-trial config resolution, Tune checkpoint
+Ours: `experiments.sweep.driver.run_sweep` (validated spec, per-trial config resolution, Tune checkpoint
 every epoch, the driver's single MLflow writer with idempotent run identity: parent + children,
 params, tags, metrics per epoch, config artifact). Reference: a bare `ray.tune.Tuner` with Ray's
 stock `MLflowLoggerCallback` and the same fake trials (same epochs, same sleep, a checkpoint each
@@ -54,8 +54,8 @@ def reference_trainable(config):
 
 
 def run_ours(work: Path, rep: int, trials: int, epochs: int, epoch_s: float) -> float:
-    from experiments.sweep import run_sweep
-    from experiments.sweep_spec import load_sweep
+    from experiments.sweep.driver import run_sweep
+    from experiments.sweep.validate import load_sweep
 
     (work / "base.yaml").write_text(yaml.safe_dump({"name": "bench", "train": {"epochs": epochs, "time_budget_s": epoch_s}}))
     sweep = {"name": f"ours{rep}", "experiment": "base.yaml", "arms": {"a": {}}, "seeds": list(range(trials)),
@@ -71,7 +71,7 @@ def run_reference(work: Path, rep: int, trials: int, epochs: int, epoch_s: float
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    from experiments.tracking import ensure_store
+    from experiments.tracking.store import ensure_store
 
     uri = ensure_store(f"sqlite:///{work / 'ref.db'}")
     tuner = tune.Tuner(

@@ -21,7 +21,7 @@ every factor. Points are named by what differs from the baseline: `baseline`, `+
 * leave_one_out: the all-changed point (every factor at its last level) and each factor back at its baseline.
 * cumulative: the baseline, then each factor added in order (the original reproduction's table).
 
-Pure: no Ray, no MLflow. experiments/sweep_spec.py validates a design and turns its points into arms;
+Pure: no Ray, no MLflow. experiments/sweep/spec.py validates a design and turns its points into arms;
 the parent run stores `Design.record()` (Tag.DESIGN); reports/factorial.py reads it back.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ssdlab's MLflow vocabulary, defined once: tag names, run statuses, metric names, and the rule that
-picks a sweep's best trial. Writers (experiments/tracking.py, sweep.py), readers (reports/) and test
+picks a sweep's best trial. Writers (experiments/tracking/, sweep.py), readers (reports/) and test
 fixtures import these names; nothing else spells them. No MLflow import: workers load it for free.
 
 A run's SCORE is its best value of the sweep's selection metric (`val/...`, docs: ssd_core/metrics.py)
@@ -145,7 +145,7 @@ def best_index(scores: Sequence[float], statuses: Sequence[str], seeds: Sequence
 
 
 # --------------------------------------------------------------------------- the search space
-# A sweep's `search.space` (experiments/sweep_spec.py) maps dotted config keys to one distribution each:
+# A sweep's `search.space` (experiments/sweep/spec.py) maps dotted config keys to one distribution each:
 #   {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {int: [lo, hi]} (inclusive) | {choice: [v, ...]}
 # with an optional `when: {key: value, ...}`. Parsed here, once: the sweep validates and samples with these
 # Params, the parent run stores the space as written (Tag.SEARCH_SPACE), the report parses it back here.

@@ -1,6 +1,6 @@
 """Sequential seeding: seeds are added in waves until each arm's delta against the baseline is decided.
 
-A sweep asks for it with a mapping instead of a seed list (experiments/sweep_spec.py, SequentialSeeds):
+A sweep asks for it with a mapping instead of a seed list (experiments/sweep/spec.py, SequentialSeeds):
 
     seeds: {start: 2, max: 8, step: 2, until: decided, width: 0.05, max_device_hours: 4, alpha: 0.05}
 

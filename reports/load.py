@@ -33,7 +33,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from experiments.schema import FROM_MLFLOW, Artifact, Kind, M, Status, Tag, best_index, score_of
-from experiments.store import mlflow_client, using_tracking_uri
+from experiments.tracking.store import mlflow_client, using_tracking_uri
 from ssd_core import rundir as RD
 from ssd_core.config import DEFAULT_TRACKING_URI
 from ssd_core.errors import UserError

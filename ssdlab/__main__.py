@@ -1,5 +1,5 @@
 import sys
 
-from experiments.cli import main
+from ssdlab.cli import main
 
 sys.exit(main())

@@ -1,18 +1,18 @@
 """The `ssdlab` command.
 
-Each area registers its own sub-commands from a small module under `experiments/commands/`
+Each area registers its own sub-commands from a small module under `ssdlab/commands/`
 (`register(subparsers)`), so this file stays a table of contents:
 
-    ssdlab data synth|check     experiments/commands/data.py
-    ssdlab score                experiments/commands/score.py
-    ssdlab config show          experiments/commands/train.py
-    ssdlab train|eval|detect    experiments/commands/train.py
-    ssdlab sweep                experiments/commands/sweep.py
-    ssdlab export|deploy bench  experiments/commands/deploy.py
-    ssdlab report|runs|ui       reports/commands.py
-    ssdlab server               experiments/commands/server.py
-    ssdlab dashboard            experiments/commands/dashboard.py
-    ssdlab import               experiments/commands/importer.py
+    ssdlab data synth|check     ssdlab/commands/data.py
+    ssdlab score                ssdlab/commands/score.py
+    ssdlab config show          ssdlab/commands/train.py
+    ssdlab train|eval|detect    ssdlab/commands/train.py
+    ssdlab sweep                ssdlab/commands/sweep.py
+    ssdlab export|deploy bench  ssdlab/commands/deploy.py
+    ssdlab report|runs|ui       ssdlab/commands/report.py
+    ssdlab server               ssdlab/commands/server.py
+    ssdlab dashboard            ssdlab/commands/dashboard.py
+    ssdlab import               ssdlab/commands/importer.py
 
 A command handler returns an exit code. `UserError` (bad config, sweep, data, checkpoint, store) is
 printed as one clear line and exits 2; anything else is a bug and shows its traceback.
@@ -46,15 +46,15 @@ from ssd_core.errors import DiskFullError, NonFiniteLossError, UserError
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 COMMAND_MODULES = (
-    "experiments.commands.data",
-    "experiments.commands.score",
-    "experiments.commands.train",
-    "experiments.commands.sweep",
-    "experiments.commands.deploy",
-    "reports.commands",
-    "experiments.commands.server",
-    "experiments.commands.dashboard",
-    "experiments.commands.importer",
+    "ssdlab.commands.data",
+    "ssdlab.commands.score",
+    "ssdlab.commands.train",
+    "ssdlab.commands.sweep",
+    "ssdlab.commands.deploy",
+    "ssdlab.commands.report",
+    "ssdlab.commands.server",
+    "ssdlab.commands.dashboard",
+    "ssdlab.commands.importer",
 )
 
 

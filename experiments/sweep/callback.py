@@ -26,10 +26,14 @@ from typing import Optional
 from ray import tune
 
 from experiments.schema import M, Status, Tag
-from experiments.store import OUTAGE_WAIT_S, RETRY_S, scoped_env, unreachable
-from experiments.sweep_spec import Phase, SweepSpec
-from experiments.tracking import STAMP_MS
-from experiments.trial import NODE_KEY, PRECISION_KEY, TrialJob, TrialKey, prune_state, trial_run_dir, trial_status
+from experiments.tracking.store import OUTAGE_WAIT_S, RETRY_S, scoped_env, unreachable
+from experiments.sweep.plan import Phase
+from experiments.sweep.spec import SweepSpec
+from experiments.tracking.writer import STAMP_MS
+from experiments.sweep.job import NODE_KEY, PRECISION_KEY, TrialJob, TrialKey
+from experiments.sweep.checkpoints import prune_state
+from experiments.sweep.worker import trial_run_dir
+from experiments.sweep.status import trial_status
 from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, config_hash, flatten, to_yaml
 
@@ -51,7 +55,7 @@ def _error_line(trial) -> str:
     return line.replace("ssd_core.errors.", "")
 
 
-# The driver's record of a trial that failed because a disk filled (experiments.sweep.DiskFullStop reads it).
+# The driver's record of a trial that failed because a disk filled (experiments.sweep.guards.DiskFullStop reads it).
 DISK_FULL: list[str] = []
 
 
@@ -207,11 +211,10 @@ class MLflowTuneCallback(tune.Callback):
         self._nodes[tid] = nodes
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if getattr(self.job, "checkpoint_state", False):
-            try:
-                prune_state(checkpoint)
-            except Exception as exc:  # a storage hiccup costs space, never the trial
-                print(f"ssdlab sweep: could not strip old checkpoints of {trial.trial_id}: {exc}", file=sys.stderr)
+        try:
+            prune_state(checkpoint)
+        except Exception as exc:  # a storage hiccup costs space, never the trial
+            print(f"ssdlab sweep: could not strip old checkpoints of {trial.trial_id}: {exc}", file=sys.stderr)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.outbox.submit(self._end_trial, trial, getattr(trial, "last_result", None), trial.checkpoint)
@@ -220,13 +223,13 @@ class MLflowTuneCallback(tune.Callback):
         self._ensure(trial)
         tid = trial.trial_id
         status = trial_status(last_result, self._cfg[tid].train.epochs)
-        if checkpoint is not None and getattr(self.job, "checkpoint_state", False):
+        if checkpoint is not None:
             with checkpoint.as_directory() as ckpt_dir:  # the trial's outputs, whichever node wrote them
                 self.tracker.end_child(tid, status, config_yaml=to_yaml(self._cfg[tid]),
                                        checkpoint=Path(ckpt_dir) / RD.BEST,
                                        detections=Path(ckpt_dir) / RD.TEST_DETECTIONS)
             return
-        run_dir = trial_run_dir(self.job, tid)  # a job from an older driver: the files are in the run dir
+        run_dir = trial_run_dir(self.job, tid)  # no Tune checkpoint yet: the files are in the driver-node run dir
         self.tracker.end_child(tid, status, config_yaml=to_yaml(self._cfg[tid]),
                                checkpoint=run_dir / RD.BEST, detections=run_dir / RD.TEST_DETECTIONS)
 
@@ -257,10 +260,3 @@ class MLflowTuneCallback(tune.Callback):
         state["_nodes"] = {}
         state["_precision"] = {}
         return state
-
-    def __setstate__(self, state):  # a callback pickled by an older driver has neither
-        self.__dict__.update(state)
-        self.__dict__.setdefault("_nodes", {})
-        self.__dict__.setdefault("_precision", {})
-        if "outbox" not in self.__dict__:
-            self.outbox = Outbox(self.spec.file.tracking.uri)

@@ -18,7 +18,8 @@ from typing import Optional, TextIO
 from ray import tune
 
 from experiments.schema import M, Status
-from experiments.trial import OBJECTIVE, TrialKey, trial_status
+from experiments.sweep.job import OBJECTIVE, TrialKey
+from experiments.sweep.status import trial_status
 
 
 @dataclass
@@ -71,7 +72,7 @@ class ProgressCallback(tune.Callback):
         self._changed(f"{t.status:<6} {t.label}: epoch {t.epoch}, {_score(t.score)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from experiments.callback import _error_line
+        from experiments.sweep.callback import _error_line
 
         t = self._get(trial)
         t.status, t.ended = Status.FAILED.value, time.monotonic()

@@ -48,8 +48,8 @@ def same_database(a: str, b: str) -> bool:
 
 def study_url(spec, storage) -> Optional[str]:
     """The Optuna storage URL of `spec`'s search (see the module docstring); ConfigError when it is MLflow's."""
-    from experiments.storage import local_path
-    from experiments.store import sqlite_file
+    from experiments.sweep.storage import local_path
+    from experiments.tracking.store import sqlite_file
 
     s = spec.file.search
     if s is None or s.storage == IN_MEMORY:
@@ -75,7 +75,7 @@ def open_storage(url: str, where: str = ""):
     """Optuna's RDBStorage for `url` (its schema created when absent); ConfigError naming `where` and the URL."""
     import optuna
 
-    from experiments.store import sqlite_file
+    from experiments.tracking.store import sqlite_file
 
     db = sqlite_file(url)
     if db is not None:

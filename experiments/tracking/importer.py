@@ -4,7 +4,7 @@
                                       notebook, benchmarks/gpu_ablation.py) -> RunDir; ImportProblem naming the
                                       file when it is not one, or not ended
     import_runs(paths, sweep, uri)    log them as one sweep: a parent run and one child per run dir with the tags,
-                                      metric history and artifacts a Ray sweep gives them (experiments/tracking.py's
+                                      metric history and artifacts a Ray sweep gives them (experiments/tracking's
                                       SweepTracker, the sweep's own writer), so `ssdlab report --sweep NAME` makes
                                       the same tables
 
@@ -107,7 +107,7 @@ def arm_of(run: RunDir, arm_from: Optional[str]) -> str:
 
 
 def _epoch_metrics(row: dict) -> dict[str, float]:
-    """The metrics a sweep logs per epoch (experiments/callback.py): names with a '/', and the score."""
+    """The metrics a sweep logs per epoch (experiments/sweep/callback.py): names with a '/', and the score."""
     return {k: float(v) for k, v in row.items()
             if ("/" in k or k == M.SCORE) and isinstance(v, (int, float)) and not isinstance(v, bool)
             and math.isfinite(float(v))}
@@ -124,7 +124,9 @@ class ImportResult:
 def import_runs(paths: Iterable[Path], sweep: str, uri: str, experiment: Optional[str] = None,
                 arm_from: Optional[str] = None, baseline: Optional[str] = None, metric: str = M.map50(M.VAL),
                 mode: str = "max", log_checkpoints: bool = True) -> ImportResult:
-    from experiments.tracking import SweepTracker, ensure_store, find_run
+    from experiments.tracking.sweep_tracker import SweepTracker
+    from experiments.tracking.store import ensure_store
+    from experiments.tracking.writer import find_run
     from ssd_core.config import config_hash, flatten, to_yaml
 
     runs, skipped = [], []

@@ -1,11 +1,11 @@
-"""The registered model's code (MLflow "models from code", experiments/registry.py logs this file): images in,
+"""The registered model's code (MLflow "models from code", experiments/tracking/registry.py logs this file): images in,
 detections out, through ssd_core's one inference path."""
 from __future__ import annotations
 
 import mlflow
 import numpy as np
 
-from experiments.registry import COLUMNS
+from experiments.tracking.registry import COLUMNS
 
 
 class SSDDetector(mlflow.pyfunc.PythonModel):

@@ -16,7 +16,7 @@ from typing import Optional
 import mlflow
 import numpy as np
 
-from experiments.store import using_tracking_uri
+from experiments.tracking.store import using_tracking_uri
 from ssd_core import rundir as RD
 
 ALIAS = "best"

@@ -19,9 +19,12 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ssd_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = ("experiments", "runs")
@@ -221,8 +224,6 @@ def check_store(uri: str, where: str = "", write: bool = True) -> str:
     try:
         with _bounded_http():
             if write and sqlite_file(uri) is not None:  # creates the schema once, under a lock
-                from experiments.tracking import ensure_store
-
                 ensure_store(uri)
             else:
                 mlflow_client(uri).search_experiments(max_results=1)
@@ -230,3 +231,78 @@ def check_store(uri: str, where: str = "", write: bool = True) -> str:
         verb = "did not answer" if re.match(r"^https?://", uri) else "cannot be opened"
         raise ConfigError(f"{prefix}MLflow store {uri} {verb}: {_reason(exc)}") from None
     return uri
+
+
+# --------------------------------------------------------------------------- the store opened
+_READY: set[str] = set()
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a sqlite store live next to the database (`<dir>/mlartifacts`), not in CWD."""
+    db = sqlite_file(uri)
+    if db is None:
+        return None
+    return (db.resolve().parent / "mlartifacts").as_uri()
+
+
+def ensure_store(uri: str) -> str:
+    """Create the MLflow schema of `uri` once, under a file lock, and return `uri`.
+
+    A fresh sqlite store that many processes open at once fails its alembic migration; calling
+    this first (in the one driver, or in every process: the lock serialises them) avoids it. A new
+    database is migrated under a temporary name beside it and moved into place whole, so no other
+    process (a reader, one that locks the file) ever meets a half-built schema; opening it then waits
+    while another process holds it locked (store.patient). Non-sqlite URIs need nothing.
+    """
+    if uri in _READY:
+        return uri
+    db = sqlite_file(uri)
+    if db is not None:
+        from filelock import FileLock
+
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(db) + ".lock", timeout=300):
+            if not db.exists() or db.stat().st_size == 0:
+                _create_schema_aside(db)
+            patient(lambda: mlflow_client(uri).search_experiments(max_results=1))
+    _READY.add(uri)
+    return uri
+
+
+def _create_schema_aside(db: Path) -> None:
+    """MLflow's tables in `.<name>.creating-<pid>` beside `db` (constructing the store runs the migrations),
+    then renamed to `db` in one step."""
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        mlflow_client(f"sqlite:///{tmp}").search_experiments(max_results=1)
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def client_for(uri: str) -> "MlflowClient":
+    return mlflow_client(ensure_store(uri))
+
+
+# MLflow 3's UI opens an experiment by its kind: without this tag it lands on the GenAI overview (traces,
+# issue detection), with it on the model-training runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client: "MlflowClient", name: str, uri: str) -> str:
+    """Get or create the experiment `name` (race-safe: another writer may create it first), tagged as a
+    model-training experiment for MLflow's UI."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_root(uri), tags=EXPERIMENT_KIND)
+            return exp_id
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    for k, v in EXPERIMENT_KIND.items():
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id

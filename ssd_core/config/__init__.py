@@ -39,7 +39,7 @@ from ssd_core.config.schema import (BACKBONES, FLOAT32_MAX, MAX_IMAGE_SIZE, MIN_
                                     SyntheticConfig, TrainConfig, ZoomOutConfig)
 from ssd_core.config.validate import short, validate_config, validate_section
 from ssd_core.config.views import DATA_ROOT_ENV, config_hash, config_keys, flatten, resolve_data_root, to_yaml
-from ssd_core.config.yaml_io import (MAX_YAML_BYTES, MAX_YAML_VALUES, _kind, expanded_size, read_yaml,
+from ssd_core.config.yaml_io import (MAX_YAML_BYTES, MAX_YAML_VALUES, file_kind, expanded_size, read_yaml,
                                      yaml_error_line)
 
 __all__ = [
@@ -52,8 +52,8 @@ __all__ = [
     "OPTIONAL_SECTIONS", "OPTIONAL_MODEL_KEYS", "HASH_EXCLUDED",
     # validate.py
     "validate_config", "validate_section", "short",
-    # yaml_io.py (_kind, private, is imported by experiments/sweep_spec.py)
-    "read_yaml", "yaml_error_line", "expanded_size", "MAX_YAML_VALUES", "MAX_YAML_BYTES", "_kind",
+    # yaml_io.py
+    "read_yaml", "yaml_error_line", "expanded_size", "MAX_YAML_VALUES", "MAX_YAML_BYTES", "file_kind",
     # overrides.py
     "load_config", "parse_overrides", "apply_overrides",
     # views.py

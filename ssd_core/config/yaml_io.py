@@ -29,7 +29,7 @@ def read_yaml(path: Union[str, os.PathLike], what: str = "config") -> Any:
     if not path.exists():
         raise ConfigError(f"{path}: {what} file not found")
     if not path.is_file():
-        raise ConfigError(f"{path}: not a file but {_kind(path)} (a {what} file is a YAML file)")
+        raise ConfigError(f"{path}: not a file but {file_kind(path)} (a {what} file is a YAML file)")
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
             raise ConfigError(f"{path}: {path.stat().st_size} bytes: larger than a {what} file can be "
@@ -115,7 +115,7 @@ def expanded_size(value: Any, limit: int = MAX_YAML_VALUES) -> tuple[int, int]:
     return size(value), written[0]
 
 
-def _kind(path: Path) -> str:
+def file_kind(path: Path) -> str:
     """What a path that is not a regular file is."""
     import stat
 

@@ -1,4 +1,4 @@
-"""`ssdlab dashboard`: a search sweep's Optuna study, live in optuna-dashboard (experiments/study.py).
+"""`ssdlab dashboard`: a search sweep's Optuna study, live in optuna-dashboard (experiments/sweep/study.py).
 
     ssdlab dashboard SWEEP.yaml [--storage DIR] [--port 8080]   the study storage that sweep writes
     ssdlab dashboard --study-storage URL [--port 8080]          any Optuna storage (sqlite:///..., postgresql://...)
@@ -32,10 +32,10 @@ def dashboard_command(url: str, port: int) -> list[str]:
 
 def study_storage(args: argparse.Namespace) -> str:
     """The Optuna storage URL the command shows; ConfigError naming the sweep when it has none."""
-    from experiments import study as S
-    from experiments.storage import sweep_storage
-    from experiments.store import sqlite_file
-    from experiments.sweep_spec import load_sweep
+    from experiments.sweep import study as S
+    from experiments.sweep.storage import sweep_storage
+    from experiments.tracking.store import sqlite_file
+    from experiments.sweep.validate import load_sweep
 
     if args.study_storage:
         url = args.study_storage
@@ -57,7 +57,7 @@ def study_storage(args: argparse.Namespace) -> str:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from experiments.serve import check_port, serve
+    from ssdlab.serve import check_port, serve
 
     url = study_storage(args)
     check_port(args.port)

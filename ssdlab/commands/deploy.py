@@ -137,7 +137,6 @@ def export(args) -> int:
 
 def bench(args) -> int:
     from ssd_core import deploy as DP
-    from ssd_core import onnx_export as OX
     from ssd_core.checkpoint import load_checkpoint
     from ssd_core.inference import config_from_checkpoint
 
@@ -173,8 +172,8 @@ def bench(args) -> int:
 
 def _run_writer(uri: str, run_id: str, where: str):
     """(client, run id) of an existing run, or ConfigError naming the store / the run."""
-    from experiments.store import check_store
-    from experiments.tracking import client_for
+    from experiments.tracking.store import check_store
+    from experiments.tracking.store import client_for
 
     check_store(uri, where)
     client = client_for(uri)
@@ -187,6 +186,6 @@ def _run_writer(uri: str, run_id: str, where: str):
 
 def log_deploy_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
     """The deploy/* metrics onto an existing MLflow run at `step` (one batched call)."""
-    from experiments.tracking import log_batch, metrics_of
+    from experiments.tracking.writer import log_batch, metrics_of
 
     log_batch(client, run_id, metrics=metrics_of(metrics, step))

@@ -1,5 +1,5 @@
 """`ssdlab import`: run dirs written outside Ray (ssdlab train, a SLURM job array, a notebook, the GPU script)
-logged to MLflow as one sweep (experiments/importer.py), so `ssdlab report --sweep NAME` makes its tables.
+logged to MLflow as one sweep (experiments/tracking/importer.py), so `ssdlab report --sweep NAME` makes its tables.
 
     ssdlab import RUN_DIR... --sweep NAME [--arm-from KEY] [--baseline ARM] [--tracking-uri URI]
                   [--experiment NAME] [--no-checkpoints]
@@ -31,8 +31,8 @@ def register(subparsers) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from experiments.importer import import_runs
-    from experiments.store import check_store
+    from experiments.tracking.importer import import_runs
+    from experiments.tracking.store import check_store
     from reports.load import resolve_tracking_uri
 
     uri = check_store(resolve_tracking_uri(args.tracking_uri), "--tracking-uri")

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 def _store(uri: str | None) -> str:
     from reports.load import resolve_tracking_uri
 
-    from experiments.store import sqlite_file, store_problem
+    from experiments.tracking.store import sqlite_file, store_problem
 
     uri = resolve_tracking_uri(uri)
     db = sqlite_file(uri)
@@ -69,7 +69,7 @@ def _store(uri: str | None) -> str:
     if problem:
         raise UserError(f"MLflow store {uri}: {problem}; pass --tracking-uri")
     if uri.startswith(("http://", "https://")):  # asked once, bounded (MLflow's client retries for minutes)
-        from experiments.store import check_store
+        from experiments.tracking.store import check_store
 
         check_store(uri, "--tracking-uri", write=False)
     return uri
@@ -115,7 +115,7 @@ def attach(report, files: list[Path], ui_url: str | None) -> None:
     import tempfile
 
     from experiments.schema import Artifact
-    from experiments.store import mlflow_client, sqlite_file
+    from experiments.tracking.store import mlflow_client, sqlite_file
     from reports.report import write_report
 
     data = report.data
@@ -182,7 +182,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def experiment_urls(uri: str, base: str, limit: int = 8) -> list[tuple[str, str]]:
     """(experiment, its runs page) of the store's experiments, newest first (the Default one only if used)."""
     try:
-        from experiments.store import mlflow_client
+        from experiments.tracking.store import mlflow_client
 
         exps = mlflow_client(uri).search_experiments(order_by=["last_update_time DESC"], max_results=limit + 1)
     except Exception:
@@ -202,14 +202,14 @@ def ui_command(uri: str, port: int) -> list[str]:
 
 
 def _listening(port: int) -> bool:
-    from experiments.serve import listening
+    from ssdlab.serve import listening
     return listening(port)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start `mlflow ui` on 127.0.0.1 and print its URL once it listens; SIGTERM or Ctrl-C stop it too.
     A tracking server (http...) already has a UI: print its URL and return."""
-    from experiments.serve import check_port, serve
+    from ssdlab.serve import check_port, serve
     from reports.load import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)

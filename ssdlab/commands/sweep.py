@@ -1,7 +1,7 @@
 """`ssdlab sweep FILE [--address auto|HOST:PORT] [--resume] [--storage PATH] [--dry-run]`.
 
 The sweep file is validated in full first (a bad key exits 2 before Ray starts), then the MLflow
-store is opened (experiments/store.py), before anything is created. Local Ray by default; a cluster
+store is opened (experiments/tracking/store.py), before anything is created. Local Ray by default; a cluster
 with --address or $RAY_ADDRESS. Trial state lives under STORAGE/<name> (default runs/ray/<name>);
 after the driver dies, `--resume` continues from it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ssdlab.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from ssd_core.config import DEFAULT_TRACKING_URI
 
 EXIT_STATUS = f"""exit status:
@@ -37,8 +37,9 @@ def register(subparsers) -> None:
 
 
 def sweep(args) -> int:
-    from experiments.store import store_problem
-    from experiments.sweep_spec import describe, load_sweep
+    from experiments.tracking.store import store_problem
+    from experiments.sweep.plan import describe
+    from experiments.sweep.validate import load_sweep
     from ssd_core.errors import ConfigError
 
     spec = load_sweep(args.file)
@@ -49,13 +50,14 @@ def sweep(args) -> int:
         print(describe(spec))
         _warn_existing_state(spec, args)
         return EXIT_OK
-    from experiments.sweep_spec import plan
+    from experiments.sweep.plan import plan
     phases = plan(spec)
     first = sum(len(ph.trials) if ph.kind != "search" else ph.num_samples for ph in phases)
     print(f"ssdlab sweep {spec.name}: {len(spec.arm_names) or 1} arm(s), {first} trials planned"
           + (" in the first wave" if spec.sequential else "") + f"; MLflow {spec.file.tracking.uri} "
           f"(experiment {spec.experiment_name}); starting Ray", flush=True)
-    from experiments.sweep import SweepInterrupted, SweepStopped, run_sweep  # Ray sizes each worker's threads to its CPUs
+    from experiments.sweep.guards import SweepInterrupted, SweepStopped
+    from experiments.sweep.driver import run_sweep  # Ray sizes each worker's threads to its CPUs
 
     try:
         result = run_sweep(spec, address=args.address, resume=args.resume, storage=args.storage,
@@ -66,7 +68,7 @@ def sweep(args) -> int:
     except SweepStopped as exc:
         print(f"ssdlab sweep: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    from experiments.sweep import format_counts
+    from experiments.sweep.status import format_counts
 
     print(f"sweep {result.name}: {result.trials} trials in {result.wall_s:.0f} s ({format_counts(result.counts)}); "
           f"state {result.storage}; MLflow parent run {result.parent_run_id} "
@@ -85,7 +87,7 @@ def _warn_existing_state(spec, args) -> None:
     """A dry run of a sweep whose state already exists: say that the launch will refuse, and what to do."""
     from pathlib import Path
 
-    from experiments.storage import local_path, sweep_storage
+    from experiments.sweep.storage import local_path, sweep_storage
 
     storage = sweep_storage(args.storage, spec.name)
     folder = local_path(storage)

@@ -6,7 +6,7 @@
     ssdlab detect --checkpoint PATH IMAGES... --out DIR [--score 0.3]
 
 `ssdlab train` logs one MLflow run (params = the flattened config, metrics per epoch, per-class AP,
-config.yaml and best.pt as artifacts, tag ssdlab.kind=train) through experiments.tracking.MLflowCallback.
+config.yaml and best.pt as artifacts, tag ssdlab.kind=train) through experiments.tracking.train_run.MLflowCallback.
 """
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def train(args) -> int:
     callbacks = []
     tracker = None
     if not args.no_tracking:
-        from experiments.store import check_store
-        from experiments.tracking import MLflowCallback
+        from experiments.tracking.store import check_store
+        from experiments.tracking.train_run import MLflowCallback
         uri = args.tracking_uri or cfg.tracking.uri
         check_store(uri, "--tracking-uri" if args.tracking_uri else f"{args.config}: tracking.uri")  # before training
         tracker = MLflowCallback(uri, cfg.tracking.experiment,

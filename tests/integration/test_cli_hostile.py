@@ -1,7 +1,7 @@
-"""Hostile input to the `ssdlab` CLI: each case exits with its documented code (experiments/cli.py) and
+"""Hostile input to the `ssdlab` CLI: each case exits with its documented code (ssdlab/cli.py) and
 one line naming the file and the key or object, no traceback, and nothing new on disk.
 
-The table runs `experiments.cli.main` in-process (fast); a closed output pipe needs a real process.
+The table runs `ssdlab.cli.main` in-process (fast); a closed output pipe needs a real process.
 Also here: the sweep's exit status when trials failed, and the trial counts of a stopped phase.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from experiments.cli import EXIT_BROKEN_PIPE, EXIT_FAILED, main
+from ssdlab.cli import EXIT_BROKEN_PIPE, EXIT_FAILED, main
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "experiments" / "configs" / "demo_shapes.yaml"
@@ -295,7 +295,7 @@ def test_hostile_input_gets_one_clear_line(case, tmp_path, monkeypatch, capsys):
 def test_closed_output_pipe_is_quiet(tmp_path):
     """`ssdlab config show CFG | head -1`: the reader is gone before the first write (its end of the pipe
     is closed at once), so every write fails with EPIPE; the command stops quietly with 141."""
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "config", "show", str(DEMO)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "ssdlab.cli", "config", "show", str(DEMO)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()
@@ -307,7 +307,7 @@ def test_closed_output_pipe_is_quiet(tmp_path):
 
 
 def test_sweep_exit_status_names_each_failed_trial(tmp_path, monkeypatch, capsys):
-    from experiments import sweep as sweep_mod
+    from experiments.sweep import driver as sweep_mod
 
     monkeypatch.chdir(tmp_path)
     path = Files(tmp_path).sweep()
@@ -329,7 +329,7 @@ def test_sweep_exit_status_names_each_failed_trial(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(sweep_mod, "run_sweep", lambda spec, **kw: sweep_mod.SweepResult(
         spec.name, tmp_path, "p", 2, 1.0, [], counts={"finished": 2}))
     assert main(["sweep", path]) == 0
-    assert "--resume" in subprocess.run([sys.executable, "-m", "experiments.cli", "sweep", "--help"], cwd=REPO,
+    assert "--resume" in subprocess.run([sys.executable, "-m", "ssdlab.cli", "sweep", "--help"], cwd=REPO,
                                         capture_output=True, text=True).stdout.split("exit status:")[1]
 
 
@@ -341,7 +341,7 @@ class _Result:
 def test_stopped_phase_counts_trials_from_their_own_records():
     """After Ctrl-C Tune marks the trials it cut short TERMINATED, like the finished ones; the count
     comes from each trial's record: done (finished / early-stopped), an error, or neither (running)."""
-    from experiments.sweep import format_counts, phase_states
+    from experiments.sweep.status import format_counts, phase_states
 
     results = [_Result({"epoch": 4, "final": 1.0, "done": True}), _Result({"epoch": 4, "final": 1.0, "done": True}),
                _Result({"epoch": 2, "final": 0.0, "done": True}), _Result({"epoch": 1, "done": False}),

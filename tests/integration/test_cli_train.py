@@ -1,4 +1,4 @@
-"""`ssdlab config show | train | eval | detect` end to end through experiments.cli.main (tiny synthetic run)."""
+"""`ssdlab config show | train | eval | detect` end to end through ssdlab.cli.main (tiny synthetic run)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.cli import main
+from ssdlab.cli import main
 from ssd_core.config import config_hash, load_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
+from ssdlab.cli import main
 from tests.support.fake_fit import REPO
 from tests.support.fake_store import Run, write_sweep
 
@@ -70,8 +70,8 @@ def test_a_dry_run_warns_when_the_sweep_state_exists(tmp_path, capsys):
 
 
 def test_experiments_open_on_mlflow_s_model_training_view(tmp_path):
-    from experiments.store import mlflow_client
-    from experiments.tracking import EXPERIMENT_KIND, ensure_store, experiment_id
+    from experiments.tracking.store import mlflow_client
+    from experiments.tracking.store import EXPERIMENT_KIND, ensure_store, experiment_id
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ensure_store(uri)
     client = mlflow_client(uri)
@@ -86,7 +86,7 @@ def test_experiments_open_on_mlflow_s_model_training_view(tmp_path):
 def test_closing_lines_name_the_best_trial_its_model_and_the_commands_to_look():
     from types import SimpleNamespace
 
-    from experiments.commands.sweep import closing_lines
+    from ssdlab.commands.sweep import closing_lines
     spec = SimpleNamespace(name="demo-search", metric="val/mAP50", path=Path("sweeps/demo.yaml"),
                            file=SimpleNamespace(tracking=SimpleNamespace(uri="sqlite:///mlflow.db")))
     result = SimpleNamespace(best={"trial": "ab_00003", "arm": None, "seed": 0, "score": 0.6123, "reported": 0.5871,
@@ -109,13 +109,13 @@ def test_dashboard_serves_a_study_and_sigterm_stops_it(tmp_path):
     """`ssdlab dashboard --study-storage URL` starts optuna-dashboard on 127.0.0.1, prints the URL once it
     answers, shows the study over its API, and stops with the server on SIGTERM."""
     import optuna
-    from experiments.serve import listening
+    from ssdlab.serve import listening
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="demo/search/abcdef12", storage=url, direction="maximize")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "dashboard", "--study-storage", url,
+    proc = subprocess.Popen([sys.executable, "-m", "ssdlab.cli", "dashboard", "--study-storage", url,
                              "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -145,8 +145,8 @@ def test_dashboard_of_a_sweep_without_a_study_says_why(tmp_path, capsys):
 def test_a_search_storage_that_is_mlflow_s_database_is_refused(tmp_path):
     import yaml
 
-    from experiments.study import study_url
-    from experiments.sweep_spec import load_sweep
+    from experiments.sweep.study import study_url
+    from experiments.sweep.validate import load_sweep
     from ssd_core.errors import ConfigError
     sweep = yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text())
     sweep["experiment"] = str((REPO / "sweeps" / sweep["experiment"]).resolve())
@@ -161,7 +161,7 @@ def test_a_search_storage_that_is_mlflow_s_database_is_refused(tmp_path):
 
 
 def test_override_file_from_a_search_is_read_by_dash_o(tmp_path):
-    from experiments.study import best_hyperparameters
+    from experiments.sweep.study import best_hyperparameters
     from ssd_core.config import parse_overrides
     text = best_hyperparameters({"train.lr": 0.0031234567891, "augment.photometric": False}, sweep="s",
                                 phase="search", trial="t1", score=0.61, metric="val/mAP50")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.cli import main
+from ssdlab.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 

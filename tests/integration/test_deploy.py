@@ -13,7 +13,7 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from experiments.cli import main  # noqa: E402
+from ssdlab.cli import main  # noqa: E402
 from ssd_core import deploy as DP  # noqa: E402
 from ssd_core import onnx_export as OX  # noqa: E402
 from ssd_core import metrics as M  # noqa: E402
@@ -140,7 +140,7 @@ def test_deploy_bench_cli_logs_metrics_onto_the_run(trained, tmp_path, capsys):
 
     ckpt = trained[0]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    from experiments.tracking import client_for, experiment_id
+    from experiments.tracking.store import client_for, experiment_id
     client = client_for(uri)
     run_id = client.create_run(experiment_id(client, "deploy-test", uri)).info.run_id
     out = tmp_path / "bench.json"

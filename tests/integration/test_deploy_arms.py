@@ -80,7 +80,7 @@ def _sweep(tmp_path: Path, search: dict, **extra) -> Path:
     ({"objectives": ["deploy/int8/latency_ms"]}, {"overrides": {"deploy.int8": False}}, "needs deploy.int8: true"),
 ])
 def test_objectives_are_validated_naming_the_key(tmp_path, search, extra, message):
-    from experiments.sweep_spec import load_sweep
+    from experiments.sweep.validate import load_sweep
 
     with pytest.raises(ConfigError, match=r"mo\.yaml") as err:
         load_sweep(_sweep(tmp_path, search, **extra))
@@ -89,7 +89,8 @@ def test_objectives_are_validated_naming_the_key(tmp_path, search, extra, messag
 
 def test_objectives_reach_the_parent_tags_and_the_optuna_searcher(tmp_path):
     pytest.importorskip("ray")
-    from experiments.sweep_spec import load_sweep, parent_tags
+    from experiments.sweep.validate import load_sweep
+    from experiments.sweep.plan import parent_tags
 
     spec = load_sweep(_sweep(tmp_path, {"objectives": ["deploy/latency_ms", "deploy/int8/model_mb"],
                                         "sampler": "nsga2"}))
@@ -120,7 +121,7 @@ def _tiny(tmp_path: Path, **deploy) -> Path:
 
 
 def test_ssdlab_train_logs_deploy_metrics_with_the_final_epoch(tmp_path, monkeypatch):
-    from experiments.cli import main
+    from ssdlab.cli import main
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -142,7 +143,8 @@ def test_tune_reporter_measures_at_the_final_epoch_and_replays_what_it_measured(
     import ray.tune
 
     import ssd_core.deploy as DP
-    from experiments.trial import STATE_FILES, TuneReporter
+    from experiments.sweep.job import STATE_FILES
+    from experiments.sweep.worker import TuneReporter
 
     cfg = validate_config({"name": "x", "deploy": {"bench": True}})
     calls, reported = [], []
@@ -186,7 +188,7 @@ DEPLOY = {
 
 
 def _store(tmp_path: Path, objectives: list | None = None, searched: bool = False) -> str:
-    from experiments.tracking import ensure_store
+    from experiments.tracking.store import ensure_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ensure_store(uri)
@@ -298,7 +300,7 @@ def test_multi_objective_search_end_to_end(tmp_path, capsys):
     pytest.importorskip("ray")
     from ray.tune.search.optuna import OptunaSearch
 
-    from experiments.cli import main
+    from ssdlab.cli import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = {"name": "mo-e2e", "experiment": str(_tiny(tmp_path)), "seeds": [0],

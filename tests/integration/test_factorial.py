@@ -61,7 +61,8 @@ def test_bad_designs_name_the_key(spec, where, message):
 def test_a_design_in_a_sweep_file_is_validated_and_dry_run(tmp_path):
     import yaml
 
-    from experiments.sweep_spec import describe, load_sweep, parent_tags
+    from experiments.sweep.plan import describe, parent_tags
+    from experiments.sweep.validate import load_sweep
     from ssd_core.errors import ConfigError
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"train_sets": ["S/train"]}}))

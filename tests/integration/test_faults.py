@@ -32,7 +32,7 @@ sys.path.insert(0, sys.argv[1])
 from tests.support.fake_fit import tiny_fit
 import ssd_core.train
 ssd_core.train.fit = tiny_fit
-from experiments.cli import main
+from ssdlab.cli import main
 sys.exit(main(["sweep", sys.argv[2], "--storage", sys.argv[3], "--quiet", *sys.argv[4:]]))
 """
 
@@ -116,7 +116,7 @@ def test_a_write_on_a_full_disk_names_the_file_and_keeps_the_old_checkpoint(tmp_
 
 
 def test_a_storage_too_small_is_refused_before_anything_is_made(tmp_path, monkeypatch, capsys):
-    from experiments.cli import main
+    from ssdlab.cli import main
 
     monkeypatch.chdir(tmp_path)
     sweep = _sweep(tmp_path, "small")
@@ -129,7 +129,7 @@ def test_a_storage_too_small_is_refused_before_anything_is_made(tmp_path, monkey
 
 
 def test_a_damaged_tune_state_is_moved_aside_or_the_resume_says_why(tmp_path):
-    from experiments.sweep import SweepStopped, check_restorable
+    from experiments.sweep.guards import SweepStopped, check_restorable
 
     phase = tmp_path / "trials"
     phase.mkdir()
@@ -178,9 +178,9 @@ def test_a_store_locked_by_another_process_makes_the_writes_wait(ray_session, tm
     """Another process holds the sqlite store in an exclusive transaction for 8 s while the sweep runs (and
     sqlite's busy timeout is cut to 1 s, so the writes really fail first): the driver keeps its writes and
     retries them, the sweep ends normally, every step logged once."""
-    from experiments import store
-    from experiments.sweep import run_sweep
-    from experiments.sweep_spec import load_sweep
+    from experiments.tracking import store
+    from experiments.sweep.driver import run_sweep
+    from experiments.sweep.validate import load_sweep
     from tests.support.fake_fit import tiny_fit
 
     monkeypatch.setattr(store, "SQLITE_BUSY_TIMEOUT_S", 1)
@@ -215,19 +215,19 @@ def test_a_new_sqlite_store_appears_whole_and_opening_it_waits_out_a_lock(tmp_pa
     MLflow's migration steps. A new store is now built aside and moved in whole (while it is built, the
     database path does not exist; after, it holds MLflow's tables and nothing is left beside it), and
     opening a store that another process holds locked waits (busy timeout cut to 1 s) until it is free."""
-    from experiments import store, tracking
+    from experiments.tracking import store
 
     db = tmp_path / "mlflow.db"
     seen = []
-    real = tracking.mlflow_client
+    real = store.mlflow_client
 
     def spy(uri):
         seen.append((uri, db.exists()))
         return real(uri)
 
-    monkeypatch.setattr(tracking, "mlflow_client", spy)
+    monkeypatch.setattr(store, "mlflow_client", spy)
     uri = f"sqlite:///{db}"
-    tracking.ensure_store(uri)
+    store.ensure_store(uri)
     assert seen[0][0].endswith(f".mlflow.db.creating-{os.getpid()}") and seen[0][1] is False  # built aside
     tables = {r[0] for r in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")}
     assert {"experiments", "runs", "metrics", "alembic_version"} <= tables
@@ -235,13 +235,13 @@ def test_a_new_sqlite_store_appears_whole_and_opening_it_waits_out_a_lock(tmp_pa
 
     monkeypatch.setattr(store, "SQLITE_BUSY_TIMEOUT_S", 1)
     monkeypatch.setattr(store, "RETRY_S", 0.2)
-    tracking._READY.discard(uri)
+    store._READY.discard(uri)
     con = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
     con.execute("BEGIN EXCLUSIVE")
     threading.Timer(3.0, lambda: con.execute("COMMIT")).start()
     t0 = time.monotonic()
     monkeypatch.setattr(store, "OUTAGE_WAIT_S", 60)
-    tracking.ensure_store(uri)  # without the wait: OperationalError 'database is locked' after 1 s
+    store.ensure_store(uri)  # without the wait: OperationalError 'database is locked' after 1 s
     assert 2.5 < time.monotonic() - t0 < 30
 
 
@@ -268,7 +268,7 @@ def test_a_disk_full_error_from_rays_own_checkpoint_copy_still_names_the_folder_
     space): the driver's one line names the trial's storage folder, the free space and the way on."""
     from types import SimpleNamespace
 
-    from experiments.callback import _disk_full, _disk_full_line
+    from experiments.sweep.callback import _disk_full, _disk_full_line
 
     error = "OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"
     assert _disk_full(error)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
+from ssdlab.cli import main
 
 pytest.importorskip("mlflow")
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""ssdlab import (experiments/importer.py): run dirs trained outside Ray become a sweep whose report is the
+"""ssdlab import (experiments/tracking/importer.py): run dirs trained outside Ray become a sweep whose report is the
 one the same trainings give when a sweep ran them; bad run dirs are named and skipped; importing is idempotent."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.cli import main
+from ssdlab.cli import main
 from ssd_core.config import to_yaml
 from tests.support.configs import tiny_config
 
@@ -27,8 +27,8 @@ def _sweep(tmp_path: Path) -> Path:
 
 
 def test_imported_run_dirs_report_as_the_sweep_that_trained_them(ray_session, tmp_path, capsys):
-    from experiments.sweep import run_sweep
-    from experiments.sweep_spec import load_sweep
+    from experiments.sweep.driver import run_sweep
+    from experiments.sweep.validate import load_sweep
     from reports.report import build_report
 
     spec = load_sweep(_sweep(tmp_path))

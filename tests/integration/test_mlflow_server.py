@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray")
 from tests.support.drivers import DRIVER  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 
-from experiments.cli import main  # noqa: E402
+from ssdlab.cli import main  # noqa: E402
 from experiments.schema import Tag  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +103,8 @@ def copy_runs(src_uri: str, dst_uri: str, experiment: str) -> dict[str, str]:
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    from experiments.tracking import client_for, experiment_id, log_batch
+    from experiments.tracking.store import client_for, experiment_id
+    from experiments.tracking.writer import log_batch
 
     src, dst = MlflowClient(tracking_uri=src_uri), client_for(dst_uri)
     exp = src.get_experiment_by_name(experiment)

@@ -143,7 +143,7 @@ def test_auto_priors_are_fitted_once_recorded_and_restored_without_the_data(tmp_
     again = evaluate_checkpoint(apply_overrides(cfg, {"data.root": str(test_only)}), result.best_checkpoint, "test")
     assert again["test/mAP50"] == pytest.approx(logged, abs=1e-9)
     shutil.rmtree(root)  # the data is gone: the checkpoint still exports
-    from experiments.cli import main
+    from ssdlab.cli import main
     assert main(["export", str(result.best_checkpoint), "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 1000
 
@@ -151,7 +151,7 @@ def test_auto_priors_are_fitted_once_recorded_and_restored_without_the_data(tmp_
 def test_data_check_prints_coverage_before_and_after_the_fit_and_config_show_the_fitted_sizes(tmp_path, capsys):
     import yaml
 
-    from experiments.cli import main
+    from ssdlab.cli import main
     from ssd_core.synth import ensure_synthetic
     from tests.support.configs import tiny_config
 

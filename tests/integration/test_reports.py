@@ -280,7 +280,7 @@ def test_report_regenerates_byte_identical_in_every_format(store, tmp_path):
 
 
 def test_cli_report_runs_and_unknown_sweep(store, tmp_path, capsys):
-    from experiments.cli import main
+    from ssdlab.cli import main
     out = tmp_path / "out"
     assert main(["report", "--sweep", "abl", "--tracking-uri", store, "--format", "md,csv",
                  "--out", str(out), "--no-plots"]) == 0
@@ -307,7 +307,7 @@ def test_cli_report_runs_and_unknown_sweep(store, tmp_path, capsys):
 UI_DRIVER = """
 import sys
 from reports import commands
-from experiments.cli import main
+from ssdlab.cli import main
 # a stand-in for `mlflow ui` that starts in a moment: Python's own HTTP server on the same port
 commands.ui_command = lambda uri, port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
 sys.exit(main(["ui", "--port", sys.argv[1], "--tracking-uri", sys.argv[2]]))
@@ -322,7 +322,7 @@ def test_cli_ui_prints_the_url_once_listening_and_sigterm_stops_the_server(store
     import sys
     import time
 
-    from reports import commands
+    from ssdlab.commands import report as commands
     assert commands.ui_command(store, 5123) == [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
                                                 "--host", "127.0.0.1", "--port", "5123"]
     with socket.socket() as sock:
@@ -351,7 +351,7 @@ def test_cli_ui_prints_the_url_once_listening_and_sigterm_stops_the_server(store
 
 
 def test_cli_ui_refuses_a_missing_store_and_only_prints_a_server_url(capsys):
-    from experiments.cli import main
+    from ssdlab.cli import main
     assert main(["ui", "--tracking-uri", "sqlite:////nonexistent/x.db"]) == 2
     assert "/nonexistent/x.db" in capsys.readouterr().err
     assert main(["ui", "--tracking-uri", "http://127.0.0.1:1"]) == 0
@@ -363,7 +363,7 @@ def test_cli_runs_as_json_and_csv(store, capsys):
 
     import pandas as pd
 
-    from experiments.cli import main
+    from ssdlab.cli import main
     assert main(["runs", "--sweep", "hpo", "--tracking-uri", store, "--csv"]) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert len(frame) == len(HPO) + len(CONFIRM) and frame["score"].dtype == float
@@ -378,13 +378,13 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
     """An early-stopped trial that scored above every finished one, and a tie between two finished
     trials: before, `ssdlab runs` put the early-stopped trial first while the report's best was a
     finished one. Both now use experiments.schema.best_index: finished only, ties to the lowest seed."""
-    from experiments.cli import main
+    from ssdlab.cli import main
     from reports.load import read_sweep
     from reports.search import best_override, search_table
     from reports.tables import other_runs_table
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    from experiments.tracking import ensure_store
+    from experiments.tracking.store import ensure_store
     ensure_store(uri)
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("ssdlab")

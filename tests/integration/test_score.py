@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import cli
-from experiments.commands.score import score_coco, score_voc
+from ssdlab import cli
+from ssdlab.commands.score import score_coco, score_voc
 from ssd_core.errors import DataError
 from tests.support.voc_reference import reference_voc_eval, tiny_coco
 
@@ -65,7 +65,7 @@ def random_voc(seed, num_images=25):
 @pytest.fixture(autouse=True)
 def only_score_command(monkeypatch):
     """The real `ssdlab` main (UserError -> exit 2), without importing the other areas (mlflow: seconds)."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("experiments.commands.score",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("ssdlab.commands.score",))
 
 
 def main(argv):

@@ -105,8 +105,8 @@ import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 from tests.support.fake_fit import tiny_fit
 from experiments import callback
-from experiments.sweep import run_sweep
-from experiments.sweep_spec import load_sweep
+from experiments.sweep.driver import run_sweep
+from experiments.sweep.validate import load_sweep
 log = callback.MLflowTuneCallback._log_result
 def hooked(self, trial, epoch, metrics, *rest):
     if self.phase.dirname == "wave-01" and epoch >= 2:
@@ -122,8 +122,8 @@ def test_a_sequential_sweep_runs_its_waves_and_resumes_them_after_a_killed_drive
     `same` runs to max; the driver dies in wave 2 and `--resume` finishes it: one run per (arm, seed), no seed
     trained twice, the parent records each arm's seeds and reason, the report says them."""
     from experiments.schema import Tag
-    from experiments.sweep import run_sweep
-    from experiments.sweep_spec import load_sweep
+    from experiments.sweep.driver import run_sweep
+    from experiments.sweep.validate import load_sweep
     from tests.support.fake_fit import REPO, runs_of, write_sweep
 
     path = write_sweep(tmp_path, {

@@ -17,8 +17,8 @@ import yaml
 ray = pytest.importorskip("ray")
 import ray.cloudpickle  # noqa: E402
 
-from experiments.sweep import run_sweep  # noqa: E402
-from experiments.sweep_spec import load_sweep  # noqa: E402
+from experiments.sweep.driver import run_sweep  # noqa: E402
+from experiments.sweep.validate import load_sweep  # noqa: E402
 from experiments.schema import Tag  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,8 +100,8 @@ DRIVER = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from tests.support.fake_fit import tiny_fit
-from experiments.sweep import run_sweep
-from experiments.sweep_spec import load_sweep
+from experiments.sweep.driver import run_sweep
+from experiments.sweep.validate import load_sweep
 run_sweep(load_sweep(sys.argv[2]), tiny_fit, address=sys.argv[3], storage=sys.argv[4])
 """
 
@@ -166,7 +166,7 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, tmp_path):
 
 
 def _assert_one_study_holds_every_trial(tmp_path, parent, children):
-    """The search's Optuna study (optuna.db beside mlflow.db, experiments/study.py) survived the kill as ONE
+    """The search's Optuna study (optuna.db beside mlflow.db, experiments/sweep/study.py) survived the kill as ONE
     study: each ended trial is in it once, COMPLETE with the value Tune reported (the trial's score: its best
     val metric so far), its lr equal to the MLflow run's; a suggestion the killed driver never saved is FAIL,
     not left RUNNING; best_hyperparameters.yaml holds the best trial's lr, and `-o @FILE` reads it."""
@@ -184,7 +184,7 @@ def _assert_one_study_holds_every_trial(tmp_path, parent, children):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4 and all(t.state == TrialState.FAIL for t in trials if t not in complete)
-    for t in complete:  # the params hold the exact float (experiments.tracking.param_text)
+    for t in complete:  # the params hold the exact float (experiments.tracking.writer.param_text)
         (run,) = [r for r in children if float(r.data.params["train.lr"]) == t.params["train.lr"]]
         assert t.value == pytest.approx(run.data.metrics["score"], abs=1e-9)
     best = max(children, key=lambda r: (r.data.tags["ssdlab.status"] == "finished", r.data.metrics["score"]))

@@ -8,10 +8,11 @@ import optuna
 import pytest
 import yaml
 
-from experiments.cli import main
-from experiments.sweep import DefineByRun, make_sampler
+from ssdlab.cli import main
+from experiments.sweep.tuner import DefineByRun, make_sampler
 from experiments.schema import grid_points, parse_space
-from experiments.sweep_spec import describe, load_sweep, parent_tags, plan
+from experiments.sweep.plan import describe, parent_tags, plan
+from experiments.sweep.validate import load_sweep
 from ssd_core.config import flatten
 from ssd_core.errors import ConfigError
 
@@ -211,7 +212,7 @@ def test_shipped_sweep_files_validate(path):
 
 
 def test_resume_refuses_a_changed_base_config(tmp_path):
-    from experiments.sweep import SNAPSHOT, check_snapshot
+    from experiments.sweep.guards import SNAPSHOT, check_snapshot
 
     storage = tmp_path / "ray" / "s1"
     check_snapshot(load_sweep(write(tmp_path, GOOD)), storage, resume=False)  # the launch records it
@@ -226,11 +227,35 @@ def test_resume_refuses_a_changed_base_config(tmp_path):
         check_snapshot(load_sweep(write(tmp_path, with_({"max_concurrent": 2}))), storage, resume=True)
 
 
+def test_resume_refuses_the_state_of_an_older_version_in_one_line(tmp_path, capsys):
+    """A sweep launched before the sweep and tracking packages (issue 27): Tune's pickled state names modules
+    (experiments.trial, experiments.callback) this version does not have. `--resume` says so in one line and
+    points at --restart, before Ray starts; no shim unpickles the old layout."""
+    import json
+
+    from experiments.sweep.guards import SNAPSHOT, STATE_VERSION, check_snapshot
+    from ssdlab.cli import main
+
+    path = write(tmp_path, GOOD)
+    storage = tmp_path / "ray"
+    check_snapshot(load_sweep(path), storage / "s1", resume=False)
+    snap = json.loads((storage / "s1" / SNAPSHOT).read_text())
+    assert snap["state_version"] == STATE_VERSION
+    del snap["state_version"]  # what every launch before the packages wrote
+    (storage / "s1" / SNAPSHOT).write_text(json.dumps(snap))
+    with pytest.raises(ConfigError, match=r"launched by an older ssdlab \(state version 1, this one reads 2\).*--restart"):
+        check_snapshot(load_sweep(path), storage / "s1", resume=True)
+    assert main(["sweep", str(path), "--resume", "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "older ssdlab" in err[0] and "--restart" in err[0], err
+
+
 def test_restart_archives_the_old_launch_and_keeps_its_runs(tmp_path):
     """`ssdlab sweep --restart` (make demo runs it twice in a row): the old Ray state moves aside, the old
     parent run stays in MLflow but points at the moved folder, so the next launch gets a parent of its own."""
-    from experiments.sweep import archive_sweep
-    from experiments.tracking import client_for, ensure_store, experiment_id, find_run
+    from experiments.sweep.guards import archive_sweep
+    from experiments.tracking.store import client_for, ensure_store, experiment_id
+    from experiments.tracking.writer import find_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = load_sweep(write(tmp_path, with_({"tracking/uri": uri})))

@@ -11,8 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from experiments import tracking
-from experiments.tracking import MLflowCallback, SweepTracker, client_for, ensure_store, experiment_id, find_run
+from experiments.tracking import writer
+from experiments.tracking.train_run import MLflowCallback
+from experiments.tracking.sweep_tracker import SweepTracker
+from experiments.tracking.store import client_for, ensure_store, experiment_id
+from experiments.tracking.writer import find_run
 from ssd_core.config import ExperimentConfig, config_hash, flatten
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +29,7 @@ def uri(tmp_path) -> str:
 def test_fresh_store_opened_by_many_processes_at_once(tmp_path):
     """Three processes race to open one fresh sqlite store; the lock lets exactly one migrate it."""
     uri = f"sqlite:///{tmp_path / 'race' / 'mlflow.db'}"
-    code = ("import sys; from experiments.tracking import client_for, experiment_id;"
+    code = ("import sys; from experiments.tracking.store import client_for, experiment_id;"
             "c = client_for(sys.argv[1]); eid = experiment_id(c, 'race', sys.argv[1]);"
             "c.create_run(eid, run_name=sys.argv[2])")
     procs = [subprocess.Popen([sys.executable, "-c", code, uri, f"p{i}"], cwd=REPO,
@@ -45,23 +48,23 @@ def test_ensure_store_leaves_servers_alone_and_is_idempotent(uri):
 
 
 def test_params_are_text_and_truncated():
-    params = tracking.params_of({"a": 1, "b": "x" * 600, "c": [1, 2], "d": None, "e": True})
+    params = writer.params_of({"a": 1, "b": "x" * 600, "c": [1, 2], "d": None, "e": True})
     got = {p.key: p.value for p in params}
     assert got["a"] == "1" and got["c"] == "[1, 2]" and got["d"] == "None" and got["e"] == "True"
-    assert len(got["b"]) == tracking.PARAM_MAX_CHARS
+    assert len(got["b"]) == writer.PARAM_MAX_CHARS
 
 
 def test_metrics_skip_non_numbers():
-    ms = tracking.metrics_of({"train/loss": 1.5, "note": "x", "flag": True, "n": 3}, step=4)
+    ms = writer.metrics_of({"train/loss": 1.5, "note": "x", "flag": True, "n": 3}, step=4)
     assert {(m.key, m.value, m.step) for m in ms} == {("train/loss", 1.5, 4), ("n", 3.0, 4)}
 
 
 def test_log_batch_chunks_past_mlflow_limits(uri):
     client = client_for(uri)
     run_id = client.create_run(experiment_id(client, "chunks", uri)).info.run_id
-    params = tracking.params_of({f"p{i}": i for i in range(250)})
-    metrics = tracking.metrics_of({f"m{i}": float(i) for i in range(1500)}, step=0)
-    tracking.log_batch(client, run_id, metrics=metrics, params=params, tags={f"t{i}": i for i in range(120)})
+    params = writer.params_of({f"p{i}": i for i in range(250)})
+    metrics = writer.metrics_of({f"m{i}": float(i) for i in range(1500)}, step=0)
+    writer.log_batch(client, run_id, metrics=metrics, params=params, tags={f"t{i}": i for i in range(120)})
     data = client.get_run(run_id).data
     assert len(data.params) == 250 and len(data.metrics) == 1500
     assert len([t for t in data.tags if t.startswith("t")]) == 120 and data.metrics["m1499"] == 1499.0
@@ -175,7 +178,7 @@ def test_system_metrics_cpu_percent_measures_the_work_since_the_last_call():
     object per call always said 0.0 (every trial of the BCCD sweeps logged sys/cpu_percent 0)."""
     import time
 
-    from experiments.trial import system_metrics
+    from experiments.sweep.worker import system_metrics
 
     system_metrics()
     end = time.process_time() + 0.3

@@ -13,7 +13,7 @@ sys.path.insert(0, sys.argv[1])
 import ssd_core.train
 from tests.support.fake_fit import tiny_fit
 ssd_core.train.fit = tiny_fit
-from experiments.cli import main
+from ssdlab.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -24,7 +24,7 @@ def kill_driver_after_logging(epoch: int, phase_dir: Path) -> None:
     `phase_dir` knows the trial, the driver SIGKILLs itself before logging it. At that moment the logged
     epochs are reported and in MLflow, and the worker is one epoch ahead: the next epoch is on its last.pt
     and metrics.jsonl and in flight to the driver, and Tune's checkpoint marker is older."""
-    from experiments.tracking import SweepTracker
+    from experiments.tracking.sweep_tracker import SweepTracker
 
     log_epoch = SweepTracker.log_epoch
 
@@ -46,8 +46,8 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from tests.support.fake_fit import tiny_fit
 from tests.support.drivers import kill_driver_after_logging
-from experiments.sweep import run_sweep
-from experiments.sweep_spec import load_sweep
+from experiments.sweep.driver import run_sweep
+from experiments.sweep.validate import load_sweep
 spec = load_sweep(sys.argv[2])
 kill_driver_after_logging(int(sys.argv[5]), Path(sys.argv[4]) / spec.name / "trials")
 run_sweep(spec, tiny_fit, address=sys.argv[3], storage=sys.argv[4])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.tracking import client_for, experiment_id
+from experiments.tracking.store import client_for, experiment_id
 from ssd_core.errors import NonFiniteLossError
 
 SEED_NOISE = 0.005

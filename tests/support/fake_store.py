@@ -31,7 +31,7 @@ def write_sweep(uri: str, sweep: str, arms: list[str], runs: list[Run], experime
     from mlflow.tracking import MlflowClient
 
     from experiments.schema import Tag
-    from experiments.tracking import ensure_store
+    from experiments.tracking.store import ensure_store
 
     ensure_store(uri)
     client = MlflowClient(tracking_uri=uri)

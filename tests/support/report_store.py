@@ -62,7 +62,7 @@ def new_run(client, exp_id, start, tags, params=None, metrics=(), status=None, e
 
 def fill(uri: str) -> None:
     try:
-        from experiments.tracking import ensure_store
+        from experiments.tracking.store import ensure_store
         ensure_store(uri)
     except ImportError:
         pass

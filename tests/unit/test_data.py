@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import experiments.cli
+import ssdlab.cli
 from ssd_core import data as D
 from ssd_core.data import (VOC_CLASSES, COCODataset, DataWarning, VOCDataset, check_dataset, collate,
                            make_loader, parse_voc_xml, read_image_set)
@@ -303,8 +303,8 @@ def test_make_loader_is_deterministic_for_a_seed():
 # ------------------------------------------------------------------ check_dataset and the CLI
 def test_check_dataset_reports_counts_and_every_problem(voc, capsys, monkeypatch):
     # the real `ssdlab` entry point, with only our sub-command registered (the others import MLflow)
-    monkeypatch.setattr(experiments.cli, "COMMAND_MODULES", ("experiments.commands.data",))
-    cli = experiments.cli.main
+    monkeypatch.setattr(ssdlab.cli, "COMMAND_MODULES", ("ssdlab.commands.data",))
+    cli = ssdlab.cli.main
     report = check_dataset(voc, ["SET/train", "SET/val"])
     assert report.ok and report.images == 2 and report.split_sizes == {"SET/train": 2, "SET/val": 1}
     assert report.objects == {"dog": 1, "cat": 2} and report.difficult == {"dog": 0, "cat": 1}

@@ -1,4 +1,4 @@
-"""The sweep driver's live view (experiments/progress.py): one plain line per change when not on a terminal,
+"""The sweep driver's live view (experiments/sweep/progress.py): one plain line per change when not on a terminal,
 with counts, the best so far, a failing trial's error at once, and an ETA; driven by fake Tune trials."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from experiments.progress import ProgressCallback  # noqa: E402
+from experiments.sweep.progress import ProgressCallback  # noqa: E402
 
 
 def trial(tid, arm, seed, **kw):

@@ -1,0 +1,107 @@
+"""The layout's rules, read from the source (every import statement, function-local ones included: an
+upward arrow hidden inside a function is still an arrow):
+
+    ssdlab (the command)  ->  reports  ->  experiments  ->  ssd_core
+
+ssd_core imports no Ray, no MLflow and nothing of the lab; the sweep's worker side never imports
+experiments.tracking or MLflow (workers never touch MLflow); nothing imports a module's private name from
+another module; no source file is over 400 lines."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LAYERS = ["ssd_core", "experiments", "reports", "ssdlab"]  # each may import only those before it
+WORKER_SIDE = ["experiments/sweep/job.py", "experiments/sweep/worker.py", "experiments/sweep/checkpoints.py",
+               "experiments/sweep/spec.py", "experiments/sweep/validate.py", "experiments/sweep/plan.py",
+               "experiments/sweep/storage.py", "experiments/sweep/status.py"]
+MAX_LINES = 400
+
+
+def sources(*packages: str) -> list[Path]:
+    return sorted(p for pkg in packages for p in (REPO / pkg).rglob("*.py"))
+
+
+def imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, names) of every import in `path`, wherever it stands; relative imports resolved."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = path.relative_to(REPO).parent.parts[: len(path.relative_to(REPO).parent.parts) - node.level + 1]
+                module = ".".join([*base, module] if module else base)
+            out.append((node.lineno, module, [a.name for a in node.names]))
+    return out
+
+
+def package_of(module: str) -> str:
+    """The package a module belongs to (a package: itself)."""
+    return module if (REPO / module.replace(".", "/")).is_dir() else module.rpartition(".")[0]
+
+
+def test_the_imports_point_down_the_layers_only():
+    upward = []
+    for i, layer in enumerate(LAYERS):
+        above = LAYERS[i + 1:]
+        for path in sources(layer):
+            for line, module, _ in imports(path):
+                top = module.split(".")[0]
+                if top in above:
+                    upward.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert upward == []
+
+
+def test_ssd_core_imports_no_ray_no_mlflow_no_optuna():
+    found = [f"{p.relative_to(REPO)}:{line} imports {m}" for p in sources("ssd_core") for line, m, _ in imports(p)
+             if m.split(".")[0] in {"ray", "mlflow", "optuna", "pandas"}]
+    assert found == []
+
+
+def test_the_sweep_worker_side_never_imports_tracking_or_mlflow():
+    found = []
+    for rel in WORKER_SIDE:
+        for line, m, _ in imports(REPO / rel):
+            if m.startswith("experiments.tracking") or m.split(".")[0] == "mlflow":
+                found.append(f"{rel}:{line} imports {m}")
+    assert found == []
+
+
+def test_no_package_imports_another_packages_private_name():
+    """A `_name` is private to its package: siblings may share it, another package may not import it."""
+    found = []
+    for path in sources(*LAYERS, "benchmarks"):
+        here = ".".join(path.relative_to(REPO).parent.parts)
+        for line, m, names in imports(path):
+            if m.split(".")[0] in LAYERS and package_of(m) != here:
+                found += [f"{path.relative_to(REPO)}:{line} imports {m}.{n}" for n in names
+                          if n.startswith("_") and not n.startswith("__")]
+    assert found == []
+
+
+@pytest.mark.parametrize("package", [*LAYERS, "benchmarks"])
+def test_no_source_file_is_over_400_lines(package):
+    long = {str(p.relative_to(REPO)): n for p in sources(package)
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
+def test_the_checks_catch_what_they_look_for(tmp_path, monkeypatch):
+    """The rules above see an arrow hidden in a function, a relative import and another package's private name."""
+    pkg = tmp_path / "experiments"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from reports.load import _col\n    from . import b\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["REPO"]), "REPO", tmp_path)
+    assert imports(pkg / "a.py") == [(2, "reports.load", ["_col"]), (3, "experiments", ["b"])]
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "load.py").write_text("_col = None\n")
+    with pytest.raises(AssertionError, match="experiments/a.py:2 imports reports.load"):
+        test_the_imports_point_down_the_layers_only()
+    with pytest.raises(AssertionError, match="experiments/a.py:2 imports reports.load._col"):
+        test_no_package_imports_another_packages_private_name()
