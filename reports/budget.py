@@ -35,7 +35,7 @@ def _budget_key(data: SweepData) -> str:
 
 def budget_values(data: SweepData, members: pd.DataFrame) -> pd.DataFrame:
     """run_id, arm, seed, fraction, step, value: one row per run and budget point of the finished `members`
-    (reports.tables.arm_members)."""
+    (reports.selection.arm_members)."""
     h = data.history
     frac = h[h["key"] == _FRACTION_KEY][["run_id", "step", "value"]].rename(columns={"value": "fraction"})
     val = h[h["key"] == _budget_key(data)][["run_id", "step", "value"]]

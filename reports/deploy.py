@@ -24,16 +24,16 @@ import pandas as pd
 
 from experiments.schema import M, Status, Tag, pareto_front
 from reports import stats
+from reports.fmt import DASH, Table, col_or_nan, fnum, metric_label, num
 from reports.load import SweepData
-from reports.fmt import DASH, Table, col, fnum, metric_label, num
-from reports.tables import arm_members
+from reports.selection import arm_members
 
 MODELS = {"torch": "PyTorch FP32", "onnx": "ONNX FP32, NMS in the graph", "int8": "ONNX INT8"}
 
 
 def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
     """The latest value of metric `name` per run (NaN where a run has none)."""
-    return num(col(runs, "metrics." + name))
+    return num(col_or_nan(runs, "metrics." + name))
 
 
 def has_deploy(data: SweepData) -> bool:

@@ -67,7 +67,7 @@ class Points:
     """The design points' per-seed values and detections, and contrasts over them."""
 
     def __init__(self, data: SweepData, design: Design):
-        from reports.tables import arm_members
+        from reports.selection import arm_members
 
         self.data, self.design = data, design
         members = arm_members(data)

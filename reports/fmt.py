@@ -1,5 +1,6 @@
 """How the reports write things, defined once: the Table every builder returns (display text beside
-machine values), number and p-value formatting, metric labels, and the column readers for run frames.
+machine values), number and p-value formatting, metric labels, and the column readers for run frames (``col_or_nan`` for
+numbers, ``col_or_none`` for text: they differ in what a missing value is).
 reports/render.py turns a Table into Markdown, CSV, LaTeX or HTML."""
 from __future__ import annotations
 
@@ -84,6 +85,14 @@ def num(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s, errors="coerce")
 
 
-def col(runs: pd.DataFrame, name: str) -> pd.Series:
-    """A column of a run frame, NaN where the frame has none."""
+def col_or_nan(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A column of a run frame as it is, all NaN where the frame has none (metrics: numbers)."""
     return runs[name] if name in runs else pd.Series(math.nan, index=runs.index)
+
+
+def col_or_none(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A column of a run frame as Python objects, None where missing: where the frame has none, and in
+    place of its NaN cells (tags and params: text)."""
+    if name in runs:
+        return runs[name].astype(object).where(runs[name].notna(), None)
+    return pd.Series([None] * len(runs), index=runs.index, dtype=object)

@@ -18,6 +18,8 @@ epoch kept as best.pt; experiments/schema.py defines it once), read from the met
 is the last epoch's value. What a table reports is ``reported``: the run's ``test/...`` value, scored
 once at that selected checkpoint (``reported_last``: at the final weights). Runs without a test split
 report their score, and the tables say so.
+
+A run's artifacts (the test detections read_sweep also loads) come through reports/artifacts.py.
 """
 from __future__ import annotations
 
@@ -28,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from experiments.schema import FROM_MLFLOW, Artifact, Kind, M, Status, Tag, best_index, score_of
+from experiments.schema import FROM_MLFLOW, Kind, M, Status, Tag, score_of
 from experiments.tracking.store import mlflow_client, using_tracking_uri
-from ssd_core import rundir as RD
+from reports.artifacts import load_detections
+from reports.fmt import col_or_nan, col_or_none, num
 from ssd_core.config import DEFAULT_TRACKING_URI
 from ssd_core.errors import UserError
 
@@ -97,6 +99,67 @@ class SweepData:
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def list_sweeps(tracking_uri: str | None = None) -> list[str]:
+    """Names of the sweeps (parent runs with ``ssdlab.kind=sweep``) in the store, sorted."""
+    df = _search(resolve_tracking_uri(tracking_uri), (Tag.KIND, Kind.SWEEP))
+    col = "tags." + Tag.SWEEP
+    return sorted(set(df[col].dropna())) if col in df else []
+
+
+def read_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = True,
+               detections: bool = True) -> SweepData:
+    """Read one sweep. Raises UserError naming the sweep, the store and the sweeps found.
+    `detections`: also read the finished runs' test detections when the sweep has arms to compare."""
+    uri = resolve_tracking_uri(tracking_uri)
+    df = _search(uri, (Tag.SWEEP, sweep))
+    kind = col_or_none(df, "tags." + Tag.KIND)
+    parents = df[kind == Kind.SWEEP]
+    if parents.empty and not (kind == Kind.TRIAL).any():
+        found = list_sweeps(uri)
+        raise UserError(f"sweep {sweep!r} not found in the MLflow store {uri}; sweeps found: "
+                        f"{', '.join(found) if found else '(none)'}")
+    parent = parents.sort_values(["start_time", "run_id"]).iloc[-1] if len(parents) else None
+    ptags = _tags(parent) if parent is not None else {}
+    children = df[kind != Kind.SWEEP]
+    if parent is not None:  # a sweep launched again under a new storage path: report the latest
+        children = children[col_or_none(children, "tags." + Tag.PARENT) == parent["run_id"]]
+    metric = ptags.get(Tag.METRIC) or DEFAULT_METRIC
+    mode = (ptags.get(Tag.MODE) or "max").lower()
+    if mode not in ("max", "min"):
+        raise UserError(f"sweep {sweep!r} in {uri}: tag {Tag.MODE}={mode!r} is not max|min")
+    budget = M.TEST_AT + M.reported_of(metric)[len(M.TEST):]  # test_at/mAP50: the reported metric along the budget
+    keys = [metric, budget, M.TEST_AT_FRACTION] + ([M.TRAIN_LOSS] if curves and metric != M.TRAIN_LOSS else [])
+    client = mlflow_client(uri)
+    history = metric_histories(client, list(children["run_id"]), keys)
+    runs = _trial_frame(children, history, metric, mode)
+    arms = _arm_order(_json(ptags.get(Tag.ARMS), [], Tag.ARMS, sweep, uri), runs)
+    order = {a: i for i, a in enumerate(arms)}
+    runs = runs.assign(_o=runs["arm"].map(order)).sort_values(
+        ["_o", "seed", "trial_id", "run_id"], na_position="last").drop(columns="_o")
+    return SweepData(
+        sweep=sweep, tracking_uri=uri,
+        parent_id=None if parent is None else parent["run_id"],
+        arms=arms, baseline=ptags.get(Tag.BASELINE_ARM) or (arms[0] if arms else None),
+        search_space=_json(ptags.get(Tag.SEARCH_SPACE), {}, Tag.SEARCH_SPACE, sweep, uri),
+        metric=metric, mode=mode, runs=runs.reset_index(drop=True), history=history,
+        parent_tags=ptags, **(load_detections(client, runs[runs["status"] == Status.FINISHED.value]["run_id"].tolist(),
+                                              budget=(history["key"] == M.TEST_AT_FRACTION).any())
+                              if detections and len(arms) > 1 else {}))
+
+
+def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
+              metric: str = DEFAULT_METRIC) -> pd.DataFrame:
+    """Every trial/train run in the store (or one sweep's), one row each, best ``metric`` included."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if sweep is not None:  # a listing needs no detections: nothing is downloaded
+        return read_sweep(sweep, uri, curves=False, detections=False).runs
+    df = _search(uri)
+    df = df[col_or_none(df, "tags." + Tag.KIND) != Kind.SWEEP]
+    history = metric_histories(mlflow_client(uri), list(df["run_id"]), [metric])
+    return _trial_frame(df, history, metric, "max").sort_values(
+        ["sweep", "arm", "seed", "trial_id", "run_id"], na_position="last").reset_index(drop=True)
 
 
 def _search(uri: str, tag: tuple[str, str] | None = None) -> pd.DataFrame:
@@ -163,159 +226,6 @@ def _search_sql(engine, tag: tuple[str, str] | None) -> pd.DataFrame:
     return df.sort_values(["start_time", "run_id"], ascending=[False, True]).reset_index(drop=True)
 
 
-def list_sweeps(tracking_uri: str | None = None) -> list[str]:
-    """Names of the sweeps (parent runs with ``ssdlab.kind=sweep``) in the store, sorted."""
-    df = _search(resolve_tracking_uri(tracking_uri), (Tag.KIND, Kind.SWEEP))
-    col = "tags." + Tag.SWEEP
-    return sorted(set(df[col].dropna())) if col in df else []
-
-
-def read_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = True,
-               detections: bool = True) -> SweepData:
-    """Read one sweep. Raises UserError naming the sweep, the store and the sweeps found.
-    `detections`: also read the finished runs' test detections when the sweep has arms to compare."""
-    uri = resolve_tracking_uri(tracking_uri)
-    df = _search(uri, (Tag.SWEEP, sweep))
-    kind = _objects(df, "tags." + Tag.KIND)
-    parents = df[kind == Kind.SWEEP]
-    if parents.empty and not (kind == Kind.TRIAL).any():
-        found = list_sweeps(uri)
-        raise UserError(f"sweep {sweep!r} not found in the MLflow store {uri}; sweeps found: "
-                        f"{', '.join(found) if found else '(none)'}")
-    parent = parents.sort_values(["start_time", "run_id"]).iloc[-1] if len(parents) else None
-    ptags = _tags(parent) if parent is not None else {}
-    children = df[kind != Kind.SWEEP]
-    if parent is not None:  # a sweep launched again under a new storage path: report the latest
-        children = children[_objects(children, "tags." + Tag.PARENT) == parent["run_id"]]
-    metric = ptags.get(Tag.METRIC) or DEFAULT_METRIC
-    mode = (ptags.get(Tag.MODE) or "max").lower()
-    if mode not in ("max", "min"):
-        raise UserError(f"sweep {sweep!r} in {uri}: tag {Tag.MODE}={mode!r} is not max|min")
-    budget = M.TEST_AT + M.reported_of(metric)[len(M.TEST):]  # test_at/mAP50: the reported metric along the budget
-    keys = [metric, budget, M.TEST_AT_FRACTION] + ([M.TRAIN_LOSS] if curves and metric != M.TRAIN_LOSS else [])
-    client = mlflow_client(uri)
-    history = metric_histories(client, list(children["run_id"]), keys)
-    runs = _trial_frame(children, history, metric, mode)
-    arms = _arm_order(_json(ptags.get(Tag.ARMS), [], Tag.ARMS, sweep, uri), runs)
-    order = {a: i for i, a in enumerate(arms)}
-    runs = runs.assign(_o=runs["arm"].map(order)).sort_values(
-        ["_o", "seed", "trial_id", "run_id"], na_position="last").drop(columns="_o")
-    return SweepData(
-        sweep=sweep, tracking_uri=uri,
-        parent_id=None if parent is None else parent["run_id"],
-        arms=arms, baseline=ptags.get(Tag.BASELINE_ARM) or (arms[0] if arms else None),
-        search_space=_json(ptags.get(Tag.SEARCH_SPACE), {}, Tag.SEARCH_SPACE, sweep, uri),
-        metric=metric, mode=mode, runs=runs.reset_index(drop=True), history=history,
-        parent_tags=ptags, **(load_detections(client, runs[runs["status"] == Status.FINISHED.value]["run_id"].tolist(),
-                                              budget=(history["key"] == M.TEST_AT_FRACTION).any())
-                              if detections and len(arms) > 1 else {}))
-
-
-def load_artifact(uri: str, run_id: str, path: str) -> bytes | None:
-    """The bytes of one artifact of a run (None when it has none by that path)."""
-    import tempfile
-
-    client = mlflow_client(uri)
-    folder = path.rsplit("/", 1)[0] if "/" in path else ""
-    try:
-        if path not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
-            return None
-        with tempfile.TemporaryDirectory(prefix="ssdlab-artifact-") as tmp:
-            with open(client.download_artifacts(run_id, path, tmp), "rb") as f:
-                return f.read()
-    except Exception:
-        return None
-
-
-def load_detections(client: MlflowClient, run_ids: list[str], budget: bool = False) -> dict[str, dict]:
-    """{"detections": run_id -> VOCMatches of the run's logged test detections (RD.TEST_DETECTIONS),
-    "budget_detections": (run_id, fraction) -> those at each budget point (with `budget`)}, for the runs that
-    have them; read through the MLflow artifact API into a temporary folder."""
-
-    def matches(path):
-        from ssd_core.evaluate import DetectionAccumulator
-
-        acc = DetectionAccumulator.load(path)
-        return acc.matches()._replace(image_ids=np.asarray(acc.image_keys))  # keys: same images across runs
-
-    out: dict[str, Any] = {}
-    points: dict[tuple[str, float], Any] = {}
-    for rid in run_ids:
-        try:
-            names = {a.path for a in client.list_artifacts(rid)}
-            if RD.TEST_DETECTIONS in names:
-                out[rid] = matches(cached_artifact(client, rid, RD.TEST_DETECTIONS))
-            if budget and Artifact.BUDGET in names:
-                for a in client.list_artifacts(rid, Artifact.BUDGET):
-                    f = RD.point_of(a.path.rsplit("/", 1)[-1])
-                    if f is not None:
-                        points[(rid, f)] = matches(cached_artifact(client, rid, a.path))
-        except Exception:  # an unreadable artifact only costs that run its interval
-            continue
-    return {"detections": out, "budget_detections": points}
-
-
-CACHE_ENV = "SSDLAB_CACHE"
-
-
-def cache_root() -> "Path":
-    """Where fetched artifacts are kept: $SSDLAB_CACHE, else $XDG_CACHE_HOME/ssdlab, else ~/.cache/ssdlab."""
-    from pathlib import Path
-
-    base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssdlab"
-    return Path(base) / "artifacts"
-
-
-def cached_artifact(client, run_id: str, path: str) -> str:
-    """A run's artifact as a local file, downloaded once: a finished trial's detections never change (a
-    local store's artifacts are read where they are)."""
-    import hashlib
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    uri = client.get_artifact_uri(run_id, path) if hasattr(client, "get_artifact_uri") else ""
-    if not uri:
-        uri = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + path
-    if uri.startswith("file:"):
-        from urllib.parse import unquote, urlparse
-        local = Path(unquote(urlparse(uri).path))
-        if local.is_file():
-            return str(local)
-    key = hashlib.sha256(f"{client.tracking_uri}|{run_id}|{path}".encode()).hexdigest()[:24]
-    target = cache_root() / key / Path(path).name
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="ssdlab-fetch-", dir=target.parent) as tmp:
-            got = client.download_artifacts(run_id, path, tmp)
-            shutil.move(got, target)
-    return str(target)
-
-
-def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
-              metric: str = DEFAULT_METRIC) -> pd.DataFrame:
-    """Every trial/train run in the store (or one sweep's), one row each, best ``metric`` included."""
-    uri = resolve_tracking_uri(tracking_uri)
-    if sweep is not None:  # a listing needs no detections: nothing is downloaded
-        return read_sweep(sweep, uri, curves=False, detections=False).runs
-    df = _search(uri)
-    df = df[_objects(df, "tags." + Tag.KIND) != Kind.SWEEP]
-    history = metric_histories(mlflow_client(uri), list(df["run_id"]), [metric])
-    return _trial_frame(df, history, metric, "max").sort_values(
-        ["sweep", "arm", "seed", "trial_id", "run_id"], na_position="last").reset_index(drop=True)
-
-
-def best_run(runs: pd.DataFrame, mode: str) -> pd.Series:
-    """The best run of ``runs`` by experiments.schema.best_index (finished, best score, lowest seed,
-    lowest trial id); when none qualifies (no finished run), the best score among all of them."""
-    statuses = runs["status"].tolist()
-    i = best_index(runs["score"].tolist(), statuses, runs["seed"].tolist(), runs["trial_id"].tolist(), mode)
-    if i is None:
-        i = best_index(runs["score"].tolist(), [Status.FINISHED.value] * len(runs), runs["seed"].tolist(),
-                       runs["trial_id"].tolist(), mode)
-    return runs.iloc[0 if i is None else i]
-
-
 def metric_histories(client: MlflowClient, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
     """Histories of ``keys`` for ``run_ids`` as (run_id, key, step, value), sorted; a step logged
     twice (a resumed trial) keeps its latest value."""
@@ -369,13 +279,13 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str
     reported (the test value at the selected checkpoint), timing, params.*, metrics.* (latest values).
     Duplicated trial ids (a restored sweep) keep the newest run."""
     df = df.reset_index(drop=True)
-    t = lambda name: _objects(df, "tags." + name)  # noqa: E731
+    t = lambda name: col_or_none(df, "tags." + name)  # noqa: E731
     out = pd.DataFrame({
         "run_id": df["run_id"].astype(str),
         "experiment_id": df["experiment_id"].astype(str) if "experiment_id" in df else "0",
         "sweep": t(Tag.SWEEP),
         "arm": t(Tag.ARM).fillna("(none)"),
-        "seed": pd.to_numeric(t(Tag.SEED).fillna(_objects(df, "params.train.seed")), errors="coerce"),
+        "seed": pd.to_numeric(t(Tag.SEED).fillna(col_or_none(df, "params.train.seed")), errors="coerce"),
         "trial_id": t(Tag.TRIAL_ID).fillna(df["run_id"]),
         "note": t(Tag.NOTE).fillna(""),
         "phase": t(Tag.PHASE).fillna(""),  # grid | search | confirm ("" = grid)
@@ -393,8 +303,7 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str
     out.loc[out["status"] == Status.RUNNING.value, "duration_s"] = math.nan
     extra = sorted(c for c in df.columns if c.startswith(("params.", "metrics.")))
     out = pd.concat([out, df[extra]], axis=1)
-    latest = lambda name: pd.to_numeric(out.get("metrics." + name, pd.Series(math.nan, index=out.index)),  # noqa: E731
-                                        errors="coerce")
+    latest = lambda name: num(col_or_nan(out, "metrics." + name))  # noqa: E731
     h = history[history["key"] == metric]
     if len(h):
         g = h.groupby("run_id")
@@ -424,14 +333,6 @@ def _arm_order(listed: list[str], runs: pd.DataFrame) -> list[str]:
         if a not in arms:
             arms.append(a)
     return arms
-
-
-def _objects(df: pd.DataFrame, name: str) -> pd.Series:
-    """A column of `df` as Python objects, None where missing (tags and params are text; reports.fmt.col
-    reads numbers, NaN where missing)."""
-    if name in df:
-        return df[name].astype(object).where(df[name].notna(), None)
-    return pd.Series([None] * len(df), index=df.index, dtype=object)
 
 
 def _ms(s: pd.Series | None) -> pd.Series:

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports import deploy, fmt, search, tables  # noqa: E402
+from reports import deploy, fmt, search, selection  # noqa: E402
 from reports.load import SweepData  # noqa: E402
 from experiments.schema import M  # noqa: E402
 
@@ -52,7 +52,7 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
         colour = {arm: f"C{i % 10}" for i, arm in enumerate(data.arms[:max_arms])}
         for ax, key in zip(axes[0], keys):
-            c = tables.curves(data, key)
+            c = selection.curves(data, key)
             h = data.history[data.history["key"] == key].merge(data.runs[["run_id", "arm", "status"]], on="run_id")
             for (rid, arm, status), g in h.groupby(["run_id", "arm", "status"], sort=True):  # every trial, thin
                 if arm in colour:
@@ -76,7 +76,7 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
 
 def param_scatter(data: SweepData) -> bytes | None:
     keys = data.searched
-    runs = tables.search_runs(data)
+    runs = selection.search_runs(data)
     runs = runs[runs["status"].isin(STATUS_STYLE)]
     if not keys or runs.empty:
         return None
@@ -142,7 +142,7 @@ def importance_bar(importances: dict[str, float], title: str = "Parameter import
 
 
 def search_history(data: SweepData) -> bytes | None:
-    runs = tables.search_runs(data)
+    runs = selection.search_runs(data)
     runs = runs[runs["status"].isin(STATUS_STYLE) & runs["score"].notna()]
     if runs.empty:
         return None
@@ -174,7 +174,7 @@ def deltas_forest(data: SweepData, arms: pd.DataFrame) -> bytes | None:
     a = arms[(arms["method"] != "baseline") & arms["delta"].notna()]
     if a.empty:
         return None
-    label = tables.value_label(data)
+    label = selection.value_label(data)
     combined = a.get("iv_low", pd.Series(dtype=float)).notna().any()
     with plt.rc_context(_STYLE):
         height = 0.55 * len(a) + 1.5
@@ -223,7 +223,7 @@ def budget_deltas(data: SweepData, deltas) -> bytes | None:
                 ax.fill_between(x, lo, hi, color=colour, alpha=0.15, lw=0)
         ax.axhline(0, color="0.3", lw=1, ls=":")
         ax.set_xlabel("fraction of the training budget")
-        ax.set_ylabel(f"Δ {tables.value_label(data)} vs {data.baseline}")
+        ax.set_ylabel(f"Δ {selection.value_label(data)} vs {data.baseline}")
         ax.set_title(f"{data.sweep}: Δ along the budget (95% bands)")
         ax.legend(loc="best")
         return _png(fig)
@@ -246,7 +246,7 @@ def effects_forest(data: SweepData, estimates) -> bytes | None:
             ax.plot([e.delta], [yi], "o", color=colour, ms=5)
         ax.axvline(0, color="0.3", lw=1, ls=":")
         ax.set_yticks(y, [e.name + (f"  (= {e.alias})" if e.alias else "") for e in rows], fontsize=8)
-        ax.set_xlabel(f"effect on {tables.value_label(data)}")
+        ax.set_xlabel(f"effect on {selection.value_label(data)}")
         ax.legend(handles=[plt.Line2D([], [], color="C0", lw=2.2, label="main effect"),
                            plt.Line2D([], [], color="C3", lw=2.2, label="interaction, interval excludes 0"),
                            plt.Line2D([], [], color="C7", lw=2.2, label="interaction")], loc="best", fontsize=7)
@@ -273,7 +273,7 @@ def shapley_bars(data: SweepData, shares, total) -> bytes | None:
                 ax.plot([lo, hi], [yi, yi], color="k", lw=1.2)
         ax.axvline(0, color="0.3", lw=1, ls=":")
         ax.set_yticks(y, names)
-        ax.set_xlabel(f"share of the gain in {tables.value_label(data)}")
+        ax.set_xlabel(f"share of the gain in {selection.value_label(data)}")
         model = " (model-based)" if any(e.model_based for e in rows) else ""
         ax.set_title(f"{data.sweep}: Shapley shares{model}, 95% intervals")
         return _png(fig)
@@ -283,11 +283,11 @@ def parallel_coordinates(data: SweepData) -> bytes | None:
     """Every search trial's parameters on parallel axes (scaled to the searched range, log where the
     distribution is), coloured by its score; the best finished trial drawn thick."""
     keys = data.searched
-    runs = tables.search_runs(data)
+    runs = selection.search_runs(data)
     runs = runs[runs["score"].notna()]
     if len(keys) < 2 or len(runs) < 2:
         return None
-    space = search._space(data)
+    space = search.parsed_space(data)
     cols = []
     for k in keys:
         v = runs.get("params." + k, pd.Series(index=runs.index, dtype=object)).map(fmt.param_value)
@@ -304,7 +304,7 @@ def parallel_coordinates(data: SweepData) -> bytes | None:
         return None
     score = runs["score"].to_numpy(float)
     norm = plt.Normalize(np.nanmin(score), np.nanmax(score))
-    best = tables.best_run(runs, data.mode)
+    best = selection.best_run(runs, data.mode)
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(1.9 * len(cols) + 2, 4.2))
         fig.subplots_adjust(left=0.09, right=0.86, bottom=0.2, top=0.9)
@@ -344,7 +344,7 @@ def pareto(data: SweepData) -> bytes | None:
         if value[i] > top:
             front.append(i)
             top = value[i]
-    best = tables.best_run(runs, data.mode)
+    best = selection.best_run(runs, data.mode)
     unit, k = cost_unit(cost)
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -358,7 +358,7 @@ def pareto(data: SweepData) -> bytes | None:
         ax.scatter([cost[b] * k], [value[b]], s=140, facecolors="none", edgecolors="r", lw=1.5,
                    label="best trial (by val)", zorder=4)
         ax.set_xlabel(f"training cost ({unit})")
-        ax.set_ylabel(tables.value_label(data))
+        ax.set_ylabel(selection.value_label(data))
         ax.legend(loc="lower right", fontsize=7)
         ax.set_title(f"{data.sweep}: accuracy against cost")
         return _png(fig)

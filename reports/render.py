@@ -1,4 +1,4 @@
-"""Render report tables (reports/tables.py) as Markdown, CSV, LaTeX and a self-contained HTML page.
+"""Render report tables (``reports.fmt.Table``) as Markdown, CSV, LaTeX and a self-contained HTML page.
 
 Output is deterministic: rows come in a fixed order, numbers with fixed formats, no timestamps, so
 regenerating a report from the same MLflow store gives byte-identical files.

@@ -16,8 +16,9 @@ from experiments.evidence import DETECTIONS_PNG
 from experiments.schema import Artifact, M
 from ssd_core.errors import UserError
 
-from reports import budget, deploy, factorial, fmt, plots, render, search, tables
-from reports.load import SweepData, load_artifact, read_sweep
+from reports import budget, deploy, factorial, fmt, plots, render, run_tables, search, selection, tables
+from reports.artifacts import load_artifact
+from reports.load import SweepData, read_sweep
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -44,7 +45,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     data = read_sweep(sweep, tracking_uri)
     if arms:
         data = restrict(data, arms)
-    arms = tables.arm_stats(data)
+    arms = selection.arm_stats(data)
     sections: list[Any] = [tables.summary_table(data, arms)]
     figs: dict[str, bytes] = {}
     if len(data.arms) > 1:
@@ -53,7 +54,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
             figs["deltas"] = forest
             sections.append(("figure", "deltas", render.PLOT_TITLES["deltas"]))
         sections.append(tables.ablation_table(data, arms))
-        points = budget.point_deltas(data, budget.budget_values(data, tables.arm_members(data)))
+        points = budget.point_deltas(data, budget.budget_values(data, selection.arm_members(data)))
         if points:  # eval.test_at: the deltas along the budget, plotted above their table
             along = plots.budget_deltas(data, points) if with_plots else None
             if along is not None:
@@ -67,7 +68,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     if seq is not None:
         sections.append(seq)
     if data.runs["status"].ne("finished").any() or (data.finished[data.value].isna().any() if len(data.runs) else False):
-        sections.append(tables.other_runs_table(data))
+        sections.append(run_tables.other_runs_table(data))
     if deploy.has_deploy(data):  # the deployment arms: accuracy against speed, the front plotted above its table
         rows = deploy.deploy_rows(data)
         speed = plots.accuracy_speed(data, rows) if with_plots else None
@@ -91,9 +92,9 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
             sections.append(("text", "Parameter importances", f"Omitted: {imp.reason}."))
     fin = data.finished
     if len(fin):  # every averaged trial, linked to its MLflow run with --ui-url
-        sections.append(tables.trials_table(data))
+        sections.append(run_tables.trials_table(data))
     if with_plots and len(fin):  # the best run's detections (experiments/evidence.py), what one looks at first
-        best = tables.best_run(fin, data.mode)
+        best = selection.best_run(fin, data.mode)
         png = load_artifact(data.tracking_uri, best["run_id"], f"{Artifact.EVIDENCE}/{DETECTIONS_PNG}")
         if png:
             figs["best_detections"] = png

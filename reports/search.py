@@ -11,9 +11,10 @@ import pandas as pd
 import yaml
 
 from experiments.schema import Param, SpaceError, Status, parse_space
-from reports.load import SweepData, best_run
 from reports.fmt import DASH, Table, fnum, fparam, metric_label, param_value
-from reports.tables import early_stopped_above_best, search_runs
+from reports.load import SweepData
+from reports.run_tables import early_stopped_above_best
+from reports.selection import best_run, search_runs
 
 
 def search_table(data: SweepData, top_k: int = 10) -> Table:
@@ -109,7 +110,8 @@ def distributions(search_space: dict[str, Any]) -> dict[str, Any]:
         return {}
 
 
-def _space(data: SweepData) -> dict[str, Param]:
+def parsed_space(data: SweepData) -> dict[str, Param]:
+    """The sweep's recorded search space (``ssdlab.search_space``) as Params by key; an unreadable one gives none."""
     try:
         return {p.key: p for p in parse_space(data.search_space)}
     except SpaceError:
@@ -156,7 +158,7 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova",
     usable trials or without distributions."""
     import optuna
 
-    space = _space(data)
+    space = parsed_space(data)
     if not space:
         return Importances({}, 0, None, "no search space recorded")
     dists = {k: p.optuna() for k, p in space.items()}

@@ -150,7 +150,7 @@ def format_terminal(columns: list[str], rows: list[list[str]], numeric: set[int]
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from reports.load import load_runs
-    from reports.tables import runs_table
+    from reports.run_tables import runs_table
 
     runs = load_runs(_store(args.tracking_uri), sweep=args.sweep)
     if runs.empty:

@@ -51,7 +51,7 @@ def data(tmp_path_factory):
 
 def test_a_rising_arm_is_marked_and_flat_ones_are_not(data):
     from reports import budget
-    from reports.tables import arm_members
+    from reports.selection import arm_members
     s = budget.convergence(data, arm_members(data))
     # last quarter: epochs 9..12 (fractions 0.75..1); rising: slope exactly RISE in every seed
     assert s["rising"].slope == pytest.approx(RISE) and s["rising"].n == 3 and s["rising"].points == 4
@@ -83,7 +83,8 @@ def test_the_tables_mark_the_rising_arm_with_a_footnote(data):
 
 def test_deltas_along_the_budget_by_hand_and_a_turning_delta_is_named(data):
     from reports import budget
-    from reports.tables import arm_members, summary_table
+    from reports.selection import arm_members
+    from reports.tables import summary_table
     deltas = budget.point_deltas(data, budget.budget_values(data, arm_members(data)))
     got = {(d.arm, d.fraction): d for d in deltas}
     assert sorted(got) == sorted((a, f) for a in TEST_AT for f, _ in POINTS)

@@ -247,7 +247,8 @@ def test_a_new_sqlite_store_appears_whole_and_opening_it_waits_out_a_lock(tmp_pa
 
 def test_a_finished_run_without_a_test_value_is_listed_not_averaged(tmp_path):
     from reports.load import read_sweep
-    from reports.tables import ablation_table, other_runs_table
+    from reports.run_tables import other_runs_table
+    from reports.tables import ablation_table
     from tests.support.fake_store import Run, write_sweep as fake_sweep
 
     runs = [Run("a", s, {"val/mAP50": {1: 0.5}, "test/mAP50": {1: 0.4 + 0.01 * s}}) for s in range(3)]

@@ -107,7 +107,8 @@ def test_summary_table_means_stds_and_bold_best(abl):
 def test_ablation_paired_delta_ci_and_p_by_hand(abl):
     from scipy import stats as sps
 
-    from reports.tables import ablation_table, arm_stats
+    from reports.selection import arm_stats
+    from reports.tables import ablation_table
     a = arm_stats(abl).set_index("arm")
     base, aug = _best("base"), _best("aug")
     d = np.array([aug[s] - base[s] for s in (0, 1, 2)])  # 0.10, 0.11, 0.08
@@ -136,7 +137,8 @@ def test_ablation_paired_delta_ci_and_p_by_hand(abl):
 def test_ablation_single_seed_and_unpaired_fallbacks(abl):
     from scipy import stats as sps
 
-    from reports.tables import ablation_table, arm_stats
+    from reports.selection import arm_stats
+    from reports.tables import ablation_table
     a = arm_stats(abl).set_index("arm")
     base = np.array(list(_best("base").values()))
     lite = a.loc["lite"]  # one finished seed: difference of means only
@@ -159,7 +161,8 @@ def test_ablation_single_seed_and_unpaired_fallbacks(abl):
 
 
 def test_other_runs_and_per_class_at_best_epoch(abl):
-    from reports.tables import other_runs_table, per_class_table
+    from reports.run_tables import other_runs_table
+    from reports.tables import per_class_table
     o = other_runs_table(abl)
     assert [(r[0], r[1], r[3]) for r in o.rows] == [("aug", "3", "failed"), ("lite", "1", "early_stopped"),
                                                     ("lite", "2", "running")]
@@ -202,7 +205,8 @@ def test_search_table_top_k_counts_and_best_override(hpo):
 
 
 def test_search_sweep_arm_is_the_best_trial_plus_its_confirm_seeds(hpo):
-    from reports.tables import arm_members, summary_table
+    from reports.selection import arm_members
+    from reports.tables import summary_table
     assert hpo.arms == ["(none)"] and hpo.baseline == "(none)"
     m = arm_members(hpo)
     assert sorted(m["trial_id"]) == ["c1", "c2", "t04"] and list(m["selected"]) .count(True) == 1
@@ -306,7 +310,7 @@ def test_cli_report_runs_and_unknown_sweep(store, tmp_path, capsys):
 
 UI_DRIVER = """
 import sys
-from reports import commands
+from ssdlab.commands import report as commands
 from ssdlab.cli import main
 # a stand-in for `mlflow ui` that starts in a moment: Python's own HTTP server on the same port
 commands.ui_command = lambda uri, port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
@@ -332,8 +336,9 @@ def test_cli_ui_prints_the_url_once_listening_and_sigterm_stops_the_server(store
                             stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         line = proc.stdout.readline()
-        while not line.startswith("MLflow UI for"):  # (the stand-in server's own line comes first)
+        while line and not line.startswith("MLflow UI for"):  # (the stand-in server's own line comes first)
             line = proc.stdout.readline()
+        assert line, f"`ssdlab ui` ended without printing its URL (exit {proc.wait(10)})"  # not a hang
         assert f"http://127.0.0.1:{port}" in line and commands._listening(port)  # printed only once listening
         runs = proc.stdout.readline().strip()  # the experiment's runs page
         assert runs.startswith(f"ssdlab: http://127.0.0.1:{port}/#/experiments/")
@@ -381,7 +386,7 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
     from ssdlab.cli import main
     from reports.load import read_sweep
     from reports.search import best_override, search_table
-    from reports.tables import other_runs_table
+    from reports.run_tables import other_runs_table
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from experiments.tracking.store import ensure_store
