@@ -57,7 +57,7 @@ def fill(uri: str, runs: int, epochs: int) -> None:
     parent = client.create_run(exp, start_time=t0, tags={
         "ssdlab.kind": "sweep", "ssdlab.sweep": "bench", "ssdlab.arms": json.dumps(ARMS),
         "ssdlab.baseline_arm": "base", "ssdlab.search_space": json.dumps(SPACE),
-        "ssdlab.metric": "val/mAP50", "ssdlab.mode": "max"}).info.run_id
+        "ssdlab.metric": "val/mAP50"}).info.run_id
     rng = np.random.default_rng(0)
     base = _base_params()
     for i in range(runs):

@@ -67,7 +67,6 @@ class Tag:
     BASELINE_ARM = "ssdlab.baseline_arm"
     SEARCH_SPACE = "ssdlab.search_space"
     METRIC = "ssdlab.metric"
-    MODE = "ssdlab.mode"
     SEEDS = "ssdlab.seeds"
     SAMPLER = "ssdlab.sampler"
     OBJECTIVES = "ssdlab.objectives"  # JSON list of the search's further objectives (minimised), [] for one
@@ -121,23 +120,23 @@ SEARCH_OBJECTIVES = tuple(
     + [M.DEPLOY_PARAMS, M.DEPLOY_GFLOPS, M.DEPLOY_CHECKPOINT_MB])
 
 
-def score_of(values: Iterable[float], mode: str = "max") -> float:
+def score_of(values: Iterable[float]) -> float:
     """A run's score: the best finite value of its selection metric over epochs (nan when none)."""
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not finite:
         return math.nan
-    return max(finite) if mode == "max" else min(finite)
+    return max(finite)
 
 
 def best_index(scores: Sequence[float], statuses: Sequence[str], seeds: Sequence[Optional[float]],
-               trial_ids: Sequence[str], mode: str = "max") -> Optional[int]:
+               trial_ids: Sequence[str]) -> Optional[int]:
     """Index of the best trial: finished, best finite score, then lowest seed, then lowest trial id;
     None when no finished trial has a finite score."""
     def key(i: int):
         s = float(scores[i])
         seed = seeds[i]
         seed = math.inf if seed is None or (isinstance(seed, float) and math.isnan(seed)) else float(seed)
-        return (-s if mode == "max" else s, seed, str(trial_ids[i]))
+        return (-s, seed, str(trial_ids[i]))
 
     ok = [i for i in range(len(scores)) if str(statuses[i]) == Status.FINISHED.value
           and scores[i] is not None and math.isfinite(float(scores[i]))]

@@ -146,4 +146,4 @@ def front_flags(data: SweepData, runs: pd.DataFrame) -> list[bool]:
     if not objs:
         return []
     columns = [pd.to_numeric(runs["score"], errors="coerce")] + [_metric(runs, o) for o in objs]
-    return pareto_front(list(zip(*(c.tolist() for c in columns))), [data.mode] + ["min"] * len(objs))
+    return pareto_front(list(zip(*(c.tolist() for c in columns))), ["max"] + ["min"] * len(objs))

@@ -57,8 +57,7 @@ class SweepData:
     arms: list[str]  # sweep-file order, then arms only seen on children
     baseline: str | None
     search_space: dict[str, Any]
-    metric: str
-    mode: str  # "max" | "min"
+    metric: str  # the selection metric, maximised
     runs: pd.DataFrame
     history: pd.DataFrame  # run_id, key, step, value (sorted)
     parent_tags: dict[str, str] = field(default_factory=dict)
@@ -126,14 +125,11 @@ def read_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = Tr
     if parent is not None:  # a sweep launched again under a new storage path: report the latest
         children = children[col_or_none(children, "tags." + Tag.PARENT) == parent["run_id"]]
     metric = ptags.get(Tag.METRIC) or DEFAULT_METRIC
-    mode = (ptags.get(Tag.MODE) or "max").lower()
-    if mode not in ("max", "min"):
-        raise UserError(f"sweep {sweep!r} in {uri}: tag {Tag.MODE}={mode!r} is not max|min")
     budget = M.TEST_AT + M.reported_of(metric)[len(M.TEST):]  # test_at/mAP50: the reported metric along the budget
     keys = [metric, budget, M.TEST_AT_FRACTION] + ([M.TRAIN_LOSS] if curves and metric != M.TRAIN_LOSS else [])
     client = mlflow_client(uri)
     history = metric_histories(client, list(children["run_id"]), keys)
-    runs = _trial_frame(children, history, metric, mode)
+    runs = _trial_frame(children, history, metric)
     arms = _arm_order(_json(ptags.get(Tag.ARMS), [], Tag.ARMS, sweep, uri), runs)
     order = {a: i for i, a in enumerate(arms)}
     runs = runs.assign(_o=runs["arm"].map(order)).sort_values(
@@ -143,7 +139,7 @@ def read_sweep(sweep: str, tracking_uri: str | None = None, *, curves: bool = Tr
         parent_id=None if parent is None else parent["run_id"],
         arms=arms, baseline=ptags.get(Tag.BASELINE_ARM) or (arms[0] if arms else None),
         search_space=_json(ptags.get(Tag.SEARCH_SPACE), {}, Tag.SEARCH_SPACE, sweep, uri),
-        metric=metric, mode=mode, runs=runs.reset_index(drop=True), history=history,
+        metric=metric, runs=runs.reset_index(drop=True), history=history,
         parent_tags=ptags, **(load_detections(client, runs[runs["status"] == Status.FINISHED.value]["run_id"].tolist(),
                                               budget=(history["key"] == M.TEST_AT_FRACTION).any())
                               if detections and len(arms) > 1 else {}))
@@ -158,7 +154,7 @@ def load_runs(tracking_uri: str | None = None, sweep: str | None = None,
     df = _search(uri)
     df = df[col_or_none(df, "tags." + Tag.KIND) != Kind.SWEEP]
     history = metric_histories(mlflow_client(uri), list(df["run_id"]), [metric])
-    return _trial_frame(df, history, metric, "max").sort_values(
+    return _trial_frame(df, history, metric).sort_values(
         ["sweep", "arm", "seed", "trial_id", "run_id"], na_position="last").reset_index(drop=True)
 
 
@@ -274,7 +270,7 @@ def _histories_sql(engine, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
     return h
 
 
-def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per trial: identity tags, status, score (best selection metric over epochs), final,
     reported (the test value at the selected checkpoint), timing, params.*, metrics.* (latest values).
     Duplicated trial ids (a restored sweep) keep the newest run."""
@@ -307,7 +303,7 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str
     h = history[history["key"] == metric]
     if len(h):
         g = h.groupby("run_id")
-        best = g["value"].agg(lambda v: score_of(v, mode))
+        best = g["value"].agg(lambda v: score_of(v))
         best_step = h[h["value"] == h["run_id"].map(best)].groupby("run_id")["step"].min()
         last = h.loc[g["step"].idxmax()].set_index("run_id")
         out["score"] = out["run_id"].map(best)

@@ -157,7 +157,7 @@ def search_history(data: SweepData) -> bytes | None:
                 ax.scatter(order[m], runs.loc[m, "score"], c=color, marker=marker, s=20, alpha=0.8,
                            label=status.replace("_", "-"))
         fin = runs["score"].where(runs["status"] == "finished")
-        best = (fin.cummax() if data.mode == "max" else fin.cummin()).ffill()
+        best = fin.cummax().ffill()
         ax.step(order, best, where="post", color="k", lw=1.4, label="running best (finished)")
         ax.set_xlabel("trial (start order)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -304,7 +304,7 @@ def parallel_coordinates(data: SweepData) -> bytes | None:
         return None
     score = runs["score"].to_numpy(float)
     norm = plt.Normalize(np.nanmin(score), np.nanmax(score))
-    best = selection.best_run(runs, data.mode)
+    best = selection.best_run(runs)
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(1.9 * len(cols) + 2, 4.2))
         fig.subplots_adjust(left=0.09, right=0.86, bottom=0.2, top=0.9)
@@ -344,7 +344,7 @@ def pareto(data: SweepData) -> bytes | None:
         if value[i] > top:
             front.append(i)
             top = value[i]
-    best = selection.best_run(runs, data.mode)
+    best = selection.best_run(runs)
     unit, k = cost_unit(cost)
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -94,7 +94,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     if len(fin):  # every averaged trial, linked to its MLflow run with --ui-url
         sections.append(run_tables.trials_table(data))
     if with_plots and len(fin):  # the best run's detections (experiments/evidence.py), what one looks at first
-        best = selection.best_run(fin, data.mode)
+        best = selection.best_run(fin)
         png = load_artifact(data.tracking_uri, best["run_id"], f"{Artifact.EVIDENCE}/{DETECTIONS_PNG}")
         if png:
             figs["best_detections"] = png
@@ -114,7 +114,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     # The store's path is left out on purpose: a copy of the store regenerates identical files.
     meta = ("text", "Source", f"Sweep `{sweep}` read back from MLflow (parent run "
             f"{data.parent_id or '(none)'}; {len(data.runs)} trial runs; metric `{data.metric}`, "
-            f"mode {data.mode}; baseline arm `{data.baseline}`).")
+            f"maximised; baseline arm `{data.baseline}`).")
     return Report(f"ssdlab report: {sweep}", [meta] + sections, figs, data)
 
 

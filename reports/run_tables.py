@@ -82,8 +82,8 @@ def early_stopped_above_best(data: SweepData) -> list[str]:
     stopped = runs[runs["status"] == Status.EARLY_STOPPED.value]
     if fin.empty or stopped.empty or not fin["score"].notna().any():
         return []
-    top = best_run(fin, data.mode)["score"]
-    beats = stopped["score"] > top if data.mode == "max" else stopped["score"] < top
+    top = best_run(fin)["score"]
+    beats = stopped["score"] > top
     return sorted(str(t) for t in stopped.loc[beats.fillna(False), "trial_id"])
 
 

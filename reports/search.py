@@ -27,7 +27,7 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
     objs = objectives(data)
     runs = search_runs(data)
     f = runs[runs["status"] == Status.FINISHED.value]
-    key = f["score"] if data.mode == "min" else -f["score"]
+    key = -f["score"]
     f = f.assign(_k=key, _off_front=[not x for x in front_flags(data, f)] if objs else False)
     top = f.sort_values(["_off_front", "_k", "seed", "trial_id"], na_position="last")
     front_n = int((~top["_off_front"]).sum()) if objs else 0
@@ -66,7 +66,7 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
                f"running; only finished trials are ranked, by `{data.metric}` (best over epochs)"
                + (f"; `{data.reported_metric}` is shown, not used." if test else ".")]
     if objs:
-        t.notes.append(f"Multi-objective search: `{data.metric}` ({data.mode}) and "
+        t.notes.append(f"Multi-objective search: `{data.metric}` (max) and "
                        f"{', '.join(f'`{o}` (min)' for o in objs)}, measured at each trial's final epoch. The "
                        f"{front_n} trial(s) of the Pareto front (no other finished trial as good in every objective "
                        f"and better in one) come first, in bold, then the rest by `{data.metric}`.")
@@ -83,7 +83,7 @@ def best_override(data: SweepData) -> str:
     f = runs[runs["status"] == "finished"]
     if f.empty:
         return ""
-    best = best_run(f, data.mode)
+    best = best_run(f)
     nested: dict[str, Any] = {}
     flat = []
     for k in data.searched:
@@ -146,7 +146,7 @@ def _importance_runs(data: SweepData) -> tuple[pd.DataFrame, int | None]:
     if not (runs["status"] == Status.EARLY_STOPPED.value).any():
         return runs, common
     h = h[h["step"] <= common].groupby("run_id")["value"]
-    best = h.max() if data.mode == "max" else h.min()
+    best = h.max()
     return runs.assign(score=runs["run_id"].map(best).astype(float).fillna(float("nan"))), common
 
 
@@ -179,7 +179,7 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova",
                            f"only {len(trials)} trial(s) share a common budget (epoch {common}); importances "
                            f"need at least {min_trials} to be more than noise")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if data.mode == "max" else "minimize")
+    study = optuna.create_study(direction="maximize")
     study.add_trials(trials)
     if evaluator == "fanova":
         ev = optuna.importance.FanovaImportanceEvaluator(seed=0)

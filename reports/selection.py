@@ -37,14 +37,14 @@ def score_note(data: SweepData) -> str:
     return sel + rep + " Arm values: mean ± sample std (ddof=1) over the finished seeds."
 
 
-def best_run(runs: pd.DataFrame, mode: str) -> pd.Series:
+def best_run(runs: pd.DataFrame) -> pd.Series:
     """The best run of ``runs`` by experiments.schema.best_index (finished, best score, lowest seed,
     lowest trial id); when none qualifies (no finished run), the best score among all of them."""
     statuses = runs["status"].tolist()
-    i = best_index(runs["score"].tolist(), statuses, runs["seed"].tolist(), runs["trial_id"].tolist(), mode)
+    i = best_index(runs["score"].tolist(), statuses, runs["seed"].tolist(), runs["trial_id"].tolist())
     if i is None:
         i = best_index(runs["score"].tolist(), [Status.FINISHED.value] * len(runs), runs["seed"].tolist(),
-                       runs["trial_id"].tolist(), mode)
+                       runs["trial_id"].tolist())
     return runs.iloc[0 if i is None else i]
 
 
@@ -74,7 +74,7 @@ def arm_members(data: SweepData) -> pd.DataFrame:
         sources = runs[(runs["arm"] == arm) & (runs["phase"] == "confirm")]["source_trial"]
         sources = sorted({s for s in sources if s})
         picked = search[search["trial_id"].isin(sources)]
-        pick = picked.iloc[0] if len(picked) else best_run(search, data.mode)
+        pick = picked.iloc[0] if len(picked) else best_run(search)
         members.append(pick.to_frame().T.assign(selected=True))
     out = pd.concat(members)
     out["seed"] = pd.to_numeric(out["seed"], errors="coerce")

@@ -36,7 +36,7 @@ def summary_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
         shown = note + (f" ({r['rising']})" if r["rising"] else "")
         rows.append([str(i + 1), r["arm"], fmean(ms), shown])
         raw.append([i + 1, r["arm"], r["mean"], r["std"], r["n"], note, r["rising"]])
-    best = _best_arm_rows(a, data.mode)
+    best = _best_arm_rows(a)
     t = Table("summary", f"Experiment summary: {data.sweep}", ["No", "Arm", label, "Note"], rows, raw,
               bold={(i, 2) for i in best}, numeric={0, 2})
     t.raw_columns = ["no", "arm", "mean", "std", "n_seeds", "note", "still_rising"]
@@ -101,7 +101,7 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
                     slope.high * budget.PER if slope else math.nan])
     k = 2 if ivs else 0
     t = Table("ablation", f"Ablation: {data.sweep}", cols, rows, raw,
-              bold={(i, 2) for i in _best_arm_rows(a, data.mode)},
+              bold={(i, 2) for i in _best_arm_rows(a)},
               numeric={1, 2, 4 + k, 6 + k, 7 + k, 8 + k} | ({4} if ivs else set()))
     t.raw_columns = ["arm", "n_seeds", "seeds", "mean", "std", "delta", "ci_low", "ci_high", "p",
                      "t_ci_low", "t_ci_high", "t_p", "t_method", "early_stopped", "failed", "running",
@@ -118,11 +118,11 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     return t
 
 
-def _best_arm_rows(a: pd.DataFrame, mode: str) -> set[int]:
+def _best_arm_rows(a: pd.DataFrame) -> set[int]:
     vals = a["mean"].where(a["n"] > 0)
     if vals.notna().sum() == 0:
         return set()
-    best = vals.max() if mode == "max" else vals.min()
+    best = vals.max()
     return {i for i, v in enumerate(vals) if v == best}
 
 
@@ -154,7 +154,7 @@ def per_class_table(data: SweepData) -> Table:
         f = fin[fin["arm"] == arm]
         if f.empty:
             continue
-        best = best_run(f, data.mode)
+        best = best_run(f)
         aps = [float(pd.to_numeric(best.get(prefix + c, math.nan), errors="coerce")) for c in classes]
         seed = DASH if not math.isfinite(best["seed"]) else str(int(best["seed"]))
         value = float(best[data.value])

@@ -23,7 +23,7 @@ Roles:
   trial's own record (`phase_states`), not from Tune's TERMINATED, which covers cut-short trials too.
 
 The searcher sees the metric under the internal key `ssdlab_objective`: the latest evaluated
-value of the sweep metric (the mode's worst value before the first evaluation), so epochs
+value of the sweep metric (-1e30 before the first evaluation), so epochs
 without an evaluation (eval.every_epochs > 1) still carry one. MLflow only gets metric names with
 a "/" (train/loss, val/mAP50, ...) as reported by fit.
 """
@@ -39,16 +39,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from experiments.schema import M, Status, Tag
-from experiments.sweep.job import TrialJob, TrialKey
-from experiments.sweep.plan import Phase, parent_params, parent_tags, plan, wave_phase
-from experiments.sweep.spec import SweepSpec
-from experiments.sweep.status import result_status
-from ssd_core.errors import ConfigError
-
-try:
-    from ray.tune.stopper import Stopper as _Stopper
-except ImportError:  # the sweep module is importable without Ray (dry runs)
-    _Stopper = object
 from experiments.sweep.guards import (
     SEQUENTIAL_STATE,
     DriverLock,
@@ -60,9 +50,14 @@ from experiments.sweep.guards import (
     check_snapshot,
     prepare_inputs,
 )
+from experiments.sweep.job import TrialJob, TrialKey
+from experiments.sweep.plan import Phase, parent_params, parent_tags, plan, wave_phase
 from experiments.sweep.ray_session import atomic_local_uploads, init_ray, shutdown_ray, tolerate_damaged_error_files
-from experiments.sweep.status import ended_count, expected_trials, format_counts, phase_states
+from experiments.sweep.spec import SweepSpec
+from experiments.sweep.status import ended_count, expected_trials, format_counts, phase_states, result_status
 from experiments.sweep.tuner import best_params, new_tuner, trainable
+from ssd_core.errors import ConfigError
+
 
 DEFAULT_STORAGE = "runs/ray"
 
@@ -182,7 +177,7 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
                                        f"{expected_trials(ph)} trials ended ({format_counts(states)}); "
                                        f"continue with --resume")
             if ph.kind == "search":
-                best_by_arm[ph.arm] = best_params(grid, spec.mode)
+                best_by_arm[ph.arm] = best_params(grid)
                 _close_search(spec, tracker, storage, ph, study_url, S.study_name(spec.name, ph.dirname, parent),
                               best_by_arm[ph.arm], grid)
             if waves is not None:
@@ -196,7 +191,7 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
                     phases.append(wave_phase(k + 1, following))
         counts, failures = patient(tracker.summarize)  # ssdlab.counts (+ ssdlab.error when trials failed)
         try:
-            patient(tracker.register_best, spec.metric, spec.mode)  # ssdlab.best_* tags and the model registry
+            patient(tracker.register_best, spec.metric)  # ssdlab.best_* tags and the model registry
         except Exception as exc:  # the runs are logged: a registry hiccup must not fail the sweep
             print(f"sweep {spec.name}: best trial not registered: {type(exc).__name__}: {exc}")
         patient(tracker.finish, Status.FINISHED)
@@ -225,7 +220,7 @@ def _close_search(spec: SweepSpec, tracker, storage, ph: Phase, url: Optional[st
 
     S.close_study(url, name)
     S.label_study(url, name, {"sweep": spec.name, "phase": ph.dirname, "mlflow_parent_run": tracker.parent_id,
-                              "metric": spec.metric, "mode": spec.mode})
+                              "metric": spec.metric, "direction": "maximize"})
     if best is None:
         return
     params, trial = best

@@ -12,6 +12,7 @@ from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, apply_overrides, resolve_data_root
 from ssd_core.errors import ConfigError
 
+
 OBJECTIVE = "ssdlab_objective"
 
 

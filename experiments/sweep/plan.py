@@ -61,7 +61,7 @@ def describe(spec: SweepSpec) -> str:
     lines = [f"sweep {f.name}  ({spec.path})", f"  base config: {spec.base_config_path}"]
     if f.overrides:
         lines.append(f"  overrides: {json.dumps(f.overrides)}")
-    lines.append(f"  metric: {spec.metric} ({spec.mode})")
+    lines.append(f"  metric: {spec.metric} (maximised)")
     total = 0
     for ph in plan(spec):
         if ph.kind == "search":
@@ -112,7 +112,6 @@ def parent_tags(spec: SweepSpec) -> dict[str, str]:
         Tag.BASELINE_ARM: arms[0] if arms else "",
         Tag.SEARCH_SPACE: json.dumps(spec.file.search.space if spec.file.search else {}),
         Tag.METRIC: spec.metric,
-        Tag.MODE: spec.mode,
         Tag.SEEDS: json.dumps(spec.seeds),
         Tag.SAMPLER: spec.file.search.sampler if spec.file.search else "",
         Tag.OBJECTIVES: json.dumps(spec.file.search.objectives if spec.file.search else []),

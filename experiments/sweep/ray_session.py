@@ -6,11 +6,6 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-try:
-    from ray.tune.stopper import Stopper as _Stopper
-except ImportError:  # the sweep module is importable without Ray (dry runs)
-    _Stopper = object
-
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 as the node address
 

@@ -63,7 +63,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ssd_core.config import DEFAULT_TRACKING_URI, ExperimentConfig, apply_overrides
 
-DEFAULT_MODE = "max"
+
+MAXIMISED = "max"  # the selection metric is maximised: the one `mode` a sweep file may name
 
 
 _NAME = re.compile(r"^[A-Za-z0-9+][A-Za-z0-9_.+-]*$")
@@ -161,7 +162,6 @@ class SweepSpec:
     file: SweepFile
     base: ExperimentConfig       # base experiment + sweep overrides
     metric: str
-    mode: str
     arms: dict[str, ArmSpec] = field(default_factory=dict)  # the design's points, then the file's arms
     design: Optional[Any] = None  # experiments.design.Design
 

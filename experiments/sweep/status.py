@@ -7,11 +7,6 @@ from typing import Callable, Optional
 from experiments.schema import M, Status
 from experiments.sweep.plan import Phase
 
-try:
-    from ray.tune.stopper import Stopper as _Stopper
-except ImportError:  # the sweep module is importable without Ray (dry runs)
-    _Stopper = object
-
 
 def expected_trials(phase: Phase) -> int:
     return phase.num_samples if phase.kind == "search" else len(phase.trials)

@@ -6,18 +6,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from experiments.schema import M, Param, best_index, parse_space
+from experiments.sweep.guards import DiskFullStop
 from experiments.sweep.job import META, OBJECTIVE, TrialJob, searched_params
 from experiments.sweep.plan import Phase
 from experiments.sweep.spec import SweepSpec
 from experiments.sweep.status import result_status
 from experiments.sweep.worker import run_trial
 from ssd_core.config import flatten
-
-try:
-    from ray.tune.stopper import Stopper as _Stopper
-except ImportError:  # the sweep module is importable without Ray (dry runs)
-    _Stopper = object
-from experiments.sweep.guards import DiskFullStop
 
 
 class DefineByRun:
@@ -75,8 +70,8 @@ def new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callb
         param_space = {META: meta}
         base_flat = flatten(spec.trial_config(phase.arm, meta["seed"]))
         # with search.objectives, Optuna gets [the score, each cost (minimised)] at a trial's end
-        metric, mode = ([OBJECTIVE, *f.search.objectives], [spec.mode] + ["min"] * len(f.search.objectives)) \
-            if f.search.objectives else (OBJECTIVE, spec.mode)
+        metric, mode = ([OBJECTIVE, *f.search.objectives], ["max"] + ["min"] * len(f.search.objectives)) \
+            if f.search.objectives else (OBJECTIVE, "max")
         url, name = study
         import optuna
 
@@ -94,7 +89,7 @@ def new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callb
     if asha is not None and phase.kind != "confirm":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_t(phase.arm),
                                   grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
-    tune_config = tune.TuneConfig(metric=OBJECTIVE, mode=spec.mode, search_alg=search_alg, scheduler=scheduler,
+    tune_config = tune.TuneConfig(metric=OBJECTIVE, mode="max", search_alg=search_alg, scheduler=scheduler,
                                   num_samples=num_samples, max_concurrent_trials=f.max_concurrent,
                                   reuse_actors=True)
     run_config = tune.RunConfig(
@@ -112,7 +107,7 @@ def new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callb
     return tune.Tuner(trainable(job), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def best_params(results, mode: str) -> Optional[tuple[dict[str, Any], str]]:
+def best_params(results) -> Optional[tuple[dict[str, Any], str]]:
     """(searched params, trial id) of the phase's best trial (experiments.schema.best_index: finished
     trials only, best score); None when no finished trial has one."""
     rows = [r for r in results if r.metrics]
@@ -120,5 +115,5 @@ def best_params(results, mode: str) -> Optional[tuple[dict[str, Any], str]]:
     statuses = [result_status(r).value for r in rows]
     seeds = [r.config.get(META, {}).get("seed") for r in rows]
     ids = [str(r.metrics.get("trial_id", i)) for i, r in enumerate(rows)]
-    i = best_index(scores, statuses, seeds, ids, mode)
+    i = best_index(scores, statuses, seeds, ids)
     return None if i is None else (searched_params(rows[i].config), ids[i])

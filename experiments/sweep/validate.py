@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from experiments.schema import SEARCH_OBJECTIVES, M, Param, SpaceError, grid_size, parse_space
-from experiments.sweep.spec import _NAME, DEFAULT_MODE, ArmSpec, SearchSpec, SequentialSeeds, SweepFile, SweepSpec
+from experiments.sweep.spec import _NAME, MAXIMISED, ArmSpec, SearchSpec, SequentialSeeds, SweepFile, SweepSpec
 from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, load_config, read_yaml, short
 from ssd_core.errors import ConfigError
 
@@ -88,7 +88,7 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
             _check_data_root(path, arm_cfg)
     if not arms:
         _check_data_root(path, base)
-    metric, mode = _metric_and_mode(sf, path, base)
+    metric = _selection_metric(sf, path, base)
     if sf.search is not None or (sf.scheduler is not None and sf.scheduler.asha is not None):
         for arm in (list(arms) or [None]):
             arm_cfg = _apply(path, f"arms.{arm}.overrides", base, arms[arm].overrides) if arm else base
@@ -109,7 +109,7 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
     if sf.search is not None and design is not None:
         warnings.warn(f"{path}: design with search: an Optuna search per design point ({len(design.points)} "
                       f"searches) is expensive; search the configuration first, then run the design", stacklevel=2)
-    spec = SweepSpec(path=path, file=sf, base=base, metric=metric, mode=mode, arms=arms, design=design)
+    spec = SweepSpec(path=path, file=sf, base=base, metric=metric, arms=arms, design=design)
     asha = spec.asha
     if asha is not None:
         for arm in (list(arms) or [None]):
@@ -266,9 +266,10 @@ def _apply(path: Path, where: str, cfg: ExperimentConfig, overrides: dict) -> Ex
         raise _fail(path, where, f"the resulting config is invalid: {exc}") from None
 
 
-def _metric_and_mode(sf: SweepFile, path: Path, base: ExperimentConfig) -> tuple[str, str]:
+def _selection_metric(sf: SweepFile, path: Path, base: ExperimentConfig) -> str:
     """The sweep metric is the config's selection metric (val/<eval.metric>): the one best.pt, the
-    run's score and the reports use; another metric would select trials and checkpoints apart."""
+    run's score and the reports use; another metric would select trials and checkpoints apart. It is
+    maximised: a sweep file may say `mode: max` (or `search.mode`), and nothing else."""
     s = sf.search
     for attr in ("metric", "mode"):
         top, inner = getattr(sf, attr), getattr(s, attr) if s else None
@@ -276,14 +277,14 @@ def _metric_and_mode(sf: SweepFile, path: Path, base: ExperimentConfig) -> tuple
             raise _fail(path, f"search.{attr}", f"{inner!r} disagrees with the top-level {attr} {top!r}")
     selection = M.metric_for(base.eval.metric, M.VAL)
     metric = (s and s.metric) or sf.metric or selection
-    mode = (s and s.mode) or sf.mode or DEFAULT_MODE
+    mode = (s and s.mode) or sf.mode or MAXIMISED
     if metric != selection:
         raise _fail(path, "search.metric" if s and s.metric else "metric",
                     f"{metric!r}: sweeps select on the config's selection metric {selection!r} (eval.metric "
                     f"{base.eval.metric!r}); change eval.metric to select on another")
-    if mode != DEFAULT_MODE:
+    if mode != MAXIMISED:
         raise _fail(path, "search.mode" if s and s.mode else "mode", f"{mode!r}: {selection} is maximised")
-    return metric, mode
+    return metric
 
 
 def search_params(path: Path, search: SearchSpec) -> list[Param]:

@@ -50,13 +50,13 @@ class TuneReporter:
     the epoch reported (it is written first; the marker's `state_epoch` says which epoch it holds).
     `node` (node_identity) goes with every result, for the driver's `ssdlab.node` tag."""
 
-    def __init__(self, metric: str, mode: str, config_hash: str = "", node: str = "", carry_state: bool = False,
+    def __init__(self, metric: str, config_hash: str = "", node: str = "", carry_state: bool = False,
                  cfg: Optional[ExperimentConfig] = None, threads: Optional[int] = None):
-        self.metric, self.mode, self.config_hash = metric, mode, config_hash
+        self.metric, self.config_hash = metric, config_hash
         self.node, self.carry_state = node, carry_state
         self.cfg, self.threads = cfg, threads  # deploy.bench: measured at the final epoch with `threads`
         self.state_epoch: Optional[int] = None  # while replaying: the epoch of the last.pt being replayed
-        self.objective = float("-inf") if mode == "max" else float("inf")
+        self.objective = float("-inf")  # the selection metric is maximised
 
     def on_fit_start(self, cfg, run_dir) -> None: ...
 
@@ -69,10 +69,8 @@ class TuneReporter:
             self.objective = float(metrics[M.SCORE])
         elif self.metric in metrics:
             value = float(metrics[self.metric])
-            self.objective = value if (value > self.objective if self.mode == "max" else value < self.objective) \
-                else self.objective
-        worst = -1e30 if self.mode == "max" else 1e30
-        objective = self.objective if abs(self.objective) != float("inf") else worst
+            self.objective = max(value, self.objective)
+        objective = self.objective if abs(self.objective) != float("inf") else -1e30
         result = {**metrics, **system_metrics(), "epoch": int(epoch), OBJECTIVE: objective}
         if metrics.get(M.FINAL) and run_dir is not None:
             from ssd_core import deploy as DP
@@ -247,7 +245,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         except (KeyError, ValueError, TypeError):
             seen = 0
         restore_newest_state(checkpoint, run_dir)
-    reporter = TuneReporter(job.spec.metric, job.spec.mode, config_hash(cfg), node=node, carry_state=True,
+    reporter = TuneReporter(job.spec.metric, config_hash(cfg), node=node, carry_state=True,
                             cfg=cfg, threads=max(1, int(job.spec.file.resources.cpu)))
     resume = (run_dir / RD.LAST).is_file()
     if resume:

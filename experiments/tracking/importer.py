@@ -123,7 +123,7 @@ class ImportResult:
 
 def import_runs(paths: Iterable[Path], sweep: str, uri: str, experiment: Optional[str] = None,
                 arm_from: Optional[str] = None, baseline: Optional[str] = None, metric: str = M.map50(M.VAL),
-                mode: str = "max", log_checkpoints: bool = True) -> ImportResult:
+                log_checkpoints: bool = True) -> ImportResult:
     from experiments.tracking.sweep_tracker import SweepTracker
     from experiments.tracking.store import ensure_store
     from experiments.tracking.writer import find_run
@@ -151,7 +151,7 @@ def import_runs(paths: Iterable[Path], sweep: str, uri: str, experiment: Optiona
         raise ImportProblem(f"--baseline {baseline}: not an arm of the imported runs ({', '.join(arms)})")
     base = baseline or (old.data.tags.get(Tag.BASELINE_ARM) if old is not None else None) or arms[0]
     seeds = sorted({int(r.cfg.train.seed) for r, _ in runs})
-    tracker.parent_tags = {Tag.ARMS: json.dumps(arms), Tag.BASELINE_ARM: base, Tag.METRIC: metric, Tag.MODE: mode,
+    tracker.parent_tags = {Tag.ARMS: json.dumps(arms), Tag.BASELINE_ARM: base, Tag.METRIC: metric,
                            Tag.SEEDS: json.dumps(seeds), Tag.SEARCH_SPACE: "{}",
                            Tag.NOTE: f"imported with ssdlab import ({len(arms)} arms)"}
     parent = tracker.start()
@@ -175,7 +175,7 @@ def import_runs(paths: Iterable[Path], sweep: str, uri: str, experiment: Optiona
     tracker.summarize()
     if imported:
         try:
-            tracker.register_best(metric, mode)
+            tracker.register_best(metric)
         except Exception as exc:  # the runs are logged: a registry hiccup must not fail the import
             skipped.append(f"best run not registered: {type(exc).__name__}: {exc}")
     tracker.finish(Status.FINISHED)

@@ -81,7 +81,7 @@ class SweepTracker:
         """The registered model's name: the sweep's, prefixed by the experiment when that is another name."""
         return self.sweep if self.experiment == self.sweep else f"{self.experiment}.{self.sweep}"
 
-    def register_best(self, metric: str, mode: str = "max", model_name: str | None = None) -> Optional[str]:
+    def register_best(self, metric: str, model_name: str | None = None) -> Optional[str]:
         """Find the sweep's best trial (experiments.schema.best_index: finished, best `metric` over
         epochs), tag the parent with it (trial, run, score), log its score on the parent, and register the
         trial's checkpoint as an MLflow pyfunc model (experiments/tracking/registry.py) under `model_name` (default
@@ -94,10 +94,10 @@ class SweepTracker:
         runs = client.search_runs([self.parent.exp_id], filter_string=flt, max_results=10_000)
         if not runs:
             return None
-        scores = [score_of([m.value for m in client.get_metric_history(r.info.run_id, metric)], mode) for r in runs]
+        scores = [score_of([m.value for m in client.get_metric_history(r.info.run_id, metric)]) for r in runs]
         i = best_index(scores, [r.data.tags.get(Tag.STATUS, "") for r in runs],
                        [float(r.data.tags.get(Tag.SEED, "nan")) for r in runs],
-                       [r.data.tags.get(Tag.TRIAL_ID, r.info.run_id) for r in runs], mode)
+                       [r.data.tags.get(Tag.TRIAL_ID, r.info.run_id) for r in runs])
         if i is None:
             return None
         best = runs[i]

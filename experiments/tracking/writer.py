@@ -31,6 +31,7 @@ from experiments.schema import MLFLOW_STATUS, Artifact, Status, Tag
 from experiments.tracking.store import client_for, experiment_id
 from ssd_core import rundir as RD
 
+
 PARAM_MAX_CHARS = 500
 
 

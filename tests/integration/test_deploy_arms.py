@@ -154,7 +154,7 @@ def test_tune_reporter_measures_at_the_final_epoch_and_replays_what_it_measured(
     monkeypatch.setattr(ray.tune, "report", lambda result, checkpoint=None: reported.append(result))
     monkeypatch.setattr("experiments.evidence.write_evidence", lambda run_dir: None)
     (tmp_path / "best.pt").write_bytes(b"x")
-    rep = TuneReporter("val/mAP50", "max", cfg=cfg, threads=2)
+    rep = TuneReporter("val/mAP50", cfg=cfg, threads=2)
     rep.on_epoch_end(1, {"score": 0.1, "final": 0.0}, tmp_path)
     rep.on_epoch_end(2, {"score": 0.2, "final": 1.0}, tmp_path)
     assert calls == [("best.pt", 2)]  # once, at the final epoch, on the selected checkpoint, the trial's threads
@@ -168,7 +168,7 @@ def test_tune_reporter_measures_at_the_final_epoch_and_replays_what_it_measured(
     (tmp_path / "deploy.json").unlink()  # killed after the final report, before the measurement: measured now
     rep.on_epoch_end(2, {"score": 0.2, "final": 1.0}, tmp_path)
     assert len(calls) == 2 and reported[3][M.DEPLOY_LATENCY] == 7.5
-    off = TuneReporter("val/mAP50", "max", cfg=validate_config({"name": "y"}))
+    off = TuneReporter("val/mAP50", cfg=validate_config({"name": "y"}))
     off.on_epoch_end(1, {"score": 0.1, "final": 1.0}, tmp_path / "elsewhere")
     assert len(calls) == 2 and M.DEPLOY_LATENCY not in reported[4]
 
@@ -198,7 +198,7 @@ def _store(tmp_path: Path, objectives: list | None = None, searched: bool = Fals
     space = {"train.lr": {"loguniform": [1e-4, 1e-1]}} if searched else {}
     parent = client.create_run(exp, start_time=T0, tags={
         Tag.KIND: "sweep", Tag.SWEEP: "dep", Tag.ARMS: json.dumps(arms), Tag.BASELINE_ARM: "student",
-        Tag.SEARCH_SPACE: json.dumps(space), Tag.METRIC: "val/mAP50", Tag.MODE: "max",
+        Tag.SEARCH_SPACE: json.dumps(space), Tag.METRIC: "val/mAP50",
         **({Tag.OBJECTIVES: json.dumps(objectives)} if objectives is not None else {})}).info.run_id
     for i, ((arm, seed), models) in enumerate(DEPLOY.items()):
         start = T0 + 1000 * (i + 1)

@@ -65,7 +65,7 @@ class Server:
     def start(self, timeout: float = 180) -> "Server":
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "experiments", "server", "--backend-store-uri", self.backend,
+            [sys.executable, "-m", "ssdlab", "server", "--backend-store-uri", self.backend,
              "--artifacts-destination", str(self.artifacts), "--port", str(self.port), "--workers", "1"],
             cwd=REPO, env=env, stdout=open(self.log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout

@@ -395,8 +395,7 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
     exp = client.create_experiment("ssdlab")
     space = {"train.lr": {"loguniform": [1e-4, 1e-1]}}
     parent = new_run(client, exp, T0, {Tag.KIND: "sweep", Tag.SWEEP: "tie", Tag.ARMS: "[]",
-                                        Tag.SEARCH_SPACE: json.dumps(space), Tag.METRIC: "val/mAP50",
-                                        Tag.MODE: "max"})
+                                        Tag.SEARCH_SPACE: json.dumps(space), Tag.METRIC: "val/mAP50"})
     trials = [("a", 1, "finished", 1e-3, [0.3, 0.6]), ("b", 0, "early_stopped", 5e-3, [0.7]),
               ("c", 0, "finished", 2e-3, [0.6, 0.5]), ("d", 2, "finished", 3e-3, [0.2, 0.4])]
     for i, (tid, seed, status, lr, curve) in enumerate(trials):

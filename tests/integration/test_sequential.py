@@ -104,7 +104,7 @@ KILL_IN_WAVE_2 = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 from tests.support.fake_fit import tiny_fit
-from experiments import callback
+from experiments.sweep import callback
 from experiments.sweep.driver import run_sweep
 from experiments.sweep.validate import load_sweep
 log = callback.MLflowTuneCallback._log_result

@@ -63,7 +63,7 @@ def with_(changes: dict) -> dict:
 
 def test_good_sweep_and_its_plan(tmp_path):
     spec = load_sweep(write(tmp_path, GOOD))
-    assert spec.name == "s1" and spec.metric == "val/mAP50" and spec.mode == "max"
+    assert spec.name == "s1" and spec.metric == "val/mAP50" and not hasattr(spec, "mode")
     assert spec.base.train.batch_size == 8 and spec.arm_names == ["initial", "+augment"]
     phases = plan(spec)
     # arms + search: a search per arm (seed 0), then its best config with seeds 1, 2
@@ -77,7 +77,7 @@ def test_good_sweep_and_its_plan(tmp_path):
     assert (cfg.train.seed, cfg.train.lr, cfg.augment.sample_patch.enabled, cfg.train.batch_size) == (2, 0.005, False, 8)
     tags = parent_tags(spec)
     assert json.loads(tags["ssdlab.arms"]) == ["initial", "+augment"] and tags["ssdlab.baseline_arm"] == "initial"
-    assert json.loads(tags["ssdlab.search_space"]) == GOOD["search"]["space"] and tags["ssdlab.mode"] == "max"
+    assert json.loads(tags["ssdlab.search_space"]) == GOOD["search"]["space"] and "ssdlab.mode" not in tags
     text = describe(spec)
     assert "trials: 14;" in text and "cpu=4 gpu=0.5" in text and "ASHA" in text
 

@@ -129,7 +129,7 @@ def test_mlflow_callback_error_marks_failed(uri, tmp_path):
 
 def test_sweep_tracker_identity_survives_a_new_driver(uri):
     tags = {"ssdlab.arms": '["a", "b"]', "ssdlab.baseline_arm": "a", "ssdlab.metric": "val/mAP50",
-            "ssdlab.mode": "max", "ssdlab.search_space": "{}"}
+            "ssdlab.search_space": "{}"}
     tr = SweepTracker(uri, "sw", "demo", "/runs/ray/demo", parent_tags=tags, parent_params={"sweep.seeds": "[0]"})
     tr.child("t1", params={"train.lr": 0.1}, tags={"ssdlab.arm": "a", "ssdlab.seed": 0})
     assert [tr.log_epoch("t1", e, {"val/mAP50": e / 10}) for e in (0, 1, 1)] == [True, True, False]

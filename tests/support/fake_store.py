@@ -39,7 +39,7 @@ def write_sweep(uri: str, sweep: str, arms: list[str], runs: list[Run], experime
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     parent = client.create_run(exp_id, start_time=T0, tags={
         Tag.KIND: "sweep", Tag.SWEEP: sweep, Tag.ARMS: json.dumps(arms), Tag.BASELINE_ARM: arms[0],
-        Tag.SEARCH_SPACE: "{}", Tag.METRIC: metric, Tag.MODE: "max", **(parent_tags or {})}).info.run_id
+        Tag.SEARCH_SPACE: "{}", Tag.METRIC: metric, **(parent_tags or {})}).info.run_id
     for i, r in enumerate(runs):
         start = T0 + 1000 * (i + 1)
         tags = {Tag.PARENT: parent, Tag.KIND: "trial", Tag.SWEEP: sweep, Tag.ARM: r.arm, Tag.SEED: str(r.seed),

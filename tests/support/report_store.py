@@ -70,8 +70,7 @@ def fill(uri: str) -> None:
     exp = client.create_experiment("ssdlab")
     parent = new_run(client, exp, T0, {Tag.KIND: "sweep", Tag.SWEEP: "abl",
                                         Tag.ARMS: json.dumps(ARMS), Tag.BASELINE_ARM: "base",
-                                        Tag.SEARCH_SPACE: "{}", Tag.METRIC: "val/mAP50",
-                                        Tag.MODE: "max"})
+                                        Tag.SEARCH_SPACE: "{}", Tag.METRIC: "val/mAP50"})
     for i, (arm, seed, status, curve) in enumerate(ABL):
         start = T0 + 1000 * (i + 1)
         ms = []
@@ -98,7 +97,7 @@ def fill(uri: str) -> None:
     hp = new_run(client, exp, T0 + 100_000, {  # a search sweep without arms, as sweep.py logs it
         Tag.KIND: "sweep", Tag.SWEEP: "hpo", Tag.ARMS: "[]", Tag.BASELINE_ARM: "",
         Tag.SEARCH_SPACE: json.dumps(HPO_SPACE), Tag.NOTE: "TPE over lr, wd and backbone",
-        Tag.METRIC: "val/mAP50", Tag.MODE: "max"})
+        Tag.METRIC: "val/mAP50"})
     for i, (tid, status, lr, wd, bb, curve) in enumerate(HPO):
         start = T0 + 200_000 + 1000 * i
         ms = [Metric("val/mAP50", v, start + 60_000 * (s + 1), s) for s, v in enumerate(curve)]
