@@ -16,22 +16,20 @@ NOT_STARTED = "not started"
 
 
 def phase_states(results, expected: int, planned_epochs: Callable[[dict], int]) -> dict[str, int]:
-    """A phase's trials by state, from each trial's own record: failed (an error), finished or
-    early_stopped (its last result says done; trial_status), running (it reported but
+    """A phase's trials by state, from each trial's own record: failed, finished or early_stopped (it
+    ended in an error or its last result says done: result_status, the one rule), running (it reported but
     never ended: a stopped experiment cut it short; Tune calls such a trial TERMINATED too), not started.
     `planned_epochs(config)` is a trial's train.epochs."""
     counts = {Status.FINISHED.value: 0, Status.EARLY_STOPPED.value: 0, Status.FAILED.value: 0,
               Status.RUNNING.value: 0, NOT_STARTED: 0}
     for r in results:
         metrics = r.metrics or {}
-        if r.error is not None:
-            state = Status.FAILED.value
-        elif metrics.get("done"):
+        if r.error is not None or metrics.get("done"):
             try:
                 planned = planned_epochs(r.config)
             except Exception:  # a config that no longer resolves: the trial's own `final` mark decides
                 planned = 0
-            state = trial_status(metrics, planned).value
+            state = result_status(r, planned).value
         elif metrics:
             state = Status.RUNNING.value
         else:
