@@ -15,7 +15,7 @@ On the device (PyTorch, no Ray / MLflow / Optuna; the wheels gpu_check needs in 
     python3 -m benchmarks.gpu_ablation --device cuda --data .data/bccd --out $OUT      (timeout_s 590)
 
 Sizing (printed and written to gpu_ablation.json before anything trains): from the H200 figures of
-2026-11-28 (benchmarks/gpu_check.py parts 4 and 5: one bccd_mobilenet_v2 training made 1,496 iterations in
+2026-11-28 (benchmarks/gpu_check/ parts 4 and 5: one bccd_mobilenet_v2 training made 1,496 iterations in
 120 s; 4 packed trained at 2.69x the throughput of one), the plan takes the iterations each run gets and the
 packing, and projects the wall time; runs still going at --deadline-s are stopped (they are then incomplete,
 and `ssdlab import` skips them) so the bundle is always written. On a CPU, `--quick` runs the same code on

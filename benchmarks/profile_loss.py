@@ -1,5 +1,5 @@
 """Where the time of ssd_core's MultiBox loss goes on a GPU (forward + backward, SSD300, batch 32):
-torch.profiler's kernel table and the kernel count, to explain benchmarks/gpu_check.py part 1.
+torch.profiler's kernel table and the kernel count, to explain benchmarks/gpu_check/ part 1.
 
     python -m benchmarks.profile_loss [--device cuda] [--batch 32]
 """

@@ -1,5 +1,5 @@
 """ssdlab's MLflow vocabulary, defined once: tag names, run statuses, metric names, and the rule that
-picks a sweep's best trial. Writers (experiments/tracking/, sweep.py), readers (reports/) and test
+picks a sweep's best trial. Writers (experiments/tracking/, experiments/sweep/), readers (reports/) and test
 fixtures import these names; nothing else spells them. No MLflow import: workers load it for free.
 
 A run's SCORE is its best value of the sweep's selection metric (`val/...`, docs: ssd_core/metrics.py)

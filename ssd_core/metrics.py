@@ -41,7 +41,7 @@ def data_coverage(name: str) -> str:
 # the precision the run trained at (ssd_core/precision.py): 1 when the forward ran under bf16 autocast / the
 # model was in channels_last
 PERF_BF16, PERF_CHANNELS_LAST = "perf/bf16", "perf/channels_last"
-# system metrics of a sweep trial's worker, sampled at each epoch's end (experiments/trial.py)
+# system metrics of a sweep trial's worker, sampled at each epoch's end (experiments/sweep/worker.py)
 SYS_CPU, SYS_RSS, SYS_GPU_UTIL, SYS_GPU_MEM = "sys/cpu_percent", "sys/rss_mb", "sys/gpu_util_percent", "sys/gpu_mem_mb"
 TRAIN_LOSS_DISTILL = "train/loss_distill"
 FINAL, SCORE = "final", "score"

@@ -8,7 +8,7 @@
         problem. Exit 1 when there are problems (with --skip-bad: only those that training with
         data.skip_bad=true could not skip, e.g. an unknown class), 0 when clean.
     ssdlab data check --config CFG [-o key=value ...] [--fit]
-        how the config's default boxes cover its training boxes (ssd_core/prior_fit.py): the share with
+        how the config's default boxes cover its training boxes (ssd_core/prior_fit/): the share with
         best IoU >= 0.5, per class, per size, the map each class is matched on, beside the paper's VOC
         boxes; --fit also fits them (model.prior_scales: auto) and prints the fitted values and coverage.
 """

@@ -1,4 +1,4 @@
-"""Default boxes fitted to the data (ssd_core/prior_fit.py): coverage by hand, fits that recover label sets of
+"""Default boxes fitted to the data (ssd_core/prior_fit/): coverage by hand, fits that recover label sets of
 known sizes and shapes where the paper's VOC boxes do not cover them, fitted models built and restored
 without the data."""
 from __future__ import annotations
