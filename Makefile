@@ -20,14 +20,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The unit tests (in process, CPU-bound) run at nice 19 beside the integration tests, which mostly wait on
-# Ray (whose workers run at nice 15), servers and subprocesses: they take the idle CPU and never slow the
-# stack down. Their output follows the integration tests'; either failing fails `make test`.
 test: $(STAMP)
-	@nice -n 19 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit > $(VENV)/unit-tests.log 2>&1 & unit=$$!; \
-	$(BIN)/python -m pytest -q tests/integration; integration=$$?; \
-	wait $$unit; unit=$$?; echo "--- tests/unit"; cat $(VENV)/unit-tests.log; \
-	test $$integration -eq 0 -a $$unit -eq 0
+	$(BIN)/python -m pytest -q
 
 # The demo: a 3-arm x 3-seed ablation on synthetic shapes, then its report (summary + ablation tables).
 demo: $(STAMP)
