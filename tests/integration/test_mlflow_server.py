@@ -211,19 +211,6 @@ def test_demo_sweep_on_a_postgres_server_reports_as_from_sqlite(server, tmp_path
 
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray (2 CPUs, loopback) that the tests' sweep drivers join."""
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
-
-
 def tiny_sweep(tmp_path: Path, name: str, uri: str, epochs: int) -> Path:
     (tmp_path / f"{name}.base.yaml").write_text(yaml.safe_dump(
         {"name": "tiny", "train": {"epochs": epochs, "lr": 0.01, "time_budget_s": 0.4},
@@ -246,7 +233,7 @@ def points(db_uri: str) -> dict[tuple[str, str], list[int]]:
     return out
 
 
-def test_two_sweeps_at_once_reports_while_writing_and_a_server_outage(server, pg_database, local_ray, tmp_path):
+def test_two_sweeps_at_once_reports_while_writing_and_a_server_outage(server, pg_database, ray_session, tmp_path):
     """Two sweeps log to one server at once while reports read it; mid-sweep the server is killed and
     started again a few seconds later. Both sweeps finish without an error, the trials went on during the
     outage (one attempt each, epochs reported while the server was down), and PostgreSQL holds every
@@ -256,7 +243,7 @@ def test_two_sweeps_at_once_reports_while_writing_and_a_server_outage(server, pg
     epochs = 20
     paths = [tiny_sweep(tmp_path, name, server.uri, epochs) for name in ("left", "right")]
     logs = [tmp_path / f"{p.stem}.log" for p in paths]
-    drivers = [subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO), "sweep", str(p), "--address", local_ray,
+    drivers = [subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO), "sweep", str(p), "--address", ray_session,
                                  "--storage", str(tmp_path / "ray")], cwd=tmp_path, stdout=open(log, "w"),
                                 stderr=subprocess.STDOUT) for p, log in zip(paths, logs)]
     reads = errors = 0
