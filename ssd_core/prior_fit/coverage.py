@@ -1,8 +1,4 @@
-"""How well a set of default boxes covers a data set's objects.
-
-A ground-truth box whose best default box overlaps it at IoU < 0.5 is a positive only through SSD's
-"best prior per object" rule (ssd_core/boxes.py), from a box that barely overlaps it: on a data set whose
-objects are smaller, larger or thinner than VOC's, the paper's scales leave such objects to chance.
+"""How well a set of default boxes covers a data set's objects (why that matters: ssd_core/prior_fit/__init__.py).
 
     coverage(spec, boxes, labels, names)   per training box: the best IoU over the default boxes; the share
                                            with best IoU >= 0.5 (the best possible recall at the matching

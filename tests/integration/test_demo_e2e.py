@@ -6,34 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
 from ssdlab.cli import main
+from tests.support.configs import shrunken_demo_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep = {
-        "name": "e2e",
-        "experiment": str(REPO / "experiments" / "configs" / "demo_shapes.yaml"),
-        "overrides": {"train.epochs": 2, "train.batch_size": 4, "model.image_size": 64, "train.log_every": 1000,
-                      "data.root": str(tmp_path / "shapes"), "data.synthetic.images": 24, "eval.every_epochs": 1,
-                      "eval.test_at": [0.5, 1.0]},
-        "search": {"sampler": "tpe", "num_samples": 2, "metric": "val/mAP50", "mode": "max", "seed": 0,
-                   "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]},
-                             "train.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]}}},
-        "arms": {"initial": {"note": "no sample patch", "overrides": {"augment.sample_patch.enabled": False}},
-                 "+sample_patch": {"note": "sample patch (paper sec. 2.2)",
-                                   "overrides": {"augment.sample_patch.enabled": True}}},
-        "seeds": [0, 1],
-        "resources": {"cpu": 1, "gpu": 0},
-        "max_concurrent": 2,
-        "tracking": {"uri": uri, "experiment": "e2e", "log_checkpoints": False},
-    }
-    path = tmp_path / "e2e.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    path = shrunken_demo_sweep(tmp_path, uri, "e2e", epochs=2, log_checkpoints=False,
+                               **{"eval.every_epochs": 1, "eval.test_at": [0.5, 1.0]})
 
     from tests.support.processes import LoopbackWatch
 

@@ -26,6 +26,7 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is 
 ray = pytest.importorskip("ray")
 
 from tests.support.drivers import DRIVER  # noqa: E402
+from tests.support.configs import shrunken_demo_sweep  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 
 from ssdlab.cli import main  # noqa: E402
@@ -130,26 +131,8 @@ def copy_runs(src_uri: str, dst_uri: str, experiment: str) -> dict[str, str]:
 
 
 def demo_sweep(tmp_path: Path, uri: str) -> Path:
-    """The shrunken demo sweep of tests/integration/test_demo_e2e.py (2 arms x (2 search trials + 1 confirm)), 1 epoch."""
-    sweep = {
-        "name": "e2e-server",
-        "experiment": str(REPO / "experiments" / "configs" / "demo_shapes.yaml"),
-        "overrides": {"train.epochs": 1, "train.batch_size": 4, "model.image_size": 64, "train.log_every": 1000,
-                      "data.root": str(tmp_path / "shapes"), "data.synthetic.images": 24},
-        "search": {"sampler": "tpe", "num_samples": 2, "metric": "val/mAP50", "mode": "max", "seed": 0,
-                   "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]},
-                             "train.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]}}},
-        "arms": {"initial": {"note": "no sample patch", "overrides": {"augment.sample_patch.enabled": False}},
-                 "+sample_patch": {"note": "sample patch (paper sec. 2.2)",
-                                   "overrides": {"augment.sample_patch.enabled": True}}},
-        "seeds": [0, 1],
-        "resources": {"cpu": 1, "gpu": 0},
-        "max_concurrent": 2,
-        "tracking": {"uri": uri, "experiment": "e2e-server", "log_checkpoints": True},
-    }
-    path = tmp_path / "e2e.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
+    """The shrunken demo sweep of tests/integration/test_demo_e2e.py, 1 epoch, checkpoints logged."""
+    return shrunken_demo_sweep(tmp_path, uri, "e2e-server", epochs=1, log_checkpoints=True)
 
 
 def test_demo_sweep_on_a_postgres_server_reports_as_from_sqlite(server, tmp_path, capsys):

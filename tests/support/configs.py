@@ -41,3 +41,29 @@ def tiny_yaml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def shrunken_demo_sweep(tmp_path: Path, uri: str, name: str, epochs: int, log_checkpoints: bool,
+                        **overrides) -> Path:
+    """The demo's recipe at toy size as a sweep file: 2 arms x (2 TPE search trials + 1 confirm run) on 24
+    synthetic images at 64 px, `epochs` epochs, logging to `uri`; `overrides` join the sweep's overrides."""
+    repo = Path(__file__).resolve().parents[2]
+    sweep = {
+        "name": name,
+        "experiment": str(repo / "experiments" / "configs" / "demo_shapes.yaml"),
+        "overrides": {"train.epochs": epochs, "train.batch_size": 4, "model.image_size": 64, "train.log_every": 1000,
+                      "data.root": str(tmp_path / "shapes"), "data.synthetic.images": 24, **overrides},
+        "search": {"sampler": "tpe", "num_samples": 2, "metric": "val/mAP50", "mode": "max", "seed": 0,
+                   "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]},
+                             "train.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]}}},
+        "arms": {"initial": {"note": "no sample patch", "overrides": {"augment.sample_patch.enabled": False}},
+                 "+sample_patch": {"note": "sample patch (paper sec. 2.2)",
+                                   "overrides": {"augment.sample_patch.enabled": True}}},
+        "seeds": [0, 1],
+        "resources": {"cpu": 1, "gpu": 0},
+        "max_concurrent": 2,
+        "tracking": {"uri": uri, "experiment": name, "log_checkpoints": log_checkpoints},
+    }
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
