@@ -4,7 +4,16 @@
   the step whose `test_at/fraction` names the point), at the checkpoint best on the selection split so far.
 * `budget_table`  per arm and point: the arm's value and its delta against the baseline with the ablation
   interval (reports.stats.ablation_interval on the points' logged detections; the paired t over seeds where
-  a run lacks them), and which deltas change sign or significance along the budget.
+  a run lacks them), which deltas change sign or significance along the budget, and when each arm's decision
+  settled (`settled_at`, the table's Settled column; `late_note` names the late ones in the summary).
+* `settled_at`    per arm: the budget point from which its decision stands. A point's decision is its verdict
+  (the 95% interval above 0 '+', below 0 '-', containing 0 '0') together with the sign of its delta (so a
+  delta that crosses 0 inside its interval changes too, as `changes` counts it). Over the arm's points with
+  a finite delta, in budget order, settled at = the smallest point f such that every point from f to the
+  last has the last point's decision. When that is the last point alone while the arm has an earlier point
+  (the last point's decision differs from the one before it: it holds at the very last point only) the arm
+  is "not settled" (None; NaN in the CSV). An arm with a single point settles at it. The baseline, and an
+  arm whose last point has no interval ('?': no verdict to settle), have none (a dash).
 * `convergence`   per arm: the slope of the selection metric over the last quarter of the budget (each
   finished run's least-squares slope against the fraction of its budget, averaged over seeds, with a t
   interval over seeds; one seed: the slope's own standard error), "still rising" when the interval is above
@@ -106,28 +115,93 @@ def _interval(data: SweepData, arm: pd.DataFrame, base: pd.DataFrame, fraction: 
     return iv if math.isfinite(iv.delta) else None
 
 
-def changes(deltas: list[PointDelta]) -> dict[str, str]:
-    """arm -> a phrase for each arm whose delta changes sign or significance along the budget."""
-    out = {}
+_WORDS = {"+": " (above 0)", "-": " (below 0)", "0": " (contains 0)"}
+
+
+def _by_arm(deltas: list[PointDelta]) -> dict[str, list[PointDelta]]:
+    """arm -> its points with a finite delta (the baseline has none), in budget order."""
     by_arm: dict[str, list[PointDelta]] = {}
     for d in deltas:
         if d.method != "baseline" and math.isfinite(d.delta):
             by_arm.setdefault(d.arm, []).append(d)
-    for arm, ds in by_arm.items():
+    return {arm: sorted(ds, key=lambda d: d.fraction) for arm, ds in by_arm.items()}
+
+
+def _point(d: PointDelta) -> str:
+    return f"{fnum(d.delta, sign=True)} at {d.fraction:g}" + _WORDS.get(d.verdict, "")
+
+
+def changes(deltas: list[PointDelta]) -> dict[str, str]:
+    """arm -> a phrase for each arm whose delta changes sign or significance along the budget."""
+    out = {}
+    for arm, ds in _by_arm(deltas).items():
         verdicts = [d.verdict for d in ds if d.verdict != "?"]
         signs = {np.sign(d.delta) for d in ds if d.delta != 0}
         if len(set(verdicts)) > 1 or len(signs) > 1:
-            out[arm] = ", ".join(f"{fnum(d.delta, sign=True)} at {d.fraction:g}"
-                                 + {"+": " (above 0)", "-": " (below 0)", "0": " (contains 0)"}.get(d.verdict, "")
-                                 for d in ds)
+            out[arm] = ", ".join(_point(d) for d in ds)
     return out
+
+
+def _decision(d: PointDelta) -> tuple[str, float]:
+    """What must stay the same for a decision to stand: the verdict and the sign of the delta."""
+    return d.verdict, float(np.sign(d.delta))
+
+
+def settled_at(deltas: list[PointDelta]) -> dict[str, float | None]:
+    """arm -> the budget point from which its decision stands, None for "not settled" (the rule: module doc);
+    the baseline and arms without a verdict at their last point are left out."""
+    out: dict[str, float | None] = {}
+    for arm, ds in _by_arm(deltas).items():
+        last = _decision(ds[-1])
+        if last[0] == "?":
+            continue
+        k = len(ds) - 1
+        while k > 0 and _decision(ds[k - 1]) == last:
+            k -= 1
+        out[arm] = None if 0 < k == len(ds) - 1 else ds[k].fraction
+    return out
+
+
+def settled_text(settled: dict[str, float | None], arm: str) -> str:
+    """The Settled cell of `arm` from `settled_at`'s answer: "settled at 0.5", "not settled", or a dash (the
+    baseline, no verdict)."""
+    if arm not in settled:
+        return DASH
+    return "not settled" if settled[arm] is None else f"settled at {settled[arm]:g}"
+
+
+SETTLED_RULE = ("Settled: the smallest budget point from which the arm's verdict (95% interval above 0, below 0, "
+                "or containing 0) and the sign of its delta stay the same up to the last point; \"not settled\": "
+                "the last point's verdict or sign differs from the one before it (the decision holds there only).")
+
+
+def late_note(deltas: list[PointDelta]) -> str:
+    """The summary's sentence naming the deltas decided only at the end of the budget: not settled, or settled
+    at the last budget point while the sweep has earlier ones ("" when none, or with one budget point)."""
+    fractions = sorted({d.fraction for d in deltas})
+    if len(fractions) < 2:
+        return ""
+    by_arm, late = _by_arm(deltas), []
+    for arm, f in settled_at(deltas).items():
+        ds = by_arm[arm]
+        if f is None:
+            late.append(f"{arm} (not settled: {_point(ds[-1])} after {_point(ds[-2])})")
+        elif f == fractions[-1]:
+            late.append(f"{arm} (settled at the last budget point, {f:g}: its only point with a delta)")
+    if not late:
+        return ""
+    return (f"Δ along the budget, decided only at the end: {', '.join(late)}; no earlier point read these deltas "
+            f"the same way, so they are statements about this budget (the budget table's Settled column). "
+            + SETTLED_RULE)
 
 
 def budget_table(data: SweepData, deltas: list[PointDelta]) -> Table:
     """Δ along the budget: one row per arm and budget point."""
     label = f"test {M.label(data.reported_metric)} at the point"
     rows, raw = [], []
-    for d in deltas:
+    settled = settled_at(deltas)
+    last = {d.arm: i for i, d in enumerate(deltas)}  # the Settled cell sits on the arm's last row
+    for i, d in enumerate(deltas):
         if d.method == "baseline":
             delta_text, p = "baseline", DASH
         elif not math.isfinite(d.delta):
@@ -137,18 +211,23 @@ def budget_table(data: SweepData, deltas: list[PointDelta]) -> Table:
                                                     if math.isfinite(d.low) else "")
             p = fp(d.p)
         mean = DASH if d.mean.n == 0 else fnum(d.mean.mean) + ("" if d.mean.n < 2 else f" ± {fnum(d.mean.std)}")
-        rows.append([d.arm, f"{d.fraction:g}", str(d.mean.n), mean, delta_text, p])
-        raw.append([d.arm, d.fraction, d.mean.n, d.mean.mean, d.mean.std, d.delta, d.low, d.high, d.p, d.method])
+        rows.append([d.arm, f"{d.fraction:g}", str(d.mean.n), mean, delta_text, p,
+                     settled_text(settled, d.arm) if i == last[d.arm] else ""])
+        raw.append([d.arm, d.fraction, d.mean.n, d.mean.mean, d.mean.std, d.delta, d.low, d.high, d.p, d.method,
+                    math.nan if settled.get(d.arm) is None else settled[d.arm]])
     t = Table("budget", f"Δ along the budget: {data.sweep}",
-              ["Arm", "Budget", "Seeds", label, f"Δ vs {data.baseline} (95% CI)", "p"], rows, raw,
+              ["Arm", "Budget", "Seeds", label, f"Δ vs {data.baseline} (95% CI)", "p", "Settled"], rows, raw,
               numeric={1, 2, 3, 5})
-    t.raw_columns = ["arm", "fraction", "n_seeds", "mean", "std", "delta", "ci_low", "ci_high", "p", "method"]
+    t.raw_columns = ["arm", "fraction", "n_seeds", "mean", "std", "delta", "ci_low", "ci_high", "p", "method",
+                     "settled_at"]
     methods = {d.method for d in deltas}
     how = ("seeds + test images (the ablation table's interval, on the detections logged at each point)"
            if "seeds+images" in methods or "images" in methods else "seeds (paired t; no detections logged at the points)")
     t.notes = [f"Budget: the fraction of each run's training budget (`eval.test_at`); at each point the test split "
                f"is scored at the checkpoint best on the selection split `{data.metric}` so far (never chosen on "
-               f"test). Δ: arm - baseline at the same point and seed, 95% CI over {how}."]
+               f"test). Δ: arm - baseline at the same point and seed, 95% CI over {how}.",
+               SETTLED_RULE + " A dash: the baseline, or no interval at the last point. CSV `settled_at`: the "
+               "point, empty where there is none (not settled, baseline, no interval)."]
     moved = changes(deltas)
     for arm, text in moved.items():
         t.notes.append(f"{arm}: the delta changes sign or significance along the budget: {text}.")
@@ -224,5 +303,5 @@ def convergence_note(slopes: dict[str, Slope], window: float = WINDOW) -> str:
             f"converged and its delta is budget-limited: a longer budget may change it.")
 
 
-__all__ = ["budget_values", "point_deltas", "budget_table", "changes", "convergence", "convergence_note",
-           "PointDelta", "Slope"]
+__all__ = ["budget_values", "point_deltas", "budget_table", "changes", "settled_at", "settled_text", "late_note",
+           "SETTLED_RULE", "convergence", "convergence_note", "PointDelta", "Slope"]

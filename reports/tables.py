@@ -43,8 +43,10 @@ def summary_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     t.notes = [score_note(data) + " Best in bold; rows in sweep-file order."] + _selected_note(a)
     t.notes += [n for n in (budget.convergence_note({r["arm"]: r["slope"] for _, r in a.iterrows() if r["slope"]}),)
                 if n]
-    moved = budget.changes(budget.point_deltas(data, budget.budget_values(data, arm_members(data))))
+    points = budget.point_deltas(data, budget.budget_values(data, arm_members(data)))
+    moved = budget.changes(points)
     t.notes += [f"Δ along the budget: {arm}'s delta changes sign or significance ({text})." for arm, text in moved.items()]
+    t.notes += [n for n in (budget.late_note(points),) if n]  # the deltas decided only at the last budget point
     return t
 
 

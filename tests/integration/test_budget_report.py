@@ -1,5 +1,7 @@
 """Δ along the budget and the convergence mark (reports/budget.py) on fabricated stores, checked by hand:
-a rising arm is marked, a flat and a noisy-flat one are not; a delta that turns along the budget is named."""
+a rising arm is marked, a flat and a noisy-flat one are not; a delta that turns along the budget is named;
+each arm's decision settles at the budget point the rule (budget.settled_at) says, and the summary names the
+deltas decided only at the end."""
 from __future__ import annotations
 
 import math
@@ -32,9 +34,15 @@ TEST_AT = {  # arm -> per point -> per seed
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def store(tmp_path_factory):
+    """One sqlite store for both sweeps of this module (its schema is created once)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('budget') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def data(store):
     from reports.load import read_sweep
-    uri = f"sqlite:///{tmp_path_factory.mktemp('budget') / 'mlflow.db'}"
+    uri = store
     runs = []
     for seed in range(3):
         curves = {"flat": _curve(lambda x: 0.60 + 0.001 * seed),
@@ -110,3 +118,109 @@ def test_the_report_has_the_budget_table_and_plot(data):
     r = build_report("budget", data.tracking_uri)
     assert "budget" in r.plots and r.plots["budget"].startswith(b"\x89PNG")
     assert [t.name for t in r.tables][:3] == ["summary", "ablation", "budget"]
+
+
+# ------------------------------------------------------------------ when a decision settled (budget.settled_at)
+# sweep "settle": per seed, arm value = baseline value + a per-seed difference whose paired 95% t interval
+# over the 3 seeds is known by hand (t(0.975, 2) = 4.303):
+PLUS = [0.10, 0.11, 0.12]        # mean +0.110, sd 0.010, half 0.025: above 0 ('+')
+MINUS = [-0.10, -0.11, -0.12]    # '-'
+UP = [0.05, -0.03, 0.01]         # mean +0.010, sd 0.040, half 0.099: contains 0 ('0'), delta > 0
+DOWN = [-0.05, 0.03, -0.01]      # '0', delta < 0
+BASE = [0.50, 0.52, 0.49]
+S_POINTS = [(0.125, 1), (0.25, 2), (0.5, 4), (1.0, 8)]
+SETTLE = {  # arm -> its difference at each point of S_POINTS
+    "early": [UP, PLUS, PLUS, PLUS],         # '+' from 0.25 on: settled at 0.25
+    "flips": [PLUS, PLUS, PLUS, UP],         # the verdict changes at the last point: not settled
+    "steady": [MINUS, MINUS, MINUS, MINUS],  # the same verdict everywhere: settled at the first point
+    "crossing": [UP, UP, UP, DOWN],          # '0' everywhere, but the delta crosses 0 at the last point
+    "mid": [UP, UP, PLUS, PLUS],             # settled at 0.5: before the end, not named
+}
+S_ARMS = ["base", *SETTLE, "one_seed"]       # one_seed: a single run, no interval at any point
+
+
+@pytest.fixture(scope="module")
+def settling(store, data):  # after `data`: both sweeps in one store
+    from reports.load import read_sweep
+    runs = []
+    for arm in S_ARMS:
+        for seed in range(1 if arm == "one_seed" else 3):
+            diffs = SETTLE.get(arm, [[0.0] * 3] * len(S_POINTS) if arm == "base" else [PLUS] * len(S_POINTS))
+            at = {step: BASE[seed] + diffs[i][seed] for i, (_, step) in enumerate(S_POINTS)}
+            h = {"val/mAP50": {e: 0.6 for e in range(1, 9)}, "test/mAP50": {8: at[8]},
+                 "test_at/fraction": {step: f for f, step in S_POINTS}, "test_at/mAP50": at}
+            runs.append(Run(arm, seed, h, params={"train.epochs": 8}))
+    write_sweep(store, "settle", S_ARMS, runs)
+    return read_sweep("settle", store)
+
+
+def _points(d):
+    from reports import budget
+    from reports.selection import arm_members
+    return budget.point_deltas(d, budget.budget_values(d, arm_members(d)))
+
+
+def test_settled_at_is_the_point_from_which_the_decision_stands(settling, data):
+    from reports import budget
+    deltas = _points(settling)
+    verdicts = {a: [d.verdict for d in deltas if d.arm == a] for a in S_ARMS}
+    assert verdicts == {"base": ["?"] * 4, "early": ["0", "+", "+", "+"], "flips": ["+", "+", "+", "0"],
+                        "steady": ["-"] * 4, "crossing": ["0"] * 4, "mid": ["0", "0", "+", "+"],
+                        "one_seed": ["?"] * 4}
+    assert budget.settled_at(deltas) == {"early": 0.25, "flips": None, "steady": 0.125, "crossing": None,
+                                         "mid": 0.5}  # the baseline and one_seed (no interval) have none
+    # the first store: rising goes -, -, + (not settled); noisy contains 0 with a positive delta throughout
+    assert budget.settled_at(_points(data)) == {"rising": None, "noisy": 0.25}
+    # one budget point: every arm settles at it, and nothing was decided "only at the end"
+    last = [d for d in deltas if d.fraction == 1.0]
+    assert budget.settled_at(last) == {"early": 1.0, "flips": 1.0, "steady": 1.0, "crossing": 1.0, "mid": 1.0}
+    assert budget.late_note(last) == ""
+
+
+def test_the_budget_table_has_the_settled_column(settling):
+    import io
+
+    import pandas as pd
+
+    from reports import budget, render
+    t = budget.budget_table(settling, _points(settling))
+    assert t.columns[-1] == "Settled" and t.raw_columns[-1] == "settled_at" and len(t.rows) == 4 * len(S_ARMS)
+    cells = {a: [r[-1] for r in t.rows if r[0] == a] for a in S_ARMS}  # the arm's value on its last row
+    assert cells == {"base": ["", "", "", "–"], "early": ["", "", "", "settled at 0.25"],
+                     "flips": ["", "", "", "not settled"], "steady": ["", "", "", "settled at 0.125"],
+                     "crossing": ["", "", "", "not settled"], "mid": ["", "", "", "settled at 0.5"],
+                     "one_seed": ["", "", "", "–"]}
+    csv = pd.read_csv(io.StringIO(render.table_csv(t)))
+    assert csv["settled_at"].dtype == float
+    got = csv.groupby("arm", sort=False)["settled_at"].agg(lambda s: sorted(set(s.fillna(-1)))).to_dict()
+    assert got == {"base": [-1], "early": [0.25], "flips": [-1], "steady": [0.125], "crossing": [-1],
+                   "mid": [0.5], "one_seed": [-1]}  # the same value on every row of the arm; empty: none
+    assert any(n.startswith("Settled: the smallest budget point") for n in t.notes)
+    assert "| mid | 1 | 3 |" in render.table_markdown(t) and "| settled at 0.5 |" in render.table_markdown(t)
+    assert r"settled at 0.125 \\" in render.table_latex(t)
+
+
+def test_the_summary_names_the_deltas_decided_only_at_the_end(settling, data):
+    from reports.tables import summary_table
+    late = [n for n in summary_table(settling).notes if n.startswith("Δ along the budget, decided only at the end")]
+    assert len(late) == 1 and late[0].startswith(
+        "Δ along the budget, decided only at the end: "
+        "flips (not settled: +0.010 at 1 (contains 0) after +0.110 at 0.5 (above 0)), "
+        "crossing (not settled: -0.010 at 1 (contains 0) after +0.010 at 0.5 (contains 0)); ")
+    assert not any(a in late[0].split(";")[0] for a in ("early", "steady", "mid", "one_seed"))
+    first = [n for n in summary_table(data).notes if "decided only at the end" in n]
+    assert len(first) == 1 and first[0].startswith("Δ along the budget, decided only at the end: rising (not "
+                                                    "settled: +0.110 at 1 (above 0) after -0.040 at 0.5 (below 0))")
+
+
+def test_the_written_report_carries_the_settled_column(settling, tmp_path):
+    import pandas as pd
+
+    from reports.report import build_report, write_report
+    write_report(build_report("settle", settling.tracking_uri, with_plots=False), tmp_path, ("md", "csv", "tex"))
+    csv = pd.read_csv(tmp_path / "budget.csv")
+    assert csv[csv["arm"] == "early"]["settled_at"].tolist() == [0.25] * 4
+    assert csv[csv["arm"] == "flips"]["settled_at"].isna().all()
+    md = (tmp_path / "report.md").read_text()
+    assert "| p | Settled |" in md and "| settled at 0.25 |" in md and "decided only at the end: flips" in md
+    assert "not settled" in (tmp_path / "report.tex").read_text()
