@@ -39,31 +39,37 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output.dir) / f"{cfg.name}-{config_hash(cfg)}"
 
 
-def split_sets(cfg: ExperimentConfig, split: str) -> tuple[list[str], Optional[bool]]:
-    """(image sets, holdout side) of a split: 'train' -> data.train_sets minus the holdout slice,
-    'val' -> data.val_sets or the holdout slice of data.train_sets ([] when neither), 'test' ->
-    data.test_sets; anything else is an image set name ('BCCD/test', 'val2017'). The side is True
-    for the held-out images, False for the rest, None when no holdout applies."""
+def split_sets(cfg: ExperimentConfig, split: str) -> tuple[list[str], Optional[str]]:
+    """(image sets, side of the pool) of a split: 'train' -> data.train_sets, less the holdout and
+    test_holdout slices; 'val' -> data.val_sets, or the holdout slice of data.train_sets ([] when neither);
+    'test' -> data.test_sets, or the test_holdout slice of data.train_sets; anything else is an image set
+    name ('BCCD/test', 'val2017'). The side ("train" | "val" | "test", data.pool_sides) is None when no
+    slice is taken."""
     d = cfg.data
+    sliced = d.holdout is not None or d.test_holdout is not None
     if split == "train":
-        return list(d.train_sets), (False if d.holdout is not None else None)
+        return list(d.train_sets), ("train" if sliced else None)
     if split == "val":
         if d.val_sets:
             return list(d.val_sets), None
-        return (list(d.train_sets), True) if d.holdout is not None else ([], None)
+        return (list(d.train_sets), "val") if d.holdout is not None else ([], None)
     if split == "test":
-        return list(d.test_sets), None
+        if d.test_sets:
+            return list(d.test_sets), None
+        return (list(d.train_sets), "test") if d.test_holdout is not None else ([], None)
     return [split], None
 
 
-def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: Optional[Sequence[str]] = None):
+def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: Optional[Sequence[str]] = None,
+                  transform: bool = True):
     """The dataset for `split` (see split_sets) with the training augmentation (train=True) or a plain
-    resize; None when the config has no such split (no val_sets/holdout, or no test_sets).
-    `class_names` (default data.class_names) fixes the label order, e.g. the training set's classes."""
+    resize (transform=False: none, the raw images); None when the config has no such split (no
+    val_sets/holdout, or no test_sets/test_holdout). `class_names` (default data.class_names) fixes the
+    label order, e.g. the training set's classes."""
     from ssd_core import data as D
     from ssd_core.augment import build_transform
 
-    sets, held_out = split_sets(cfg, split)
+    sets, side = split_sets(cfg, split)
     if not sets:
         return None
     root = resolve_data_root(cfg)
@@ -72,22 +78,16 @@ def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: O
         ensure_synthetic(root, **cfg.data.synthetic.generator_args())
     if not root.exists():
         raise ConfigError(f"{cfg.source}: data.root: {root} does not exist")
-    transform = build_transform(cfg.augment, cfg.model.image_size, train=train)
     names = cfg.data.class_names if class_names is None else list(class_names)
+    d = cfg.data
     try:
-        if cfg.data.format == "voc":
-            ds = D.VOCDataset(root, sets, class_names=names, keep_difficult=cfg.data.keep_difficult,
-                              transform=transform, cache_images=cfg.data.cache_images)
-        else:
-            if len(sets) != 1:
-                raise ConfigError(f"{cfg.source}: data.{split}_sets: COCO takes one set (e.g. [train2017]), got {sets}")
-            ds = D.COCODataset(root / sets[0], root / "annotations" / f"instances_{sets[0]}.json",
-                               transform=transform, class_names=names, cache_images=cfg.data.cache_images)
-        if held_out is not None:
-            mask = D.holdout_mask(D.image_keys(ds), cfg.data.holdout, cfg.data.holdout_seed)
-            D.select(ds, mask if held_out else ~mask)
+        ds = D.open_sets(d.format, root, sets, build_transform(cfg.augment, cfg.model.image_size, train=train)
+                         if transform else None, class_names=names, keep_difficult=d.keep_difficult,
+                         skip_bad=d.skip_bad, cache_images=d.cache_images)
+        if side is not None:
+            D.take_side(ds, side, d.holdout, d.test_holdout, d.holdout_seed)
     except DataError as exc:
-        if names is not None and "class" in str(exc):
+        if names is not None and "class" in str(exc) and "class id" not in str(exc):
             raise ConfigError(f"{cfg.source}: data.class_names {names} do not match the data: {exc}") from None
         if "holdout" in str(exc):
             raise ConfigError(f"{cfg.source}: data.holdout: {exc}") from None

@@ -19,9 +19,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 
-__all__ = ["BACKGROUND", "DECODE_ERRORS", "cannot_decode", "open_image", "exif_orientation", "to_rgb", "load_rgb"]
+__all__ = ["BACKGROUND", "IMAGE_SUFFIXES", "DECODE_ERRORS", "cannot_decode", "open_image", "exif_orientation", "to_rgb", "load_rgb"]
 
 BACKGROUND = (128, 128, 128)  # neutral grey under transparent pixels
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})  # lower case: what a
+# dataset folder's images end with (YOLO folders, LabelImg folders)
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 # What PIL raises for a truncated, corrupt or hostile image, at open or at decode time (one tuple for the

@@ -31,7 +31,7 @@ Where each part lives (everything below is importable from `ssd_core.config`):
 """
 from __future__ import annotations
 
-from ssd_core.config.experiment import (DEFAULT_TRACKING_URI, HASH_EXCLUDED, OPTIONAL_MODEL_KEYS, OPTIONAL_SECTIONS,
+from ssd_core.config.experiment import (DEFAULT_TRACKING_URI, HASH_EXCLUDED, OPTIONAL_KEYS, OPTIONAL_SECTIONS,
                                         DeployConfig, DistillConfig, ExperimentConfig, OutputConfig, TrackingConfig)
 from ssd_core.config.overrides import apply_overrides, load_config, parse_overrides
 from ssd_core.config.schema import (BACKBONES, FLOAT32_MAX, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, AugmentConfig, Backbone,
@@ -49,7 +49,7 @@ __all__ = [
     "ScheduleConfig", "TrainConfig", "EvalConfig",
     # experiment.py
     "DistillConfig", "DeployConfig", "DEFAULT_TRACKING_URI", "TrackingConfig", "OutputConfig", "ExperimentConfig",
-    "OPTIONAL_SECTIONS", "OPTIONAL_MODEL_KEYS", "HASH_EXCLUDED",
+    "OPTIONAL_SECTIONS", "OPTIONAL_KEYS", "HASH_EXCLUDED",
     # validate.py
     "validate_config", "validate_section", "short",
     # yaml_io.py

@@ -1,7 +1,8 @@
 """The whole experiment config: the SSD sections of schema.py plus the lab's own (distillation, deployment
 measurements, tracking, output), and which keys `config_hash` leaves out (HASH_EXCLUDED).
 
-The `distill` and `deploy` sections, and the fitted-default-box keys of `model`, are omitted from dumps
+The `distill` and `deploy` sections, the fitted-default-box keys of `model` and the later keys of `data`
+(OPTIONAL_KEYS), are omitted from dumps
 while at their defaults (ExperimentConfig._omit_default_sections): config.yaml, the MLflow params,
 checkpoints and config_hash stay those of a config from before they existed.
 """
@@ -102,20 +103,23 @@ class ExperimentConfig(_Section):
             for name, default in OPTIONAL_SECTIONS.items():
                 if getattr(self, name) == default():
                     data.pop(name, None)
-            model = data.get("model")
-            if isinstance(model, dict):  # the fitted-default-box keys, likewise, while unused
-                for key in OPTIONAL_MODEL_KEYS:
-                    if key in model and model[key] == ModelConfig.model_fields[key].default:
-                        model.pop(key)
+            for section, (schema, keys) in OPTIONAL_KEYS.items():  # keys added later, likewise, while unused
+                node = data.get(section)
+                for key in keys if isinstance(node, dict) else ():
+                    if key in node and node[key] == schema.model_fields[key].default:
+                        node.pop(key)
         return data
 
 
 OPTIONAL_SECTIONS = {"distill": DistillConfig, "deploy": DeployConfig}
-OPTIONAL_MODEL_KEYS = ("prior_sizes", "prior_aspect", "prior_aspect_ratios", "prior_max_boxes")
+OPTIONAL_KEYS = {
+    "model": (ModelConfig, ("prior_sizes", "prior_aspect", "prior_aspect_ratios", "prior_max_boxes")),  # fitted boxes
+    "data": (DataConfig, ("test_holdout", "skip_bad")),  # a hashed test slice; training past unreadable images
+}
 
 
 # Keys that do not change the trained weights or the metrics: left out of config_hash.
 HASH_EXCLUDED = frozenset({
     "name", "tracking", "output", "data.root", "data.default_root", "data.cache_images",
-    "train.log_every", "deploy", "eval.test_at",
+    "train.log_every", "deploy", "eval.test_at", "data.skip_bad",
 })

@@ -163,10 +163,16 @@ class DataConfig(_Section):
                 (by a hash of each image's id and holdout_seed, the same for every seed and arm)
     test_sets   the REPORTED split, scored once at the selected checkpoint (`test/...`); never used
                 to choose anything
+    test_holdout  instead of test_sets (a dataset that has no test split): this fraction of the training
+                images, a hashed slice like `holdout`'s, taken first; the holdout comes from the rest
     Neither val_sets nor holdout: no selection split; the last epoch is the selected checkpoint.
+
+    What a set names depends on the format (ssd_core/data/): voc, an image set "<subdir>/<split>" or a
+    LabelImg folder; coco, a set name (val2017), a Roboflow split folder or an instances JSON by path; yolo,
+    a data.yaml split (train / val / test) or a folder / list file, with `root` the data.yaml.
     """
 
-    format: Literal["voc", "coco"] = "voc"
+    format: Literal["voc", "coco", "yolo"] = "voc"
     root: Optional[str] = None          # null -> $SSDLAB_DATA_ROOT -> default_root
     default_root: Optional[str] = None  # per-config fallback, e.g. ../shared/data/bccd
     train_sets: list[str] = Field(default_factory=lambda: ["VOC2007/trainval", "VOC2012/trainval"])
@@ -174,6 +180,10 @@ class DataConfig(_Section):
     holdout: Optional[float] = Field(None, gt=0, lt=1)
     holdout_seed: int = 0
     test_sets: list[str] = Field(default_factory=list)
+    test_holdout: Optional[float] = Field(None, gt=0, lt=1)
+    # An image that cannot be read: false refuses to start (naming the files, checked before training);
+    # true trains past it, and the run records how many it skipped and which (rundir.DATA_RECORD).
+    skip_bad: bool = False
     class_names: Optional[list[str]] = None  # null -> VOC classes or inferred from the annotations
     # Objects marked difficult are left out of training (and ignored by the VOC metric). The original
     # SSD (Caffe) trains on them; set true to do the same.
@@ -189,6 +199,11 @@ class DataConfig(_Section):
         if self.val_sets and self.holdout is not None:
             raise ValueError(f"holdout {self.holdout} and val_sets {self.val_sets} are two selection splits: "
                              f"set one of them")
+        if self.test_sets and self.test_holdout is not None:
+            raise ValueError(f"test_holdout {self.test_holdout} and test_sets {self.test_sets} are two test splits: "
+                             f"set one of them")
+        if self.test_holdout is not None and (self.holdout or 0) + self.test_holdout >= 1:
+            raise ValueError(f"test_holdout {self.test_holdout} + holdout {self.holdout} leave no training images")
         chosen_on = set(self.val_sets) & set(self.test_sets)
         if chosen_on:
             raise ValueError(f"test_sets {sorted(chosen_on)} also in val_sets: a model selected on the split it is "

@@ -1,5 +1,13 @@
-"""`ssdlab data check`: read a whole VOC-layout dataset up front and list every problem, before hours
-of training are spent on it (the same scan the dataset uses: data/voc.py `scan_voc`)."""
+"""`ssdlab data check`: read a whole dataset (VOC, COCO or YOLO; data/detect.py finds which) up front and
+list every problem, before hours of training are spent on it. It reads the data through the same datasets
+training does (data/sets.py `open_sets`, with skip_bad so that one bad file does not hide the others):
+
+    problems   what stops training without data.skip_bad (an unreadable image or annotation, a box with no
+               area, an annotation size that matches no frame of its image, a class the config does not list)
+    warnings   what is repaired on the way (boxes clipped to the border, duplicate lines dropped, a stale
+               LabelImg <size>): listed, not problems
+    notes      images without objects, duplicated boxes (the same class and box twice in an image)
+"""
 from __future__ import annotations
 
 import warnings
@@ -7,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ssd_core.data.dataset import DataWarning, _upright_size
-from ssd_core.data.voc import _to_target, scan_voc
+import numpy as np
+
+from ssd_core.data.dataset import DataWarning
+from ssd_core.data.sets import open_sets
 from ssd_core.errors import DataError
-from ssd_core.imageio import exif_orientation, load_rgb, open_image
+from ssd_core.imageio import load_rgb, open_image
 
 
 @dataclass
@@ -32,7 +42,11 @@ class DatasetReport:
     min_size: tuple[int, int] | None = None   # (smallest width, smallest height)
     max_size: tuple[int, int] | None = None   # (largest width, largest height)
     problems: list[Problem] = field(default_factory=list)
-    clipped: list[str] = field(default_factory=list)  # boxes past the image border (repaired: not problems)
+    clipped: list[str] = field(default_factory=list)  # repaired on reading (clipped, duplicate line): not problems
+    format_name: str = "voc"
+    empty_images: int = 0                              # images without any object (negatives)
+    duplicates: list[str] = field(default_factory=list)  # the same class and box twice in one image
+    notes: list[str] = field(default_factory=list)       # what detect_layout found
 
     @property
     def ok(self) -> bool:
@@ -43,17 +57,24 @@ class DatasetReport:
         return [p for p in self.problems if not (skip_bad and p.skippable)]
 
     def format(self) -> str:
-        lines = [f"dataset {self.root}: {self.images} images, {sum(self.objects.values())} objects, "
-                 f"{len(self.class_names)} classes"]
+        lines = [f"dataset {self.root} ({self.format_name}): {self.images} images, {sum(self.objects.values())} "
+                 f"objects, {len(self.class_names)} classes"]
+        lines += [f"  {n}" for n in self.notes]
         lines += [f"  split {s}: {n} images" for s, n in self.split_sizes.items()]
         lines += [f"  class {c}: {self.objects.get(c, 0)} objects ({self.difficult.get(c, 0)} difficult)"
                   for c in self.class_names]
         if self.min_size:
             lines.append(f"  image size: width {self.min_size[0]}..{self.max_size[0]}, "
                          f"height {self.min_size[1]}..{self.max_size[1]}")
+        if self.empty_images:
+            lines.append(f"  images without objects: {self.empty_images} (kept: negatives)")
         if self.clipped:
-            lines.append(f"  warnings: {len(self.clipped)} boxes reach past the image border and are clipped to it")
+            lines.append(f"  warnings: {len(self.clipped)} boxes reach past the image border and are clipped to it, "
+                         f"or are repaired on reading")
             lines += [f"  - {c}" for c in self.clipped]
+        if self.duplicates:
+            lines.append(f"  duplicated boxes: {len(self.duplicates)} (the same class and box twice in an image)")
+            lines += [f"  - {d}" for d in self.duplicates[:20]]
         lines.append(f"  problems: {len(self.problems)}" if self.problems else "  problems: none")
         lines += [f"  - {p.message}" for p in self.problems]
         return "\n".join(lines)
@@ -61,66 +82,90 @@ class DatasetReport:
 
 
 def check_dataset(root: str | Path, image_sets: Sequence[str] | None = None,
-                  class_names: Sequence[str] | None = None, decode: bool = True) -> DatasetReport:
-    """Read every annotation and image of `image_sets` (default: every split found under root) and
-    report counts, sizes and every problem (nothing raises for a bad file; a missing root does).
+                  class_names: Sequence[str] | None = None, decode: bool = True, fmt: str | None = None) -> DatasetReport:
+    """Read every annotation and image of `image_sets` (default: the splits data/detect.py finds at `root`,
+    which may be a folder, a YOLO data.yaml or a COCO .json) and report counts, sizes and every problem
+    (nothing raises for a bad file; a root that is no dataset does). `fmt` with `image_sets` (default voc).
 
     decode=True fully decodes each image (finds truncated files); False reads headers only.
     """
+    from ssd_core.data.detect import detect_layout
+
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise DataError(f"{root}: dataset root not found")
-    image_sets = list(image_sets or _find_image_sets(root))
-    if not image_sets:
-        raise DataError(f"{root}: no <subdir>/ImageSets/Main/<split>.txt found")
-    report = DatasetReport(str(root), image_sets)
-    scan = scan_voc(root, image_sets)
-    report.split_sizes = dict(scan.split_sizes)
-    report.problems += [Problem(_file_of(e), str(e), skippable=False) for e in scan.set_errors]
-    report.problems += [Problem(_file_of(e), str(e), skippable=True) for e in scan.item_errors]
-    if class_names is None:
-        class_names = scan.class_names()
-    report.class_names = list(class_names)
+    notes: list[str] = []
+    if image_sets is None:
+        layout = detect_layout(root)
+        fmt, root, notes = layout.format, layout.root, layout.notes
+        image_sets = [s for sets in layout.splits().values() for s in sets]
+        if class_names is None:
+            class_names = layout.class_names
+    fmt = fmt or "voc"
+    report = DatasetReport(str(root), list(image_sets), format_name=fmt, notes=list(notes))
+    seen: dict[str, None] = {}
+    problems: dict[str, Problem] = {}
     sizes = []
-    for e in scan.entries:
-        xml, raw, image = e.xml, e.raw, e.image
+    for s in image_sets:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)
             try:
-                target = _to_target(raw, class_names, xml, clipped=report.clipped)
+                ds = open_sets(fmt, root, [s], class_names=class_names, keep_difficult=True, skip_bad=True)
             except DataError as exc:
-                report.problems.append(Problem(str(xml), str(exc), skippable=False))
+                problems.setdefault(str(exc), Problem(_file_of(exc), str(exc), skippable=False))
                 continue
-        report.problems += [Problem(str(xml), str(w.message), skippable=True) for w in caught]
-        try:
-            with open_image(image) as img:
-                size = load_rgb(img).size if decode else _upright_size(img.size, exif_orientation(img))
-        except DataError as exc:
-            report.problems.append(Problem(str(image), str(exc), skippable=True))
-            continue
-        if raw.size not in ((0, 0), size, size[::-1]):
-            report.problems.append(Problem(str(xml), f"{xml}: annotation size {raw.size[0]}x{raw.size[1]} does "
-                                           f"not match image {image} ({size[0]}x{size[1]})", skippable=True))
-        report.images += 1
-        sizes.append(size)
-        for label, diff in zip(target.labels.tolist(), target.difficult.tolist()):
-            name = class_names[label - 1]
-            report.objects[name] = report.objects.get(name, 0) + 1
-            report.difficult[name] = report.difficult.get(name, 0) + int(diff)
+            report.split_sizes[s] = len(ds) + len(ds.skip_reasons)
+            if class_names is None:
+                class_names = list(ds.class_names)
+            for k in range(len(ds)):
+                path = str(ds.image_path(k))
+                if path in seen:
+                    continue
+                seen[path] = None
+                size = _read(ds, k, decode, problems)
+                if size is None:
+                    continue
+                report.images += 1
+                sizes.append(size)
+                _count(report, ds, k, class_names)
+        for message in ds.skip_reasons + [str(w.message) for w in caught if issubclass(w.category, DataWarning)]:
+            problems.setdefault(message, Problem(message.split(": ", 1)[0], message, skippable=True))
+        report.clipped += [r for r in ds.repairs if r not in report.clipped]
+    report.class_names = list(class_names or [])
+    report.problems = list(problems.values())
     if sizes:
         report.min_size = (min(s[0] for s in sizes), min(s[1] for s in sizes))
         report.max_size = (max(s[0] for s in sizes), max(s[1] for s in sizes))
     return report
 
 
-def _find_image_sets(root: Path) -> list[str]:
-    """Every "<subdir>/<split>" under root with a plain split file (train, val, trainval, test, ...)."""
-    found = []
-    for main in sorted(root.glob("*/ImageSets/Main")) + sorted(root.glob("ImageSets/Main")):
-        subdir = main.parent.parent.relative_to(root).as_posix()
-        found += [f"{subdir}/{p.stem}" if subdir != "." else p.stem
-                  for p in sorted(main.glob("*.txt")) if "_" not in p.stem]
-    return found
+def _read(ds, k: int, decode: bool, problems: dict) -> tuple[int, int] | None:
+    """Item k's upright (w, h), reading the image (fully with `decode`) and its annotation's frame; None, with
+    a problem recorded, when either cannot be read."""
+    path = ds.image_path(k)
+    try:
+        with open_image(path) as img:
+            size = load_rgb(img).size if decode else None
+        upright = ds.image_size(k)  # also checks the annotation's size against the image
+    except DataError as exc:
+        problems.setdefault(str(exc), Problem(str(path), str(exc), skippable=True))
+        return None
+    return size or upright
+
+
+def _count(report: DatasetReport, ds, k: int, class_names: Sequence[str]) -> None:
+    """Objects per class (and difficult), images without objects, duplicated boxes of item k."""
+    t = ds.annotation(k)
+    if len(t.labels) == 0:
+        report.empty_images += 1
+    for label, diff in zip(t.labels.tolist(), t.difficult.tolist()):
+        name = class_names[label - 1]
+        report.objects[name] = report.objects.get(name, 0) + 1
+        report.difficult[name] = report.difficult.get(name, 0) + int(diff)
+    rows = np.concatenate([t.labels.numpy()[:, None], t.boxes.numpy().round(2)], 1) if len(t.labels) else None
+    if rows is not None and len(np.unique(rows, axis=0)) < len(rows):
+        report.duplicates.append(f"{ds.records[k].source}: {len(rows) - len(np.unique(rows, axis=0))} duplicated "
+                                 f"box(es) in {ds.image_path(k).name}")
 
 
 def _file_of(exc: DataError) -> str:

@@ -1,4 +1,15 @@
-"""COCO detection (instances json) through pycocotools' COCO API."""
+"""COCO detection (instances json) through pycocotools' COCO API.
+
+A COCO set is named three ways (coco_split):
+    val2017                      <root>/val2017/ + <root>/annotations/instances_val2017.json (the COCO layout)
+    train                        <root>/train/_annotations.coco.json with its images beside it (Roboflow)
+    annotations/custom.json      any instances file by its path from the root; its images are found where
+                                 the first image's file_name exists: beside the file, one folder up, the
+                                 root, <root>/images, or a folder named like the file's split
+Category ids of any numbering (0-based too) map to contiguous labels 1..K in id order. Roboflow's extra
+category (the dataset's own name, id 0, supercategory 'none', parent of the others and with no boxes) is not
+a class and is left out. Images without annotations are kept: they are negatives.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +48,7 @@ class COCODataset(_DetectionDataset):
                 self.coco = COCO(str(self.instances_json))
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
             raise DataError(f"{self.instances_json}: not a COCO instances file: {exc!r}") from exc
-        cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
+        cats = _object_categories(self.coco)
         self.class_names = [c["name"] for c in cats]
         if class_names is not None and list(class_names) != self.class_names:
             raise DataError(f"{self.instances_json}: class_names {list(class_names)} do not match the "
@@ -58,7 +69,10 @@ class COCODataset(_DetectionDataset):
         xywh = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
         b = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
         if w > 0 and h > 0:
-            b = b.clip(0.0, np.array([w, h, w, h], np.float64))
+            unclipped, b = b, b.clip(0.0, np.array([w, h, w, h], np.float64))
+            for k in np.flatnonzero((b != unclipped).any(1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])):
+                self.repairs.append(f"{self.instances_json}: image {image_id}: annotation {anns[k].get('id')} "
+                                    f"(bbox {anns[k]['bbox']}) reaches past the {w}x{h} image: clipped to it")
         keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
         if not keep.all():
             dropped = ", ".join(f"annotation {anns[k].get('id')}" for k in np.flatnonzero(~keep))
@@ -75,14 +89,57 @@ class COCODataset(_DetectionDataset):
         return _Record(self.image_dir / info["file_name"], self.instances_json, target, (w, h))
 
 
+def _object_categories(coco) -> list[dict]:
+    """The categories in id order, without a Roboflow-style umbrella: a category with no annotations that
+    other categories name as their supercategory."""
+    cats = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    parents = {c.get("supercategory") for c in cats}
+    return [c for c in cats if not (c["name"] in parents and not coco.getAnnIds(catIds=[c["id"]]))]
+
+
+ROBOFLOW_JSON = "_annotations.coco.json"
+
+
+def coco_split(root: Path, name: str) -> tuple[Path, Path]:
+    """(image folder, instances json) of a COCO set name (module docstring)."""
+    if name.endswith(".json"):
+        path = Path(name) if Path(name).is_absolute() else root / name
+        return image_folder(path, root), path
+    if (root / name / ROBOFLOW_JSON).is_file():
+        return root / name, root / name / ROBOFLOW_JSON
+    return root / name, root / "annotations" / f"instances_{Path(name).name}.json"
+
+
+def image_folder(instances: Path, root: Path) -> Path:
+    """Where an instances file's images are: the first candidate folder holding its first image."""
+    import json
+
+    if not instances.is_file():
+        raise DataError(f"{instances}: COCO instances file not found")
+    try:
+        images = json.loads(instances.read_text()).get("images") or []
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{instances}: not a COCO instances file: {exc}") from exc
+    split = instances.stem.replace("instances_", "").replace("_annotations.coco", "")
+    candidates = [instances.parent, instances.parent.parent, root, root / "images", root / split,
+                  root / "images" / split, instances.parent.parent / "images"]
+    for token in ("train", "val", "valid", "test"):
+        if token in split.split("_") or split.endswith(token):
+            candidates += [root / token, root / "images" / token]
+    if not images:
+        return instances.parent
+    first = str(images[0].get("file_name", ""))
+    for folder in dict.fromkeys(candidates):
+        if (folder / first).is_file():
+            return folder
+    raise DataError(f"{instances}: image {first!r} (the first in 'images') not found in any of "
+                    f"{', '.join(str(c) for c in dict.fromkeys(candidates))}")
+
+
 def _coco_paths(image_dir: Path, instances: str | Path | Sequence[str]) -> tuple[Path, Path]:
-    """(image_dir, instances.json), or the split form (root, ["val2017"]) ->
-    (root/val2017, root/annotations/instances_val2017.json) used by train.build_dataset."""
+    """(image_dir, instances.json) as given, or the set form (root, ["val2017"]) -> coco_split(root, "val2017")."""
     if isinstance(instances, (list, tuple)):
         if len(instances) != 1:
             raise DataError(f"{image_dir}: COCODataset reads one split at a time, got {list(instances)}")
-        instances = instances[0]
-    path = Path(instances)
-    if path.suffix == ".json" or path.is_file():
-        return image_dir, path
-    return image_dir / path.name, image_dir / "annotations" / f"instances_{path.name}.json"
+        return coco_split(image_dir, str(instances[0]))
+    return image_dir, Path(instances)

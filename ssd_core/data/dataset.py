@@ -14,8 +14,15 @@ Boxes, written down once:
     the frame the transforms see (they decode with imageio.load_rgb). An annotation whose size
     matches the stored pixels is taken to be in the stored frame (what labelling tools show) and its
     boxes are rotated with the image.
+  * YOLO boxes are normalised cx, cy, w, h of the upright image (Ultralytics reads images with the EXIF
+    orientation applied): they are turned into normalised xyxy when read and scaled to pixels here,
+    once the image's size is known (`_Record.normalized`).
+  * A dataset may trust the pixels over the annotation's size (`size_from_pixels`: LabelImg folders,
+    whose XML `<size>` is often 0 or stale): a size that matches neither frame is then replaced by the
+    image's, with one warning, instead of failing.
   * `__getitem__` hands the transform pixel xyxy boxes and returns boxes normalised to [0, 1]
-    (DESIGN.md). Class 0 is background; labels are 1..C.
+    (DESIGN.md). Class 0 is background; labels are 1..C. Every format (voc.py, coco.py, yolo.py) builds
+    `_Record`s; nothing after the dataset knows the format.
 """
 from __future__ import annotations
 
@@ -80,6 +87,7 @@ class _Record:
     source: Path                       # annotation file (XML or instances JSON)
     target: Target                     # annotation frame, pixel xyxy, difficult kept
     size: tuple[int, int]              # annotation frame (w, h); (0, 0) = unknown
+    normalized: bool = False           # boxes are xyxy in [0, 1] of the upright frame (YOLO)
 
 
 class _DetectionDataset(Dataset):
@@ -95,6 +103,8 @@ class _DetectionDataset(Dataset):
         self.cache_images = cache_images
         self.skipped = 0
         self.skip_reasons: list[str] = []
+        self.repairs: list[str] = []      # boxes clipped to the border, duplicates dropped: one line each
+        self.size_from_pixels = False     # an annotation size that matches neither frame: use the image's
         self._upright: dict[int, tuple[Target, tuple[int, int]]] = {}
         self._cache: dict[int, Image.Image] = {}
 
@@ -121,17 +131,31 @@ class _DetectionDataset(Dataset):
             else:
                 stored, o = img.size, exif_orientation(img)
             upright = _upright_size(stored, o)
-            t = rec.target
-            if rec.size in ((0, 0), tuple(stored)):
+            t, size = rec.target, tuple(rec.size)
+            if rec.normalized:
+                boxes = t.boxes * torch.tensor([*upright, *upright], dtype=t.boxes.dtype)
+            elif size in ((0, 0), tuple(stored)):
                 boxes = _orient_boxes(t.boxes, stored, o)
-            elif tuple(rec.size) == upright:
+            elif size == upright:
                 boxes = t.boxes
+            elif self.size_from_pixels:
+                self.repairs.append(f"{rec.source}: annotation size {size[0]}x{size[1]} does not match image "
+                                    f"{rec.image} ({stored[0]}x{stored[1]}): the image's size is used")
+                boxes, size = _orient_boxes(t.boxes, stored, o), (0, 0)
             else:
-                raise DataError(f"{rec.source}: annotation size {rec.size[0]}x{rec.size[1]} does not match "
+                raise DataError(f"{rec.source}: annotation size {size[0]}x{size[1]} does not match "
                                 f"image {rec.image} ({stored[0]}x{stored[1]})")
-            if rec.size == (0, 0):  # no size in the annotation: clip now that we know it
-                boxes = boxes.clamp(min=0).minimum(torch.tensor([*upright, *upright], dtype=boxes.dtype))
-            self._upright[i] = (Target(boxes, t.labels, t.difficult), upright)
+            clipped = boxes.clamp(min=0).minimum(torch.tensor([*upright, *upright], dtype=boxes.dtype))
+            moved = (clipped != boxes).any(1)
+            if moved.any():  # only where the annotation gave no usable size: the others were clipped when read
+                self.repairs.append(f"{rec.source}: {int(moved.sum())} box(es) reach past the {upright[0]}x"
+                                    f"{upright[1]} image {rec.image.name}: clipped to it")
+                boxes = clipped
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            if not keep.all():
+                warnings.warn(f"{rec.source}: dropped {int((~keep).sum())} box(es) lying wholly outside the image "
+                              f"{rec.image.name}", DataWarning, stacklevel=2)
+            self._upright[i] = (Target(boxes[keep], t.labels[keep], t.difficult[keep]), upright)
         return self._upright[i]
 
     def annotation(self, i: int) -> Target:
@@ -198,18 +222,35 @@ def image_keys(dataset) -> list[str]:
     return [f"{i[0]}/{i[1]}" if isinstance(i, tuple) else str(i) for i in dataset.ids]
 
 
-def holdout_mask(keys: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
+def holdout_mask(keys: Sequence[str], fraction: float, seed: int = 0, salt: str = "") -> np.ndarray:
     """True for the held-out keys: the round(fraction * n) keys (at least 1, at most n - 1) with the
-    smallest sha256(f"{seed}/{key}"). Deterministic and independent of the order of `keys`, so every
-    run, seed and arm on the same images holds out the same ones."""
+    smallest sha256(f"{salt}{seed}/{key}"). Deterministic and independent of the order of `keys`, so every
+    run, seed and arm on the same images holds out the same ones; another `salt` draws an independent slice."""
     n = len(keys)
     if n < 2:
         raise DataError(f"holdout {fraction}: {n} image(s) cannot be split into training and validation")
     k = min(n - 1, max(1, round(fraction * n)))
-    digests = [hashlib.sha256(f"{seed}/{key}".encode()).hexdigest() for key in keys]
+    digests = [hashlib.sha256(f"{salt}{seed}/{key}".encode()).hexdigest() for key in keys]
     mask = np.zeros(n, bool)
     mask[np.argsort(digests, kind="stable")[:k]] = True
     return mask
+
+
+TEST_SALT = "test/"  # the hashed test slice (data.test_holdout) is drawn independently of the holdout
+
+
+def pool_sides(keys: Sequence[str], holdout: float | None, test_holdout: float | None, seed: int = 0) -> np.ndarray:
+    """Each key's side of a training pool: "test" (the test_holdout slice, drawn first), "val" (the holdout
+    slice of the rest), "train" (what is left). With no test_holdout the val slice is holdout_mask's."""
+    sides = np.full(len(keys), "train", dtype=object)
+    rest = np.arange(len(keys))
+    if test_holdout:
+        test = holdout_mask(keys, test_holdout, seed, salt=TEST_SALT)
+        sides[test] = "test"
+        rest = np.flatnonzero(~test)
+    if holdout:
+        sides[rest[holdout_mask([keys[i] for i in rest], holdout, seed)]] = "val"
+    return sides
 
 
 def select(dataset, keep: np.ndarray):

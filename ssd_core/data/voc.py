@@ -1,4 +1,10 @@
-"""PASCAL VOC layout: <root>/<subdir>/{Annotations, JPEGImages, ImageSets/Main/<split>.txt}.
+"""PASCAL VOC XML, in the devkit layout or as LabelImg leaves it.
+
+A set is either an image set of the devkit layout, "<subdir>/<split>" for
+<root>/<subdir>/{Annotations, JPEGImages, ImageSets/Main/<split>.txt}, or a folder under the root ("." for the
+root itself) with no ImageSets: LabelImg's layout, the XML files beside their images or in a folder of their
+own next to the images' folder, matched to the images by file name. An image there without an XML is an
+image without objects; the XML's <size>, often 0 or stale in such folders, gives way to the image's pixels.
 
     scan_voc(root, image_sets)   image set -> ids -> XML -> image path, once: VOCDataset and
                                  check_dataset (data/check.py) both read a dataset through it
@@ -19,6 +25,7 @@ from defusedxml import ElementTree as SafeET
 
 from ssd_core.data.dataset import DataWarning, Target, _DetectionDataset, _Record
 from ssd_core.errors import DataError
+from ssd_core.imageio import IMAGE_SUFFIXES
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -167,6 +174,7 @@ class VOCScan:
     split_sizes: dict[str, int] = field(default_factory=dict)    # image set -> listed ids
     set_errors: list[DataError] = field(default_factory=list)    # image set files that cannot be read
     item_errors: list[DataError] = field(default_factory=list)   # annotations / images that cannot be read
+    unannotated: int = 0                                          # folder sets: images without an XML
 
     def class_names(self) -> list[str]:
         """VOC_CLASSES when every subdir is VOCyyyy, else the names in the annotations, sorted."""
@@ -182,6 +190,11 @@ def scan_voc(root: Path, image_sets: Sequence[str], stop_at_first: bool = False)
     scan = VOCScan()
     ids: dict[tuple[str, str], None] = {}
     for s in image_sets:
+        if is_folder_set(root, s):
+            _scan_folder(root, s, scan)
+            if stop_at_first and scan.item_errors:
+                return scan
+            continue
         try:
             listed = read_image_set(root, s)
         except DataError as exc:
@@ -203,6 +216,68 @@ def scan_voc(root: Path, image_sets: Sequence[str], stop_at_first: bool = False)
             continue
         scan.entries.append(VOCEntry(subdir, image_id, xml, image, raw))
     return scan
+
+
+def find_image_sets(root: Path) -> list[str]:
+    """Every "<subdir>/<split>" under root with a plain split file (train, val, trainval, test, ...)."""
+    found = []
+    for main in sorted(root.glob("*/ImageSets/Main")) + sorted(root.glob("ImageSets/Main")):
+        subdir = main.parent.parent.relative_to(root).as_posix()
+        found += [f"{subdir}/{p.stem}" if subdir != "." else p.stem
+                  for p in sorted(main.glob("*.txt")) if "_" not in p.stem]
+    return found
+
+
+def is_folder_set(root: Path, image_set: str) -> bool:
+    """True for a LabelImg-style folder set: a folder under root without an ImageSets/Main list of that name."""
+    subdir, split = _split_image_set(root, image_set)
+    if (root / subdir / "ImageSets" / "Main" / f"{split}.txt").is_file():
+        return False
+    folder = root / image_set.strip("/") if image_set.strip("/") not in ("", ".") else root
+    return folder.is_dir() and not (folder / "ImageSets").is_dir()
+
+
+def _scan_folder(root: Path, folder_set: str, scan: VOCScan) -> None:
+    """Every image under the folder, each with the XML of the same file name (module docstring)."""
+    name = folder_set.strip("/") or "."
+    folder = root / name
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    xmls: dict[str, list[Path]] = {}
+    for x in sorted(folder.rglob("*.xml")):
+        xmls.setdefault(x.stem, []).append(x)
+    used: set[Path] = set()
+    for image in images:
+        xml = _match_xml(image, xmls.get(image.stem, []))
+        image_id = image.relative_to(folder).as_posix()
+        if xml is None:
+            raw = _RawAnnotation((0, 0), [], np.zeros((0, 4)), np.zeros(0, bool))
+            scan.entries.append(VOCEntry(name, image_id, image, image, raw))
+            scan.unannotated += 1
+            continue
+        used.add(xml)
+        try:
+            raw = _read_voc_xml(xml)
+        except DataError as exc:
+            scan.item_errors.append(exc)
+            continue
+        scan.entries.append(VOCEntry(name, image_id, xml, image, raw))
+    for stem, paths in xmls.items():
+        for x in paths:
+            if x not in used:
+                scan.item_errors.append(DataError(f"{x}: no image named {stem}.* under {folder} for this annotation"))
+    scan.split_sizes[folder_set] = len(images)
+
+
+def _match_xml(image: Path, candidates: list[Path]) -> Path | None:
+    """The XML of an image among those with its file name: beside it, else in a folder next to the image's
+    folder, else the only one."""
+    for x in candidates:
+        if x.parent == image.parent:
+            return x
+    siblings = [x for x in candidates if x.parent.parent == image.parent.parent]
+    if len(siblings) == 1:
+        return siblings[0]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def _find_image(folder: Path, image_id: str, filename: str | None, source: Path) -> Path:
@@ -251,7 +326,10 @@ class VOCDataset(_DetectionDataset):
             raise DataError(f"{self.root}: duplicate class names in {self.class_names}")
         self.ids: list[tuple[str, str]] = []
         self.records = []
+        folders = {s.strip("/") or "." for s in self.image_sets if is_folder_set(self.root, s)}
+        self.size_from_pixels = bool(folders)
         for e in scan.entries:
-            target = _to_target(e.raw, self.class_names, e.xml)
+            loose = e.subdir in folders  # LabelImg: the pixels decide the size, and the clipping
+            target = _to_target(e.raw, self.class_names, e.xml, (0, 0) if loose else None, clipped=self.repairs)
             self.ids.append((e.subdir, e.image_id))
             self.records.append(_Record(e.image, e.xml, target, e.raw.size))
