@@ -85,6 +85,7 @@ class Tag:
     NODE = "ssdlab.node"              # "<hostname>/<ip>/<Ray node id>" of the node that ran its latest attempt
     NODES = "ssdlab.nodes"            # JSON list of every node its attempts ran on, in order
     PRECISION = "ssdlab.precision"    # the training precision train.amp resolved to there (ssd_core/precision.py)
+    DATA_SKIPPED = "ssdlab.data.skipped"  # how many unreadable images data.skip_bad left out (the list: Artifact.DATA)
     # an `ssdlab train` run
     RUN_DIR = "ssdlab.run_dir"
     # the end of a sweep (parent run): the best trial by the schema's rule, and its registered model
@@ -110,6 +111,7 @@ class Artifact:
     EVIDENCE = "evidence"         # detections.png, pr_curves.png (experiments/evidence.py)
     BUDGET = M.TEST_AT            # the test detections at each budget point (eval.test_at)
     REPORT = "report"             # a sweep's parent: the report `ssdlab report` wrote
+    DATA = "data"                 # data.json (what the run trained and was scored on), skipped_images.txt
 
 
 # Further objectives a search may minimise beside its selection metric (search.objectives): deployment costs

@@ -3,6 +3,8 @@ model, the optimizer. `fit` (train.py), the evaluation (inference.py) and the CL
 
     split_sets(cfg, split)       'train' | 'val' | 'test' | an image set -> (image sets, holdout side)
     build_dataset(cfg, split)    that split's dataset (None when the config has no such split)
+    build_splits(cfg)            train, val and test, their images' headers checked (data.skip_bad): what
+                                 fit trains on, and what a sweep or `ssdlab train` checks before launching
     build_model(cfg, classes)    ssd_core.model.build_ssd from cfg.model
     build_optimizer(cfg, model)  SGD (the paper's) or AdamW, optionally no decay on norms and biases
 """
@@ -93,6 +95,22 @@ def build_dataset(cfg: ExperimentConfig, split: str, train: bool, class_names: O
             raise ConfigError(f"{cfg.source}: data.holdout: {exc}") from None
         raise
     return ds
+
+
+def build_splits(cfg: ExperimentConfig, transform: bool = True) -> tuple[dict, dict[str, list[str]]]:
+    """({"train", "val", "test"} -> dataset or None, split -> the unreadable images left out). Every image's
+    header is read first: one that cannot be read stops here in one line naming the files (DataError), or,
+    with data.skip_bad, leaves its split and is listed. The val and test classes follow train's."""
+    from ssd_core.data import drop_unreadable
+
+    out: dict = {"train": build_dataset(cfg, "train", train=True, transform=transform)}
+    names = list(out["train"].class_names)
+    for split in ("val", "test"):
+        out[split] = build_dataset(cfg, split, train=False, class_names=names, transform=transform)
+    skipped = drop_unreadable(out, f"{cfg.source}: data", cfg.data.skip_bad)
+    if len(out["train"]) == 0:
+        raise DataError(f"{cfg.source}: data.train_sets: no readable training image left")
+    return out, skipped
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> nn.Module:

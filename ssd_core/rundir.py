@@ -6,6 +6,9 @@
     config.yaml              the resolved config
     test_detections.npz      the reported split's detections at the selected checkpoint (+ ground truth)
     test_detections_at_<f>.npz   the same at budget point f (eval.test_at)
+    data.json                what the run trained and was scored on: one record per split (name, digest of
+                             the images and annotations, source, counts, the unreadable images data.skip_bad
+                             left out; ssd_core/data/record.py)
     NONFINITE_LOSS.txt       (sweep trials) a non-finite loss ended the trial: a retry fails at once
 
 Sweep trials also keep the evidence PNGs (experiments/evidence.py) and Ray's markers beside these.
@@ -16,6 +19,7 @@ from pathlib import Path
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.yaml"
 TEST_DETECTIONS = "test_detections.npz"
+DATA_RECORD = "data.json"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 _TEST_AT_PREFIX, _NPZ = "test_detections_at_", ".npz"
 

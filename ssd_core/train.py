@@ -40,7 +40,8 @@ from torch import nn
 from ssd_core import metrics as M
 from ssd_core import precision
 from ssd_core import rundir as RD
-from ssd_core.build import build_dataset, build_model, build_optimizer, default_run_dir, resolve_device
+from ssd_core.build import build_model, build_optimizer, build_splits, default_run_dir, resolve_device
+from ssd_core.data.record import split_record
 from ssd_core.checkpoint import TrainState, save_checkpoint
 from ssd_core.config import ExperimentConfig, to_yaml
 from ssd_core.errors import ConfigError, NonFiniteLossError, disk_full
@@ -185,11 +186,12 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
     device = resolve_device(cfg)
     cfg = resolve_priors(cfg)  # model.prior_scales: auto -> sizes fitted to the training boxes, in the config
     seed_everything(t.seed)
-    train_ds = build_dataset(cfg, "train", train=True)
-    class_names = list(train_ds.class_names)
-    val_ds = build_dataset(cfg, M.VAL, train=False, class_names=class_names)    # None: select the last epoch
-    test_ds = build_dataset(cfg, M.TEST, train=False, class_names=class_names)  # None: nothing reported
+    splits, skipped = build_splits(cfg)  # unreadable images: refused here, or left out with data.skip_bad
+    train_ds, val_ds, test_ds = splits["train"], splits[M.VAL], splits[M.TEST]  # val None: select the last
+    class_names = list(train_ds.class_names)                                    # epoch; test None: no report
     run_dir.mkdir(parents=True, exist_ok=True)  # once the data is known to load: a bad root leaves nothing behind
+    (run_dir / RD.DATA_RECORD).write_text(json.dumps([split_record(ds, split, cfg, skipped.get(split, ()))
+                                                      for split, ds in splits.items() if ds is not None], indent=1))
     loader = make_loader(train_ds, batch_size=t.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                          seed=t.seed, pin_memory=device.type == "cuda", persistent_workers=False,
                          drop_last=len(train_ds) >= 2 * t.batch_size)

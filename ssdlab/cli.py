@@ -4,6 +4,7 @@ Each area registers its own sub-commands from a small module under `ssdlab/comma
 (`register(subparsers)`), so this file stays a table of contents:
 
     ssdlab data synth|check     ssdlab/commands/data.py
+    ssdlab init                 ssdlab/commands/init.py
     ssdlab score                ssdlab/commands/score.py
     ssdlab config show          ssdlab/commands/train.py
     ssdlab train|eval|detect    ssdlab/commands/train.py
@@ -47,6 +48,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1,
 
 COMMAND_MODULES = (
     "ssdlab.commands.data",
+    "ssdlab.commands.init",
     "ssdlab.commands.score",
     "ssdlab.commands.train",
     "ssdlab.commands.sweep",

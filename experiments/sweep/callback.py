@@ -30,7 +30,7 @@ from experiments.tracking.store import OUTAGE_WAIT_S, RETRY_S, scoped_env, unrea
 from experiments.sweep.plan import Phase
 from experiments.sweep.spec import SweepSpec
 from experiments.tracking.writer import STAMP_MS
-from experiments.sweep.job import NODE_KEY, PRECISION_KEY, TrialJob, TrialKey
+from experiments.sweep.job import DATA_KEY, NODE_KEY, PRECISION_KEY, TrialJob, TrialKey
 from experiments.sweep.checkpoints import prune_state
 from experiments.sweep.worker import trial_run_dir
 from experiments.sweep.status import trial_status
@@ -185,10 +185,14 @@ class MLflowTuneCallback(tune.Callback):
         metrics = {k: v for k, v in result.items()  # the metrics, and the run's score so far (M.SCORE: what
                    if ("/" in k and not k.startswith("config/") or k == M.SCORE)  # MLflow's runs table sorts by)
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.outbox.submit(self._log_result, trial, epoch, metrics, result.get(NODE_KEY), result.get(PRECISION_KEY))
+        self.outbox.submit(self._log_result, trial, epoch, metrics, result.get(NODE_KEY), result.get(PRECISION_KEY),
+                           result.get(DATA_KEY))
 
-    def _log_result(self, trial, epoch: int, metrics: dict, node: Optional[str], precision: Optional[str] = None) -> None:
+    def _log_result(self, trial, epoch: int, metrics: dict, node: Optional[str], precision: Optional[str] = None,
+                    data: Optional[str] = None) -> None:
         self._ensure(trial)
+        if data:
+            self.tracker.children[trial.trial_id].log_dataset(json.loads(data))
         if node:
             self._note_node(trial.trial_id, str(node))
         if precision and self._precision.get(trial.trial_id) != precision:

@@ -22,7 +22,7 @@ NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 REPORTED = "reported.json"  # the Tune checkpoint's marker: the epoch reported, and the epoch of the state beside it
 
 
-STATE_FILES = (RD.LAST, RD.BEST, RD.METRICS, RD.CONFIG, RD.TEST_DETECTIONS,  # what a checkpoint carries
+STATE_FILES = (RD.LAST, RD.BEST, RD.METRICS, RD.CONFIG, RD.TEST_DETECTIONS, RD.DATA_RECORD,  # a checkpoint's
                "detections.png", "pr_curves.png",  # experiments/evidence.py, drawn at the final epoch
                "deploy.json")  # ssd_core.deploy.measure_run (deploy.bench), measured at the final epoch
 
@@ -37,6 +37,9 @@ NODE_KEY = "ssdlab_node"    # result key: the node that reported it (experiments
 
 
 PRECISION_KEY = "ssdlab_precision"  # result key: the precision the trial trains at there (Tag.PRECISION)
+
+
+DATA_KEY = "ssdlab_data"  # result key: the run dir's data record (rundir.DATA_RECORD), as JSON text
 
 
 SCRATCH_ENV = "SSDLAB_SCRATCH"

@@ -17,12 +17,17 @@ def _fail(path: Path, key: str, msg: str) -> ConfigError:
     return ConfigError(f"{path}: {key}: {msg}")
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and fully validate a sweep file; ConfigError names the file and the key."""
+def load_sweep(path: str | Path, overrides: dict | None = None) -> SweepSpec:
+    """Read and fully validate a sweep file; ConfigError names the file and the key. `overrides` (config keys,
+    e.g. from `ssdlab sweep -o train.epochs=5`) join the file's `overrides`, last."""
     path = Path(path)
     data = read_yaml(path, "sweep")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sweep keys, got {type(data).__name__}")
+    if overrides:
+        if not isinstance(data.get("overrides") or {}, dict):
+            raise _fail(path, "overrides", "expected a mapping of config keys")
+        data = {**data, "overrides": {**(data.get("overrides") or {}), **overrides}}
     return validate_sweep(data, path)
 
 
@@ -131,8 +136,9 @@ def _check_data_root(path: Path, cfg: ExperimentConfig) -> None:
     except ConfigError:
         return  # not set: fit names the key
     key = "data.root" if cfg.data.root else "data.default_root"
-    if root.exists() and not root.is_dir():
-        raise _fail(path, key, f"{root} is a file, not a dataset folder")
+    if root.exists() and not root.is_dir() and not (cfg.data.format == "yolo" and root.suffix in (".yaml", ".yml")):
+        raise _fail(path, key, f"{root} is a file, not a dataset folder" + (" (or a YOLO data.yaml)" if
+                                                                             cfg.data.format == "yolo" else ""))
     if cfg.data.synthetic is not None and not root.exists():
         parent = root.parent
         while not parent.exists() and parent != parent.parent:

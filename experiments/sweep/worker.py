@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 from experiments.schema import M
 from experiments.sweep.checkpoints import read_marker, restore_newest_state, stage_state
-from experiments.sweep.job import NODE_KEY, NONFINITE_MARKER, OBJECTIVE, PRECISION_KEY, REPORTED, SCRATCH_ENV, TrialJob
+from experiments.sweep.job import DATA_KEY, NODE_KEY, NONFINITE_MARKER, OBJECTIVE, PRECISION_KEY, REPORTED, SCRATCH_ENV, TrialJob
 from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, config_hash
 from ssd_core.errors import NonFiniteLossError
@@ -82,6 +82,9 @@ class TuneReporter:
                 result.update(DP.saved_run_metrics(run_dir) or DP.measure_run(self.cfg, run_dir, self.threads))
         if self.node:
             result[NODE_KEY] = self.node
+        record = Path(run_dir) / RD.DATA_RECORD if run_dir is not None else None
+        if record is not None and record.is_file():  # what the trial trains and is scored on (the driver logs it)
+            result[DATA_KEY] = record.read_text()
         if self.cfg is not None:
             from ssd_core.build import resolve_device
             from ssd_core.precision import resolve

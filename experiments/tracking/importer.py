@@ -166,6 +166,8 @@ def import_runs(paths: Iterable[Path], sweep: str, uri: str, experiment: Optiona
                 Tag.DESCRIPTION: f"imported run: arm {arm}, seed {run.cfg.train.seed}, from {run.path.resolve()}"}
         tracker.child(run.trial_id, params=flatten(run.cfg), tags=tags,
                       run_name=f"{arm}-s{run.cfg.train.seed}-{run.trial_id}")
+        if (run.path / RD.DATA_RECORD).is_file():  # what it trained and was scored on (runs from before lack it)
+            tracker.children[run.trial_id].log_dataset(json.loads((run.path / RD.DATA_RECORD).read_text()))
         for row in run.history:
             tracker.log_epoch(run.trial_id, int(row[M.EPOCH]), _epoch_metrics(row))
         tracker.log_checkpoints = log_checkpoints

@@ -1,6 +1,7 @@
 """The MLflow run of `ssdlab train`: MLflowCallback, fit's callback around one RunWriter."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,6 +48,9 @@ class MLflowCallback:
                                                            Tag.PRECISION: resolve(cfg.train, resolve_device(cfg)).describe(),
                                                            Tag.DESCRIPTION: description, **self.tags},
                          run_name=self.run_name or getattr(cfg, "name", None), resume=resume)
+        record = Path(run_dir) / RD.DATA_RECORD if run_dir is not None else None
+        if record is not None and record.is_file():  # fit wrote it before calling us
+            self.writer.log_dataset(json.loads(record.read_text()))
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any], run_dir=None) -> None:
         if metrics.get(M.FINAL) and self.writer.run_id is not None and epoch > self.writer.last_step:

@@ -33,6 +33,7 @@ from ssd_core import rundir as RD
 
 
 PARAM_MAX_CHARS = 500
+SKIPPED_IMAGES = "skipped_images.txt"  # data/: one line per image data.skip_bad left out
 
 
 _BATCH_METRICS, _BATCH_PARAMS, _BATCH_TAGS = 1000, 100, 100
@@ -217,6 +218,26 @@ class RunWriter:
             path = Path(tmp) / name
             path.write_text(text)
             self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def log_dataset(self, records: list[dict]) -> None:
+        """What the run trained and was scored on (ssd_core/data/record.py): each split as an MLflow dataset
+        input with the split as its context (the runs table's Dataset column), `ssdlab.data.skipped` (how
+        many unreadable images data.skip_bad left out), and data/data.json (+ data/skipped_images.txt)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        if self.run_id is None or not records or RD.DATA_RECORD in self._logged:
+            return
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
+            Dataset(name=r["name"], digest=r["digest"], source_type="local", source=json.dumps({"uri": r["source"]}),
+                    profile=json.dumps({k: r[k] for k in ("format", "images", "objects")} | {"skipped": len(r["skipped"])})),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, r["split"])]) for r in records])
+        skipped = [line for r in records for line in r["skipped"]]
+        self.set_tags({Tag.DATA_SKIPPED: len(skipped)})
+        self.log_text(json.dumps(records, indent=1), RD.DATA_RECORD, artifact_path=Artifact.DATA)
+        if skipped:
+            self.log_text("".join(f"{line}\n" for line in skipped), SKIPPED_IMAGES, artifact_path=Artifact.DATA)
+        self._logged.add(RD.DATA_RECORD)
 
     def log_outputs(self, config_yaml: str | None = None, checkpoint: str | os.PathLike | None = None,
                     detections: str | os.PathLike | None = None) -> None:

@@ -5,7 +5,9 @@
                                       the format
     take_side(ds, side, ...)          keep one side of a training pool (data.holdout, data.test_holdout)
     image_problems(ds)                every image's header read (fast: no decode): the files that cannot be
-                                      opened, one line each; what a sweep or `ssdlab train` checks up front
+                                      opened, one line each
+    drop_unreadable(datasets, ...)    what fit, a sweep and `ssdlab train` do with them before training:
+                                      refuse in one line naming them, or (data.skip_bad) leave them out
 """
 from __future__ import annotations
 
@@ -47,16 +49,35 @@ def take_side(ds, side: str, holdout: Optional[float], test_holdout: Optional[fl
     return select(ds, pool_sides(image_keys(ds), holdout, test_holdout, seed) == side)
 
 
-def image_problems(ds) -> list[str]:
-    """One line per image of `ds` whose header cannot be read (missing, empty, not an image, truncated
-    before its size); the full decode stays in `ssdlab data check`."""
+def image_problems(ds) -> dict[int, str]:
+    """Item index -> one line, for each image of `ds` whose header cannot be read (missing, empty, not an
+    image, cut before its size); the full decode stays in `ssdlab data check`."""
     from ssd_core.imageio import open_image
 
-    bad = []
+    bad = {}
     for k in range(len(ds)):
         try:
             with open_image(ds.image_path(k)):
                 pass
         except DataError as exc:
-            bad.append(str(exc))
+            bad[k] = str(exc)
     return bad
+
+
+def drop_unreadable(datasets: dict, where: str, skip_bad: bool) -> dict[str, list[str]]:
+    """The images whose headers cannot be read in `datasets` (split -> dataset or None): none -> {}; some -> a
+    DataError in one line naming them (`where`: the config), or with `skip_bad` they leave their datasets and
+    their lines are returned by split."""
+    from ssd_core.data.dataset import select
+
+    bad = {split: image_problems(ds) for split, ds in datasets.items() if ds is not None}
+    found = [(split, m) for split, b in bad.items() for m in b.values()]
+    if found and not skip_bad:
+        files = [f"{m.split(': ', 1)[0]} ({split})" for split, m in found]
+        raise DataError(f"{where}: {len(found)} image(s) cannot be read: {', '.join(files[:5])}"
+                        f"{f' and {len(files) - 5} more' if len(files) > 5 else ''} (first: {found[0][1]}); "
+                        f"fix or remove them, or set data.skip_bad: true to train past them")
+    for split, b in bad.items():
+        if b:
+            select(datasets[split], [k not in b for k in range(len(datasets[split]))])
+    return {split: list(b.values()) for split, b in bad.items() if b}

@@ -73,7 +73,8 @@ def _data_stamp(cfg) -> tuple:
     out = []
     for name in cfg.data.train_sets:
         sub, _, split = name.rpartition("/")
-        for path in (root / sub / "ImageSets" / "Main" / f"{split}.txt", root / "annotations" / f"instances_{name}.json"):
+        for path in (root / sub / "ImageSets" / "Main" / f"{split}.txt", root / "annotations" / f"instances_{name}.json",
+                     root / name, root):  # VOC, COCO, COCO or YOLO by path, the data.yaml
             if path.is_file():
                 st = path.stat()
                 out.append((str(path), st.st_size, st.st_mtime_ns))
@@ -86,14 +87,20 @@ def _fitted(key, cfg) -> dict:
         if len(boxes) == 0:
             raise ConfigError(f"{cfg.source}: model.prior_scales: auto: the training split ({', '.join(cfg.data.train_sets)}) "
                               f"has no boxes to fit the default boxes to")
-        maps, steps = layout(cfg.model)
-        f = fit_sizes(maps, steps, cfg.model.image_size, boxes, labels, len(names), aspect=cfg.model.prior_aspect == "auto",
-                      max_boxes=cfg.model.prior_max_boxes)
-        out = {"model.prior_sizes": [round(s, 6) for s in f.sizes]}
-        if cfg.model.prior_aspect == "auto":
-            out["model.prior_aspect_ratios"] = f.aspect_ratios
-        _FITS[key] = out
+        _FITS[key] = fit_keys(cfg, boxes, labels, len(names))
     return _FITS[key]
+
+
+def fit_keys(cfg, boxes: np.ndarray, labels: np.ndarray, classes: int) -> dict:
+    """The fitted model keys (model.prior_sizes, and model.prior_aspect_ratios with prior_aspect: auto) of the
+    model section of `cfg` for the normalised `boxes` with `labels` in 1..classes."""
+    maps, steps = layout(cfg.model)
+    f = fit_sizes(maps, steps, cfg.model.image_size, boxes, labels, classes, aspect=cfg.model.prior_aspect == "auto",
+                  max_boxes=cfg.model.prior_max_boxes)
+    out = {"model.prior_sizes": [round(s, 6) for s in f.sizes]}
+    if cfg.model.prior_aspect == "auto":
+        out["model.prior_aspect_ratios"] = f.aspect_ratios
+    return out
 
 
 def spec_of(cfg):

@@ -3,10 +3,14 @@
     ssdlab data synth --out DIR --images N --seed S [--size PX]
         writes DIR/SHAPES/{Annotations, JPEGImages, ImageSets/Main/{train,val,trainval,test}.txt}
         (idempotent: the same parameters leave an existing set alone)
-    ssdlab data check ROOT [--split SUBDIR/SPLIT ...] [--classes a,b,c] [--skip-bad] [--headers-only]
-        reads every annotation and image; prints images, objects per class, size range and every
-        problem. Exit 1 when there are problems (with --skip-bad: only those that training with
-        data.skip_bad=true could not skip, e.g. an unknown class), 0 when clean.
+    ssdlab data check PATH [--split SUBDIR/SPLIT ...] [--classes a,b,c] [--skip-bad] [--headers-only]
+        PATH: a YOLO data.yaml (or its folder), a COCO instances .json or export folder, a VOC devkit root
+        or a LabelImg folder (ssd_core/data/detect.py finds which; --split names VOC image sets instead).
+        Reads every annotation and image; prints the format and splits found, images, objects per class,
+        size range, every problem, the repairs (boxes clipped, duplicates dropped), images without
+        objects, duplicated boxes, and how the paper's default boxes cover the training boxes. Exit 1 when
+        there are problems (with --skip-bad: only those that training with data.skip_bad=true could not
+        skip, e.g. an unknown class), 0 when clean.
     ssdlab data check --config CFG [-o key=value ...] [--fit]
         how the config's default boxes cover its training boxes (ssd_core/prior_fit/): the share with
         best IoU >= 0.5, per class, per size, the map each class is matched on, beside the paper's VOC
@@ -28,18 +32,18 @@ def register(subparsers) -> None:
     s.add_argument("--size", type=int, default=256, help="longer image side in pixels (default 256)")
     s.set_defaults(func=synth)
 
-    c = sub.add_parser("check", help="read every annotation and image of a VOC-layout dataset; with --config: "
-                                     "how the default boxes cover its objects")
-    c.add_argument("root", nargs="?", default=None,
-                   help="dataset root holding <subdir>/ImageSets/Main, e.g. ../shared/data/bccd (default with --config: "
-                        "its data root)")
+    c = sub.add_parser("check", help="read every annotation and image of a dataset (VOC, COCO, YOLO); with "
+                                     "--config: how the default boxes cover its objects")
+    c.add_argument("root", nargs="?", default=None, metavar="PATH",
+                   help="a YOLO data.yaml, a COCO .json or export folder, a VOC root (e.g. ../shared/data/bccd) or a "
+                        "LabelImg folder (default with --config: its data root)")
     c.add_argument("--config", default=None, help="experiment YAML: report its default boxes' coverage of the "
                                                   "training boxes")
     c.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override (with --config), repeatable")
     c.add_argument("--fit", action="store_true", help="with --config: fit the default boxes (prior_scales auto)")
     c.add_argument("--split", action="append", default=None, metavar="SUBDIR/SPLIT",
-                   help="image set to check, repeatable (default: every split found)")
+                   help="VOC image set to check, repeatable (default: the splits found)")
     c.add_argument("--classes", default=None, help="comma-separated class names (default: VOC or inferred)")
     c.add_argument("--skip-bad", action="store_true",
                    help="tolerate what data.skip_bad=true tolerates (unreadable images, degenerate boxes)")
@@ -76,7 +80,39 @@ def check(args) -> int:
     fatal = report.fatal(skip_bad=args.skip_bad)
     if args.skip_bad and report.problems and not fatal:
         print(f"  all {len(report.problems)} problems are skipped or repaired with data.skip_bad=true")
+    if args.split is None and not report.fatal(skip_bad=True):  # the data can be read: what covers it
+        paper_coverage(args.root, classes)
     return 1 if fatal else 0
+
+
+def paper_coverage(path, classes) -> None:
+    """How the paper's SSD300 default boxes (VOC scales) cover the training boxes the dataset at `path` holds."""
+    import warnings
+
+    from ssd_core import prior_fit as PF
+    from ssd_core.config import validate_config
+    from ssd_core.data import DataWarning
+    from ssd_core.data.detect import detect_layout
+
+    layout = detect_layout(path)
+    data = {k.split(".", 1)[1]: v for k, v in layout.data_keys().items() if v not in (None, [])}
+    cfg = validate_config({"data": {**data, **({"class_names": classes} if classes else {}), "skip_bad": True},
+                           "model": {"backbone": "vgg16", "image_size": 300}}, source=str(path))
+    from ssd_core.build import build_splits
+    from ssd_core.errors import UserError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # listed above
+        try:
+            boxes, labels, names = PF.training_boxes(cfg, build_splits(cfg, transform=False)[0]["train"])
+        except UserError as exc:
+            print(f"  default-box coverage: not measured ({exc})")
+            return
+    if len(boxes) == 0:
+        return
+    print(PF.coverage(PF.spec_of(cfg), boxes, labels, names).format("the paper's SSD300 default boxes (VOC scales), "
+                                                                    "300 px"))
+    print(f"  `ssdlab init {path}` fits the default boxes and picks the input size and stride that cover them")
 
 
 def coverage(args) -> int:

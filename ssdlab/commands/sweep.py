@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     sw.add_argument("--storage", default=None, help="trial state folder (default: runs/ray)")
     sw.add_argument("--dry-run", action="store_true", help="print the trial plan and resources, run nothing")
     sw.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    sw.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config key for every trial, over the sweep's overrides (e.g. -o train.epochs=5 for a first "
+                         "look); give the same ones to --resume")
     sw.add_argument("--quiet", action="store_true",
                     help="no live progress (default: a live table on a terminal, one line per change otherwise)")
     sw.set_defaults(func=sweep)
@@ -42,7 +45,9 @@ def sweep(args) -> int:
     from experiments.sweep.validate import load_sweep
     from ssd_core.errors import ConfigError
 
-    spec = load_sweep(args.file)
+    from ssd_core.config import parse_overrides
+
+    spec = load_sweep(args.file, parse_overrides(args.override, "-o") if args.override else None)
     problem = store_problem(spec.file.tracking.uri)  # no connection: a dry run stays offline
     if problem:
         raise ConfigError(f"{spec.path}: tracking.uri: MLflow store {spec.file.tracking.uri}: {problem}")
@@ -50,6 +55,7 @@ def sweep(args) -> int:
         print(describe(spec))
         _warn_existing_state(spec, args)
         return EXIT_OK
+    check_images(spec)  # an unreadable image stops the launch here, naming it, not at its iteration
     from experiments.sweep.plan import plan
     phases = plan(spec)
     first = sum(len(ph.trials) if ph.kind != "search" else ph.num_samples for ph in phases)
@@ -81,6 +87,31 @@ def sweep(args) -> int:
             print(f"  {run_name or trial_id}: {error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def check_images(spec) -> None:
+    """Every image header of each distinct data section of the sweep's arms (at their first seed), read before
+    Ray starts: an unreadable one is refused in one line naming it (ssd_core.build.build_splits), unless the
+    arm's config says data.skip_bad: true. Data the driver cannot see (a cluster's) is left to the workers."""
+    import json
+
+    from ssd_core.build import build_splits
+    from ssd_core.config import resolve_data_root
+    from ssd_core.errors import ConfigError as _ConfigError
+
+    seen = set()
+    for arm in spec.arm_names or [None]:
+        cfg = spec.trial_config(arm, spec.seeds[0])
+        key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+        if key in seen or cfg.data.synthetic is not None:
+            continue
+        seen.add(key)
+        try:
+            if not resolve_data_root(cfg).exists():
+                continue
+        except _ConfigError:
+            continue
+        build_splits(cfg, transform=False)
 
 
 def _warn_existing_state(spec, args) -> None:

@@ -152,7 +152,7 @@ def test_a_truncated_image_is_named_by_the_header_check_and_data_check(tmp_path)
     (tmp_path / "train/images/c.jpg").write_bytes(b"not an image")
     ds = YOLODataset(data, ["train"])
     bad = image_problems(ds)
-    assert len(bad) == 1 and "c.jpg" in bad[0]                   # headers only: b's cut pixels pass here
+    assert list(bad) == [2] and "c.jpg" in bad[2]                 # headers only: b's cut pixels pass here
     report = check_dataset(data)                                 # the full decode finds both
     assert sorted(p.file.rsplit("/", 1)[1] for p in report.problems) == ["b.jpg", "c.jpg"]
     assert all(p.skippable for p in report.problems) and report.format_name == "yolo"
