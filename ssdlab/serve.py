@@ -1,19 +1,28 @@
 """Run a local web server (`mlflow ui`, `optuna-dashboard`) in the foreground for `ssdlab ui` / `ssdlab dashboard`.
 
     listening(port)                        something accepts connections on 127.0.0.1:port
-    serve(cmd, port, what, timeout, ready) start `cmd`, wait until it listens, call ready(base URL) (which prints
-                                           the URLs), then wait; Ctrl-C or SIGTERM stop the server and return 0
+    serve(cmd, port, what, timeout, ready, log=None)
+                                           start `cmd`, wait until it listens, call ready(base URL) (which prints
+                                           the URLs), then wait; Ctrl-C or SIGTERM stop the server and return 0.
+                                           With `log`, the server's stdout and stderr are appended to that file,
+                                           not the terminal; a server that exits before it listens, or does not
+                                           listen within `timeout`, is a UserError quoting its last lines there,
+                                           and one that exits later prints them too (exit 1 if it said 0)
 
 The SIGTERM handler only unwinds the main thread: stopping the server waits on the process, which the main
-thread is already doing inside Popen.wait (holding Popen's lock), so waiting in the handler would hang.
+thread is already doing inside Popen.wait (holding Popen's lock), so waiting in the handler would hang. It
+does so once: later SIGTERMs, while the server is being stopped, are ignored.
 """
 from __future__ import annotations
 
 import signal
 import socket
 import subprocess
+import sys
 import time
-from typing import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
 
 from ssd_core.errors import UserError
 
@@ -35,8 +44,46 @@ class _Stop(Exception):
     pass
 
 
-def serve(cmd: list[str], port: int, what: str, timeout: float, ready: Callable[[str], None]) -> int:
-    proc = subprocess.Popen(cmd)
+TAIL_LINES = 20  # of the server's log, quoted when it fails to start
+
+
+def _open_log(log: Path):
+    """`log` opened for appending, with a line that marks where this start begins; UserError if it cannot be."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")
+        out.write(f"---- {datetime.now().isoformat(timespec='seconds')} ssdlab starts the server ----\n".encode())
+        out.flush()
+        return out
+    except OSError as exc:
+        raise UserError(f"{log}: cannot write the server's log there ({exc.strerror or exc})") from None
+
+
+def _tail(log: Path, start: int, n: int = TAIL_LINES) -> str:
+    """The last `n` lines written to `log` after byte `start`, indented."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()[-n:]
+    except OSError:
+        lines = []
+    return "\n".join(f"  | {line}" for line in lines) or "  (it wrote nothing)"
+
+
+def serve(cmd: list[str], port: int, what: str, timeout: float, ready: Callable[[str], None],
+          log: Optional[Path] = None) -> int:
+    out = _open_log(log) if log is not None else None
+    start = out.tell() if out is not None else 0
+    try:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out is not None else None)
+    finally:
+        if out is not None:
+            out.close()  # the server holds its own copy
+
+    def failed(why: str) -> UserError:
+        if log is None:
+            return UserError(why)
+        return UserError(f"{why}; the last lines of its log {log}:\n{_tail(log, start)}")
 
     def stop():
         if proc.poll() is None:
@@ -47,22 +94,31 @@ def serve(cmd: list[str], port: int, what: str, timeout: float, ready: Callable[
                 proc.kill()
                 proc.wait()
 
+    stopping = []  # a second SIGTERM (`timeout` and others signal the process group too) must not cut stop() short
+
     def on_sigterm(signum, frame):
-        raise _Stop()
+        if not stopping:
+            stopping.append(signum)
+            raise _Stop()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         deadline = time.monotonic() + timeout
         while not listening(port):
             if proc.poll() is not None:
-                raise UserError(f"{what} exited with {proc.returncode} before listening on port {port}")
+                raise failed(f"{what} exited with {proc.returncode} before listening on port {port}")
             if time.monotonic() > deadline:
-                raise UserError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g} s")
+                raise failed(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g} s")
             time.sleep(0.2)
         ready(f"http://127.0.0.1:{port}")
-        return int(proc.wait() or 0)
+        code = int(proc.wait() or 0)
+        if log is None:
+            return code
+        print(f"{what} exited with {code}; the last lines of its log {log}:\n{_tail(log, start)}", file=sys.stderr)
+        return code or 1
     except (KeyboardInterrupt, _Stop):
         return 0
     finally:
+        stopping.append(None)
         stop()
         signal.signal(signal.SIGTERM, previous)

@@ -3,6 +3,7 @@
     store_problem(uri, write=True)   why `uri` cannot be used as a store (one line), or None; no connection
     check_store(uri, where)          store_problem, then open it: the schema created once (sqlite) or the
                                      server asked once, with a bounded retry; ConfigError in one line
+    ui_log(uri)                      the file `ssdlab ui` appends its MLflow server's output to (UI_LOG)
 
 What is checked without a connection (also by `ssdlab sweep --dry-run`): a sqlite URI's file is an
 SQLite database, or absent in a folder that exists or can be created (tried with a temporary folder,
@@ -111,6 +112,18 @@ def sqlite_file(uri: str) -> Optional[Path]:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+UI_LOG = "mlflow-ui.log"  # `ssdlab ui`'s MLflow server output (its uvicorn log, warnings), appended
+
+
+def ui_log(uri: str) -> Path:
+    """Where `ssdlab ui` keeps the log of its MLflow server for store `uri`: beside a sqlite store's file, else
+    in the run directories' folder (runs/)."""
+    from ssd_core.config.experiment import OutputConfig
+
+    db = sqlite_file(uri)
+    return (db.parent if db is not None else Path(OutputConfig().dir)) / UI_LOG
 
 
 def _creatable(folder: Path) -> Optional[str]:

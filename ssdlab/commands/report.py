@@ -201,16 +201,14 @@ def ui_command(uri: str, port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port)]
 
 
-def _listening(port: int) -> bool:
-    from ssdlab.serve import listening
-    return listening(port)
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Start `mlflow ui` on 127.0.0.1 and print its URL once it listens; SIGTERM or Ctrl-C stop it too.
+    """Start `mlflow ui` on 127.0.0.1 and print its URLs once it listens, then where its log goes (the server's
+    own output: experiments.tracking.store.ui_log); SIGTERM or Ctrl-C stop it too.
     A tracking server (http...) already has a UI: print its URL and return."""
     from ssdlab.serve import check_port, serve
     from reports.load import resolve_tracking_uri
+
+    from experiments.tracking.store import ui_log
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -218,9 +216,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
     uri = _store(args.tracking_uri)
     check_port(args.port)
+    log = ui_log(uri)
 
     def ready(base: str) -> None:
+        experiments = experiment_urls(uri, base)  # (read before the first line: the URLs come out together)
         print(f"MLflow UI for {uri}: {base}  (Ctrl-C to stop)", flush=True)
-        for name, url in experiment_urls(uri, base):
+        for name, url in experiments:
             print(f"  {name}: {url}", flush=True)
-    return serve(ui_command(uri, args.port), args.port, "mlflow ui", args.timeout, ready)
+        print(f"MLflow server log: {log}", flush=True)
+    return serve(ui_command(uri, args.port), args.port, "mlflow ui", args.timeout, ready, log=log)

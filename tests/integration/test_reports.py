@@ -308,61 +308,6 @@ def test_cli_report_runs_and_unknown_sweep(store, tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2 + 5
 
 
-UI_DRIVER = """
-import sys
-from ssdlab.commands import report as commands
-from ssdlab.cli import main
-# a stand-in for `mlflow ui` that starts in a moment: Python's own HTTP server on the same port
-commands.ui_command = lambda uri, port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
-sys.exit(main(["ui", "--port", sys.argv[1], "--tracking-uri", sys.argv[2]]))
-"""
-
-
-def test_cli_ui_prints_the_url_once_listening_and_sigterm_stops_the_server(store, tmp_path):
-    """`ssdlab ui` prints its URL only when the server listens, and SIGTERM (not only Ctrl-C) ends the server."""
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    from ssdlab.commands import report as commands
-    assert commands.ui_command(store, 5123) == [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
-                                                "--host", "127.0.0.1", "--port", "5123"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", UI_DRIVER, str(port), store], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[2])
-    try:
-        line = proc.stdout.readline()
-        while line and not line.startswith("MLflow UI for"):  # (the stand-in server's own line comes first)
-            line = proc.stdout.readline()
-        assert line, f"`ssdlab ui` ended without printing its URL (exit {proc.wait(10)})"  # not a hang
-        assert f"http://127.0.0.1:{port}" in line and commands._listening(port)  # printed only once listening
-        runs = proc.stdout.readline().strip()  # the experiment's runs page
-        assert runs.startswith(f"ssdlab: http://127.0.0.1:{port}/#/experiments/")
-        assert runs.endswith("/runs?orderByKey=metrics.%60score%60&orderByAsc=false")  # sorted by the score, best first
-        time.sleep(1.0)  # the driver now waits on the server: a handler that waited too deadlocked here
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-        deadline = time.time() + 10
-        while commands._listening(port) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not commands._listening(port)  # the server went with it
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-def test_cli_ui_refuses_a_missing_store_and_only_prints_a_server_url(capsys):
-    from ssdlab.cli import main
-    assert main(["ui", "--tracking-uri", "sqlite:////nonexistent/x.db"]) == 2
-    assert "/nonexistent/x.db" in capsys.readouterr().err
-    assert main(["ui", "--tracking-uri", "http://127.0.0.1:1"]) == 0
-    assert "MLflow UI: http://127.0.0.1:1" in capsys.readouterr().out
-
-
 def test_cli_runs_as_json_and_csv(store, capsys):
     import io
 
