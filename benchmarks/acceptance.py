@@ -1,13 +1,18 @@
-"""BCCD acceptance: train on BCCD/train and test on BCCD/test within a CPU wall-clock budget, side by side
-with torchvision's ssdlite320_mobilenet_v3_large under its own reference recipe.
+"""Acceptance on any dataset: train on its training split and test on its test split within a CPU wall-clock
+budget, side by side with torchvision's ssdlite320_mobilenet_v3_large under its own reference recipe.
 
-    python -m benchmarks.bccd_acceptance [--budget-min 30] [--seeds 0 1 2] [--quick] [--data-root PATH]
-                                         [--config experiments/configs/bccd_mobilenet_v2.yaml]
-                                         [--threads 1] [--json OUT]
+    python -m benchmarks.acceptance [--data PATH] [--config CFG] [--budget-min 30] [--seeds 0 1 2] [--quick]
+                                    [--threads 1] [--json OUT]
 
-Ours: `ssd_core.train.fit` on the config (default bccd_mobilenet_v2.yaml) with `train.time_budget_s`
-= the budget and `train.schedule.unit: time`, so its warmup + cosine schedule spans exactly the budget.
-Reference: `ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)` (nothing is
+--data: a dataset in any format ssdlab reads (a YOLO data.yaml, a COCO .json or export folder, a VOC root or a
+LabelImg folder); default BCCD (../shared/data/bccd, or $SSDLAB_DATA_ROOT) with its shipped config. --config:
+our experiment config; default for --data: the one `ssdlab init` writes for it (experiments/starter.py,
+planned in the run folder, nothing written to experiments/), else experiments/configs/bccd_mobilenet_v2.yaml.
+
+Ours: `ssd_core.train.fit` on the config with `train.time_budget_s` = the budget and `train.schedule.unit: time`,
+so its warmup + cosine schedule spans exactly the budget; nothing is selected (no val split: the final weights
+are the model, as for the reference); the config's test split (data.test_sets, or its data.test_holdout slice)
+is the reported one. Reference: `ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)` (nothing is
 downloaded), torchvision's detection-reference recipe for it: "ssdlite" augmentation (RandomIoUCrop,
 horizontal flip), SGD momentum 0.9, weight decay 4e-5, lr 0.15 at batch 192 scaled linearly to our
 batch, the reference's first-epoch linear warmup, then cosine annealing over the same wall-clock budget,
@@ -16,9 +21,9 @@ its own post-processing (score 0.001, NMS 0.55, 300 per image). Precision: both 
 bf16 instructions); the reference wraps its model call in autocast as torchvision's reference script does
 with --amp (the forward and its loss), and both score the test split in fp32.
 
-Both sides: the same images and annotations (ssd_core.data.VOCDataset, EXIF-upright), the same
+Both sides: the same images and annotations (ssd_core.build.build_dataset: any format, EXIF-upright), the same
 batch size and seed, the same training wall-clock budget, then the same VOC07 11-point mAP@0.5 code
-(ssd_core.evaluate.evaluate_voc) on BCCD/test. The two run at the same time in two processes with
+(ssd_core.evaluate.evaluate_voc) on the test split. The two run at the same time in two processes with
 --threads threads each, so load from other users hits both alike; seeds run one pair after another.
 --quick is a 1-minute budget each (a smoke run, not a result). Prints every run, the mean mAPs,
 their ratio (ours / reference) and how many seeds ours won.
@@ -38,9 +43,24 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
 
 
-def _data_root(arg: str | None) -> Path:
-    root = arg or os.environ.get("SSDLAB_DATA_ROOT") or str(REPO.parent / "shared" / "data" / "bccd")
-    return Path(root)
+def _bccd_root() -> Path:
+    return Path(os.environ.get("SSDLAB_DATA_ROOT") or str(REPO.parent / "shared" / "data" / "bccd"))
+
+
+def resolve_config(data: str | None, config: str | None, out_dir: str) -> tuple[str, str]:
+    """(config file, data root) the pair trains on: --config, else `ssdlab init`'s plan for --data (written to
+    out_dir), else the shipped BCCD config; the data root is --data when given, else the config's own."""
+    if config is None and data is not None:
+        from experiments.starter import plan_starter, write_starter
+
+        starter = plan_starter(data, "acceptance", measure=False, say=lambda line: print(f"  init: {line}"))
+        config = str(write_starter(starter, out_dir, force=True)[0])
+    config = config or str(DEFAULT_CONFIG)
+    if data is None:
+        from ssd_core.config import load_config, resolve_data_root
+        cfg = load_config(config)
+        data = str(_bccd_root() if cfg.data.default_root and not cfg.data.root else resolve_data_root(cfg))
+    return config, str(data)
 
 
 # ---------------------------------------------------------------- ours
@@ -48,12 +68,17 @@ def _data_root(arg: str | None) -> Path:
 
 def ours_config(config: str, root: str, budget_s: float, out_dir: str, seed: int):
     """The config `run_ours` trains: nothing is selected (no val split: the final weights are the model,
-    as for the reference), BCCD/test is the reported split (`test/...`, scored once at the end)."""
+    as for the reference); the config's test split is the reported one (`test/...`, scored once at the end)."""
     from ssd_core.config import load_config
-    return load_config(config, [f"data.root={root}", "data.val_sets=[]", "data.holdout=null", "data.test_sets=[BCCD/test]",
-                                "train.device=cpu", f"output.dir={out_dir}", f"train.seed={seed}",
-                                "train.max_iters=null", "train.epochs=1000000", f"train.time_budget_s={budget_s}",
-                                "train.schedule.unit=time"])
+    from ssd_core.errors import ConfigError
+
+    cfg = load_config(config, [f"data.root={root}", "data.val_sets=[]", "data.holdout=null",
+                               "train.device=cpu", f"output.dir={out_dir}", f"train.seed={seed}",
+                               "train.max_iters=null", "train.epochs=1000000", f"train.time_budget_s={budget_s}",
+                               "train.schedule.unit=time"])
+    if not cfg.data.test_sets and cfg.data.test_holdout is None:
+        raise ConfigError(f"{config}: no test split (data.test_sets or data.test_holdout): nothing to report")
+    return cfg
 
 
 def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str, seed: int) -> dict:
@@ -86,7 +111,7 @@ def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str
 
 
 class _ReferenceData:
-    """Our VOCDataset's images and annotations, through torchvision's v2 "ssdlite" preset."""
+    """Our dataset's images and annotations (any format), through torchvision's v2 "ssdlite" preset."""
 
     def __init__(self, dataset, train: bool):
         import torch
@@ -118,16 +143,14 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
     from torch.utils.data import DataLoader
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
     from ssd_core import precision
-    from ssd_core.config import load_config
-    from ssd_core.data import VOCDataset
+    from ssd_core.build import build_dataset
     from ssd_core.evaluate import evaluate_voc, ground_truth_from_dataset
     from ssd_core.train import seed_everything
 
-    cfg = load_config(config, [f"data.root={root}"])
+    cfg = ours_config(config, root, budget_s, out_dir, seed)  # the same splits as ours
     seed_everything(seed)
-    names = cfg.data.class_names
-    train_set = VOCDataset(root, cfg.data.train_sets, class_names=names)
-    test_set = VOCDataset(root, ["BCCD/test"], class_names=names)
+    train_set = build_dataset(cfg, "train", train=False, transform=False)
+    test_set = build_dataset(cfg, "test", train=False, class_names=train_set.class_names, transform=False)
     batch = cfg.train.batch_size
     collate = lambda items: tuple(zip(*items))  # noqa: E731
     loader = DataLoader(_ReferenceData(train_set, train=True), batch_size=batch, shuffle=True, drop_last=True,
@@ -185,6 +208,10 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
 
 
 def _child(fn_name: str, args: tuple, queue) -> None:
+    import warnings
+
+    from ssd_core.data import DataWarning
+    warnings.simplefilter("ignore", DataWarning)  # repaired boxes: `ssdlab data check` lists them
     try:
         queue.put((fn_name, globals()[fn_name](*args)))
     except BaseException as exc:  # report, do not hang the parent
@@ -215,29 +242,30 @@ def run_pair(args, root: Path, budget_s: float, seed: int) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="a dataset in any format ssdlab reads (default: BCCD)")
+    p.add_argument("--config", default=None, help="our experiment config (default: ssdlab init's for --data, else "
+                                                  "the shipped BCCD config)")
     p.add_argument("--budget-min", type=float, default=30.0, help="training wall-clock budget per model (minutes)")
     p.add_argument("--quick", action="store_true", help="1 minute each: checks that everything runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one pair of runs per seed, one after another")
-    p.add_argument("--data-root", default=None, help="folder holding BCCD/ (default $SSDLAB_DATA_ROOT or ../shared/data/bccd)")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--threads", type=int, default=1, help="torch threads per model (both run at once)")
-    p.add_argument("--out", default=str(REPO / "runs" / "bccd_acceptance"), help="run folder")
+    p.add_argument("--out", default=str(REPO / "runs" / "acceptance"), help="run folder")
     p.add_argument("--json", default=None, help="write all results here")
     args = p.parse_args(argv)
     budget_s = 60.0 if args.quick else args.budget_min * 60
-    root = _data_root(args.data_root)
-    if not (root / "BCCD" / "Annotations").is_dir():
-        print(f"bccd_acceptance: BCCD not found at {root} (expected {root}/BCCD/Annotations); "
-              f"pass --data-root or set SSDLAB_DATA_ROOT", file=sys.stderr)
-        return 2
     try:  # fail now, not after the reference has trained for the whole budget
-        ours_config(args.config, str(root), budget_s, args.out, args.seeds[0])
+        args.config, root = resolve_config(args.data, args.config, args.out)
+        cfg = ours_config(args.config, root, budget_s, args.out, args.seeds[0])
+        from ssd_core.build import build_dataset
+        sizes = {s: len(build_dataset(cfg, s, train=False, transform=False)) for s in ("train", "test")}
     except Exception as exc:
-        print(f"bccd_acceptance: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"acceptance: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    print(f"BCCD acceptance: budget {budget_s / 60:.1f} min per model, {args.threads} thread(s) each, "
-          f"both at once; seeds {args.seeds}; data {root}", flush=True)
+    print(f"acceptance: budget {budget_s / 60:.1f} min per model, {args.threads} thread(s) each, "
+          f"both at once; seeds {args.seeds}; data {root} ({cfg.data.format}: train {sizes['train']} images, test "
+          f"{sizes['test']}); config {args.config} ({cfg.model.image_size} px, stride {cfg.model.output_stride})",
+          flush=True)
     print(f"{'seed':>4} {'model':<44} {'params':>9} {'iters':>6} {'wall s':>7} {'mAP50':>6} {'area':>6}  AP50 per class")
     pairs = []
     for seed in args.seeds:
@@ -257,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     wins = sum(o > r for o, r in zip(ours_map, ref_map))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     ratio = mean(ours_map) / mean(ref_map) if mean(ref_map) else float("inf")
-    print(f"RESULT bccd_acceptance ours_mAP50 {mean(ours_map):.3f} ref_mAP50 {mean(ref_map):.3f} "
+    print(f"RESULT acceptance data {Path(root).name} ours_mAP50 {mean(ours_map):.3f} ref_mAP50 {mean(ref_map):.3f} "
           f"(means over {len(pairs)} seed(s)) ratio {ratio:.2f} ours_wins {wins}/{len(pairs)} budget_min {budget_s / 60:.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"budget_s": budget_s, "seeds": args.seeds, "ratio": ratio, "wins": wins,
+        Path(args.json).write_text(json.dumps({"data": root, "config": args.config, "budget_s": budget_s,
+                                               "seeds": args.seeds, "ratio": ratio, "wins": wins,
                                                "pairs": [{"ours": o, "reference": r} for o, r in pairs]},
                                               indent=2, default=float))
     return 0
