@@ -49,18 +49,20 @@ def batch(cfg, classes: int, gen: torch.Generator):
 
 
 def stepper(cfg, classes: int, data):
+    """One training step of `cfg`'s model as fit's Trainer takes it (train.compile: the forward compiled)."""
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = build_model(cfg, classes + 1).train()
     if precision.resolve(cfg.train, device).channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt, criterion = build_optimizer(cfg, model), MultiBoxLoss()
+    forward = torch.compile(model) if cfg.train.compile else model
     images, boxes, labels = data
 
     def step():
         x = prepare(model, images, cfg, device)
         with autocast(cfg, device, training=True):
-            loc, conf = model(x)
+            loc, conf = forward(x)
         loss = criterion(loc.float(), conf.float(), model.priors, boxes, labels).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
