@@ -89,6 +89,7 @@ def plan_starter(path: str | os.PathLike, name: str | None = None, measure: bool
     cfg = validate_config(doc, source=f"{name} (from {RECIPE.name})")
     train_ds = build_dataset(cfg, "train", train=True)
     names = list(train_ds.class_names)
+    doc["data"]["class_names"] = names  # written down: the label order never depends on what a split holds
     boxes, labels, _ = training_boxes(cfg, build_dataset(cfg, "train", train=False, transform=False))
     counts = {s: len(ds) for s in ("train", "val", "test")
               if (ds := build_dataset(cfg, s, train=False, class_names=names, transform=False)) is not None}

@@ -66,6 +66,10 @@ class COCODataset(_DetectionDataset):
         info = self.coco.loadImgs(image_id)[0]
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))
         w, h = int(info.get("width", 0)), int(info.get("height", 0))
+        missing = [a.get("id") for a in anns if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4)]
+        if missing:
+            raise DataError(f"{self.instances_json}: image {image_id}: annotation {missing[0]} has no 'bbox' "
+                            f"[x, y, width, height]" + (f" ({len(missing)} such annotations)" if len(missing) > 1 else ""))
         xywh = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
         b = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
         if w > 0 and h > 0:

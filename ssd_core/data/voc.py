@@ -261,10 +261,25 @@ def _scan_folder(root: Path, folder_set: str, scan: VOCScan) -> None:
             scan.item_errors.append(exc)
             continue
         scan.entries.append(VOCEntry(name, image_id, xml, image, raw))
+    matched = {e.image for e in scan.entries if e.xml != e.image}
+    by_name = {i.name: i for i in images if i not in matched}
     for stem, paths in xmls.items():
         for x in paths:
-            if x not in used:
-                scan.item_errors.append(DataError(f"{x}: no image named {stem}.* under {folder} for this annotation"))
+            if x in used:
+                continue
+            try:  # an XML named otherwise than its image: LabelImg's <filename> says which
+                raw = _read_voc_xml(x)
+            except DataError as exc:
+                scan.item_errors.append(exc)
+                continue
+            image = by_name.pop(Path(raw.filename).name, None) if raw.filename else None
+            if image is None:
+                scan.item_errors.append(DataError(f"{x}: no image named {stem}.* or {raw.filename!r} under {folder} "
+                                                  f"for this annotation"))
+                continue
+            k = next(n for n, e in enumerate(scan.entries) if e.image == image)
+            scan.entries[k] = VOCEntry(name, scan.entries[k].image_id, x, image, raw)
+            scan.unannotated -= 1
     scan.split_sizes[folder_set] = len(images)
 
 

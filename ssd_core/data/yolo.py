@@ -104,6 +104,8 @@ def read_data_yaml(path: str | Path) -> YoloSpec:
     folder = Path(str(doc.get("path") or "")).expanduser()
     if not folder.is_absolute():
         folder = (path.parent / folder).resolve()
+    if not folder.is_dir():  # `path:` written for another machine (Ultralytics' datasets dir): the yaml's folder
+        folder = path.parent.resolve()
     splits = {k: doc[k] for k in SPLIT_KEYS if doc.get(k)}
     if "train" not in splits:
         raise DataError(f"{path}: train: is missing (a folder of images or a list of image paths)")
@@ -189,7 +191,7 @@ def parse_label_file(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarr
     if not path.is_file():
         return np.zeros(0, np.int64), np.zeros((0, 4)), []
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM from Windows editors is not a number
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read label file: {exc}") from exc
     labels, boxes, repairs, seen = [], [], [], set()

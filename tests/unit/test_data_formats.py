@@ -242,3 +242,26 @@ def test_hashed_splits_partition_the_pool(tmp_path):
     only_val = pool_sides(keys, 0.15, None)
     from ssd_core.data import holdout_mask
     assert ((only_val == "val") == holdout_mask(keys, 0.15)).all()             # without a test slice: as before
+
+
+def test_an_xml_named_otherwise_finds_its_image_by_filename(tmp_path):
+    folder = write_labelimg(tmp_path / "f")
+    (folder / "label_7.xml").write_text((folder / "b.xml").read_text().replace("b.jpg", "c.jpg"))
+    ds = VOCDataset(folder, ["."], class_names=NAMES)
+    assert _items(ds)["c"] == _items(ds)["b"] and ds.records[ds.ids.index((".", "c.jpg"))].source.name == "label_7.xml"
+
+
+def test_quirks_of_exported_files_bom_missing_bbox_and_a_foreign_path(tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_bytes("\ufeff0 0.5 0.5 0.2 0.2\r\n".encode())       # a Windows editor's BOM and line ends
+    assert parse_label_file(f, 2)[0].tolist() == [1]
+    ann = write_coco(tmp_path / "c/ann.json", tmp_path / "c")
+    doc = json.loads(ann.read_text())
+    del doc["annotations"][1]["bbox"]
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"ann\.json: image 7: annotation 2 has no 'bbox'"):
+        COCODataset(tmp_path / "c", ["ann.json"])
+    data = write_yolo(tmp_path / "y")                          # `path:` written for another machine
+    doc = yaml.safe_load(data.read_text()) | {"path": "../datasets/elsewhere", "train": "train/images"}
+    data.write_text(yaml.safe_dump(doc))
+    assert read_data_yaml(data).folder == data.parent.resolve() and len(YOLODataset(data, ["train"])) == 3
