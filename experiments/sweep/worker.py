@@ -34,7 +34,8 @@ from typing import Any, Optional
 
 from experiments.schema import M
 from experiments.sweep.checkpoints import read_marker, restore_newest_state, stage_state
-from experiments.sweep.job import DATA_KEY, NODE_KEY, NONFINITE_MARKER, OBJECTIVE, PRECISION_KEY, REPORTED, SCRATCH_ENV, TrialJob
+from experiments.sweep.job import (DATA_KEY, NO_OBJECTIVE, NODE_KEY, NONFINITE_MARKER, OBJECTIVE, PRECISION_KEY, REPORTED,
+                                   SCRATCH_ENV, TrialJob)
 from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, config_hash
 from ssd_core.errors import NonFiniteLossError
@@ -43,20 +44,20 @@ from ssd_core.errors import NonFiniteLossError
 class TuneReporter:
     """fit callback in the worker: each epoch -> `ray.tune.report(metrics, checkpoint)`.
 
-    The searcher's objective is the run's score so far (`score` in fit's metrics: its best val metric,
-    the best.pt epoch; ssd_core/metrics.py), or the sweep metric's best so far for a trainable that
-    reports no score. The Tune checkpoint is a marker naming the epoch (and config hash) and, with
+    The searcher's objective is the run's score so far, read from fit's metrics (`score`: its best val
+    metric, the best.pt epoch; ssd_core/metrics.py), never recomputed here: NO_OBJECTIVE until fit has
+    one. The Tune checkpoint is a marker naming the epoch (and config hash) and, with
     `carry_state`, the run dir's files (STATE_FILES) as they are now: their last.pt is at least as new as
     the epoch reported (it is written first; the marker's `state_epoch` says which epoch it holds).
     `node` (node_identity) goes with every result, for the driver's `ssdlab.node` tag."""
 
-    def __init__(self, metric: str, config_hash: str = "", node: str = "", carry_state: bool = False,
+    def __init__(self, config_hash: str = "", node: str = "", carry_state: bool = False,
                  cfg: Optional[ExperimentConfig] = None, threads: Optional[int] = None):
-        self.metric, self.config_hash = metric, config_hash
+        self.config_hash = config_hash
         self.node, self.carry_state = node, carry_state
         self.cfg, self.threads = cfg, threads  # deploy.bench: measured at the final epoch with `threads`
         self.state_epoch: Optional[int] = None  # while replaying: the epoch of the last.pt being replayed
-        self.objective = float("-inf")  # the selection metric is maximised
+        self.objective = NO_OBJECTIVE  # the latest score fit reported
 
     def on_fit_start(self, cfg, run_dir) -> None: ...
 
@@ -67,11 +68,7 @@ class TuneReporter:
 
         if M.SCORE in metrics:
             self.objective = float(metrics[M.SCORE])
-        elif self.metric in metrics:
-            value = float(metrics[self.metric])
-            self.objective = max(value, self.objective)
-        objective = self.objective if abs(self.objective) != float("inf") else -1e30
-        result = {**metrics, **system_metrics(), "epoch": int(epoch), OBJECTIVE: objective}
+        result = {**metrics, **system_metrics(), "epoch": int(epoch), OBJECTIVE: self.objective}
         if metrics.get(M.FINAL) and run_dir is not None:
             from ssd_core import deploy as DP
             if self.state_epoch is None:
@@ -207,11 +204,12 @@ def check_data_root(cfg: ExperimentConfig, node: str) -> None:
             raise DataError(f"node {node} cannot create the synthetic data set at data.root {path}: "
                             f"{exc.strerror or exc}") from None
         return
+    yaml_file = cfg.data.format == "yolo" and path.suffix in (".yaml", ".yml")  # a YOLO data.yaml is the root
     if not path.exists():
-        why = "no such folder"
-    elif not path.is_dir():
+        why = "no such file" if yaml_file else "no such folder"
+    elif not path.is_dir() and not yaml_file:
         why = "not a folder"
-    elif not os.access(path, os.R_OK | os.X_OK):
+    elif not os.access(path, os.R_OK | (0 if yaml_file else os.X_OK)):
         why = "not readable"
     else:
         return
@@ -248,7 +246,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         except (KeyError, ValueError, TypeError):
             seen = 0
         restore_newest_state(checkpoint, run_dir)
-    reporter = TuneReporter(job.spec.metric, config_hash(cfg), node=node, carry_state=True,
+    reporter = TuneReporter(config_hash(cfg), node=node, carry_state=True,
                             cfg=cfg, threads=max(1, int(job.spec.file.resources.cpu)))
     resume = (run_dir / RD.LAST).is_file()
     if resume:

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ssdlab.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ssd_core import metrics as M
 from ssd_core.config import DEFAULT_TRACKING_URI
 
 EXIT_STATUS = f"""exit status:
@@ -94,8 +95,10 @@ def check_images(spec) -> None:
     Ray starts: an unreadable one is refused in one line naming it (ssd_core.build.build_splits), unless the
     arm's config says data.skip_bad: true. Data the driver cannot see (a cluster's) is left to the workers."""
     import json
+    import warnings
 
     from ssd_core.build import build_splits
+    from ssd_core.data import DataWarning
     from ssd_core.config import resolve_data_root
     from ssd_core.errors import ConfigError as _ConfigError
 
@@ -111,7 +114,9 @@ def check_images(spec) -> None:
                 continue
         except _ConfigError:
             continue
-        build_splits(cfg, transform=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)  # repaired boxes: the trials log them, data check lists them
+            build_splits(cfg, transform=False)
 
 
 def _warn_existing_state(spec, args) -> None:
@@ -128,19 +133,18 @@ def _warn_existing_state(spec, args) -> None:
 
 
 def closing_lines(spec, result) -> list[str]:
-    """What a finished sweep says last: its best trial and registered model, why each arm stopped
-    (sequential seeding), and the two commands to look at it."""
+    """What a finished sweep says last: its best trial and registered model (result.best, the BestTrial the
+    sweep's end picked), why each arm stopped (sequential seeding), and the two commands to look at it."""
     from experiments.sequential import REASONS
 
     lines = []
-    b = result.best
-    if b:
-        score = f"{b['score']:.4f}" if isinstance(b.get("score"), float) else "?"
-        test = f", {spec.metric.replace('val/', 'test/')} {b['reported']:.4f}" if isinstance(b.get("reported"), float) else ""
-        where = ", ".join(p for p in (f"arm {b['arm']}" if b.get("arm") else "",
-                                      f"seed {b['seed']}" if b.get("seed") not in (None, "") else "") if p)
-        model = f"; registered as {b['model']} (models:/{b['model'].split('/')[0]}@best)" if b.get("model") else ""
-        lines.append(f"best trial {b['trial']}{f' ({where})' if where else ''}: {spec.metric} {score}{test}{model}")
+    b = result.best  # experiments.schema.BestTrial, or None
+    if b is not None:
+        test = f", {M.reported_of(spec.metric)} {b.reported:.4f}" if b.reported is not None else ""
+        where = ", ".join(p for p in (f"arm {b.arm}" if b.arm else "", f"seed {b.seed}" if b.seed is not None else "")
+                          if p)
+        model = f"; registered as {b.model} (models:/{b.model.split('/')[0]}@best)" if b.model else ""
+        lines.append(f"best trial {b.trial_id}{f' ({where})' if where else ''}: {spec.metric} {b.score:.4f}{test}{model}")
     for arm, (seeds, why) in result.stops.items():
         lines.append(f"  {arm}: {seeds} seeds, {REASONS.get(why, why)}")
     uri = "" if spec.file.tracking.uri == DEFAULT_TRACKING_URI else f" --tracking-uri {spec.file.tracking.uri}"

@@ -246,3 +246,27 @@ def test_driver_killed_right_after_a_report_resumes_each_trial_from_its_last_pt(
     first_attempt = by_attempt.count(by_attempt[0])
     assert first_attempt == len(logged[victim]) + 1 < epochs  # MLflow had k; last.pt's k + 1 was replayed
     assert history(client, cut, "test/start_epoch")[first_attempt] == (first_attempt + 1, first_attempt)
+
+
+def test_a_yolo_dataset_trains_through_ray_and_each_trial_logs_its_dataset(ray_session, tmp_path):
+    """The real fit in a Ray worker on a YOLO set whose data.root is its data.yaml (a file, which the worker's
+    data-root check accepts for format yolo); the child run carries its splits as MLflow dataset inputs, sent
+    from the worker with its results (job.DATA_KEY)."""
+    from tests.unit.test_data_formats import write_yolo
+
+    data = write_yolo(tmp_path / "pets", objects={f"i{k}": [(k % 2, (8, 6, 40, 30))] for k in range(10)})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({
+        "name": "pets", "model": {"backbone": "tiny", "image_size": 48},
+        "data": {"format": "yolo", "root": str(data), "train_sets": ["train"], "holdout": 0.3},
+        "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "log_every": 1000},
+        "output": {"dir": str(tmp_path / "out")}}))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "pets", "experiment": "base.yaml", "arms": {"a": {"note": "one"}},
+                                     "seeds": [0], "resources": {"cpu": 0.5},
+                                     "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "pets"}}))
+    result = run_sweep(load_sweep(sweep), storage=tmp_path / "ray")
+    assert result.counts == {"finished": 1}, result.failures
+    client, _, (child,) = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "pets")
+    contexts = {i.tags[0].value: i.dataset.name for i in child.inputs.dataset_inputs}
+    assert set(contexts) == {"train", "val"} and "(val slice)" in contexts["val"]
+    assert child.data.tags[Tag.DATA_SKIPPED] == "0"
