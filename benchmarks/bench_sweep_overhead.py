@@ -37,7 +37,7 @@ def fake_fit(cfg, callbacks=(), run_dir=None, resume=False):
     for epoch in range(1, cfg.train.epochs + 1):
         time.sleep(cfg.train.time_budget_s)
         (run_dir / "last.pt").write_text(json.dumps({"epoch": epoch}))
-        metrics = {"train/loss": 1.0 / epoch, "val/mAP50": 0.1 * epoch}
+        metrics = {"train/loss": 1.0 / epoch, "val/mAP50": 0.1 * epoch, "score": 0.1 * epoch}
         for cb in callbacks:
             cb.on_epoch_end(epoch, metrics, run_dir)
 

@@ -2,24 +2,26 @@
 picks a sweep's best trial. Writers (experiments/tracking/, experiments/sweep/), readers (reports/) and test
 fixtures import these names; nothing else spells them. No MLflow import: workers load it for free.
 
-A run's SCORE is its best value of the sweep's selection metric (`val/...`, docs: ssd_core/metrics.py)
-over its evaluated epochs: the epoch kept as best.pt. The BEST TRIAL of a set is the finished trial
-(early-stopped and failed ones never win) with the best score; ties go to the lowest seed, then the
-lowest trial id. The Optuna objective, ASHA, the confirm phase, `ssdlab runs` and `ssdlab report`
-all use `best_index` below. What a table REPORTS for a run is its `test/...` value at that checkpoint.
+A run's SCORE is fit's `score` (ssd_core/metrics.py): its best value of the sweep's selection metric
+(`val/...`) over its evaluated epochs, the epoch kept as best.pt. fit computes it and logs it every epoch;
+everyone else reads it (a run's latest `score`), never recomputes it. The BEST TRIAL of a set is the
+finished trial (early-stopped and failed ones never win) with the best score; ties go to the lowest seed,
+then the lowest trial id. The Optuna objective, ASHA, the confirm phase, the registry, `ssdlab runs` and
+`ssdlab report` all use `best_index` below, and a sweep's end carries its pick as a `BestTrial`. What a
+table REPORTS for a run is its `test/...` value at that checkpoint.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ssd_core.config import short
 
 from ssd_core import metrics as M  # metric names live with the code that computes them
 
-__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "Artifact", "M", "score_of", "best_index", "Param", "parse_space",
+__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "Artifact", "M", "best_index", "BestTrial", "Param", "parse_space",
            "SpaceError", "grid_points", "grid_size", "KINDS", "SEARCH_OBJECTIVES", "pareto_front"]
 
 
@@ -122,14 +124,6 @@ SEARCH_OBJECTIVES = tuple(
     + [M.DEPLOY_PARAMS, M.DEPLOY_GFLOPS, M.DEPLOY_CHECKPOINT_MB])
 
 
-def score_of(values: Iterable[float]) -> float:
-    """A run's score: the best finite value of its selection metric over epochs (nan when none)."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not finite:
-        return math.nan
-    return max(finite)
-
-
 def best_index(scores: Sequence[float], statuses: Sequence[str], seeds: Sequence[Optional[float]],
                trial_ids: Sequence[str]) -> Optional[int]:
     """Index of the best trial: finished, best finite score, then lowest seed, then lowest trial id;
@@ -143,6 +137,20 @@ def best_index(scores: Sequence[float], statuses: Sequence[str], seeds: Sequence
     ok = [i for i in range(len(scores)) if str(statuses[i]) == Status.FINISHED.value
           and scores[i] is not None and math.isfinite(float(scores[i]))]
     return min(ok, key=key) if ok else None
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """A sweep's best trial (best_index over the trials' scores), as the sweep's end hands it on: to the
+    registry and the parent run's tags, to the command's closing lines; the report makes one the same way."""
+
+    trial_id: str
+    run_id: str
+    score: float                      # fit's score: the best val/... over its epochs
+    arm: Optional[str] = None
+    seed: Optional[int] = None
+    reported: Optional[float] = None  # its test/... value at the selected checkpoint (None without a test split)
+    model: Optional[str] = None       # "<name>/<version>" in the MLflow model registry, once registered
 
 
 # --------------------------------------------------------------------------- the search space

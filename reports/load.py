@@ -13,9 +13,9 @@ Two read paths give the same frames (tests/integration/test_reports.py checks th
   through the store's own SQLAlchemy engine, skipping the ORM objects ``search_runs`` builds (for
   1,000 runs x 62 params that is most of a report's time). Any error falls back to the API.
 
-A run's ``score`` is its best value of the sweep's selection metric (``val/...``) over epochs (the
-epoch kept as best.pt; experiments/schema.py defines it once), read from the metric history; ``final``
-is the last epoch's value. What a table reports is ``reported``: the run's ``test/...`` value, scored
+A run's ``score`` is fit's: its best value of the sweep's selection metric (``val/...``) over epochs (the
+epoch kept as best.pt; experiments/schema.py), read as the run's latest ``score`` metric, never recomputed;
+``best_step`` is the first epoch the selection metric reached it; ``final`` is the last epoch's value. What a table reports is ``reported``: the run's ``test/...`` value, scored
 once at that selected checkpoint (``reported_last``: at the final weights). Runs without a test split
 report their score, and the tables say so.
 
@@ -33,7 +33,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from experiments.schema import FROM_MLFLOW, Kind, M, Status, Tag, score_of
+from experiments.schema import FROM_MLFLOW, Kind, M, Status, Tag
 from experiments.tracking.store import mlflow_client, using_tracking_uri
 from reports.artifacts import load_detections
 from reports.fmt import col_or_nan, col_or_none, num
@@ -271,8 +271,8 @@ def _histories_sql(engine, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
 
 
 def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per trial: identity tags, status, score (best selection metric over epochs), final,
-    reported (the test value at the selected checkpoint), timing, params.*, metrics.* (latest values).
+    """One row per trial: identity tags, status, score (fit's, as logged), final, reported (the test value
+    at the selected checkpoint), timing, params.*, metrics.* (latest values).
     Duplicated trial ids (a restored sweep) keep the newest run."""
     df = df.reset_index(drop=True)
     t = lambda name: col_or_none(df, "tags." + name)  # noqa: E731
@@ -300,19 +300,17 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd.Dat
     extra = sorted(c for c in df.columns if c.startswith(("params.", "metrics.")))
     out = pd.concat([out, df[extra]], axis=1)
     latest = lambda name: num(col_or_nan(out, "metrics." + name))  # noqa: E731
+    out["score"] = latest(M.SCORE)
     h = history[history["key"] == metric]
     if len(h):
         g = h.groupby("run_id")
-        best = g["value"].agg(lambda v: score_of(v))
-        best_step = h[h["value"] == h["run_id"].map(best)].groupby("run_id")["step"].min()
+        best_step = h[h["value"] == h["run_id"].map(out.set_index("run_id")["score"])].groupby("run_id")["step"].min()
         last = h.loc[g["step"].idxmax()].set_index("run_id")
-        out["score"] = out["run_id"].map(best)
         out["best_step"] = out["run_id"].map(best_step)
         out["final"] = out["run_id"].map(last["value"])
         out["last_step"] = out["run_id"].map(last["step"])
     else:
-        out["score"] = out["final"] = out["best_step"] = out["last_step"] = math.nan
-    out["score"] = out["score"].fillna(latest(metric))
+        out["final"] = out["best_step"] = out["last_step"] = math.nan
     out["final"] = out["final"].fillna(latest(metric))
     reported = M.reported_of(metric)
     out["reported"] = latest(reported) if reported != metric else math.nan

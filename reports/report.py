@@ -94,12 +94,12 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     if len(fin):  # every averaged trial, linked to its MLflow run with --ui-url
         sections.append(run_tables.trials_table(data))
     if with_plots and len(fin):  # the best run's detections (experiments/evidence.py), what one looks at first
-        best = selection.best_run(fin)
-        png = load_artifact(data.tracking_uri, best["run_id"], f"{Artifact.EVIDENCE}/{DETECTIONS_PNG}")
+        best = selection.best_trial(data, fin)
+        png = load_artifact(data.tracking_uri, best.run_id, f"{Artifact.EVIDENCE}/{DETECTIONS_PNG}")
         if png:
             figs["best_detections"] = png
-            sections.append(("figure", "best_detections", f"Detections of the best trial ({best['trial_id']}, "
-                                                           f"arm {best['arm']}, seed {best['seed']:g}) at its selected "
+            sections.append(("figure", "best_detections", f"Detections of the best trial ({best.trial_id}, "
+                                                           f"arm {best.arm}, seed {best.seed}) at its selected "
                                                            f"checkpoint: ground truth in white (difficult objects dashed), detections in their class colour"))
     if with_plots:
         for name, png in (("learning_curves", plots.learning_curves(data)),

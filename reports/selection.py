@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from experiments.schema import Status, best_index
+from experiments.schema import BestTrial, Status, best_index
 from reports import budget, stats
 from reports.fmt import col_or_nan, metric_label, num
 from reports.load import SweepData
@@ -46,6 +46,14 @@ def best_run(runs: pd.DataFrame) -> pd.Series:
         i = best_index(runs["score"].tolist(), [Status.FINISHED.value] * len(runs), runs["seed"].tolist(),
                        runs["trial_id"].tolist())
     return runs.iloc[0 if i is None else i]
+
+
+def best_trial(data: SweepData, runs: pd.DataFrame) -> BestTrial:
+    """best_run of ``runs`` as the BestTrial a sweep's end hands on (experiments.schema)."""
+    r = best_run(runs)
+    reported = r["reported"] if data.has_test and math.isfinite(r["reported"]) else None
+    return BestTrial(str(r["trial_id"]), str(r["run_id"]), float(r["score"]), arm=r["arm"],
+                     seed=int(r["seed"]) if math.isfinite(r["seed"]) else None, reported=reported)
 
 
 def search_runs(data: SweepData) -> pd.DataFrame:

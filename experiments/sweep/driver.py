@@ -21,11 +21,12 @@ Roles:
   resumed sweep included) and, when trials failed, `ssdlab.error`; `SweepResult.failures` lists them
   (`ssdlab sweep` prints each and exits 1). A phase that stopped early (Ctrl-C) is counted from each
   trial's own record (`phase_states`), not from Tune's TERMINATED, which covers cut-short trials too.
+  The best trial (SweepTracker.register_best: experiments.schema.best_index over the trials' scores) is
+  registered and comes back as `SweepResult.best`, a BestTrial, for the closing lines.
 
-The searcher sees the metric under the internal key `ssdlab_objective`: the latest evaluated
-value of the sweep metric (-1e30 before the first evaluation), so epochs
-without an evaluation (eval.every_epochs > 1) still carry one. MLflow only gets metric names with
-a "/" (train/loss, val/mAP50, ...) as reported by fit.
+The searcher sees fit's score so far under the internal key `ssdlab_objective` (job.NO_OBJECTIVE before
+the first evaluation), so epochs without an evaluation (eval.every_epochs > 1) still carry one. MLflow
+only gets metric names with a "/" (train/loss, val/mAP50, ...) and the score, as reported by fit.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from experiments.schema import M, Status, Tag
+from experiments.schema import BestTrial, M, Status, Tag
 from experiments.sweep.guards import (
     SEQUENTIAL_STATE,
     DriverLock,
@@ -72,7 +73,7 @@ class SweepResult:
     results: list  # one ray.tune.ResultGrid per phase
     counts: dict = field(default_factory=dict)    # ssdlab.status -> trials (MLflow, all launches; ssdlab.counts)
     failures: list = field(default_factory=list)  # (trial id, run name, one-line error) of each failed trial
-    best: dict = field(default_factory=dict)      # the best trial: trial, arm, seed, score, reported, model
+    best: Optional[BestTrial] = None              # the best trial (registered as `model` when that worked)
     stops: dict = field(default_factory=dict)     # sequential seeding: arm -> (seeds, why it stopped)
     study: Optional[str] = None                   # a search's Optuna storage URL (experiments/sweep/study.py)
 
@@ -190,8 +191,9 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
                 if following:
                     phases.append(wave_phase(k + 1, following))
         counts, failures = patient(tracker.summarize)  # ssdlab.counts (+ ssdlab.error when trials failed)
+        best = None
         try:
-            patient(tracker.register_best, spec.metric)  # ssdlab.best_* tags and the model registry
+            best = patient(tracker.register_best, spec.metric)  # ssdlab.best_* tags and the model registry
         except Exception as exc:  # the runs are logged: a registry hiccup must not fail the sweep
             print(f"sweep {spec.name}: best trial not registered: {type(exc).__name__}: {exc}")
         patient(tracker.finish, Status.FINISHED)
@@ -207,7 +209,7 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
         if started_ray:
             shutdown_ray()
     return SweepResult(spec.name, local_path(storage) or storage, parent, trials, time.perf_counter() - start, grids,
-                       counts=counts, failures=failures, best=_best_of(tracker, spec), study=study_url,
+                       counts=counts, failures=failures, best=best, study=study_url,
                        stops={a: (d.seeds, d.reason) for a, d in waves.decisions.items()} if waves else {})
 
 
@@ -231,24 +233,6 @@ def _close_search(spec: SweepSpec, tracker, storage, ph: Phase, url: Optional[st
     st.write_text(st.join(storage, ph.dirname, S.BEST_HYPERPARAMETERS), text)
     where = S.BEST_HYPERPARAMETERS if ph.dirname == "search" else f"{ph.dirname}/{S.BEST_HYPERPARAMETERS}"
     patient(tracker.parent.client.log_text, tracker.parent_id, text, where)
-
-
-def _best_of(tracker, spec: SweepSpec) -> dict:
-    """What the closing line says of the best trial, from the parent run's tags and metrics."""
-    try:
-        run = tracker.parent.client.get_run(tracker.parent_id)
-    except Exception:
-        return {}
-    tags, metrics = run.data.tags, run.data.metrics
-    if Tag.BEST_RUN not in tags:
-        return {}
-    try:
-        best = tracker.parent.client.get_run(tags[Tag.BEST_RUN]).data.tags
-    except Exception:
-        best = {}
-    return {"trial": tags.get(Tag.BEST_TRIAL), "arm": best.get(Tag.ARM), "seed": best.get(Tag.SEED),
-            "score": metrics.get(M.SCORE), "reported": metrics.get(M.reported_of(spec.metric)),
-            "model": tags.get(Tag.REGISTERED_MODEL)}
 
 
 def wave_outcomes(grid, spec: SweepSpec) -> dict[tuple[str, int], dict[str, Any]]:

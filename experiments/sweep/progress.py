@@ -17,14 +17,15 @@ from typing import Optional, TextIO
 
 from ray import tune
 
-from experiments.schema import M, Status
-from experiments.sweep.job import OBJECTIVE, TrialKey
+from experiments.schema import M, Status, best_index
+from experiments.sweep.job import TrialKey
 from experiments.sweep.status import trial_status
 
 
 @dataclass
 class _Trial:
     label: str                       # "arm s0 trial-id"
+    seed: Optional[int] = None
     status: str = "pending"
     epoch: int = 0
     score: float = float("nan")
@@ -61,8 +62,8 @@ class ProgressCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         t = self._get(trial)
         t.status, t.epoch = Status.RUNNING.value, int(result.get(M.EPOCH, t.epoch))
-        score = result.get(M.SCORE, result.get(OBJECTIVE))
-        if score is not None and abs(float(score)) < 1e29 and float(score) == float(score):
+        score = result.get(M.SCORE)  # fit's score so far, absent before its first evaluation
+        if score is not None and float(score) == float(score):
             t.score = float(score)
         self._changed(f"epoch  {t.label}: epoch {t.epoch}/{self.epochs}, {_score(t.score)}")
 
@@ -90,10 +91,10 @@ class ProgressCallback(tune.Callback):
         if tid not in self.trials:
             try:
                 key = TrialKey.of(trial.config)
-                label = " ".join(str(p) for p in (key.arm, f"s{key.seed}", tid) if p is not None)
+                label, seed = " ".join(str(p) for p in (key.arm, f"s{key.seed}", tid) if p is not None), key.seed
             except (KeyError, TypeError, ValueError):
-                label = tid
-            self.trials[tid] = _Trial(label)
+                label, seed = tid, None
+            self.trials[tid] = _Trial(label, seed)
         return self.trials[tid]
 
     def counts(self) -> dict[str, int]:
@@ -105,9 +106,13 @@ class ProgressCallback(tune.Callback):
         return out
 
     def best(self) -> Optional[_Trial]:
-        done = [t for t in self.trials.values() if t.status == Status.FINISHED.value and t.score == t.score]
-        pool = done or [t for t in self.trials.values() if t.score == t.score]
-        return max(pool, key=lambda t: t.score) if pool else None
+        """The schema's best trial (best_index); while none has finished, the best running one."""
+        ids, trials = list(self.trials), list(self.trials.values())
+        scores, seeds = [t.score for t in trials], [t.seed for t in trials]
+        i = best_index(scores, [t.status for t in trials], seeds, ids)
+        if i is None:
+            i = best_index(scores, [Status.FINISHED.value] * len(trials), seeds, ids)
+        return None if i is None else trials[i]
 
     def eta_s(self) -> Optional[float]:
         """Seconds left: the work still to do (the running trials' epochs left, the pending trials' whole

@@ -109,9 +109,9 @@ def new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callb
 
 def best_params(results) -> Optional[tuple[dict[str, Any], str]]:
     """(searched params, trial id) of the phase's best trial (experiments.schema.best_index: finished
-    trials only, best score); None when no finished trial has one."""
+    trials only, best score: fit's `score` in its last result); None when no finished trial has one."""
     rows = [r for r in results if r.metrics]
-    scores = [float(r.metrics.get(M.SCORE, r.metrics.get(OBJECTIVE, float("nan")))) for r in rows]
+    scores = [float(r.metrics.get(M.SCORE, float("nan"))) for r in rows]
     statuses = [result_status(r).value for r in rows]
     seeds = [r.config.get(META, {}).get("seed") for r in rows]
     ids = [str(r.metrics.get("trial_id", i)) for i, r in enumerate(rows)]

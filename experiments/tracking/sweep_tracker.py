@@ -3,10 +3,12 @@ per trial (child) run, picklable because Ray Tune pickles its callbacks."""
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import replace
 from typing import Any, Iterable, Mapping, Optional
 
-from experiments.schema import MLFLOW_STATUS, Kind, M, Status, Tag
+from experiments.schema import MLFLOW_STATUS, BestTrial, Kind, M, Status, Tag, best_index
 from experiments.tracking.writer import RunWriter, _error_text, _quote, log_batch, metrics_of, provenance
 
 
@@ -81,45 +83,51 @@ class SweepTracker:
         """The registered model's name: the sweep's, prefixed by the experiment when that is another name."""
         return self.sweep if self.experiment == self.sweep else f"{self.experiment}.{self.sweep}"
 
-    def register_best(self, metric: str, model_name: str | None = None) -> Optional[str]:
-        """Find the sweep's best trial (experiments.schema.best_index: finished, best `metric` over
-        epochs), tag the parent with it (trial, run, score), log its score on the parent, and register the
-        trial's checkpoint as an MLflow pyfunc model (experiments/tracking/registry.py) under `model_name` (default
-        `model_name()`) with the alias `best`, so "the best model of sweep X" is `models:/X@best`. Returns
-        "<name>/<version>"."""
-        from experiments.schema import best_index, score_of
-
-        client = self.parent.client
+    def best_trial(self, metric: str) -> Optional[BestTrial]:
+        """The sweep's best trial (experiments.schema.best_index: finished, best score) among every child of
+        the parent, earlier launches included, by fit's `score` as each logged it (read, never recomputed);
+        None when no finished trial has one. `metric`: the selection metric, whose test counterpart it reports."""
         flt = f"tags.`{Tag.PARENT}` = '{self.start()}'"
-        runs = client.search_runs([self.parent.exp_id], filter_string=flt, max_results=10_000)
-        if not runs:
-            return None
-        scores = [score_of([m.value for m in client.get_metric_history(r.info.run_id, metric)]) for r in runs]
-        i = best_index(scores, [r.data.tags.get(Tag.STATUS, "") for r in runs],
+        runs = self.parent.client.search_runs([self.parent.exp_id], filter_string=flt, max_results=10_000)
+        i = best_index([r.data.metrics.get(M.SCORE, math.nan) for r in runs],
+                       [r.data.tags.get(Tag.STATUS, "") for r in runs],
                        [float(r.data.tags.get(Tag.SEED, "nan")) for r in runs],
                        [r.data.tags.get(Tag.TRIAL_ID, r.info.run_id) for r in runs])
         if i is None:
             return None
-        best = runs[i]
-        tid = best.data.tags.get(Tag.TRIAL_ID, best.info.run_id)
-        tags = {Tag.BEST_TRIAL: tid, Tag.BEST_RUN: best.info.run_id, Tag.BEST_SCORE: f"{scores[i]:.6g}"}
+        best, seed = runs[i], runs[i].data.tags.get(Tag.SEED)
+        return BestTrial(best.data.tags.get(Tag.TRIAL_ID, best.info.run_id), best.info.run_id,
+                         best.data.metrics[M.SCORE], arm=best.data.tags.get(Tag.ARM),
+                         seed=None if seed in (None, "") else int(float(seed)),
+                         reported=best.data.metrics.get(M.reported_of(metric)))
+
+    def register_best(self, metric: str, model_name: str | None = None) -> Optional[BestTrial]:
+        """The sweep's best trial (best_trial): tag the parent with it (trial, run, score), log its score (and
+        reported value) on the parent, and register its checkpoint as an MLflow pyfunc model
+        (experiments/tracking/registry.py) under `model_name` (default `model_name()`) with the alias `best`,
+        so "the best model of sweep X" is `models:/X@best`. Returns it, with `model` "<name>/<version>"."""
+        best = self.best_trial(metric)
+        if best is None:
+            return None
+        client = self.parent.client
+        tags = {Tag.BEST_TRIAL: best.trial_id, Tag.BEST_RUN: best.run_id, Tag.BEST_SCORE: f"{best.score:.6g}"}
         # the best trial's score and reported value on the parent too, so its row sorts with the trials'
-        reported = M.reported_of(metric)
-        summary = {M.SCORE: scores[i], **({reported: best.data.metrics[reported]} if reported in best.data.metrics else {})}
+        summary = {M.SCORE: best.score, **({M.reported_of(metric): best.reported} if best.reported is not None else {})}
         log_batch(client, self.start(), metrics=metrics_of(summary, 0))
         from experiments.tracking.registry import register
 
-        image_size = int(float(best.data.params.get("model.image_size", 300)))
-        registered = register(client, self.parent.exp_id, best.info.run_id, model_name or self.model_name(),
+        image_size = int(float(client.get_run(best.run_id).data.params.get("model.image_size", 300)))
+        tid = best.trial_id
+        registered = register(client, self.parent.exp_id, best.run_id, model_name or self.model_name(),
                               image_size, description=f"The best trial of sweep {self.sweep} by {metric}: trial {tid}, "
-                                                      f"{metric} {scores[i]:.4f}. Input: uint8 images [N, {image_size}, "
+                                                      f"{metric} {best.score:.4f}. Input: uint8 images [N, {image_size}, "
                                                       f"{image_size}, 3]; output: one row per detection.",
                               tags={Tag.TRIAL_ID: tid, Tag.SWEEP: self.sweep, "metric": metric,
-                                    "score": f"{scores[i]:.6g}"})
+                                    M.SCORE: f"{best.score:.6g}"})
         if registered:
             tags[Tag.REGISTERED_MODEL] = registered
         self.parent.set_tags(tags)
-        return tags.get(Tag.REGISTERED_MODEL)
+        return replace(best, model=registered or None)
 
     # ---- children
     def child(self, trial_id: str, params: Mapping[str, Any] = (), tags: Mapping[str, Any] = (),

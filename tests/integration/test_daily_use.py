@@ -89,8 +89,9 @@ def test_closing_lines_name_the_best_trial_its_model_and_the_commands_to_look():
     from ssdlab.commands.sweep import closing_lines
     spec = SimpleNamespace(name="demo-search", metric="val/mAP50", path=Path("sweeps/demo.yaml"),
                            file=SimpleNamespace(tracking=SimpleNamespace(uri="sqlite:///mlflow.db")))
-    result = SimpleNamespace(best={"trial": "ab_00003", "arm": None, "seed": 0, "score": 0.6123, "reported": 0.5871,
-                                   "model": "demo-search/2"}, stops={}, study="sqlite:////w/optuna.db")
+    from experiments.schema import BestTrial
+    result = SimpleNamespace(best=BestTrial("ab_00003", "r1", arm=None, seed=0, score=0.6123, reported=0.5871,
+                                            model="demo-search/2"), stops={}, study="sqlite:////w/optuna.db")
     best, look = closing_lines(spec, result)
     assert best == ("best trial ab_00003 (seed 0): val/mAP50 0.6123, test/mAP50 0.5871; registered as demo-search/2 "
                     "(models:/demo-search@best)")

@@ -154,7 +154,7 @@ def test_tune_reporter_measures_at_the_final_epoch_and_replays_what_it_measured(
     monkeypatch.setattr(ray.tune, "report", lambda result, checkpoint=None: reported.append(result))
     monkeypatch.setattr("experiments.evidence.write_evidence", lambda run_dir: None)
     (tmp_path / "best.pt").write_bytes(b"x")
-    rep = TuneReporter("val/mAP50", cfg=cfg, threads=2)
+    rep = TuneReporter(cfg=cfg, threads=2)
     rep.on_epoch_end(1, {"score": 0.1, "final": 0.0}, tmp_path)
     rep.on_epoch_end(2, {"score": 0.2, "final": 1.0}, tmp_path)
     assert calls == [("best.pt", 2)]  # once, at the final epoch, on the selected checkpoint, the trial's threads
@@ -168,7 +168,7 @@ def test_tune_reporter_measures_at_the_final_epoch_and_replays_what_it_measured(
     (tmp_path / "deploy.json").unlink()  # killed after the final report, before the measurement: measured now
     rep.on_epoch_end(2, {"score": 0.2, "final": 1.0}, tmp_path)
     assert len(calls) == 2 and reported[3][M.DEPLOY_LATENCY] == 7.5
-    off = TuneReporter("val/mAP50", cfg=validate_config({"name": "y"}))
+    off = TuneReporter(cfg=validate_config({"name": "y"}))
     off.on_epoch_end(1, {"score": 0.1, "final": 1.0}, tmp_path / "elsewhere")
     assert len(calls) == 2 and M.DEPLOY_LATENCY not in reported[4]
 
@@ -209,7 +209,7 @@ def _store(tmp_path: Path, objectives: list | None = None, searched: bool = Fals
         run = client.create_run(exp, start_time=start, tags=tags).info.run_id
         ts = start + 60_000
         val = models["torch"][0] + 0.01
-        ms = [Metric("val/mAP50", val, ts, 1), Metric(M.map50(M.TEST), models["torch"][0], ts, 1),
+        ms = [Metric("val/mAP50", val, ts, 1), Metric(M.SCORE, val, ts, 1), Metric(M.map50(M.TEST), models["torch"][0], ts, 1),
               Metric(M.DEPLOY_PARAMS, 2.0e6, ts, 1), Metric(M.DEPLOY_GFLOPS, 1.5, ts, 1),
               Metric(M.DEPLOY_THREADS, 1.0, ts, 1), Metric(M.DEPLOY_CHECKPOINT_MB, 8.0, ts, 1)]
         for backend, (m, lat) in models.items():

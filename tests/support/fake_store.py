@@ -25,9 +25,12 @@ class Run:
 
 def write_sweep(uri: str, sweep: str, arms: list[str], runs: list[Run], experiment: str = "ssdlab",
                 metric: str = "val/mAP50", parent_tags: dict[str, str] | None = None) -> str:
-    """Create the sweep's parent and trial runs in the store at `uri`; returns the parent run id."""
+    """Create the sweep's parent and trial runs in the store at `uri`; returns the parent run id. Each run
+    logs its score beside `metric`, as fit does (report_store.with_score)."""
     import mlflow
     from mlflow.entities import Metric
+
+    from tests.support.report_store import with_score
     from mlflow.tracking import MlflowClient
 
     from experiments.schema import Tag
@@ -45,8 +48,8 @@ def write_sweep(uri: str, sweep: str, arms: list[str], runs: list[Run], experime
         tags = {Tag.PARENT: parent, Tag.KIND: "trial", Tag.SWEEP: sweep, Tag.ARM: r.arm, Tag.SEED: str(r.seed),
                 Tag.TRIAL_ID: f"{sweep}_{i:03d}", Tag.STATUS: r.status, Tag.SEARCHED: "[]", **r.tags}
         run_id = client.create_run(exp_id, start_time=start, tags=tags).info.run_id
-        metrics = [Metric(k, float(v), start + 60_000 * (step + 1), int(step))
-                   for k, steps in r.history.items() for step, v in steps.items()]
+        metrics = with_score([Metric(k, float(v), start + 60_000 * (step + 1), int(step))
+                              for k, steps in r.history.items() for step, v in steps.items()], metric)
         params = [mlflow.entities.Param(k, str(v)) for k, v in r.params.items()]
         client.log_batch(run_id, metrics=metrics, params=params)
         for folder, path in r.artifacts.items():
