@@ -20,7 +20,6 @@ import numpy as np
 from ssd_core import metrics as M
 from ssd_core import rundir as RD
 
-DETECTIONS_PNG, PR_CURVES_PNG = "detections.png", "pr_curves.png"
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
 
@@ -182,12 +181,12 @@ def pr_curves(detections: Path) -> Optional[bytes]:
 
 
 def write_evidence(run_dir: Path) -> list[str]:
-    """Write DETECTIONS_PNG and PR_CURVES_PNG into `run_dir` (from best.pt and the test detections);
+    """Write RD.DETECTIONS_PNG and RD.PR_CURVES_PNG into `run_dir` (from best.pt and the test detections);
     returns the problems met (empty when both were written)."""
     run_dir = Path(run_dir)
     problems = []
-    for name, make, source in ((DETECTIONS_PNG, detection_grid, run_dir / RD.BEST),
-                               (PR_CURVES_PNG, pr_curves, run_dir / RD.TEST_DETECTIONS)):
+    for name, make, source in ((RD.DETECTIONS_PNG, detection_grid, run_dir / RD.BEST),
+                               (RD.PR_CURVES_PNG, pr_curves, run_dir / RD.TEST_DETECTIONS)):
         if not source.is_file():
             problems.append(f"{name}: no {source.name}")
             continue

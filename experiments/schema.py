@@ -21,7 +21,7 @@ from ssd_core.config import short
 
 from ssd_core import metrics as M  # metric names live with the code that computes them
 
-__all__ = ["Status", "MLFLOW_STATUS", "Tag", "Kind", "Artifact", "M", "best_index", "BestTrial", "Param", "parse_space",
+__all__ = ["Status", "COUNTED", "MLFLOW_STATUS", "Tag", "Kind", "PhaseKind", "MAXIMISED", "MINIMISED", "OPTUNA_DIRECTION", "Artifact", "M", "best_index", "BestTrial", "Param", "parse_space",
            "SpaceError", "grid_points", "grid_size", "KINDS", "SEARCH_OBJECTIVES", "pareto_front"]
 
 
@@ -39,6 +39,10 @@ class Status(str, Enum):
         return self.value
 
 
+# The statuses the tables and the live view count trials by, in their column order (the finished ones first:
+# the only ones averaged)
+COUNTED = (Status.FINISHED.value, Status.EARLY_STOPPED.value, Status.FAILED.value, Status.RUNNING.value)
+
 # ssdlab status -> MLflow run status
 MLFLOW_STATUS = {Status.FINISHED: "FINISHED", Status.EARLY_STOPPED: "FINISHED", Status.FAILED: "FAILED",
                  Status.KILLED: "KILLED", Status.RUNNING: "RUNNING", Status.LOST: "KILLED"}
@@ -51,6 +55,20 @@ class Kind:
     """Values of `ssdlab.kind`."""
 
     SWEEP, TRIAL, TRAIN = "sweep", "trial", "train"
+
+
+class PhaseKind:
+    """Values of `ssdlab.phase`: a sweep phase's kind (experiments/sweep/plan.py): explicit trials (arms x
+    seeds, a sequential wave, an imported run), an Optuna search, or the confirm phase retraining a search's
+    best configuration with the other seeds."""
+
+    GRID, SEARCH, CONFIRM = "grid", "search", "confirm"
+
+
+# The direction of each objective as Ray Tune and pareto_front spell it: the selection metric (a run's score) is
+# maximised, the further objectives a search may minimise (SEARCH_OBJECTIVES) are minimised; and as Optuna does.
+MAXIMISED, MINIMISED = "max", "min"
+OPTUNA_DIRECTION = {MAXIMISED: "maximize", MINIMISED: "minimize"}
 
 
 class Tag:
@@ -79,7 +97,7 @@ class Tag:
     TRIAL_ID = "ssdlab.trial_id"
     ARM = "ssdlab.arm"
     SEED = "ssdlab.seed"
-    PHASE = "ssdlab.phase"            # grid | search | confirm
+    PHASE = "ssdlab.phase"            # grid | search | confirm (PhaseKind)
     EXPERIMENT = "ssdlab.experiment"  # the Ray Tune experiment (phase folder)
     SEARCHED = "ssdlab.searched"      # JSON list of the searched config keys
     SOURCE_TRIAL = "ssdlab.source_trial"  # a confirm run: the search trial whose configuration it retrains
@@ -282,8 +300,8 @@ def grid_points(params: Sequence[Param]) -> list[dict]:
 
 def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
     """Which points are Pareto-optimal: no other point is at least as good in every objective and better in
-    one (`modes`: "max" | "min" per objective). Points with a non-finite value are never on the front."""
-    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    one (`modes`: MAXIMISED | MINIMISED per objective). Points with a non-finite value are never on the front."""
+    sign = [1.0 if m == MAXIMISED else -1.0 for m in modes]
     pts = [[s * float(v) for s, v in zip(sign, p)] for p in points]
     ok = [all(math.isfinite(v) for v in p) for p in pts]
     front = []

@@ -22,7 +22,7 @@ import math
 
 import pandas as pd
 
-from experiments.schema import M, Status, Tag, pareto_front
+from experiments.schema import MAXIMISED, MINIMISED, M, Status, Tag, pareto_front
 from reports import stats
 from reports.fmt import DASH, Table, col_or_nan, fnum, metric_label, num
 from reports.load import SweepData
@@ -86,7 +86,7 @@ def deploy_rows(data: SweepData) -> pd.DataFrame:
     if len(out):
         # on the values as the table shows them: an ONNX model's mAP equals its PyTorch twin's up to a detection
         # at a threshold's rounding edge (1e-6), which must not decide the front
-        out["pareto"] = pareto_front(list(zip(out["map"].round(3), out["latency_ms"].round(2))), ["max", "min"])
+        out["pareto"] = pareto_front(list(zip(out["map"].round(3), out["latency_ms"].round(2))), [MAXIMISED, MINIMISED])
     return out
 
 
@@ -146,4 +146,4 @@ def front_flags(data: SweepData, runs: pd.DataFrame) -> list[bool]:
     if not objs:
         return []
     columns = [pd.to_numeric(runs["score"], errors="coerce")] + [_metric(runs, o) for o in objs]
-    return pareto_front(list(zip(*(c.tolist() for c in columns))), ["max"] + ["min"] * len(objs))
+    return pareto_front(list(zip(*(c.tolist() for c in columns))), [MAXIMISED] + [MINIMISED] * len(objs))

@@ -315,7 +315,7 @@ def _trial_frame(df: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd.Dat
     reported = M.reported_of(metric)
     out["reported"] = latest(reported) if reported != metric else math.nan
     out["reported_last"] = latest(M.last_of(reported)) if reported != metric else math.nan
-    out["selected_epoch"] = latest(M.TEST + "/selected_epoch")
+    out["selected_epoch"] = latest(M.TEST_SELECTED)
     out = out.sort_values(["trial_id", "start_ms", "run_id"], kind="mergesort")
     return out.drop_duplicates("trial_id", keep="last").reset_index(drop=True)
 

@@ -26,14 +26,14 @@ import pandas as pd  # noqa: E402
 
 from reports import deploy, fmt, search, selection  # noqa: E402
 from reports.load import SweepData  # noqa: E402
-from experiments.schema import M  # noqa: E402
+from experiments.schema import M, Status  # noqa: E402
 
 M_TEST_MAP = M.map50(M.TEST)
 
 DPI = 100
 _STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
           "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "ssdlab"}
-STATUS_STYLE = {"finished": ("C0", "o"), "early_stopped": ("C1", "v"), "failed": ("C3", "x")}
+STATUS_STYLE = {Status.FINISHED.value: ("C0", "o"), Status.EARLY_STOPPED.value: ("C1", "v"), Status.FAILED.value: ("C3", "x")}
 
 
 def _png(fig) -> bytes:
@@ -44,7 +44,7 @@ def _png(fig) -> bytes:
 
 
 def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
-    keys = [k for k in ("train/loss", data.metric) if (data.history["key"] == k).any()]
+    keys = [k for k in (M.TRAIN_LOSS, data.metric) if (data.history["key"] == k).any()]
     if not keys:
         return None
     with plt.rc_context(_STYLE):
@@ -57,7 +57,7 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
             for (rid, arm, status), g in h.groupby(["run_id", "arm", "status"], sort=True):  # every trial, thin
                 if arm in colour:
                     ax.plot(g["step"], g["value"], color=colour[arm], lw=0.6, alpha=0.35,
-                            ls="--" if status == "early_stopped" else "-")
+                            ls="--" if status == Status.EARLY_STOPPED.value else "-")
             for i, arm in enumerate(data.arms[:max_arms]):
                 a = c[c["arm"] == arm]
                 if a.empty:
@@ -156,7 +156,7 @@ def search_history(data: SweepData) -> bytes | None:
             if m.any():
                 ax.scatter(order[m], runs.loc[m, "score"], c=color, marker=marker, s=20, alpha=0.8,
                            label=status.replace("_", "-"))
-        fin = runs["score"].where(runs["status"] == "finished")
+        fin = runs["score"].where(runs["status"] == Status.FINISHED.value)
         best = fin.cummax().ffill()
         ax.step(order, best, where="post", color="k", lw=1.4, label="running best (finished)")
         ax.set_xlabel("trial (start order)")
@@ -313,7 +313,7 @@ def parallel_coordinates(data: SweepData) -> bytes | None:
             ys = [c[1][i] for c in cols]
             is_best = runs.iloc[i]["run_id"] == best["run_id"]
             ax.plot(xs, ys, color=plt.cm.viridis(norm(score[i])), lw=2.8 if is_best else 1.0,
-                    alpha=1.0 if is_best else 0.7, ls="--" if runs.iloc[i]["status"] == "early_stopped" else "-")
+                    alpha=1.0 if is_best else 0.7, ls="--" if runs.iloc[i]["status"] == Status.EARLY_STOPPED.value else "-")
         ax.set_xticks(xs, [k for k, _ in cols], rotation=15)
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel("position in the searched range")
@@ -332,7 +332,7 @@ def pareto(data: SweepData) -> bytes | None:
     """Finished trials: the reported mAP against their training cost (device-time); the Pareto front
     (no trial both cheaper and better) marked, and the best trial."""
     runs = data.finished
-    cost = pd.to_numeric(runs.get("metrics.cost/device_hours", pd.Series(dtype=float)), errors="coerce")
+    cost = pd.to_numeric(runs.get("metrics." + M.DEVICE_HOURS, pd.Series(dtype=float)), errors="coerce")
     value = pd.to_numeric(runs[data.value], errors="coerce")
     ok = cost.notna() & value.notna()
     if ok.sum() < 2:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.evidence import DETECTIONS_PNG
-from experiments.schema import Artifact, M
+from experiments.schema import Artifact, M, Status
+from ssd_core import rundir as RD
 from ssd_core.errors import UserError
 
 from reports import budget, deploy, factorial, fmt, plots, render, run_tables, search, selection, tables
@@ -67,7 +67,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
     seq = tables.sequential_table(data)
     if seq is not None:
         sections.append(seq)
-    if data.runs["status"].ne("finished").any() or (data.finished[data.value].isna().any() if len(data.runs) else False):
+    if data.runs["status"].ne(Status.FINISHED.value).any() or (data.finished[data.value].isna().any() if len(data.runs) else False):
         sections.append(run_tables.other_runs_table(data))
     if deploy.has_deploy(data):  # the deployment arms: accuracy against speed, the front plotted above its table
         rows = deploy.deploy_rows(data)
@@ -95,7 +95,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, top_k: int = 10,
         sections.append(run_tables.trials_table(data))
     if with_plots and len(fin):  # the best run's detections (experiments/evidence.py), what one looks at first
         best = selection.best_trial(data, fin)
-        png = load_artifact(data.tracking_uri, best.run_id, f"{Artifact.EVIDENCE}/{DETECTIONS_PNG}")
+        png = load_artifact(data.tracking_uri, best.run_id, f"{Artifact.EVIDENCE}/{RD.DETECTIONS_PNG}")
         if png:
             figs["best_detections"] = png
             sections.append(("figure", "best_detections", f"Detections of the best trial ({best.trial_id}, "

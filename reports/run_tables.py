@@ -24,7 +24,7 @@ def trials_table(data: SweepData) -> Table:
     order = {a: i for i, a in enumerate(data.arms)}
     fin = fin.assign(_a=fin["arm"].map(order).fillna(len(order))).sort_values(["_a", "seed", "trial_id"])
     label, value = metric_label(data.metric), value_label(data)
-    cost = pd.to_numeric(col_or_nan(fin, "metrics.cost/device_hours"), errors="coerce")
+    cost = pd.to_numeric(col_or_nan(fin, "metrics." + M.DEVICE_HOURS), errors="coerce")
     rows, raw, t_runs = [], [], {}
     for (_, r), hours in zip(fin.iterrows(), cost):
         seed = DASH if not math.isfinite(r["seed"]) else str(int(r["seed"]))

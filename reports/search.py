@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments.schema import Param, SpaceError, Status, parse_space
+from experiments.schema import MAXIMISED, OPTUNA_DIRECTION, Param, SpaceError, Status, Tag, parse_space
 from reports.fmt import DASH, Table, fnum, fparam, metric_label, param_value
 from reports.load import SweepData
 from reports.run_tables import early_stopped_above_best
@@ -80,7 +80,7 @@ def search_table(data: SweepData, top_k: int = 10) -> Table:
 def best_override(data: SweepData) -> str:
     """The best finished trial's searched parameters as a YAML override block (nested config)."""
     runs = search_runs(data)
-    f = runs[runs["status"] == "finished"]
+    f = runs[runs["status"] == Status.FINISHED.value]
     if f.empty:
         return ""
     best = best_run(f)
@@ -179,7 +179,7 @@ def param_importances(data: SweepData, evaluator: str = "ped-anova",
                            f"only {len(trials)} trial(s) share a common budget (epoch {common}); importances "
                            f"need at least {min_trials} to be more than noise")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
+    study = optuna.create_study(direction=OPTUNA_DIRECTION[MAXIMISED])
     study.add_trials(trials)
     if evaluator == "fanova":
         ev = optuna.importance.FanovaImportanceEvaluator(seed=0)
@@ -198,6 +198,6 @@ def importance_table(imp: Importances, evaluator: str = "ped-anova") -> Table:
     t.raw_columns = ["param", "importance"]
     t.notes = [f"`optuna.importance.get_param_importances` ({evaluator}) on an in-memory study "
                f"rebuilt from {imp.n} finished and early-stopped trials, each scored by its best value up to "
-               f"epoch {imp.epoch}, the last epoch all of them reached; distributions from `ssdlab.search_space`; "
+               f"epoch {imp.epoch}, the last epoch all of them reached; distributions from `{Tag.SEARCH_SPACE}`; "
                "normalised to sum to 1."]
     return t

@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from experiments.schema import BestTrial, Status, best_index
+from experiments.schema import COUNTED, BestTrial, M, PhaseKind, Status, Tag, best_index
 from reports import budget, stats
 from reports.fmt import col_or_nan, metric_label, num
 from reports.load import SweepData
@@ -59,8 +59,8 @@ def best_trial(data: SweepData, runs: pd.DataFrame) -> BestTrial:
 def search_runs(data: SweepData) -> pd.DataFrame:
     """The trials of the Optuna search phases (all trials when the store has no phase tags)."""
     runs = data.runs
-    search = runs[runs["phase"] == "search"]
-    return search if len(search) or not data.searched else runs[runs["phase"] != "confirm"]
+    search = runs[runs["phase"] == PhaseKind.SEARCH]
+    return search if len(search) or not data.searched else runs[runs["phase"] != PhaseKind.CONFIRM]
 
 
 def arm_members(data: SweepData) -> pd.DataFrame:
@@ -72,14 +72,14 @@ def arm_members(data: SweepData) -> pd.DataFrame:
     trial (experiments.schema.best_index).
     """
     runs = data.runs.assign(selected=False)
-    if not (runs["phase"] == "search").any():
+    if not (runs["phase"] == PhaseKind.SEARCH).any():
         return runs
-    members = [runs[runs["phase"] != "search"]]
+    members = [runs[runs["phase"] != PhaseKind.SEARCH]]
     for arm in data.arms:
-        search = runs[(runs["arm"] == arm) & (runs["phase"] == "search") & (runs["status"] == Status.FINISHED.value)]
+        search = runs[(runs["arm"] == arm) & (runs["phase"] == PhaseKind.SEARCH) & (runs["status"] == Status.FINISHED.value)]
         if search.empty:
             continue
-        sources = runs[(runs["arm"] == arm) & (runs["phase"] == "confirm")]["source_trial"]
+        sources = runs[(runs["arm"] == arm) & (runs["phase"] == PhaseKind.CONFIRM)]["source_trial"]
         sources = sorted({s for s in sources if s})
         picked = search[search["trial_id"].isin(sources)]
         pick = picked.iloc[0] if len(picked) else best_run(search)
@@ -98,7 +98,7 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
     against the baseline arm (reports/stats.py), epochs, device-hours, images/s."""
     runs = arm_members(data)
     slopes = budget.convergence(data, runs)
-    fin = runs[runs["status"] == "finished"]
+    fin = runs[runs["status"] == Status.FINISHED.value]
     base = fin[fin["arm"] == data.baseline]
     v = data.value
     base_by_seed = dict(zip(base["seed"], base[v]))
@@ -109,7 +109,7 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
         ms = stats.mean_std(f[v].tolist())
         delta = (stats.paired_delta(dict(zip(f["seed"], f[v])), base_by_seed)
                  if arm != data.baseline else stats.Delta(*(math.nan,) * 4, 0, "baseline"))
-        notes = [n for n in r["note"] if n] or ([data.parent_tags.get("ssdlab.note", "")]
+        notes = [n for n in r["note"] if n] or ([data.parent_tags.get(Tag.NOTE, "")]
                                                  if len(data.arms) == 1 else [])
         iv = _interval(data, f, base) if arm != data.baseline else None
         epochs = num(col_or_nan(f, "params.train.epochs")).dropna()
@@ -117,7 +117,7 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
             "arm": arm, "note": notes[0] if notes else "",
             "seeds": sorted(int(s) for s in f["seed"].dropna()),
             "n": ms.n, "mean": ms.mean, "std": ms.std,
-            **{s: int((r["status"] == s).sum()) for s in ("finished", "early_stopped", "failed", "running")},
+            **{s: int((r["status"] == s).sum()) for s in COUNTED},
             "no_value": int(f[v].isna().sum()),  # finished, but the reported value is NaN: not averaged
             "delta": delta.delta, "low": delta.low, "high": delta.high, "p": delta.p,
             "pairs": delta.n, "method": delta.method,
@@ -126,8 +126,8 @@ def arm_stats(data: SweepData) -> pd.DataFrame:
             "epochs_min": epochs.min() if len(epochs) else math.nan,
             "epochs_max": epochs.max() if len(epochs) else math.nan,
             "selected": int(f["selected"].sum()),
-            "device_hours": num(col_or_nan(r, "metrics.cost/device_hours")).sum(min_count=1),
-            "img_s": stats.mean_std(num(col_or_nan(f, "metrics.perf/train_img_s")).tolist()).mean,
+            "device_hours": num(col_or_nan(r, "metrics." + M.DEVICE_HOURS)).sum(min_count=1),
+            "img_s": stats.mean_std(num(col_or_nan(f, "metrics." + M.TRAIN_IMG_S)).tolist()).mean,
             "slope": slopes.get(arm), "rising": slopes[arm].mark() if arm in slopes else "",
         })
     return pd.DataFrame(rows)
@@ -156,7 +156,7 @@ def _interval(data: SweepData, arm: pd.DataFrame, base: pd.DataFrame) -> stats.I
 def curves(data: SweepData, key: str) -> pd.DataFrame:
     """Per arm and step: mean, std, n of ``key`` over the arm's finished runs (for plots)."""
     members = arm_members(data)
-    fin = members.loc[members["status"] == "finished", ["run_id", "arm"]]
+    fin = members.loc[members["status"] == Status.FINISHED.value, ["run_id", "arm"]]
     h = data.history[data.history["key"] == key].merge(fin, on="run_id")
     if h.empty:
         return pd.DataFrame(columns=["arm", "step", "mean", "std", "n"])

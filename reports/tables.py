@@ -18,12 +18,13 @@ import math
 
 import pandas as pd
 
-from experiments.schema import M, Status
+from experiments.schema import COUNTED, M, Status
 from reports import budget, stats
 from reports.fmt import DASH, Table, fmean, fnum, fp
 from reports.load import SweepData
 from reports.selection import arm_members, arm_stats, best_run, score_note, value_label
 
+NOT_AVERAGED = COUNTED[1:]  # early-stopped, failed, running: counted in their own columns, never averaged
 
 def summary_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     """The experiment summary table as the original reproduction kept it: No | mAP | Note."""
@@ -98,7 +99,7 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
         slope = r["slope"]
         raw.append([r["arm"], r["n"], " ".join(map(str, r["seeds"])), r["mean"], r["std"],
                     r["delta"], r["iv_low"], r["iv_high"], r["iv_p"], r["low"], r["high"], r["p"], r["method"],
-                    r["early_stopped"], r["failed"], r["running"], r["epochs_max"], r["device_hours"], r["img_s"],
+                    *(r[s] for s in NOT_AVERAGED), r["epochs_max"], r["device_hours"], r["img_s"],
                     slope.per10 if slope else math.nan, slope.low * budget.PER if slope else math.nan,
                     slope.high * budget.PER if slope else math.nan])
     k = 2 if ivs else 0
@@ -106,7 +107,7 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
               bold={(i, 2) for i in _best_arm_rows(a)},
               numeric={1, 2, 4 + k, 6 + k, 7 + k, 8 + k} | ({4} if ivs else set()))
     t.raw_columns = ["arm", "n_seeds", "seeds", "mean", "std", "delta", "ci_low", "ci_high", "p",
-                     "t_ci_low", "t_ci_high", "t_p", "t_method", "early_stopped", "failed", "running",
+                     "t_ci_low", "t_ci_high", "t_p", "t_method", *NOT_AVERAGED,
                      "epochs", "device_hours", "img_s", "end_slope_per10", "end_slope_low", "end_slope_high"]
     t.notes = [score_note(data)] + _selected_note(a)
     if ivs:
@@ -116,7 +117,7 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
         t.notes.append(budget.convergence_note({r["arm"]: r["slope"] for _, r in a.iterrows() if r["slope"]}))
     t.notes.append("Seeds: finished runs. Not averaged: early-stopped (ASHA), failed and running "
                    "runs (listed below). Epochs: configured `train.epochs`. Device-h: total "
-                   "`cost/device_hours` of all the arm's runs. img/s: mean `perf/train_img_s`.")
+                   f"`{M.DEVICE_HOURS}` of all the arm's runs. img/s: mean `{M.TRAIN_IMG_S}`.")
     return t
 
 
@@ -136,7 +137,7 @@ def _selected_note(a: pd.DataFrame) -> list[str]:
 
 
 def _other_counts(row) -> str:
-    parts = [f"{row[s]} {s.replace('_', '-')}" for s in ("early_stopped", "failed", "running") if row[s]]
+    parts = [f"{row[s]} {s.replace('_', '-')}" for s in NOT_AVERAGED if row[s]]
     if row.get("no_value"):
         parts.append(f"{row['no_value']} finished without a value")
     return ", ".join(parts) if parts else DASH

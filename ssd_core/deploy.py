@@ -283,7 +283,6 @@ def bench_with(checkpoint, d, data_root: Optional[str] = None, threads: Optional
                  data_root=data_root, threads=d.threads or threads, log=log)
 
 
-DEPLOY_FILE = "deploy.json"  # run-dir file: the deploy/* metrics measured at the end of training
 
 
 def measure_run(cfg, run_dir, threads: Optional[int] = None, log: Callable[[str], None] = lambda s: None
@@ -297,16 +296,16 @@ def measure_run(cfg, run_dir, threads: Optional[int] = None, log: Callable[[str]
     checkpoint = run_dir / RD.BEST if (run_dir / RD.BEST).is_file() else run_dir / RD.LAST
     result = bench_with(checkpoint, cfg.deploy, data_root=cfg.data.root, threads=threads, log=log)
     metrics = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
-    tmp = run_dir / (DEPLOY_FILE + ".tmp")
+    tmp = run_dir / (RD.DEPLOY_RECORD + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    os.replace(tmp, run_dir / DEPLOY_FILE)
+    os.replace(tmp, run_dir / RD.DEPLOY_RECORD)
     return metrics
 
 
 def saved_run_metrics(run_dir) -> dict[str, float]:
     """The deploy/* metrics `measure_run` kept in `run_dir` ({} when none, or unreadable)."""
     try:
-        data = json.loads((Path(run_dir) / DEPLOY_FILE).read_text())
+        data = json.loads((Path(run_dir) / RD.DEPLOY_RECORD).read_text())
     except (OSError, ValueError):
         return {}
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and k.startswith(M.DEPLOY + "/")}

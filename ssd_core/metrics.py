@@ -20,6 +20,7 @@ score so far: its best `val/<eval.metric>` over epochs (the best.pt epoch).
 from __future__ import annotations
 
 VAL, TEST, TEST_LAST = "val", "test", "test_last"
+TEST_SELECTED = f"{TEST}/selected_epoch"  # the epoch of the checkpoint the test split was scored at (best.pt's)
 # Budget points (eval.test_at): the test split at a fraction of the budget, at the checkpoint best on the
 # selection split so far; logged at that epoch's step with `test_at/fraction` (the point asked for) and
 # `test_at/selected_epoch`, the detections in the run dir as ssd_core.rundir.detections_at(fraction).

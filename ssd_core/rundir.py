@@ -10,8 +10,11 @@
                              the images and annotations, source, counts, the unreadable images data.skip_bad
                              left out; ssd_core/data/record.py)
     NONFINITE_LOSS.txt       (sweep trials) a non-finite loss ended the trial: a retry fails at once
+    detections.png           the evidence experiments/evidence.py draws at the end: the selected checkpoint's
+    pr_curves.png            detections on a few images, the reported split's precision-recall curves
+    deploy.json              the deploy/* metrics ssd_core.deploy.measure_run measured at the end (deploy.bench)
 
-Sweep trials also keep the evidence PNGs (experiments/evidence.py) and Ray's markers beside these.
+Sweep trials also keep Ray's markers beside these.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.yam
 TEST_DETECTIONS = "test_detections.npz"
 DATA_RECORD = "data.json"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
+DETECTIONS_PNG, PR_CURVES_PNG = "detections.png", "pr_curves.png"
+DEPLOY_RECORD = "deploy.json"
 _TEST_AT_PREFIX, _NPZ = "test_detections_at_", ".npz"
 
 

@@ -71,7 +71,7 @@ class FitResult:
     iterations: int = 0                   # optimizer steps taken
     final_metrics: dict[str, float] = field(default_factory=dict)
     stopped_by_budget: bool = False       # train.time_budget_s ran out
-    metric_name: str = "val/mAP50"
+    metric_name: str = M.map50(M.VAL)
     test_metrics: dict[str, float] = field(default_factory=dict)  # reported split, selected checkpoint
 
     @property
@@ -262,7 +262,7 @@ def fit(cfg: ExperimentConfig, callbacks: Iterable[Callback] = (), run_dir=None,
             if last_epoch and test_ds is not None:
                 metrics.update(score_test(model, test_ds, cfg, device, best_path if not improved else None,
                                           run_dir / RD.TEST_DETECTIONS))
-                metrics[M.TEST + "/selected_epoch"] = float(state.best_epoch)
+                metrics[M.TEST_SELECTED] = float(state.best_epoch)
             point = budget_point(cfg.eval.test_at, state.history, 1.0 if last_epoch else
                                  max(state.iteration / total_iters, elapsed() / budget if budget else 0.0)
                                  ) if cfg.eval.test_at else None
@@ -321,7 +321,7 @@ def _score_point(point: float, metrics: dict, model, test_ds, cfg: ExperimentCon
         import shutil
 
         out.update({M.TEST_AT + k[len(M.TEST):]: v for k, v in metrics.items()
-                    if k.startswith(M.TEST + "/") and k != M.TEST + "/selected_epoch"})
+                    if k.startswith(M.TEST + "/") and k != M.TEST_SELECTED})
         shutil.copyfile(run_dir / RD.TEST_DETECTIONS, path)
         return out
     out.update(score_selected(model, test_ds, cfg, device, selected, M.TEST_AT, path))

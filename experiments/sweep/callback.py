@@ -25,7 +25,7 @@ from typing import Optional
 
 from ray import tune
 
-from experiments.schema import M, Status, Tag
+from experiments.schema import M, PhaseKind, Status, Tag
 from experiments.tracking.store import OUTAGE_WAIT_S, RETRY_S, scoped_env, unreachable
 from experiments.sweep.plan import Phase
 from experiments.sweep.spec import SweepSpec
@@ -166,7 +166,7 @@ class MLflowTuneCallback(tune.Callback):
         if arm:
             tags[Tag.ARM] = arm
             tags[Tag.NOTE] = self.spec.arms[arm].note
-        if self.phase.kind == "search":
+        if self.phase.kind == PhaseKind.SEARCH:
             tags[Tag.SEARCHED] = json.dumps(sorted(k for k, _ in key.params))
         if key.source_trial:  # a confirm run: the search trial whose configuration it retrains
             tags[Tag.SOURCE_TRIAL] = key.source_trial

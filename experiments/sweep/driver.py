@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from experiments.schema import BestTrial, M, Status, Tag
+from experiments.schema import MAXIMISED, OPTUNA_DIRECTION, BestTrial, M, PhaseKind, Status, Tag
 from experiments.sweep.guards import (
     SEQUENTIAL_STATE,
     DriverLock,
@@ -58,9 +58,6 @@ from experiments.sweep.spec import SweepSpec
 from experiments.sweep.status import ended_count, expected_trials, format_counts, phase_states, result_status
 from experiments.sweep.tuner import best_params, new_tuner, trainable
 from ssd_core.errors import ConfigError
-
-
-DEFAULT_STORAGE = "runs/ray"
 
 
 @dataclass
@@ -89,7 +86,7 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
         from ssd_core.train import fit as train_fn
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start = time.perf_counter()
-    storage = sweep_storage(storage, spec.name, DEFAULT_STORAGE)  # a local folder (resolved) or a URI
+    storage = sweep_storage(storage, spec.name)  # a local folder (resolved) or a URI (default: runs/ray/<name>)
     job = TrialJob(spec=spec, train_fn=train_fn, cwd=os.getcwd(), gpu=spec.file.resources.gpu, storage=storage)
     if not resume:
         check_free_space(spec, job, storage)  # before anything is created
@@ -146,9 +143,9 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
     try:
         for ph in phases:  # sequential seeding appends each next wave as it goes
             callback = MLflowTuneCallback(spec, job, tracker, ph)
-            best = best_by_arm.get(ph.arm) if ph.kind == "confirm" else None
-            if ph.kind == "confirm" and best is None:
-                print(f"sweep {spec.name}: no trial of {ph.dirname.replace('confirm', 'search')} reported "
+            best = best_by_arm.get(ph.arm) if ph.kind == PhaseKind.CONFIRM else None
+            if ph.kind == PhaseKind.CONFIRM and best is None:
+                print(f"sweep {spec.name}: no trial of {ph.dirname.replace(PhaseKind.CONFIRM, PhaseKind.SEARCH)} reported "
                       f"{spec.metric}; skipping {ph.dirname}")
                 continue
             path = join(storage, ph.dirname)
@@ -177,7 +174,7 @@ def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address,
                 raise SweepInterrupted(f"sweep {spec.name}: {ph.dirname} stopped with {ended_count(states)} of "
                                        f"{expected_trials(ph)} trials ended ({format_counts(states)}); "
                                        f"continue with --resume")
-            if ph.kind == "search":
+            if ph.kind == PhaseKind.SEARCH:
                 best_by_arm[ph.arm] = best_params(grid)
                 _close_search(spec, tracker, storage, ph, study_url, S.study_name(spec.name, ph.dirname, parent),
                               best_by_arm[ph.arm], grid)
@@ -222,7 +219,7 @@ def _close_search(spec: SweepSpec, tracker, storage, ph: Phase, url: Optional[st
 
     S.close_study(url, name)
     S.label_study(url, name, {"sweep": spec.name, "phase": ph.dirname, "mlflow_parent_run": tracker.parent_id,
-                              "metric": spec.metric, "direction": "maximize"})
+                              "metric": spec.metric, "direction": OPTUNA_DIRECTION[MAXIMISED]})
     if best is None:
         return
     params, trial = best
@@ -231,7 +228,7 @@ def _close_search(spec: SweepSpec, tracker, storage, ph: Phase, url: Optional[st
     text = S.best_hyperparameters(params, sweep=spec.name, phase=ph.dirname, trial=trial,
                                   score=None if score is None else float(score), metric=spec.metric)
     st.write_text(st.join(storage, ph.dirname, S.BEST_HYPERPARAMETERS), text)
-    where = S.BEST_HYPERPARAMETERS if ph.dirname == "search" else f"{ph.dirname}/{S.BEST_HYPERPARAMETERS}"
+    where = S.BEST_HYPERPARAMETERS if ph.dirname == PhaseKind.SEARCH else f"{ph.dirname}/{S.BEST_HYPERPARAMETERS}"
     patient(tracker.parent.client.log_text, tracker.parent_id, text, where)
 
 

@@ -17,15 +17,12 @@ OBJECTIVE = "ssdlab_objective"  # result key: the searcher's objective, fit's sc
 NO_OBJECTIVE = -1e30  # the objective before fit has a score (the score is maximised: the worst there is)
 
 
-NONFINITE_MARKER = "NONFINITE_LOSS.txt"
-
-
 REPORTED = "reported.json"  # the Tune checkpoint's marker: the epoch reported, and the epoch of the state beside it
 
 
 STATE_FILES = (RD.LAST, RD.BEST, RD.METRICS, RD.CONFIG, RD.TEST_DETECTIONS, RD.DATA_RECORD,  # a checkpoint's
-               "detections.png", "pr_curves.png",  # experiments/evidence.py, drawn at the final epoch
-               "deploy.json")  # ssd_core.deploy.measure_run (deploy.bench), measured at the final epoch
+               RD.DETECTIONS_PNG, RD.PR_CURVES_PNG,  # experiments/evidence.py, drawn at the final epoch
+               RD.DEPLOY_RECORD)  # ssd_core.deploy.measure_run (deploy.bench), measured at the final epoch
 
 
 HEAVY_FILES = (RD.LAST, RD.BEST)  # stripped from a trial's older checkpoints (the driver keeps KEEP_STATE)
@@ -61,7 +58,7 @@ class TrialKey:
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> "TrialKey":
-        """From a Tune trial config: {"ssdlab": {arm, seed, source_trial}, <dotted key>: value, ...}."""
+        """From a Tune trial config: {META: {arm, seed, source_trial}, <dotted key>: value, ...}."""
         meta = config.get(META) if isinstance(config, dict) else None
         if not isinstance(meta, dict) or "seed" not in meta:
             raise ConfigError("a trial came back from Ray Tune's saved state without its ssdlab identity (arm, seed): "
@@ -117,4 +114,4 @@ class TrialJob:
 
 def searched_params(config: dict[str, Any]) -> dict[str, Any]:
     """The dotted config keys a trial config carries besides its `ssdlab` metadata."""
-    return {k: v for k, v in config.items() if k != "ssdlab"}
+    return {k: v for k, v in config.items() if k != META}

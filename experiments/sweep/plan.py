@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-from experiments.schema import Tag, grid_size, parse_space
+from experiments.schema import PhaseKind, Tag, grid_size, parse_space
 from experiments.sweep.spec import SweepSpec
 from ssd_core.config import flatten
 
@@ -16,7 +16,7 @@ from ssd_core.config import flatten
 class Phase:
     """One Ray Tune experiment: `grid` (explicit trials), `search` (Optuna) or `confirm` (reseeds)."""
 
-    kind: Literal["grid", "search", "confirm"]
+    kind: str  # experiments.schema.PhaseKind
     dirname: str
     arm: Optional[str] = None
     trials: list[dict[str, Any]] = field(default_factory=list)  # grid/confirm: {"arm", "seed"}
@@ -37,22 +37,22 @@ def plan(spec: SweepSpec) -> list[Phase]:
         return [wave_phase(0, waves.wave(0))]
     if s is None:
         trials = [{"arm": a, "seed": seed} for a in (arms or [None]) for seed in seeds]
-        return [Phase("grid", "trials", trials=trials, num_samples=1)]
+        return [Phase(PhaseKind.GRID, "trials", trials=trials, num_samples=1)]
     n = s.num_samples or grid_size(parse_space(s.space))
     phases = []
     for i, arm in enumerate(arms or [None]):
         tag = f"{i:02d}-{_slug(arm)}-" if arm else ""
-        phases.append(Phase("search", f"{tag}search", arm=arm, num_samples=n,
+        phases.append(Phase(PhaseKind.SEARCH, f"{tag}{PhaseKind.SEARCH}", arm=arm, num_samples=n,
                             trials=[{"arm": arm, "seed": seeds[0]}]))
         if len(seeds) > 1:
-            phases.append(Phase("confirm", f"{tag}confirm", arm=arm,
+            phases.append(Phase(PhaseKind.CONFIRM, f"{tag}{PhaseKind.CONFIRM}", arm=arm,
                                 trials=[{"arm": arm, "seed": seed} for seed in seeds[1:]]))
     return phases
 
 
 def wave_phase(k: int, trials: list[tuple[str, int]]) -> Phase:
     """Wave k of a sequentially seeded sweep as a phase (its own Ray Tune experiment)."""
-    return Phase("grid", f"wave-{k:02d}", trials=[{"arm": a, "seed": seed} for a, seed in trials])
+    return Phase(PhaseKind.GRID, f"wave-{k:02d}", trials=[{"arm": a, "seed": seed} for a, seed in trials])
 
 
 def describe(spec: SweepSpec) -> str:
@@ -64,7 +64,7 @@ def describe(spec: SweepSpec) -> str:
     lines.append(f"  metric: {spec.metric} (maximised)")
     total = 0
     for ph in plan(spec):
-        if ph.kind == "search":
+        if ph.kind == PhaseKind.SEARCH:
             s = f.search
             n = ph.num_samples
             lines.append(f"  phase {ph.dirname}: Optuna {s.sampler} search (seed {s.seed}), {n} trials"
@@ -73,7 +73,7 @@ def describe(spec: SweepSpec) -> str:
                 lines.append(f"      {key}: {json.dumps(dist)}")
         else:
             n = len(ph.trials)
-            what = "best searched config x seeds" if ph.kind == "confirm" else "arms x seeds"
+            what = "best searched config x seeds" if ph.kind == PhaseKind.CONFIRM else "arms x seeds"
             lines.append(f"  phase {ph.dirname}: {n} trials ({what})")
             for t in ph.trials:
                 note = spec.arms[t["arm"]].note if t["arm"] else ""

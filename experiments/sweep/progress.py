@@ -17,7 +17,7 @@ from typing import Optional, TextIO
 
 from ray import tune
 
-from experiments.schema import M, Status, best_index
+from experiments.schema import COUNTED, M, Status, best_index
 from experiments.sweep.job import TrialKey
 from experiments.sweep.status import trial_status
 
@@ -98,7 +98,7 @@ class ProgressCallback(tune.Callback):
         return self.trials[tid]
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in ("finished", "early_stopped", "failed", "running")}
+        out = {s: 0 for s in COUNTED}
         for t in self.trials.values():
             if t.status in out:
                 out[t.status] += 1
@@ -140,9 +140,10 @@ class ProgressCallback(tune.Callback):
         c = self.counts()
         best = self.best()
         eta = self.eta_s()
-        head = (f"[{self.phase}] {c['finished'] + c['early_stopped'] + c['failed']}/{self.expected} done | "
-                f"{c['running']} running | {c['pending']} pending | {c['failed']} failed | "
-                f"{c['early_stopped']} early-stopped | elapsed {_hms(time.monotonic() - self.t0)} | "
+        finished, stopped, failed, running = (c[s] for s in COUNTED)
+        head = (f"[{self.phase}] {finished + stopped + failed}/{self.expected} done | "
+                f"{running} running | {c['pending']} pending | {failed} failed | "
+                f"{stopped} early-stopped | elapsed {_hms(time.monotonic() - self.t0)} | "
                 f"ETA {_hms(eta) if eta is not None else '?'}")
         tail = f"best {best.score:.4f} ({best.label})" if best is not None else "best: no validation yet"
         return f"{head}\n{tail}" if lines else f"{head} | {tail}"
@@ -169,7 +170,7 @@ class ProgressCallback(tune.Callback):
         table = Table(expand=False)
         for col in ("trial", "status", "epoch", "score"):
             table.add_column(col, justify="right" if col in ("epoch", "score") else "left")
-        for t in sorted(self.trials.values(), key=lambda t: (t.status != "running", t.label)):
+        for t in sorted(self.trials.values(), key=lambda t: (t.status != Status.RUNNING.value, t.label)):
             table.add_row(Text(t.label), t.status, f"{t.epoch}/{self.epochs}",
                           f"{t.score:.4f}" if t.score == t.score else "-")
         return Group(Text(self.summary(lines=True), no_wrap=True, overflow="ellipsis"), table)  # Text: no markup

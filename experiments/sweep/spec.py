@@ -8,7 +8,7 @@ config over the seeds):
     experiment: ../experiments/configs/ssd300_voc_vgg16.yaml   # relative to the sweep file
     overrides: {train.epochs: 24}
     search:                                   # optional
-      sampler: tpe                            # tpe | random | grid | gp | nsga2
+      sampler: tpe                            # tpe | random | grid | gp | nsga2 (SAMPLERS)
       num_samples: 32
       metric: val/mAP50
       mode: max
@@ -41,8 +41,9 @@ What the combinations mean (the trial plan, `plan(spec)`):
 * arms only: every arm x every seed, an explicit trial list at equal budget. No early stopping
   unless `scheduler` asks for it.
 * search only: `num_samples` Optuna trials, each trained with `seeds[0]`. With more seeds, a
-  *confirm* phase then retrains the best configuration (by the last reported metric) with each
-  of `seeds[1:]` at full budget, so the winner comes with error bars.
+  *confirm* phase then retrains the best configuration (the best trial by experiments.schema.best_index:
+  finished, best score, i.e. best selection metric over its epochs) with each of `seeds[1:]` at full
+  budget, so the winner comes with error bars.
 * arms + search: the search runs once per arm (arm overrides applied first, same space, same
   sampler seed, `num_samples` trials each; a separate Optuna study per arm), each followed by its
   confirm phase: every arm is compared at its own best hyperparameters.
@@ -61,10 +62,17 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from experiments.schema import MAXIMISED, MINIMISED
 from ssd_core.config import DEFAULT_TRACKING_URI, ExperimentConfig, apply_overrides
 
 
-MAXIMISED = "max"  # the selection metric is maximised: the one `mode` a sweep file may name
+# search.sampler -> its Optuna sampler (optuna.samplers.<class>); the grid sampler takes choice and int
+# parameters only; MULTI_OBJECTIVE: those that search several objectives (search.objectives)
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "gp": "GPSampler",
+            "nsga2": "NSGAIISampler"}
+SAMPLER_NAMES = tuple(SAMPLERS)
+GRID_SAMPLER = "grid"
+MULTI_OBJECTIVE = ("tpe", "random", "nsga2")
 
 
 _NAME = re.compile(r"^[A-Za-z0-9+][A-Za-z0-9_.+-]*$")
@@ -75,10 +83,10 @@ class _Strict(BaseModel):
 
 
 class SearchSpec(_Strict):
-    sampler: Literal["tpe", "random", "grid", "gp", "nsga2"] = "tpe"
+    sampler: Literal[SAMPLER_NAMES] = "tpe"
     num_samples: Optional[int] = Field(None, gt=0)  # grid: defaults to the grid size
     metric: Optional[str] = None
-    mode: Optional[Literal["max", "min"]] = None
+    mode: Optional[Literal[MAXIMISED, MINIMISED]] = None  # a sweep file may say max, the one direction (validate)
     seed: int = 0
     space: dict[str, dict[str, Any]]
     # Further objectives, minimised, measured at each trial's final epoch (experiments.schema.SEARCH_OBJECTIVES):
@@ -146,7 +154,7 @@ class SweepFile(_Strict):
     design: Optional[dict[str, Any]] = None  # factors -> design points (experiments/design.py); arms besides them
     seeds: Union[list[int], SequentialSeeds] = Field(default_factory=lambda: [0])
     metric: Optional[str] = None  # for arms-only sweeps with a scheduler; search.metric wins
-    mode: Optional[Literal["max", "min"]] = None
+    mode: Optional[Literal[MAXIMISED, MINIMISED]] = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_concurrent: Optional[int] = Field(None, gt=0)
     max_trials: int = Field(10_000, gt=0)  # a plan larger than this is refused before it is built

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from experiments.schema import M, Status
+from experiments.schema import M, PhaseKind, Status
 from experiments.sweep.plan import Phase
 
 
 def expected_trials(phase: Phase) -> int:
-    return phase.num_samples if phase.kind == "search" else len(phase.trials)
+    return phase.num_samples if phase.kind == PhaseKind.SEARCH else len(phase.trials)
 
 
 NOT_STARTED = "not started"

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Optional
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+DEFAULT_STORAGE = "runs/ray"  # where sweeps keep their state unless --storage says otherwise
 
 
 def is_uri(storage: str) -> bool:
     return bool(_SCHEME.match(str(storage)))
 
 
-def sweep_storage(storage, name: str, default: str = "runs/ray") -> str:
+def sweep_storage(storage, name: str, default: str = DEFAULT_STORAGE) -> str:
     """The sweep's state location: `<storage>/<name>`, a local path resolved against the working
     directory, or a URI kept as written."""
     storage = str(storage or default)

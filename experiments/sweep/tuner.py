@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from experiments.schema import M, Param, best_index, parse_space
+from experiments.schema import MAXIMISED, MINIMISED, M, Param, PhaseKind, best_index, parse_space
 from experiments.sweep.guards import DiskFullStop
 from experiments.sweep.job import META, OBJECTIVE, TrialJob, searched_params
 from experiments.sweep.plan import Phase
-from experiments.sweep.spec import SweepSpec
+from experiments.sweep.spec import GRID_SAMPLER, SAMPLERS, SweepSpec
 from experiments.sweep.status import result_status
 from experiments.sweep.worker import run_trial
 from ssd_core.config import flatten
@@ -34,19 +34,15 @@ class DefineByRun:
 
 
 def make_sampler(search):
+    """The Optuna sampler search.sampler names (experiments.sweep.spec.SAMPLERS), seeded with search.seed."""
     import optuna
 
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=search.seed)
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    if search.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=search.seed)
-    if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=search.seed)
+    sampler = getattr(optuna.samplers, SAMPLERS[search.sampler])
+    if search.sampler != GRID_SAMPLER:
+        return sampler(seed=search.seed)
     params = parse_space(search.space)
     axes = {p.key: sorted(set(p.grid()), key=repr) for p in params}
-    return optuna.samplers.GridSampler(axes, seed=search.seed)
+    return sampler(axes, seed=search.seed)
 
 
 def trainable(job: TrialJob):
@@ -65,13 +61,13 @@ def new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callb
     f = spec.file
     search_alg = scheduler = None
     asha = spec.asha
-    if phase.kind == "search":
+    if phase.kind == PhaseKind.SEARCH:
         meta = dict(phase.trials[0])
         param_space = {META: meta}
         base_flat = flatten(spec.trial_config(phase.arm, meta["seed"]))
         # with search.objectives, Optuna gets [the score, each cost (minimised)] at a trial's end
-        metric, mode = ([OBJECTIVE, *f.search.objectives], ["max"] + ["min"] * len(f.search.objectives)) \
-            if f.search.objectives else (OBJECTIVE, "max")
+        metric, mode = ([OBJECTIVE, *f.search.objectives], [MAXIMISED] + [MINIMISED] * len(f.search.objectives)) \
+            if f.search.objectives else (OBJECTIVE, MAXIMISED)
         url, name = study
         import optuna
 
@@ -86,10 +82,10 @@ def new_tuner(spec: SweepSpec, job: TrialJob, phase: Phase, storage: Path, callb
         trials = [{**t, **({"source_trial": source} if source else {})} for t in phase.trials]
         param_space = {META: tune.grid_search(trials), **params}
         num_samples = 1
-    if asha is not None and phase.kind != "confirm":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.max_t(phase.arm),
+    if asha is not None and phase.kind != PhaseKind.CONFIRM:
+        scheduler = ASHAScheduler(time_attr=M.EPOCH, max_t=spec.max_t(phase.arm),
                                   grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
-    tune_config = tune.TuneConfig(metric=OBJECTIVE, mode="max", search_alg=search_alg, scheduler=scheduler,
+    tune_config = tune.TuneConfig(metric=OBJECTIVE, mode=MAXIMISED, search_alg=search_alg, scheduler=scheduler,
                                   num_samples=num_samples, max_concurrent_trials=f.max_concurrent,
                                   reuse_actors=True)
     run_config = tune.RunConfig(

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from experiments.schema import SEARCH_OBJECTIVES, M, Param, SpaceError, grid_size, parse_space
-from experiments.sweep.spec import _NAME, MAXIMISED, ArmSpec, SearchSpec, SequentialSeeds, SweepFile, SweepSpec
+from experiments.schema import MAXIMISED, SEARCH_OBJECTIVES, M, Param, SpaceError, grid_size, parse_space
+from experiments.sweep.spec import (_NAME, GRID_SAMPLER, MULTI_OBJECTIVE, ArmSpec, SearchSpec, SequentialSeeds, SweepFile,
+                                    SweepSpec)
 from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, load_config, read_yaml, short
 from ssd_core.errors import ConfigError
 
@@ -107,7 +108,7 @@ def validate_sweep(data: dict, path: Path) -> SweepSpec:
             arm_cfg = _apply(path, f"arms.{arm}.overrides", base, arms[arm].overrides) if arm else base
             _check_space(path, sf.search, arm_cfg, keys)
         _check_objectives(path, sf, arms, base)
-        if sf.search.sampler == "grid":
+        if sf.search.sampler == GRID_SAMPLER:
             size = grid_size(search_params(path, sf.search))
             if sf.search.num_samples is not None and sf.search.num_samples > size:
                 raise _fail(path, "search.num_samples", f"{sf.search.num_samples} exceeds the grid size {size}")
@@ -204,9 +205,9 @@ def _check_objectives(path: Path, sf: "SweepFile", arms: dict, base: ExperimentC
                         f"{', '.join(SEARCH_OBJECTIVES)}")
     if len(set(objectives)) != len(objectives):
         raise _fail(path, "search.objectives", f"{objectives} repeats an objective")
-    if sf.search.sampler not in ("tpe", "random", "nsga2"):
-        raise _fail(path, "search.sampler", f"{sf.search.sampler!r} does not search several objectives: use tpe, "
-                    f"random or nsga2 with search.objectives")
+    if sf.search.sampler not in MULTI_OBJECTIVE:
+        raise _fail(path, "search.sampler", f"{sf.search.sampler!r} does not search several objectives: use "
+                    f"{', '.join(MULTI_OBJECTIVE[:-1])} or {MULTI_OBJECTIVE[-1]} with search.objectives")
     if sf.scheduler is not None and sf.scheduler.asha is not None:
         raise _fail(path, "scheduler", "early stopping ranks trials on one metric, and a stopped trial has no "
                     "final-epoch cost: a multi-objective search (search.objectives) runs every trial to its end")
@@ -318,8 +319,8 @@ def _check_space(path: Path, search: SearchSpec, cfg: ExperimentConfig, keys: se
                 _check_keys(path, f"{where}.when", {wkey: None}, keys)
             if wkey in search.space and wkey not in seen:
                 raise _fail(path, f"{where}.when.{wkey}", "refers to a parameter sampled later; list it first")
-        if p.when and search.sampler == "grid":
+        if p.when and search.sampler == GRID_SAMPLER:
             raise _fail(path, f"{where}.when", "the grid sampler takes no conditional parameters")
-        if search.sampler == "grid" and p.grid() is None:
+        if search.sampler == GRID_SAMPLER and p.grid() is None:
             raise _fail(path, where, f"the grid sampler takes choice and int parameters only, got {p.kind}")
         seen.append(p.key)

@@ -34,8 +34,8 @@ from typing import Any, Optional
 
 from experiments.schema import M
 from experiments.sweep.checkpoints import read_marker, restore_newest_state, stage_state
-from experiments.sweep.job import (DATA_KEY, NO_OBJECTIVE, NODE_KEY, NONFINITE_MARKER, OBJECTIVE, PRECISION_KEY, REPORTED,
-                                   SCRATCH_ENV, TrialJob)
+from experiments.sweep.job import (DATA_KEY, NO_OBJECTIVE, NODE_KEY, OBJECTIVE, PRECISION_KEY, REPORTED, SCRATCH_ENV,
+                                   TrialJob)
 from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, config_hash
 from ssd_core.errors import NonFiniteLossError
@@ -68,7 +68,7 @@ class TuneReporter:
 
         if M.SCORE in metrics:
             self.objective = float(metrics[M.SCORE])
-        result = {**metrics, **system_metrics(), "epoch": int(epoch), OBJECTIVE: self.objective}
+        result = {**metrics, **system_metrics(), M.EPOCH: int(epoch), OBJECTIVE: self.objective}
         if metrics.get(M.FINAL) and run_dir is not None:
             from ssd_core import deploy as DP
             if self.state_epoch is None:
@@ -234,7 +234,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     check_data_root(cfg, node)
     run_dir = trial_run_dir(job, tune.get_context().get_trial_id(), node_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    marker = run_dir / NONFINITE_MARKER
+    marker = run_dir / RD.NONFINITE_MARKER
     if marker.exists():  # a retry of a trial whose loss went non-finite: fail again, at once
         raise NonFiniteLossError(marker.read_text())
     seen = 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from experiments.schema import Kind, M, Status, Tag
+from experiments.schema import Kind, M, PhaseKind, Status, Tag
 from ssd_core import rundir as RD
 from ssd_core.errors import UserError
 
@@ -162,7 +162,7 @@ def import_runs(paths: Iterable[Path], sweep: str, uri: str, experiment: Optiona
             present.append(str(run.path))
             continue
         tags = {Tag.SEED: run.cfg.train.seed, Tag.CONFIG_HASH: config_hash(run.cfg), Tag.ARM: arm,
-                Tag.PHASE: "grid", Tag.EXPERIMENT: IMPORT_PHASE, Tag.SOURCE_DIR: str(run.path.resolve()),
+                Tag.PHASE: PhaseKind.GRID, Tag.EXPERIMENT: IMPORT_PHASE, Tag.SOURCE_DIR: str(run.path.resolve()),
                 Tag.DESCRIPTION: f"imported run: arm {arm}, seed {run.cfg.train.seed}, from {run.path.resolve()}"}
         tracker.child(run.trial_id, params=flatten(run.cfg), tags=tags,
                       run_name=f"{arm}-s{run.cfg.train.seed}-{run.trial_id}")

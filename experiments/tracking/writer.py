@@ -195,7 +195,7 @@ class RunWriter:
         else:
             new_params = [p for p in new_params if p.key not in run.data.params]  # params are immutable
             self.last_step = last_step(self.client, run)
-            self.client.update_run(run.info.run_id, status="RUNNING")
+            self.client.update_run(run.info.run_id, status=MLFLOW_STATUS[Status.RUNNING])
         self.run_id = run.info.run_id
         log_batch(self.client, self.run_id, params=new_params,
                   tags={**ident, Tag.STATUS: Status.RUNNING, **{k: str(v) for k, v in dict(tags).items()}})
@@ -249,7 +249,7 @@ class RunWriter:
         if self.run_id is None:
             return
         if config_yaml is not None:
-            self.log_text(config_yaml, "config.yaml")
+            self.log_text(config_yaml, RD.CONFIG)
         if checkpoint is not None and Path(checkpoint).is_file():
             with tempfile.TemporaryDirectory() as tmp:
                 try:
@@ -262,9 +262,8 @@ class RunWriter:
             self.client.log_artifact(self.run_id, str(detections))
             for path in RD.detections_at_points(Path(detections).parent):  # eval.test_at: beside them
                 self.client.log_artifact(self.run_id, str(path), artifact_path=Artifact.BUDGET)
-        from experiments.evidence import DETECTIONS_PNG, PR_CURVES_PNG
         for source in (checkpoint, detections):  # the evidence PNGs sit beside them (experiments/evidence.py)
-            for name in (DETECTIONS_PNG, PR_CURVES_PNG) if source is not None else ():
+            for name in (RD.DETECTIONS_PNG, RD.PR_CURVES_PNG) if source is not None else ():
                 png = Path(source).parent / name
                 if png.is_file() and name not in self._logged:
                     self.client.log_artifact(self.run_id, str(png), artifact_path=Artifact.EVIDENCE)

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments.schema import Tag
 from ssd_core import metrics as M
 from ssd_core.config import DEFAULT_TRACKING_URI
 from ssd_core.errors import UserError
@@ -24,7 +25,7 @@ from ssd_core.errors import UserError
 def register(subparsers) -> None:
     uri_help = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
     p = subparsers.add_parser("report", help="regenerate a sweep's tables and plots from MLflow")
-    p.add_argument("--sweep", default=None, help="sweep name (tag ssdlab.sweep); without it: the sweeps in the store")
+    p.add_argument("--sweep", default=None, help=f"sweep name (tag {Tag.SWEEP}); without it: the sweeps in the store")
     p.add_argument("--tracking-uri", default=None, help=uri_help)
     p.add_argument("--format", default="md", help="comma-separated: md,csv,tex,html (default md)")
     p.add_argument("--out", default=None, help="output directory (default reports/out/<sweep>)")

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ssdlab.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from experiments.sweep.storage import DEFAULT_STORAGE
 from ssd_core import metrics as M
 from ssd_core.config import DEFAULT_TRACKING_URI
 
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its Ray Tune state")
     sw.add_argument("--restart", action="store_true",
                     help="start afresh: move a previous launch's state aside (its MLflow runs are kept)")
-    sw.add_argument("--storage", default=None, help="trial state folder (default: runs/ray)")
+    sw.add_argument("--storage", default=None, help=f"trial state folder (default: {DEFAULT_STORAGE})")
     sw.add_argument("--dry-run", action="store_true", help="print the trial plan and resources, run nothing")
     sw.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     sw.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
@@ -58,8 +59,9 @@ def sweep(args) -> int:
         return EXIT_OK
     check_images(spec)  # an unreadable image stops the launch here, naming it, not at its iteration
     from experiments.sweep.plan import plan
+    from experiments.sweep.status import expected_trials
     phases = plan(spec)
-    first = sum(len(ph.trials) if ph.kind != "search" else ph.num_samples for ph in phases)
+    first = sum(expected_trials(ph) for ph in phases)
     print(f"ssdlab sweep {spec.name}: {len(spec.arm_names) or 1} arm(s), {first} trials planned"
           + (" in the first wave" if spec.sequential else "") + f"; MLflow {spec.file.tracking.uri} "
           f"(experiment {spec.experiment_name}); starting Ray", flush=True)

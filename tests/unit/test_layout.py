@@ -5,10 +5,12 @@ upward arrow hidden inside a function is still an arrow):
 
 ssd_core imports no Ray, no MLflow and nothing of the lab; the sweep's worker side never imports
 experiments.tracking or MLflow (workers never touch MLflow); nothing imports a module's private name from
-another module; no source file is over 400 lines."""
+another module; no source file is over 400 lines; no tag, run status or metric name is spelled as a literal
+outside its home (experiments/schema.py, ssd_core/metrics.py): everyone else imports the name."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ WORKER_SIDE = ["experiments/sweep/job.py", "experiments/sweep/worker.py", "exper
                "experiments/sweep/spec.py", "experiments/sweep/validate.py", "experiments/sweep/plan.py",
                "experiments/sweep/storage.py", "experiments/sweep/status.py"]
 MAX_LINES = 400
+TAGS_HOME, METRICS_HOME = "experiments/schema.py", "ssd_core/metrics.py"
 
 
 def sources(*packages: str) -> list[Path]:
@@ -105,3 +108,71 @@ def test_the_checks_catch_what_they_look_for(tmp_path, monkeypatch):
         test_the_imports_point_down_the_layers_only()
     with pytest.raises(AssertionError, match="experiments/a.py:2 imports reports.load._col"):
         test_no_package_imports_another_packages_private_name()
+
+
+# ---------------------------------------------------------------- one home for each name
+
+
+def vocabulary() -> dict[str, tuple[str, set[str], str]]:
+    """What the literal rule guards, from the homes: kind -> (home, names, characters that may not touch a name).
+    Tags (experiments.schema.Tag) and metric names (ssd_core.metrics: its names with a "/", and what its name
+    functions make on each split, with their "/<name>" tails) are found inside any literal; a run status
+    (experiments.schema.Status) is a whole literal."""
+    from experiments.schema import Status, Tag
+    from ssd_core import metrics as M
+
+    tags = {v for k, v in vars(Tag).items() if not k.startswith("_") and isinstance(v, str)}
+    made = {f(split) for split in (M.VAL, M.TEST, M.TEST_LAST, M.TEST_AT)
+            for f in (M.map50, M.map50_area, M.class_ap50_prefix, *(lambda s, k=k: M.coco_ap(s, k) for k in M.COCO_KEYS))}
+    made |= {M.deploy(name, backend, one) for name in (*M.DEPLOY_TIMINGS, "mAP50", "model_mb")
+             for backend in M.DEPLOY_BACKENDS for one in (False, True)}
+    metrics = made | {v for v in vars(M).values() if isinstance(v, str) and "/" in v}
+    metrics |= {"/" + m.split("/", 1)[1] for m in set(metrics) if m.split("/", 1)[0] in (M.VAL, M.TEST, M.TEST_LAST, M.TEST_AT)}
+    return {"tag": (TAGS_HOME, tags, r"[\w.]"), "metric name": (METRICS_HOME, metrics, r"[\w/]"),
+            "status": (TAGS_HOME, {s.value for s in Status}, "")}
+
+
+def literals(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string literal in `path` (the literal parts of f-strings too), docstrings and other
+    bare string statements left out."""
+    tree = ast.parse(path.read_text(), str(path))
+    bare = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in bare]
+
+
+def spelled_out_of_home() -> list[str]:
+    """'path:line spells the <kind> <name>' for each guarded name in a literal outside its home."""
+    found = []
+    for kind, (home, names, touching) in vocabulary().items():
+        pattern = re.compile("|".join(f"(?<!{touching}){re.escape(n)}(?!{touching})" if touching else f"^{re.escape(n)}$"
+                                      for n in sorted(names, key=len, reverse=True)))
+        for path in sources(*LAYERS):
+            rel = str(path.relative_to(REPO))
+            found += [f"{rel}:{line} spells the {kind} {m.group()!r}" for line, text in literals(path)
+                      if rel != home and (m := pattern.search(text))]
+    return found
+
+
+def test_no_tag_status_or_metric_name_is_a_literal_outside_its_home():
+    assert spelled_out_of_home() == []
+
+
+def test_the_literal_rule_catches_a_planted_literal(tmp_path, monkeypatch):
+    """A tag inside a filter string, a bare status, a metric name with the frame's prefix and a split's tail are
+    each caught; a docstring naming them is not, nor a longer word that only contains one."""
+    pkg = tmp_path / "reports"
+    pkg.mkdir()
+    (pkg / "a.py").write_text('"""Reads ssdlab.status, val/mAP50 and finished runs."""\n'
+                              'flt = "tags.`ssdlab.status` = \'x\'"\n'
+                              'done = runs["status"] == "finished"\n'
+                              'cost = "metrics.cost/device_hours"\n'
+                              'sel = f"{split}/selected_epoch"\n'
+                              'fine = ["finished runs", "ssdlab.statuses", "train/loss_extra"]\n')
+    monkeypatch.setattr(__import__(__name__, fromlist=["REPO"]), "REPO", tmp_path)
+    assert spelled_out_of_home() == ["reports/a.py:2 spells the tag 'ssdlab.status'",
+                                     "reports/a.py:4 spells the metric name 'cost/device_hours'",
+                                     "reports/a.py:5 spells the metric name '/selected_epoch'",
+                                     "reports/a.py:3 spells the status 'finished'"]
+    with pytest.raises(AssertionError):
+        test_no_tag_status_or_metric_name_is_a_literal_outside_its_home()
