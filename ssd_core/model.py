@@ -15,7 +15,9 @@ on the meta device (no compute), so any input size works:
 
 This reproduces 38, 19, 10, 5, 3, 1 at 300 px and 64, 32, 16, 8, 4, 2, 1 at 512 px, and gives e.g.
 16, 8, 4, 2, 1 (VGG16, 128 px) or 20, 10, 5, 3, 1 (160 px). The default boxes are then laid out on
-the feature-map sizes the network really produces (priors.paper_prior_spec).
+the feature-map sizes the network really produces (priors.model_prior_spec), and the SSD is handed them, as
+torchvision's SSD is handed its anchor generator: the model section -> default boxes translation lives beside
+the default boxes (priors.py), not here.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 
 from ssd_core.backbones import IMAGENET_MEAN, IMAGENET_STD, Base, build_base, xavier_init
 from ssd_core.errors import ConfigError
-from ssd_core.priors import PriorSpec, default_boxes, paper_prior_spec
+from ssd_core.priors import PriorSpec, default_boxes, model_prior_spec
 
 if TYPE_CHECKING:
     from ssd_core.config import ModelConfig
@@ -229,15 +231,12 @@ def build_ssd(model: "ModelConfig | str" = "vgg16", num_classes: int = 21, image
         raise ConfigError("build_ssd: give either a model section or keyword options, not both")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"model.num_classes={num_classes!r}: need an int >= 2 (background + at least one class)")
-    from ssd_core.prior_fit import prior_spec_kwargs
-
     base = build_base(model)
     extras, extra_channels = make_extras(base, dry_run_sizes(base, model.image_size)[-1])
     features = SSDFeatures(base, extras)
     maps = dry_run_sizes(features, model.image_size)
-    spec = paper_prior_spec(model.image_size, maps, "voc" if model.prior_scales == "auto" else model.prior_scales,
-                            **{**prior_spec_kwargs(model, len(maps)), **raw})
-    return SSD(features, base.out_channels + extra_channels, spec, num_classes, model.lite_heads)
+    return SSD(features, base.out_channels + extra_channels, model_prior_spec(model, maps, **raw), num_classes,
+               model.lite_heads)
 
 
 def feature_map_sizes(model: "ModelConfig") -> list[int]:

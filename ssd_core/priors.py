@@ -21,6 +21,10 @@ the first map (conv4_3) gets min_size = S * first_ratio / 100 and max_size = S *
     COCO below 512 px: 15 / 90, first  7%   -> 300: min 21, 45, 99, 153, 207, 261; max 45 ... 315
     VOC  512 px and up: 15 / 90, first  7%  -> 512: min 35.84, 76.8, 153.6, ..., 460.8; max ... 537.6
     COCO 512 px and up: 10 / 90, first  4%
+
+A model section (ssd_core.config.ModelConfig: prior_scales, explicit or fitted prior_sizes, ratios, aspect
+ratios) becomes its PriorSpec here, in model_prior_spec; build_ssd hands the SSD that spec, as torchvision's
+SSD is handed its anchor generator.
 """
 from __future__ import annotations
 
@@ -181,3 +185,42 @@ def default_boxes(spec: PriorSpec) -> Tensor:
     if spec.clip:
         boxes = boxes.clamp(0.0, 1.0)
     return boxes.to(torch.float32)
+
+
+# ---------------------------------------------------------------- a model section's default boxes
+
+
+def model_prior_spec(model, feature_maps: Sequence[int], **overrides) -> PriorSpec:
+    """The default boxes a model section (ssd_core.config.ModelConfig) lays on the network's `feature_maps`:
+    paper_prior_spec at model.image_size with model.prior_scales (voc while they are `auto`: the fitted sizes
+    replace them) and the section's sizes, ratios and aspect ratios (prior_spec_kwargs); `overrides`: raw
+    paper_prior_spec keywords over those (build_ssd's)."""
+    scales = "voc" if model.prior_scales == "auto" else model.prior_scales
+    return paper_prior_spec(model.image_size, feature_maps, scales,
+                            **{**prior_spec_kwargs(model, len(feature_maps)), **overrides})
+
+
+def prior_spec_kwargs(model, num_maps: int) -> dict:
+    """paper_prior_spec keywords from a model section: the ratio overrides, or the explicit/fitted sizes
+    (min_sizes = S s_1..s_m, max_sizes = S s_2..s_m+1) and aspect ratios. ConfigError when their lengths do
+    not fit the network's maps, or when auto sizes were never fitted."""
+    S = model.image_size
+    out = {k: getattr(model, f"prior_{k}") for k in ("first_ratio", "min_ratio", "max_ratio")
+           if getattr(model, f"prior_{k}") is not None}
+    if model.prior_sizes is not None:
+        s = list(model.prior_sizes)
+        if len(s) != num_maps + 1:
+            raise ConfigError(f"model.prior_sizes: {len(s)} sizes for {num_maps} feature maps: expected {num_maps + 1} "
+                              f"(s_1 .. s_m+1; map k's boxes are s_k and sqrt(s_k s_k+1))")
+        out.update(min_sizes=tuple(S * v for v in s[:-1]), max_sizes=tuple(S * v for v in s[1:]))
+    elif model.prior_scales == "auto":
+        raise ConfigError("model.prior_scales: auto: the default boxes have not been fitted to the training split yet "
+                          "(ssd_core.prior_fit.resolve_priors; `ssdlab train`, sweeps and `ssdlab data check --fit` do it)")
+    if model.prior_aspect_ratios is not None:
+        r = model.prior_aspect_ratios
+        if len(r) != num_maps:
+            raise ConfigError(f"model.prior_aspect_ratios: {len(r)} ratio sets for {num_maps} feature maps")
+        out["aspect_ratios"] = tuple(tuple(x) for x in r)
+    elif model.prior_aspect == "auto":
+        raise ConfigError("model.prior_aspect: auto: the aspect ratios have not been fitted yet (resolve_priors)")
+    return out

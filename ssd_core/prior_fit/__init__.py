@@ -19,17 +19,17 @@ Where each part lives (everything below is importable from `ssd_core.prior_fit`)
     coverage.py   Coverage and coverage(): how well a set of default boxes covers the training boxes
     fit.py        fit_sizes(): the scales s_1 < ... < s_m+1 that replace the evenly spread s_k of the paper's
                   eq. 4 (sec. 2.2, "Choosing scales and aspect ratios"), keeping SSD's box structure, and how
-    resolve.py    the config side: the training boxes, resolve_priors (prior_scales: auto), spec_of and
-                  prior_spec_kwargs (the sizes and ratios a model section lays out)
+    resolve.py    the config side: the training boxes, resolve_priors (prior_scales: auto), spec_of (the
+                  default boxes a config lays out; a model section's sizes and ratios: ssd_core/priors.py)
 """
 from __future__ import annotations
 
 from ssd_core.prior_fit.coverage import MEDIUM, SMALL, THRESHOLD, Coverage, coverage
 from ssd_core.prior_fit.fit import GRID, MAX_FIT_BOXES, RATIO_CHOICES, Fit, fit_sizes
-from ssd_core.prior_fit.resolve import layout, prior_spec_kwargs, resolve_priors, spec_of, training_boxes
+from ssd_core.prior_fit.resolve import layout, resolve_priors, spec_of, training_boxes
 
 __all__ = [
     "THRESHOLD", "SMALL", "MEDIUM", "Coverage", "coverage",
     "GRID", "RATIO_CHOICES", "MAX_FIT_BOXES", "Fit", "fit_sizes",
-    "training_boxes", "layout", "resolve_priors", "spec_of", "prior_spec_kwargs",
+    "training_boxes", "layout", "resolve_priors", "spec_of",
 ]

@@ -5,7 +5,7 @@ and training split; and the default-box layout any model section asks for.
     training_boxes(cfg)              the training split's boxes as the fit and the coverage see them
     resolve_priors(cfg)              the config with the fitted keys written in (unchanged when nothing to fit)
     spec_of(cfg)                     the PriorSpec the config's model lays out, without building the model
-    prior_spec_kwargs(model, maps)   paper_prior_spec keywords from a model section (ssd_core/model.py)
+                                     (a model section -> its PriorSpec: ssd_core.priors.model_prior_spec)
 """
 from __future__ import annotations
 
@@ -105,36 +105,7 @@ def fit_keys(cfg, boxes: np.ndarray, labels: np.ndarray, classes: int) -> dict:
 
 def spec_of(cfg):
     """The PriorSpec the config's model lays out (fitted sizes included), without building the model."""
-    from ssd_core.priors import paper_prior_spec
+    from ssd_core.priors import model_prior_spec
 
-    model = cfg.model
-    maps, steps = layout(model)
-    kwargs = prior_spec_kwargs(model, len(maps))
-    return paper_prior_spec(model.image_size, maps, "voc" if model.prior_scales == "auto" else model.prior_scales,
-                            **kwargs)
-
-
-def prior_spec_kwargs(model, num_maps: int) -> dict:
-    """paper_prior_spec keywords from a model section: the ratio overrides, or the explicit/fitted sizes
-    (min_sizes = S s_1..s_m, max_sizes = S s_2..s_m+1) and aspect ratios. ConfigError when their lengths do
-    not fit the network's maps, or when auto sizes were never fitted."""
-    S = model.image_size
-    out = {k: getattr(model, f"prior_{k}") for k in ("first_ratio", "min_ratio", "max_ratio")
-           if getattr(model, f"prior_{k}") is not None}
-    if model.prior_sizes is not None:
-        s = list(model.prior_sizes)
-        if len(s) != num_maps + 1:
-            raise ConfigError(f"model.prior_sizes: {len(s)} sizes for {num_maps} feature maps: expected {num_maps + 1} "
-                              f"(s_1 .. s_m+1; map k's boxes are s_k and sqrt(s_k s_k+1))")
-        out.update(min_sizes=tuple(S * v for v in s[:-1]), max_sizes=tuple(S * v for v in s[1:]))
-    elif model.prior_scales == "auto":
-        raise ConfigError("model.prior_scales: auto: the default boxes have not been fitted to the training split yet "
-                          "(ssd_core.prior_fit.resolve_priors; `ssdlab train`, sweeps and `ssdlab data check --fit` do it)")
-    if model.prior_aspect_ratios is not None:
-        r = model.prior_aspect_ratios
-        if len(r) != num_maps:
-            raise ConfigError(f"model.prior_aspect_ratios: {len(r)} ratio sets for {num_maps} feature maps")
-        out["aspect_ratios"] = tuple(tuple(x) for x in r)
-    elif model.prior_aspect == "auto":
-        raise ConfigError("model.prior_aspect: auto: the aspect ratios have not been fitted yet (resolve_priors)")
-    return out
+    maps, _ = layout(cfg.model)
+    return model_prior_spec(cfg.model, maps)

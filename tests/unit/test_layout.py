@@ -5,8 +5,9 @@ upward arrow hidden inside a function is still an arrow):
 
 ssd_core imports no Ray, no MLflow and nothing of the lab; the sweep's worker side never imports
 experiments.tracking or MLflow (workers never touch MLflow); nothing imports a module's private name from
-another module; no source file is over 400 lines; no tag, run status or metric name is spelled as a literal
-outside its home (experiments/schema.py, ssd_core/metrics.py): everyone else imports the name."""
+another module; no import cycle inside a package either (module-level and function-local imports alike); no
+source file is over 400 lines; no tag, run status or metric name is spelled as a literal outside its home
+(experiments/schema.py, ssd_core/metrics.py): everyone else imports the name."""
 from __future__ import annotations
 
 import ast
@@ -85,6 +86,70 @@ def test_no_package_imports_another_packages_private_name():
                 found += [f"{path.relative_to(REPO)}:{line} imports {m}.{n}" for n in names
                           if n.startswith("_") and not n.startswith("__")]
     assert found == []
+
+
+def module_of(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """module -> the modules of `package` it imports, wherever the import stands: `from p import name` is an
+    edge to the module p.name when there is one, else to p; `import p.q` to p.q."""
+    modules = {module_of(p): p for p in sources(package)}
+    graph = {}
+    for name, path in modules.items():
+        out = set()
+        for _, module, names in imports(path):
+            if module.split(".")[0] != package:
+                continue
+            subs = {f"{module}.{n}" for n in names if f"{module}.{n}" in modules}
+            if not names or len(subs) < len(names):
+                target = module
+                while target not in modules and "." in target:
+                    target = target.rpartition(".")[0]
+                subs.add(target)
+            out |= subs - {name}
+        graph[name] = out
+    return graph
+
+
+def import_cycles(package: str) -> list[str]:
+    """One line per set of modules of `package` that import each other round in a circle (each set once)."""
+    graph = import_graph(package)
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    reaches = {m: reach(m) for m in graph}
+    rings = {tuple(sorted(n for n in reaches[m] if m in reaches[n])) for m in graph if m in reaches[m]}
+    return [f"{package}: " + " <-> ".join(ring) for ring in sorted(rings)]
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_no_import_cycle_inside_a_package(package):
+    assert import_cycles(package) == []
+
+
+def test_the_cycle_rule_sees_a_cycle_closed_inside_a_function(tmp_path, monkeypatch):
+    """build -> model at module level, model -> fit/__init__ -> fit/resolve -> build inside functions: one cycle."""
+    pkg = tmp_path / "ssd_core"
+    (pkg / "fit").mkdir(parents=True)
+    for name, text in {"__init__.py": "", "build.py": "from ssd_core.model import SSD\n",
+                       "model.py": "def build():\n    from ssd_core.fit import spec\n",
+                       "fit/__init__.py": "from ssd_core.fit.resolve import spec\n",
+                       "fit/resolve.py": "def spec():\n    from ssd_core import build\n",
+                       "priors.py": "from ssd_core import model\n"}.items():
+        (pkg / name).write_text(text)
+    monkeypatch.setattr(__import__(__name__, fromlist=["REPO"]), "REPO", tmp_path)
+    assert import_cycles("ssd_core") == ["ssd_core: ssd_core.build <-> ssd_core.fit <-> ssd_core.fit.resolve <-> "
+                                         "ssd_core.model"]
 
 
 @pytest.mark.parametrize("package", [*LAYERS, "benchmarks"])
