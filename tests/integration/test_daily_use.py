@@ -72,8 +72,9 @@ def test_a_dry_run_warns_when_the_sweep_state_exists(tmp_path, capsys):
 def test_experiments_open_on_mlflow_s_model_training_view(tmp_path):
     from experiments.tracking.store import mlflow_client
     from experiments.tracking.store import EXPERIMENT_KIND, ensure_store, experiment_id
+    from tests.support.stores import empty_store
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ensure_store(uri)
+    ensure_store(empty_store(uri))
     client = mlflow_client(uri)
     exp = client.get_experiment(experiment_id(client, "fresh", uri))
     assert exp.tags["mlflow.experimentKind"] == EXPERIMENT_KIND["mlflow.experimentKind"] == "custom_model_development"

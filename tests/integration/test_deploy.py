@@ -139,8 +139,9 @@ def test_deploy_bench_cli_logs_metrics_onto_the_run(trained, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     ckpt = trained[0]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from experiments.tracking.store import client_for, experiment_id
+    from tests.support.stores import empty_store
+    uri = empty_store(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the run a training logged: a store that exists
     client = client_for(uri)
     run_id = client.create_run(experiment_id(client, "deploy-test", uri)).info.run_id
     out = tmp_path / "bench.json"

@@ -189,9 +189,10 @@ DEPLOY = {
 
 def _store(tmp_path: Path, objectives: list | None = None, searched: bool = False) -> str:
     from experiments.tracking.store import ensure_store
+    from tests.support.stores import empty_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ensure_store(uri)
+    ensure_store(empty_store(uri))
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("ssdlab")
     arms = ["student", "+distill"]

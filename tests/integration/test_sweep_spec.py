@@ -264,7 +264,9 @@ def test_restart_archives_the_old_launch_and_keeps_its_runs(tmp_path):
     assert archive_sweep(spec, storage) is None  # nothing launched yet: nothing to move
     (storage / "search").mkdir(parents=True)
     (storage / "search" / "state.json").write_text("{}")
-    ensure_store(uri)
+    from tests.support.stores import empty_store
+
+    ensure_store(empty_store(uri))
     client = client_for(uri)
     exp = experiment_id(client, spec.experiment_name, uri)
     ident = {"ssdlab.kind": "sweep", "ssdlab.sweep": spec.name, "ssdlab.storage": str(storage)}

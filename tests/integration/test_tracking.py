@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 def uri(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    """A new sqlite store, its schema copied in (tests/support/stores.py): these tests are about what is written."""
+    from tests.support.stores import empty_store
+
+    return empty_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def test_fresh_store_opened_by_many_processes_at_once(tmp_path):
@@ -41,7 +44,8 @@ def test_fresh_store_opened_by_many_processes_at_once(tmp_path):
     assert sorted(r.info.run_name for r in runs) == ["p0", "p1", "p2"]
 
 
-def test_ensure_store_leaves_servers_alone_and_is_idempotent(uri):
+def test_ensure_store_leaves_servers_alone_and_is_idempotent(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # no file yet: ensure_store creates the store
     assert ensure_store("http://tracking.invalid:5000") == "http://tracking.invalid:5000"  # nothing to create
     assert ensure_store(uri) == uri == ensure_store(uri)
     assert Path(uri[len("sqlite:///"):]).is_file()

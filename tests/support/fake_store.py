@@ -35,8 +35,9 @@ def write_sweep(uri: str, sweep: str, arms: list[str], runs: list[Run], experime
 
     from experiments.schema import Tag
     from experiments.tracking.store import ensure_store
+    from tests.support.stores import empty_store
 
-    ensure_store(uri)
+    ensure_store(empty_store(uri))
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)

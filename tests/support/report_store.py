@@ -73,7 +73,8 @@ def new_run(client, exp_id, start, tags, params=None, metrics=(), status=None, e
 def fill(uri: str) -> None:
     try:
         from experiments.tracking.store import ensure_store
-        ensure_store(uri)
+        from tests.support.stores import empty_store
+        ensure_store(empty_store(uri))
     except ImportError:
         pass
     client = MlflowClient(tracking_uri=uri)
