@@ -12,6 +12,7 @@ Where each part of the paper lives:
     VOC / COCO / synthetic data             ssd_core/data/ (voc.py, coco.py, dataset.py), ssd_core/synth.py
     VOC07 11-point mAP, COCO AP             ssd_core/evaluate/ (ap.py, voc.py, coco.py, accumulator.py)
     the one training loop                   ssd_core/train.py (config schema: config/schema.py)
+    one epoch of training (3)               ssd_core/epoch.py (the Trainer fit drives)
 
 This package imports torch and torchvision only: never Ray or MLflow.
 """

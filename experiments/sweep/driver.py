@@ -4,6 +4,15 @@
     run_sweep(spec)                           # local Ray; address="auto" or "HOST:PORT" for a cluster
     run_sweep(spec, resume=True)              # after the driver died: Tuner.restore(...)
 
+A launch, with the driver lock held, is a short sequence of named steps over one `Launch` (the plan, made
+once: by the caller, `ssdlab sweep`, or here):
+
+    _check_launch     --restart moves a previous launch aside; a fresh launch over old state is refused
+    _open_tracking    the trials' inputs, the sweep's MLflow parent run, the Optuna study's storage
+    _start_ray        local Ray or the cluster's
+    _run_phase        each phase a Ray Tune experiment (restored with --resume); _look after a sequential wave
+    _close_sweep      counts, the best trial registered, the parent finished (_end_quietly when it stops)
+
 Roles:
 
 * Workers run `train_fn(cfg, callbacks=[report], run_dir, resume)` (`ssd_core.train.fit` by
@@ -75,10 +84,11 @@ class SweepResult:
     study: Optional[str] = None                   # a search's Optuna storage URL (experiments/sweep/study.py)
 
 
-def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: Optional[str] = None,
-              resume: bool = False, storage: str | os.PathLike | None = None,
+def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, phases: Optional[list[Phase]] = None,
+              address: Optional[str] = None, resume: bool = False, storage: str | os.PathLike | None = None,
               num_cpus: Optional[int] = None, restart: bool = False, progress: bool = True) -> SweepResult:
-    """Run (or with `resume`, continue) every phase of `spec`; MLflow gets one parent + one child per trial."""
+    """Run (or with `resume`, continue) every phase of `spec`; MLflow gets one parent + one child per trial.
+    `phases`: the sweep's plan (experiments.sweep.plan.plan), when the caller has made it already."""
     from experiments.sweep.storage import sweep_storage
     from experiments.tracking.store import check_store
 
@@ -93,121 +103,192 @@ def run_sweep(spec: SweepSpec, train_fn: Optional[Callable] = None, *, address: 
     check_store(spec.file.tracking.uri, f"{spec.path}: tracking.uri")
     lock = DriverLock(storage, spec.name).acquire()  # one driver per sweep (a second one is refused)
     try:
-        return _run_locked(spec, job, storage, train_fn, address, resume, num_cpus, restart, progress, start)
+        launch = Launch(spec, job, storage, list(plan(spec) if phases is None else phases), resume, progress)
+        return _run_locked(launch, address, num_cpus, restart, start)
     finally:
         lock.release()
 
 
-def _run_locked(spec: SweepSpec, job: TrialJob, storage: str, train_fn, address, resume: bool, num_cpus, restart: bool,
-                progress: bool, start: float) -> SweepResult:
-    """run_sweep once the sweep's driver lock is held."""
-    from ray import tune
+@dataclass
+class Launch:
+    """One launch of a sweep as the driver runs it: the plan (sequential seeding appends each next wave as it
+    goes), where its state lives, the single MLflow writer and the Optuna study, and what the phases gave."""
 
-    from experiments.sweep import storage as st
-    from experiments.sweep.callback import MLflowTuneCallback
-    from experiments.sweep.progress import ProgressCallback
-    from experiments.sweep.storage import join, local_path
-    from experiments.tracking.store import ensure_store, patient
-    from experiments.tracking.sweep_tracker import SweepTracker
+    spec: SweepSpec
+    job: TrialJob
+    storage: str
+    phases: list[Phase]
+    resume: bool
+    progress: bool
+    tracker: Any = None                 # experiments.tracking.sweep_tracker.SweepTracker
+    parent: Optional[str] = None        # its parent run
+    study_url: Optional[str] = None     # a search's Optuna storage (experiments/sweep/study.py)
+    grids: list = field(default_factory=list)        # one ray.tune.ResultGrid per phase run
+    best_by_arm: dict = field(default_factory=dict)  # arm -> (searched params, trial id) of its search's best
+    trials: int = 0
+    waves: Any = None                   # experiments.sequential.Waves with sequential seeding
+    outcomes: dict = field(default_factory=dict)     # sequential seeding: (arm, seed) -> wave_outcomes' record
 
-    phases = plan(spec)
-    if restart and not resume:
-        archived = archive_sweep(spec, storage)
-        if archived is not None:
-            print(f"ssdlab sweep: previous launch of {spec.name!r} moved to {archived}")
-    if not resume:
-        for ph in phases:
-            if tune.Tuner.can_restore(join(storage, ph.dirname)):
-                raise ConfigError(f"{spec.path}: name: {join(storage, ph.dirname)} already holds this sweep's "
-                                  f"trials; continue it with --resume, or start afresh with --restart (keeps the old runs)")
-    check_snapshot(spec, storage, resume)
-    from experiments.sweep import study as S
-    study_url = S.study_url(spec, storage)  # a search's Optuna study (ssdlab dashboard), never MLflow's database
-    prepare_inputs(spec, job)
-    f = spec.file
-    ensure_store(f.tracking.uri)
-    tracker = SweepTracker(f.tracking.uri, spec.experiment_name, spec.name, str(storage),
-                           parent_tags=parent_tags(spec), parent_params=parent_params(spec),
-                           log_checkpoints=f.tracking.log_checkpoints)
-    parent = patient(tracker.start)
-    patient(tracker.parent.client.log_artifact, parent, str(spec.path))  # the sweep file, as launched
-    started_ray = init_ray(address, num_cpus)
-    import ray
 
-    tolerate_damaged_error_files()
-    atomic_local_uploads()
+def _run_locked(launch: Launch, address, num_cpus, restart: bool, start: float) -> SweepResult:
+    """run_sweep once the sweep's driver lock is held: check the launch, open its MLflow parent, start Ray, run
+    each phase, close the sweep (counts, the best trial registered); a stopped or broken sweep is marked so."""
+    from experiments.sweep.storage import local_path
 
-    job.driver_node = ray.get_runtime_context().get_node_id()  # its trials keep their run dirs in a local storage
-    grids, best_by_arm, trials = [], {}, 0
-    waves, outcomes = spec.waves(), {}
+    _check_launch(launch, restart)
+    _open_tracking(launch)
+    started_ray = _start_ray(launch.job, address, num_cpus)
     try:
-        for ph in phases:  # sequential seeding appends each next wave as it goes
-            callback = MLflowTuneCallback(spec, job, tracker, ph)
-            best = best_by_arm.get(ph.arm) if ph.kind == PhaseKind.CONFIRM else None
-            if ph.kind == PhaseKind.CONFIRM and best is None:
-                print(f"sweep {spec.name}: no trial of {ph.dirname.replace(PhaseKind.CONFIRM, PhaseKind.SEARCH)} reported "
-                      f"{spec.metric}; skipping {ph.dirname}")
-                continue
-            path = join(storage, ph.dirname)
-            if resume and tune.Tuner.can_restore(path):
-                check_restorable(path)
-                # failed trials get another attempt from their newest checkpoint (one stopped by a full disk goes
-                # on; one whose loss went non-finite fails again at once: its run dir holds the marker)
-                tuner = tune.Tuner.restore(path, trainable(job), resume_unfinished=True, resume_errored=True)
-            else:
-                views = [ProgressCallback(ph.dirname, expected_trials(ph), spec.max_t(ph.arm),
-                                          spec.file.max_concurrent or 1)] if progress else []
-                tuner = new_tuner(spec, job, ph, storage, [callback, *views], best_params=best,
-                                   study=(study_url, S.study_name(spec.name, ph.dirname, parent)))
-            from experiments.sweep.callback import DISK_FULL
-
-            DISK_FULL.clear()
-            grid = tuner.fit()
-            grids.append(grid)
-            if DISK_FULL:
-                raise SweepStopped(f"sweep {spec.name} stopped: {DISK_FULL[0]}")
-            known = [str(r.metrics.get("trial_id")) for r in grid if r.metrics and r.metrics.get("trial_id")]
-            patient(tracker.mark_lost, ph.dirname, known)
-            trials += len(grid)
-            states = phase_states(grid, expected_trials(ph), lambda config: job.config_of(config).train.epochs)
-            if ended_count(states) < expected_trials(ph):
-                raise SweepInterrupted(f"sweep {spec.name}: {ph.dirname} stopped with {ended_count(states)} of "
-                                       f"{expected_trials(ph)} trials ended ({format_counts(states)}); "
-                                       f"continue with --resume")
-            if ph.kind == PhaseKind.SEARCH:
-                best_by_arm[ph.arm] = best_params(grid)
-                _close_search(spec, tracker, storage, ph, study_url, S.study_name(spec.name, ph.dirname, parent),
-                              best_by_arm[ph.arm], grid)
-            if waves is not None:
-                outcomes.update(wave_outcomes(grid, spec))
-                k = len(waves.history)
-                following = next_wave(waves, k, outcomes)
-                patient(tracker.parent.set_tags, {Tag.SEQUENTIAL: json.dumps(waves.summary(), default=float)})
-                st.write_text(st.join(storage, SEQUENTIAL_STATE), json.dumps(waves.summary(), indent=1, default=float))
-                _print_look(spec, waves, k, following)
-                if following:
-                    phases.append(wave_phase(k + 1, following))
-        counts, failures = patient(tracker.summarize)  # ssdlab.counts (+ ssdlab.error when trials failed)
-        best = None
-        try:
-            best = patient(tracker.register_best, spec.metric)  # ssdlab.best_* tags and the model registry
-        except Exception as exc:  # the runs are logged: a registry hiccup must not fail the sweep
-            print(f"sweep {spec.name}: best trial not registered: {type(exc).__name__}: {exc}")
-        patient(tracker.finish, Status.FINISHED)
+        for ph in launch.phases:  # sequential seeding appends each next wave as it goes
+            _run_phase(launch, ph)
+        counts, failures, best = _close_sweep(launch)
     except (KeyboardInterrupt, SweepStopped):
-        _summarize_quietly(tracker)
-        patient(tracker.finish, Status.KILLED, wait_s=60)  # resumable: ssdlab.status kept, MLflow status KILLED
+        _end_quietly(launch.tracker, Status.KILLED)  # resumable: ssdlab.status kept, MLflow status KILLED
         raise
     except BaseException:
-        _summarize_quietly(tracker)
-        patient(tracker.finish, Status.FAILED, wait_s=60)
+        _end_quietly(launch.tracker, Status.FAILED)
         raise
     finally:
         if started_ray:
             shutdown_ray()
-    return SweepResult(spec.name, local_path(storage) or storage, parent, trials, time.perf_counter() - start, grids,
-                       counts=counts, failures=failures, best=best, study=study_url,
+    waves = launch.waves
+    return SweepResult(launch.spec.name, local_path(launch.storage) or launch.storage, launch.parent, launch.trials,
+                       time.perf_counter() - start, launch.grids, counts=counts, failures=failures, best=best,
+                       study=launch.study_url,
                        stops={a: (d.seeds, d.reason) for a, d in waves.decisions.items()} if waves else {})
+
+
+def _check_launch(launch: Launch, restart: bool) -> None:
+    """Before anything is written: --restart moves a previous launch aside; a fresh launch over a previous one's
+    state is refused; the state's snapshot must match this sweep (check_snapshot)."""
+    from ray import tune
+
+    from experiments.sweep.storage import join
+
+    spec, storage = launch.spec, launch.storage
+    if restart and not launch.resume:
+        archived = archive_sweep(spec, storage)
+        if archived is not None:
+            print(f"ssdlab sweep: previous launch of {spec.name!r} moved to {archived}")
+    if not launch.resume:
+        for ph in launch.phases:
+            if tune.Tuner.can_restore(join(storage, ph.dirname)):
+                raise ConfigError(f"{spec.path}: name: {join(storage, ph.dirname)} already holds this sweep's "
+                                  f"trials; continue it with --resume, or start afresh with --restart (keeps the old runs)")
+    check_snapshot(spec, storage, launch.resume)
+
+
+def _open_tracking(launch: Launch) -> None:
+    """The study's storage, the trials' inputs, and the sweep's parent run (found again on a resume), with the
+    sweep file as launched among its artifacts."""
+    from experiments.sweep import study as S
+    from experiments.tracking.store import ensure_store, patient
+    from experiments.tracking.sweep_tracker import SweepTracker
+
+    spec, f = launch.spec, launch.spec.file
+    launch.study_url = S.study_url(spec, launch.storage)  # a search's Optuna study (ssdlab dashboard), never MLflow's
+    prepare_inputs(spec, launch.job)
+    ensure_store(f.tracking.uri)
+    launch.tracker = SweepTracker(f.tracking.uri, spec.experiment_name, spec.name, str(launch.storage),
+                                  parent_tags=parent_tags(spec), parent_params=parent_params(spec),
+                                  log_checkpoints=f.tracking.log_checkpoints)
+    launch.parent = patient(launch.tracker.start)
+    patient(launch.tracker.parent.client.log_artifact, launch.parent, str(spec.path))  # the sweep file, as launched
+    launch.waves = spec.waves()
+
+
+def _start_ray(job: TrialJob, address, num_cpus) -> bool:
+    """Ray (local, or the cluster at `address`), made tolerant of damaged error files and partial uploads; the
+    driver's node noted (its trials keep their run dirs in a local storage). Whether this call started it."""
+    started = init_ray(address, num_cpus)
+    import ray
+
+    tolerate_damaged_error_files()
+    atomic_local_uploads()
+    job.driver_node = ray.get_runtime_context().get_node_id()
+    return started
+
+
+def _run_phase(launch: Launch, ph: Phase) -> None:
+    """One phase as a Ray Tune experiment (restored with --resume), then: trials Tune lost marked, the phase
+    checked complete, a search's best configuration kept for its confirm phase, a sequential look taken."""
+    from ray import tune
+
+    from experiments.sweep import study as S
+    from experiments.sweep.callback import DISK_FULL, MLflowTuneCallback
+    from experiments.sweep.progress import ProgressCallback
+    from experiments.sweep.storage import join
+    from experiments.tracking.store import patient
+
+    spec, job, tracker = launch.spec, launch.job, launch.tracker
+    best = launch.best_by_arm.get(ph.arm) if ph.kind == PhaseKind.CONFIRM else None
+    if ph.kind == PhaseKind.CONFIRM and best is None:
+        print(f"sweep {spec.name}: no trial of {ph.dirname.replace(PhaseKind.CONFIRM, PhaseKind.SEARCH)} reported "
+              f"{spec.metric}; skipping {ph.dirname}")
+        return
+    path, study_name = join(launch.storage, ph.dirname), S.study_name(spec.name, ph.dirname, launch.parent)
+    if launch.resume and tune.Tuner.can_restore(path):
+        check_restorable(path)
+        # failed trials get another attempt from their newest checkpoint (one stopped by a full disk goes
+        # on; one whose loss went non-finite fails again at once: its run dir holds the marker)
+        tuner = tune.Tuner.restore(path, trainable(job), resume_unfinished=True, resume_errored=True)
+    else:
+        views = [ProgressCallback(ph.dirname, expected_trials(ph), spec.max_t(ph.arm),
+                                  spec.file.max_concurrent or 1)] if launch.progress else []
+        tuner = new_tuner(spec, job, ph, launch.storage, [MLflowTuneCallback(spec, job, tracker, ph), *views],
+                          best_params=best, study=(launch.study_url, study_name))
+    DISK_FULL.clear()
+    grid = tuner.fit()
+    launch.grids.append(grid)
+    if DISK_FULL:
+        raise SweepStopped(f"sweep {spec.name} stopped: {DISK_FULL[0]}")
+    known = [str(r.metrics.get("trial_id")) for r in grid if r.metrics and r.metrics.get("trial_id")]
+    patient(tracker.mark_lost, ph.dirname, known)
+    launch.trials += len(grid)
+    states = phase_states(grid, expected_trials(ph), lambda config: job.config_of(config).train.epochs)
+    if ended_count(states) < expected_trials(ph):
+        raise SweepInterrupted(f"sweep {spec.name}: {ph.dirname} stopped with {ended_count(states)} of "
+                               f"{expected_trials(ph)} trials ended ({format_counts(states)}); "
+                               f"continue with --resume")
+    if ph.kind == PhaseKind.SEARCH:
+        launch.best_by_arm[ph.arm] = best_params(grid)
+        _close_search(spec, tracker, launch.storage, ph, launch.study_url, study_name, launch.best_by_arm[ph.arm], grid)
+    if launch.waves is not None:
+        _look(launch, grid)
+
+
+def _look(launch: Launch, grid) -> None:
+    """Sequential seeding after a wave: the look at the deltas (next_wave), recorded on the parent and in the
+    storage, and the next wave appended to the plan when an arm is still open."""
+    from experiments.sweep import storage as st
+    from experiments.tracking.store import patient
+
+    spec, waves = launch.spec, launch.waves
+    launch.outcomes.update(wave_outcomes(grid, spec))
+    k = len(waves.history)
+    following = next_wave(waves, k, launch.outcomes)
+    patient(launch.tracker.parent.set_tags, {Tag.SEQUENTIAL: json.dumps(waves.summary(), default=float)})
+    st.write_text(st.join(launch.storage, SEQUENTIAL_STATE), json.dumps(waves.summary(), indent=1, default=float))
+    _print_look(spec, waves, k, following)
+    if following:
+        launch.phases.append(wave_phase(k + 1, following))
+
+
+def _close_sweep(launch: Launch) -> tuple[dict, list, Optional[BestTrial]]:
+    """Every phase ended: the trials counted on the parent (ssdlab.counts, + ssdlab.error when trials failed),
+    the best trial tagged and registered (a registry hiccup is printed, never fails the sweep), the parent
+    finished. -> (counts, failures, the best trial)."""
+    from experiments.tracking.store import patient
+
+    tracker = launch.tracker
+    counts, failures = patient(tracker.summarize)
+    best = None
+    try:
+        best = patient(tracker.register_best, launch.spec.metric)  # ssdlab.best_* tags and the model registry
+    except Exception as exc:  # the runs are logged: a registry hiccup must not fail the sweep
+        print(f"sweep {launch.spec.name}: best trial not registered: {type(exc).__name__}: {exc}")
+    patient(tracker.finish, Status.FINISHED)
+    return counts, failures, best
 
 
 def _close_search(spec: SweepSpec, tracker, storage, ph: Phase, url: Optional[str], name: str, best, grid) -> None:
@@ -291,9 +372,15 @@ def _print_look(spec: SweepSpec, waves, k: int, following: list) -> None:
           + f"; {more}", flush=True)
 
 
-def _summarize_quietly(tracker) -> None:
-    """The parent's counts on the way out of a stopped or broken sweep, never hiding why it stopped."""
+def _end_quietly(tracker, status: Status) -> None:
+    """The parent's counts and its end (killed: resumable, or failed) on the way out of a stopped or broken
+    sweep, never hiding why it stopped."""
+    from experiments.tracking.store import patient
+
+    if tracker is None:  # it stopped before the parent run was opened
+        return
     try:
         tracker.summarize()
     except Exception:
         pass
+    patient(tracker.finish, status, wait_s=60)

@@ -69,7 +69,7 @@ def sweep(args) -> int:
     from experiments.sweep.driver import run_sweep  # Ray sizes each worker's threads to its CPUs
 
     try:
-        result = run_sweep(spec, address=args.address, resume=args.resume, storage=args.storage,
+        result = run_sweep(spec, phases=phases, address=args.address, resume=args.resume, storage=args.storage,
                            num_cpus=args.num_cpus, restart=args.restart, progress=not args.quiet)
     except SweepInterrupted as exc:
         print(f"ssdlab sweep: interrupted: {exc}", file=sys.stderr)
