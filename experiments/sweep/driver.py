@@ -270,6 +270,11 @@ def _look(launch: Launch, grid) -> None:
     patient(launch.tracker.parent.set_tags, {Tag.SEQUENTIAL: json.dumps(waves.summary(), default=float)})
     st.write_text(st.join(launch.storage, SEQUENTIAL_STATE), json.dumps(waves.summary(), indent=1, default=float))
     _print_look(spec, waves, k, following)
+    failed = sum(1 for r in grid if r.error is not None)
+    if following and failed:  # a setup that fails gets no more seeds: more waves would fail the same way
+        print(f"sweep {spec.name}: {failed} trial(s) of wave {k + 1} failed: no further wave (their errors are "
+              f"printed at the end; fix them and start afresh with --restart)", flush=True)
+        return
     if following:
         launch.phases.append(wave_phase(k + 1, following))
 

@@ -152,3 +152,22 @@ def test_a_sequential_sweep_runs_its_waves_and_resumes_them_after_a_killed_drive
     report = build_report("seq", spec.file.tracking.uri, with_plots=False)
     seq = next(t for t in report.tables if t.name == "sequential")
     assert [r[:3] for r in seq.rows] == [["big", "3", "decided (the interval excludes 0)"], ["same", "4", "max seeds"]]
+
+
+def test_a_wave_with_failed_trials_launches_no_further_wave(ray_session, tmp_path, capsys):
+    """An arm whose trials fail (a non-finite loss, after retries) would fail the same way with more seeds:
+    the sweep stops after that wave instead of training the next one (which an undecided look asks for)."""
+    from experiments.sweep.driver import run_sweep
+    from experiments.sweep.validate import load_sweep
+    from tests.support.fake_fit import runs_of, tiny_fit, write_sweep
+
+    path = write_sweep(tmp_path, {
+        "name": "failing", "arms": {"base": {}, "nan": {"overrides": {"train.lr": 0.6}}},
+        "overrides": {"train.epochs": 2, "data.test_sets": ["S/test"]},
+        "seeds": {"start": 2, "max": 4, "step": 2}, "resources": {"cpu": 1},
+    })
+    result = run_sweep(load_sweep(path), tiny_fit, storage=tmp_path / "ray")
+    assert result.counts == {"failed": 2, "finished": 2} and len(result.failures) == 2
+    assert "2 trial(s) of wave 1 failed: no further wave" in capsys.readouterr().out
+    assert len(runs_of(load_sweep(path).file.tracking.uri, "failing")[2]) == 4   # wave 1 only
+    assert not (tmp_path / "ray" / "failing" / "wave-01").exists()
