@@ -83,6 +83,7 @@ def ours_config(config: str, root: str, budget_s: float, out_dir: str, seed: int
 
 def run_ours(config: str, root: str, budget_s: float, threads: int, out_dir: str, seed: int) -> dict:
     import shutil
+
     import torch
     torch.set_num_threads(threads)
     from ssd_core import metrics as M
@@ -127,6 +128,7 @@ class _ReferenceData:
     def __getitem__(self, i: int):
         import torch
         from torchvision import tv_tensors
+
         from ssd_core.imageio import load_rgb, open_image
         img = load_rgb(open_image(self.dataset.image_path(i)))
         t = self.dataset.annotation(i)
@@ -142,6 +144,7 @@ def run_reference(config: str, root: str, budget_s: float, threads: int, out_dir
     torch.set_num_threads(threads)
     from torch.utils.data import DataLoader
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
     from ssd_core import precision
     from ssd_core.build import build_dataset
     from ssd_core.evaluate import evaluate_voc, ground_truth_from_dataset

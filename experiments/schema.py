@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional, Sequence
 
-from ssd_core.config import short
-
 from ssd_core import metrics as M  # metric names live with the code that computes them
+from ssd_core.config import short
 
 __all__ = ["Status", "COUNTED", "MLFLOW_STATUS", "Tag", "Kind", "PhaseKind", "MAXIMISED", "MINIMISED", "OPTUNA_DIRECTION", "Artifact", "M", "best_index", "BestTrial", "Param", "parse_space",
            "SpaceError", "grid_points", "grid_size", "KINDS", "SEARCH_OBJECTIVES", "pareto_front"]

@@ -265,7 +265,7 @@ def convergence(data: SweepData, members: pd.DataFrame, window: float = WINDOW,
     for arm in data.arms:
         runs = fin[fin["arm"] == arm]["run_id"].tolist()
         slopes, ses, counts = [], [], []
-        for rid, g in h[h["run_id"].isin(runs)].groupby("run_id"):
+        for _, g in h[h["run_id"].isin(runs)].groupby("run_id"):
             end = float(g["step"].max())
             if end <= 0:
                 continue

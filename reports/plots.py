@@ -21,12 +21,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
+from experiments.schema import M, Status  # noqa: E402
 from reports import deploy, fmt, search, selection  # noqa: E402
 from reports.load import SweepData  # noqa: E402
-from experiments.schema import M, Status  # noqa: E402
 
 M_TEST_MAP = M.map50(M.TEST)
 
@@ -54,7 +54,7 @@ def learning_curves(data: SweepData, max_arms: int = 12) -> bytes | None:
         for ax, key in zip(axes[0], keys):
             c = selection.curves(data, key)
             h = data.history[data.history["key"] == key].merge(data.runs[["run_id", "arm", "status"]], on="run_id")
-            for (rid, arm, status), g in h.groupby(["run_id", "arm", "status"], sort=True):  # every trial, thin
+            for (_, arm, status), g in h.groupby(["run_id", "arm", "status"], sort=True):  # every trial, thin
                 if arm in colour:
                     ax.plot(g["step"], g["value"], color=colour[arm], lw=0.6, alpha=0.35,
                             ls="--" if status == Status.EARLY_STOPPED.value else "-")

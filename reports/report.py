@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from experiments.schema import Artifact, M, Status
-from ssd_core import rundir as RD
-from ssd_core.errors import UserError
-
 from reports import budget, deploy, factorial, fmt, plots, render, run_tables, search, selection, tables
 from reports.artifacts import load_artifact
 from reports.load import SweepData, read_sweep
+from ssd_core import rundir as RD
+from ssd_core.errors import UserError
 
 FORMATS = ("md", "csv", "tex", "html")
 

@@ -13,7 +13,6 @@ from reports.fmt import DASH, Table, col_or_nan, fduration, fnum, fparam, metric
 from reports.load import SweepData
 from reports.selection import best_run, value_label
 
-
 OTHER = (Status.EARLY_STOPPED, Status.FAILED, Status.LOST, Status.RUNNING)
 
 

@@ -9,8 +9,20 @@ plus the one-sentence footnotes that say which interval answers which question.
 """
 from __future__ import annotations
 
-from experiments.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, Delta, Interval, MeanStd, ablation_interval,
-                               combine, contrast_interval, contrast_t, mean_ci, mean_std, paired_delta)
+from experiments.stats import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    Delta,
+    Interval,
+    MeanStd,
+    ablation_interval,
+    combine,
+    contrast_interval,
+    contrast_t,
+    mean_ci,
+    mean_std,
+    paired_delta,
+)
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "CONFIDENCE", "Delta", "Interval", "MeanStd", "ablation_interval", "combine",
            "contrast_interval", "contrast_t", "mean_ci", "mean_std", "paired_delta", "footnote", "interval_footnote"]

@@ -35,8 +35,17 @@ from torch import Tensor, nn
 from ssd_core import metrics as M
 from ssd_core import rundir as RD
 from ssd_core.errors import ConfigError
-from ssd_core.onnx_export import (CORE_OUTPUTS, INPUT, _require, calibration_images, evaluate_onnx, export_core,
-                                  export_onnx, postprocess_model, quantize_core)
+from ssd_core.onnx_export import (
+    CORE_OUTPUTS,
+    INPUT,
+    _require,
+    calibration_images,
+    evaluate_onnx,
+    export_core,
+    export_onnx,
+    postprocess_model,
+    quantize_core,
+)
 from ssd_core.postprocess import NMSSettings
 
 # ---------------------------------------------------------------- size and compute

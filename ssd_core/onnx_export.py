@@ -297,8 +297,13 @@ def quantize_core(core, calibration: Iterable[np.ndarray], op_types: Sequence[st
     training images). Only `op_types` are quantized; decode, softmax and NMS stay float. -> ModelProto."""
     onnx = _require("onnx")
     _require("onnxruntime")
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     batches = [np.ascontiguousarray(x, dtype=np.uint8) for x in calibration]

@@ -127,7 +127,7 @@ def render_image(rng: np.random.Generator, image_size: int = 256, min_side: floa
     ids = Image.new("L", (w, h), 0)                   # which object owns each pixel (occlusion)
     id_draw = ImageDraw.Draw(ids)
     objects, placed = [], np.zeros((0, 4))
-    for k in range(int(rng.integers(1, max_objects + 1))):
+    for _ in range(int(rng.integers(1, max_objects + 1))):
         name = SYNTH_CLASSES[int(rng.integers(len(SYNTH_CLASSES)))]
         side = min(w, h) * float(np.exp(rng.uniform(np.log(min_side), np.log(max_side))))
         angle = rng.uniform(-np.pi / 8, np.pi / 8) if name != "triangle" else rng.uniform(-np.pi, np.pi)

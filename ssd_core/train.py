@@ -51,15 +51,14 @@ from ssd_core import metrics as M
 from ssd_core import precision
 from ssd_core import rundir as RD
 from ssd_core.build import build_model, build_optimizer, build_splits, default_run_dir, resolve_device
-from ssd_core.data.record import split_record
 from ssd_core.checkpoint import TrainState, save_checkpoint
 from ssd_core.config import ExperimentConfig, to_yaml
+from ssd_core.data.record import split_record
 from ssd_core.epoch import Trainer, epoch_seed, seed_everything
 from ssd_core.errors import ConfigError, disk_full
-from ssd_core.prior_fit import coverage, resolve_priors, training_boxes
 from ssd_core.inference import evaluate_model, score_selected, score_test
+from ssd_core.prior_fit import coverage, resolve_priors, training_boxes
 from ssd_core.schedule import Progress, lr_factor
-
 
 
 class Callback:
@@ -322,7 +321,7 @@ def record_epoch(run: Run, metrics: dict, improved: bool) -> None:
         with open(run.run_dir / RD.METRICS, "a") as f:
             f.write(json.dumps(metrics) + "\n")
     except OSError as exc:
-        raise disk_full(run.run_dir / RD.METRICS, exc) or exc
+        raise disk_full(run.run_dir / RD.METRICS, exc) or exc  # noqa: B904 (the OSError, or what it means)
 
 
 def budget_point(points, history: list[dict], progress: float) -> Optional[float]:

@@ -12,8 +12,14 @@ from typing import Callable
 from benchmarks.gpu_check.plan import Plan
 from benchmarks.gpu_check.report import Report
 from benchmarks.gpu_check.runtime import sync
-from benchmarks.inputs import (NUM_CLASSES, padded_targets, torchvision_loss, torchvision_ssd, torchvision_targets,
-                               trained_like)
+from benchmarks.inputs import (
+    NUM_CLASSES,
+    padded_targets,
+    torchvision_loss,
+    torchvision_ssd,
+    torchvision_targets,
+    trained_like,
+)
 
 
 def compare_ms(ours: Callable, ref: Callable, reps: int, device, warmup: int = 2) -> tuple[list, list]:

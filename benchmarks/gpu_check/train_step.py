@@ -96,6 +96,7 @@ class TrainBench:
     def ours(self, compile_backend: Optional[str] = None):
         """(step, model): normalise + forward (bf16) + MultiBoxLoss (fp32) + backward + SGD, as fit does."""
         import torch
+
         from ssd_core.loss import MultiBoxLoss
         from ssd_core.model import build_ssd
         model = build_ssd("vgg16", NUM_CLASSES, self.size).to(self.device).train()

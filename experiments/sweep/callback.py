@@ -26,14 +26,14 @@ from typing import Optional
 from ray import tune
 
 from experiments.schema import M, PhaseKind, Status, Tag
-from experiments.tracking.store import OUTAGE_WAIT_S, RETRY_S, scoped_env, unreachable
+from experiments.sweep.checkpoints import prune_state
+from experiments.sweep.job import DATA_KEY, NODE_KEY, PRECISION_KEY, TrialJob, TrialKey
 from experiments.sweep.plan import Phase
 from experiments.sweep.spec import SweepSpec
-from experiments.tracking.writer import STAMP_MS
-from experiments.sweep.job import DATA_KEY, NODE_KEY, PRECISION_KEY, TrialJob, TrialKey
-from experiments.sweep.checkpoints import prune_state
-from experiments.sweep.worker import trial_run_dir
 from experiments.sweep.status import trial_status
+from experiments.sweep.worker import trial_run_dir
+from experiments.tracking.store import OUTAGE_WAIT_S, RETRY_S, scoped_env, unreachable
+from experiments.tracking.writer import STAMP_MS
 from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, config_hash, flatten, to_yaml
 

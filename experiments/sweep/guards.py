@@ -17,7 +17,6 @@ from experiments.sweep.spec import SweepSpec
 from ssd_core.config import flatten
 from ssd_core.errors import ConfigError
 
-
 try:
     from ray.tune.stopper import Stopper as _Stopper
 except ImportError:  # the sweep module is importable without Ray (dry runs)

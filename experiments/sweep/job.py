@@ -12,7 +12,6 @@ from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, apply_overrides, resolve_data_root
 from ssd_core.errors import ConfigError
 
-
 OBJECTIVE = "ssdlab_objective"  # result key: the searcher's objective, fit's score so far
 NO_OBJECTIVE = -1e30  # the objective before fit has a score (the score is maximised: the worst there is)
 

@@ -65,7 +65,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from experiments.schema import MAXIMISED, MINIMISED
 from ssd_core.config import DEFAULT_TRACKING_URI, ExperimentConfig, apply_overrides
 
-
 # search.sampler -> its Optuna sampler (optuna.samplers.<class>); the grid sampler takes choice and int
 # parameters only; MULTI_OBJECTIVE: those that search several objectives (search.objectives)
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "gp": "GPSampler",

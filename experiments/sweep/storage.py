@@ -80,7 +80,7 @@ def write_text(uri: str, text: str) -> None:
         except OSError:
             pass
         from ssd_core.errors import disk_full
-        raise disk_full(path if not is_uri(uri) else uri, exc) or exc
+        raise disk_full(path if not is_uri(uri) else uri, exc) or exc  # noqa: B904 (the OSError itself, or what it means)
 
 
 def move(src: str, dst: str) -> None:

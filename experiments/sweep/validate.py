@@ -8,8 +8,16 @@ from pathlib import Path
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from experiments.schema import MAXIMISED, SEARCH_OBJECTIVES, M, Param, SpaceError, grid_size, parse_space
-from experiments.sweep.spec import (_NAME, GRID_SAMPLER, MULTI_OBJECTIVE, ArmSpec, SearchSpec, SequentialSeeds, SweepFile,
-                                    SweepSpec)
+from experiments.sweep.spec import (
+    _NAME,
+    GRID_SAMPLER,
+    MULTI_OBJECTIVE,
+    ArmSpec,
+    SearchSpec,
+    SequentialSeeds,
+    SweepFile,
+    SweepSpec,
+)
 from ssd_core.config import ExperimentConfig, apply_overrides, config_keys, load_config, read_yaml, short
 from ssd_core.errors import ConfigError
 

@@ -34,8 +34,16 @@ from typing import Any, Optional
 
 from experiments.schema import M
 from experiments.sweep.checkpoints import read_marker, restore_newest_state, stage_state
-from experiments.sweep.job import (DATA_KEY, NO_OBJECTIVE, NODE_KEY, OBJECTIVE, PRECISION_KEY, REPORTED, SCRATCH_ENV,
-                                   TrialJob)
+from experiments.sweep.job import (
+    DATA_KEY,
+    NO_OBJECTIVE,
+    NODE_KEY,
+    OBJECTIVE,
+    PRECISION_KEY,
+    REPORTED,
+    SCRATCH_ENV,
+    TrialJob,
+)
 from ssd_core import rundir as RD
 from ssd_core.config import ExperimentConfig, config_hash
 from ssd_core.errors import NonFiniteLossError
@@ -97,7 +105,7 @@ class TuneReporter:
                 (Path(tmp) / REPORTED).write_text(json.dumps(marker))
             except OSError as exc:  # staging the reported state: a full disk says which one and how much is free
                 from ssd_core.errors import disk_full
-                raise disk_full(getattr(exc, "filename", None) or tmp, exc) or exc
+                raise disk_full(getattr(exc, "filename", None) or tmp, exc) or exc  # noqa: B904 (as storage.py)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def replay(self, last_checkpoint: Path, after_epoch: int) -> int:

@@ -124,8 +124,8 @@ class ImportResult:
 def import_runs(paths: Iterable[Path], sweep: str, uri: str, experiment: Optional[str] = None,
                 arm_from: Optional[str] = None, baseline: Optional[str] = None, metric: str = M.map50(M.VAL),
                 log_checkpoints: bool = True) -> ImportResult:
-    from experiments.tracking.sweep_tracker import SweepTracker
     from experiments.tracking.store import ensure_store
+    from experiments.tracking.sweep_tracker import SweepTracker
     from experiments.tracking.writer import find_run
     from ssd_core.config import config_hash, flatten, to_yaml
 

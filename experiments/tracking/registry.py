@@ -39,11 +39,11 @@ def register(client, experiment_id: str, run_id: str, name: str, image_size: int
             return None
         example = np.zeros((1, image_size, image_size, 3), dtype=np.uint8)
         out = Path(tmp) / "model"
-        import pandas as pd
-
         # "models from code": the model is this file's class, not a pickle (loading it runs no pickled code)
         import logging
         import warnings
+
+        import pandas as pd
 
         with warnings.catch_warnings():  # MLflow's hints about type hints and integer columns
             warnings.simplefilter("ignore")

@@ -31,7 +31,6 @@ from experiments.schema import MLFLOW_STATUS, Artifact, Status, Tag
 from experiments.tracking.store import client_for, experiment_id
 from ssd_core import rundir as RD
 
-
 PARAM_MAX_CHARS = 500
 SKIPPED_IMAGES = "skipped_images.txt"  # data/: one line per image data.skip_bad left out
 
@@ -178,7 +177,7 @@ class RunWriter:
 
     @property
     def exp_id(self) -> str:
-        self.client
+        _ = self.client  # opens the client, which resolves the experiment id
         return self._exp_id
 
     def open(self, ident: Mapping[str, str], params: Mapping[str, Any] = (), tags: Mapping[str, Any] = (),

@@ -31,16 +31,44 @@ Where each part lives (everything below is importable from `ssd_core.config`):
 """
 from __future__ import annotations
 
-from ssd_core.config.experiment import (DEFAULT_TRACKING_URI, HASH_EXCLUDED, OPTIONAL_KEYS, OPTIONAL_SECTIONS,
-                                        DeployConfig, DistillConfig, ExperimentConfig, OutputConfig, TrackingConfig)
+from ssd_core.config.experiment import (
+                                        DEFAULT_TRACKING_URI,
+                                        HASH_EXCLUDED,
+                                        OPTIONAL_KEYS,
+                                        OPTIONAL_SECTIONS,
+                                        DeployConfig,
+                                        DistillConfig,
+                                        ExperimentConfig,
+                                        OutputConfig,
+                                        TrackingConfig,
+)
 from ssd_core.config.overrides import apply_overrides, load_config, parse_overrides
-from ssd_core.config.schema import (BACKBONES, FLOAT32_MAX, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, AugmentConfig, Backbone,
-                                    DataConfig, EvalConfig, ModelConfig, SamplePatchConfig, ScheduleConfig,
-                                    SyntheticConfig, TrainConfig, ZoomOutConfig)
+from ssd_core.config.schema import (
+                                        BACKBONES,
+                                        FLOAT32_MAX,
+                                        MAX_IMAGE_SIZE,
+                                        MIN_IMAGE_SIZE,
+                                        AugmentConfig,
+                                        Backbone,
+                                        DataConfig,
+                                        EvalConfig,
+                                        ModelConfig,
+                                        SamplePatchConfig,
+                                        ScheduleConfig,
+                                        SyntheticConfig,
+                                        TrainConfig,
+                                        ZoomOutConfig,
+)
 from ssd_core.config.validate import short, validate_config, validate_section
 from ssd_core.config.views import DATA_ROOT_ENV, config_hash, config_keys, flatten, resolve_data_root, to_yaml
-from ssd_core.config.yaml_io import (MAX_YAML_BYTES, MAX_YAML_VALUES, file_kind, expanded_size, read_yaml,
-                                     yaml_error_line)
+from ssd_core.config.yaml_io import (
+                                        MAX_YAML_BYTES,
+                                        MAX_YAML_VALUES,
+                                        expanded_size,
+                                        file_kind,
+                                        read_yaml,
+                                        yaml_error_line,
+)
 
 __all__ = [
     # schema.py

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from ssd_core.config.experiment import HASH_EXCLUDED, ExperimentConfig
 from ssd_core.errors import ConfigError
 
-
 DATA_ROOT_ENV = "SSDLAB_DATA_ROOT"
 
 

@@ -13,7 +13,6 @@ import yaml
 from ssd_core.config.validate import short
 from ssd_core.errors import ConfigError
 
-
 # YAML aliases let a small file stand for an enormous value (a "billion laughs": a list of 9 aliases of a list of
 # 9 aliases of ...): configs and sweeps are refused when their values, with every alias expanded, pass this size.
 MAX_YAML_VALUES = 100_000

@@ -11,11 +11,11 @@
 """
 from ssd_core.data.check import DatasetReport, Problem, check_dataset
 from ssd_core.data.coco import COCODataset
-from ssd_core.data.yolo import YOLODataset
 from ssd_core.data.dataset import DataWarning, Target, holdout_mask, image_keys, pool_sides, select
 from ssd_core.data.loader import Batch, collate, make_loader, seed_worker
 from ssd_core.data.sets import FORMATS, drop_unreadable, image_problems, open_sets, take_side
 from ssd_core.data.voc import VOC_CLASSES, VOCDataset, parse_voc_xml, read_image_set, scan_voc
+from ssd_core.data.yolo import YOLODataset
 
 __all__ = [
     "VOC_CLASSES", "DataWarning", "Target", "Batch", "VOCDataset", "COCODataset", "read_image_set",

@@ -21,7 +21,6 @@ from ssd_core.evaluate.ap import VOC07_RECALL_THRESHOLDS, voc_ap
 from ssd_core.evaluate.coco import COCO_STATS, evaluate_coco, to_coco_results
 from ssd_core.evaluate.voc import VOCMatches, evaluate_voc, voc_matches, weighted_voc, weighted_voc_batch
 
-
 __all__ = [
     "VOC07_RECALL_THRESHOLDS",
     "voc_ap",

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 # The reference's np.arange(0., 1.1, 0.1): the same floats (0.30000000000000004, ...) on purpose.
 VOC07_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1)
 _EPS = np.finfo(np.float64).eps

@@ -19,7 +19,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-
 THRESHOLD = 0.5                     # SSD's matching threshold (ssd_core/boxes.py match)
 SMALL, MEDIUM = 32 ** 2, 96 ** 2    # COCO's area limits, pixels at the model's input
 

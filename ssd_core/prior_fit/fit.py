@@ -23,7 +23,6 @@ import numpy as np
 from ssd_core.errors import ConfigError
 from ssd_core.prior_fit.coverage import THRESHOLD, _nearest_cells, _prior_iou
 
-
 GRID = np.exp(np.linspace(math.log(0.008), math.log(1.2), 97))  # sizes (fractions of the side); odd entries: midpoints
 RATIO_CHOICES = (1.5, 2.0, 3.0, 4.0)
 MAX_FIT_BOXES = 8000                # boxes the fit looks at (an even subsample); coverage counts all

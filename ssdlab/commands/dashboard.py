@@ -34,8 +34,8 @@ def study_storage(args: argparse.Namespace) -> str:
     """The Optuna storage URL the command shows; ConfigError naming the sweep when it has none."""
     from experiments.sweep import study as S
     from experiments.sweep.storage import sweep_storage
-    from experiments.tracking.store import sqlite_file
     from experiments.sweep.validate import load_sweep
+    from experiments.tracking.store import sqlite_file
 
     if args.study_storage:
         url = args.study_storage

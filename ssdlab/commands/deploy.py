@@ -172,8 +172,7 @@ def bench(args) -> int:
 
 def _run_writer(uri: str, run_id: str, where: str):
     """(client, run id) of an existing run, or ConfigError naming the store / the run."""
-    from experiments.tracking.store import check_store
-    from experiments.tracking.store import client_for
+    from experiments.tracking.store import check_store, client_for
 
     check_store(uri, where)
     client = client_for(uri)

@@ -58,9 +58,8 @@ def register(subparsers) -> None:
 
 
 def _store(uri: str | None) -> str:
-    from reports.load import resolve_tracking_uri
-
     from experiments.tracking.store import sqlite_file, store_problem
+    from reports.load import resolve_tracking_uri
 
     uri = resolve_tracking_uri(uri)
     db = sqlite_file(uri)
@@ -206,10 +205,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """Start `mlflow ui` on 127.0.0.1 and print its URLs once it listens, then where its log goes (the server's
     own output: experiments.tracking.store.ui_log); SIGTERM or Ctrl-C stop it too.
     A tracking server (http...) already has a UI: print its URL and return."""
-    from ssdlab.serve import check_port, serve
-    from reports.load import resolve_tracking_uri
-
     from experiments.tracking.store import ui_log
+    from reports.load import resolve_tracking_uri
+    from ssdlab.serve import check_port, serve
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssdlab.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from experiments.sweep.storage import DEFAULT_STORAGE
 from ssd_core import metrics as M
 from ssd_core.config import DEFAULT_TRACKING_URI
+from ssdlab.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 EXIT_STATUS = f"""exit status:
   {EXIT_OK}    every trial ended (finished or early-stopped)
@@ -42,12 +42,11 @@ def register(subparsers) -> None:
 
 
 def sweep(args) -> int:
-    from experiments.tracking.store import store_problem
     from experiments.sweep.plan import describe
     from experiments.sweep.validate import load_sweep
-    from ssd_core.errors import ConfigError
-
+    from experiments.tracking.store import store_problem
     from ssd_core.config import parse_overrides
+    from ssd_core.errors import ConfigError
 
     spec = load_sweep(args.file, parse_overrides(args.override, "-o") if args.override else None)
     problem = store_problem(spec.file.tracking.uri)  # no connection: a dry run stays offline
@@ -65,8 +64,8 @@ def sweep(args) -> int:
     print(f"ssdlab sweep {spec.name}: {len(spec.arm_names) or 1} arm(s), {first} trials planned"
           + (" in the first wave" if spec.sequential else "") + f"; MLflow {spec.file.tracking.uri} "
           f"(experiment {spec.experiment_name}); starting Ray", flush=True)
-    from experiments.sweep.guards import SweepInterrupted, SweepStopped
     from experiments.sweep.driver import run_sweep  # Ray sizes each worker's threads to its CPUs
+    from experiments.sweep.guards import SweepInterrupted, SweepStopped
 
     try:
         result = run_sweep(spec, phases=phases, address=args.address, resume=args.resume, storage=args.storage,
@@ -100,8 +99,8 @@ def check_images(spec) -> None:
     import warnings
 
     from ssd_core.build import build_splits
-    from ssd_core.data import DataWarning
     from ssd_core.config import resolve_data_root
+    from ssd_core.data import DataWarning
     from ssd_core.errors import ConfigError as _ConfigError
 
     seen = set()

@@ -63,7 +63,6 @@ def _overrides(parser: argparse.ArgumentParser) -> None:
 
 def config_show(args) -> int:
     from ssd_core.config import config_hash, load_config, to_yaml
-
     from ssd_core.prior_fit import resolve_priors
 
     cfg = load_config(args.config, args.override)
