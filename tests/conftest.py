@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,62 @@ def bccd_root() -> Path:
     return BCCD_ROOT
 
 
-@pytest.fixture(scope="module")
+class LocalRay:
+    """The test session's one local Ray (2 CPUs), in this process: started by the first test that asks for
+    `ray_session`, stopped after the last one (pytest_runtest_teardown) or before a test whose sweep must start
+    a Ray of its own (`no_local_ray`). One start instead of one per module: a Ray takes ~10 s to start and
+    stop on the 2-core machine."""
+
+    def __init__(self):
+        self.address: str | None = None  # the GCS address while this session's Ray is up
+
+    def up(self) -> str:
+        ray = pytest.importorskip("ray")
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        if self.address is None:
+            if ray.is_initialized():  # a Ray this process joined or started elsewhere: used, never stopped here
+                return ray.get_runtime_context().gcs_address
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+            self.address = ray.get_runtime_context().gcs_address
+        return self.address
+
+    def down(self) -> None:
+        if self.address is not None:
+            import ray
+
+            ray.shutdown()
+            self.address = None
+
+
+LOCAL_RAY = LocalRay()
+
+
+@pytest.fixture
 def ray_session():
-    """A local Ray (2 CPUs) for a module's sweeps; yields its GCS address (for driver subprocesses)."""
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
+    """The session's local Ray (LocalRay) for a test's sweeps: in-process drivers (run_sweep, `ssdlab.cli.main`)
+    run on it; driver subprocesses join it with its GCS address (`--address`, run_sweep(address=...))."""
+    return LOCAL_RAY.up()
+
+
+@pytest.fixture
+def no_local_ray():
+    """For a test whose sweep starts its own local Ray in this process: the session's Ray is stopped first
+    (the next test that asks for `ray_session` starts it again)."""
+    LOCAL_RAY.down()
+    if "ray" in sys.modules:
+        assert not sys.modules["ray"].is_initialized(), "a Ray this test suite did not start is still up"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """The session's Ray stops after the last test that uses it, not at the end (the unit tests run after it)."""
+    if LOCAL_RAY.address is None or nextitem is None:
+        return
+    later = item.session.items[item.session.items.index(item) + 1:]
+    if not any("ray_session" in getattr(i, "fixturenames", ()) for i in later):
+        LOCAL_RAY.down()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    LOCAL_RAY.down()

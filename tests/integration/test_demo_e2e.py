@@ -1,6 +1,8 @@
 """End to end: a sweep of the real demo config (real fit, local Ray, MLflow sqlite) -> `ssdlab report`
 produces all four tables and the plots. A shrunken copy of sweeps/demo*.yaml so it takes about a minute:
-two arms x two seeds, each arm searched by Optuna (2 trials) and its best retrained with the other seed."""
+two arms x two seeds, each arm searched by Optuna (2 trials) and its best retrained with the other seed. The
+sweep starts a local Ray of its own (the test session's is stopped first: no_local_ray), whose sockets are
+watched."""
 from __future__ import annotations
 
 import os
@@ -12,7 +14,7 @@ from tests.support.configs import shrunken_demo_sweep
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_sweep_store_gives_all_tables_and_plots(tmp_path, capsys):
+def test_demo_sweep_store_gives_all_tables_and_plots(no_local_ray, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = shrunken_demo_sweep(tmp_path, uri, "e2e", epochs=2, log_checkpoints=False,
                                **{"eval.every_epochs": 1, "eval.test_at": [0.5, 1.0]})

@@ -294,10 +294,10 @@ def test_multi_objective_search_table_lists_the_front_first(tmp_path):
     assert "Front" not in single.columns and len(single.rows) == 2
 
 
-def test_multi_objective_search_end_to_end(tmp_path, capsys):
-    """A real 3-trial TPE search on mAP and CPU latency (real fit, deploy.bench at each trial's end, local Ray,
-    sqlite): every trial logs its deploy/* metrics with its final epoch, Optuna's study has two directions and
-    two values per trial, and the report lists the front with the latency beside the score."""
+def test_multi_objective_search_end_to_end(ray_session, tmp_path, capsys):
+    """A real 3-trial TPE search on mAP and CPU latency (real fit, deploy.bench at each trial's end, the test
+    session's local Ray, sqlite): every trial logs its deploy/* metrics with its final epoch, Optuna's study has
+    two directions and two values per trial, and the report lists the front with the latency beside the score."""
     pytest.importorskip("ray")
     from ray.tune.search.optuna import OptunaSearch
 
@@ -314,7 +314,7 @@ def test_multi_objective_search_end_to_end(tmp_path, capsys):
     path = tmp_path / "mo.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     storage = tmp_path / "ray"
-    assert main(["sweep", str(path), "--storage", str(storage), "--num-cpus", "2", "--quiet"]) == 0
+    assert main(["sweep", str(path), "--storage", str(storage), "--address", ray_session, "--quiet"]) == 0
     client = MlflowClient(tracking_uri=uri)
     runs = [r for r in client.search_runs([client.get_experiment_by_name("mo").experiment_id])
             if r.data.tags.get(Tag.KIND) == "trial"]

@@ -1,6 +1,7 @@
 """Faults that used to break a sweep (issue 22), each through the real CLI or driver: a disk that fills under
 --storage (a real tmpfs, and an injected ENOSPC), a second driver, a sqlite store another process holds
-locked, a finished run without a test value."""
+locked, a finished run without a test value. The sweeps run on the test session's local Ray (conftest's
+ray_session; driver subprocesses join it with --address)."""
 from __future__ import annotations
 
 import os
@@ -59,7 +60,7 @@ def _has_file(root: Path, name: str) -> bool:
     return any(name in files for _, _, files in os.walk(root))
 
 
-def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_resume_finishes(tmp_path):
+def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_resume_finishes(ray_session, tmp_path):
     """A 120 MB tmpfs holds the sweep; once the first checkpoint exists another file takes all the space.
     The driver stops with one line naming the file and the space (exit 1), MLflow keeps what was logged; with
     the space freed, --resume finishes every trial, each with one run and steps 1..N once each."""
@@ -69,7 +70,7 @@ def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_resume_finishes(tm
     try:
         sweep = _sweep(tmp_path, "full")
         filler = disk / "filler"
-        proc = _driver(sweep, disk / "ray", cwd=tmp_path)
+        proc = _driver(sweep, disk / "ray", "--address", ray_session, cwd=tmp_path)
         deadline = time.monotonic() + 120
         while not _has_file(disk, "last.pt") and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
@@ -80,7 +81,7 @@ def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_resume_finishes(tm
         assert "stopped:" in line and "no space left on the disk holding it" in line and "continue with --resume" in line
         assert "Traceback" not in "\n".join(_errors(err))
         filler.unlink()
-        resumed = _driver(sweep, disk / "ray", "--resume", cwd=tmp_path)
+        resumed = _driver(sweep, disk / "ray", "--resume", "--address", ray_session, cwd=tmp_path)
         out, err = resumed.communicate(timeout=240)
         assert resumed.returncode == 0, err[-3000:]
         client, parents, children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "full")
@@ -143,26 +144,26 @@ def test_a_damaged_tune_state_is_moved_aside_or_the_resume_says_why(tmp_path):
         check_restorable(str(phase))
 
 
-def test_a_second_driver_is_refused_and_a_killed_drivers_lock_is_not_stuck(tmp_path):
+def test_a_second_driver_is_refused_and_a_killed_drivers_lock_is_not_stuck(ray_session, tmp_path):
     """Driver 1 runs; driver 2 (--resume, as in the report) is refused at once in one line naming driver 1;
     driver 1 is SIGKILLed; driver 3 (--resume) takes the sweep over and finishes it, one run per trial, no
     step logged twice, one model registered."""
     sweep = _sweep(tmp_path, "two", epochs=6, seconds=0.5)
-    first = _driver(sweep, tmp_path / "ray", cwd=tmp_path)
+    first = _driver(sweep, tmp_path / "ray", "--address", ray_session, cwd=tmp_path)
     lock = tmp_path / "ray" / ".two.driver.lock"
     deadline = time.monotonic() + 120
     while not (lock.is_file() and lock.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
     while not _has_file(tmp_path / "ray", "last.pt") and time.monotonic() < deadline:
         time.sleep(0.1)
-    second = _driver(sweep, tmp_path / "ray", "--resume", cwd=tmp_path)
+    second = _driver(sweep, tmp_path / "ray", "--resume", "--address", ray_session, cwd=tmp_path)
     out, err = second.communicate(timeout=120)
     assert second.returncode == 2, err[-2000:]
     (line,) = _errors(err)
     assert f"already being run by driver pid {first.pid} on" in line and str(lock) in line
     first.send_signal(signal.SIGKILL)
     first.wait(30)
-    third = _driver(sweep, tmp_path / "ray", "--resume", cwd=tmp_path)
+    third = _driver(sweep, tmp_path / "ray", "--resume", "--address", ray_session, cwd=tmp_path)
     out, err = third.communicate(timeout=240)
     assert third.returncode == 0, err[-3000:]
     client, parents, children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "two")
@@ -178,6 +179,7 @@ def test_a_store_locked_by_another_process_makes_the_writes_wait(ray_session, tm
     """Another process holds the sqlite store in an exclusive transaction for 8 s while the sweep runs (and
     sqlite's busy timeout is cut to 1 s, so the writes really fail first): the driver keeps its writes and
     retries them, the sweep ends normally, every step logged once."""
+    from experiments.schema import Tag
     from experiments.tracking import store
     from experiments.sweep.driver import run_sweep
     from experiments.sweep.validate import load_sweep
@@ -188,10 +190,19 @@ def test_a_store_locked_by_another_process_makes_the_writes_wait(ray_session, tm
     db = tmp_path / "mlflow.db"
     held = threading.Event()
 
+    def trial_runs() -> int:
+        con = sqlite3.connect(db, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM tags WHERE key = ? AND value = 'trial'", (Tag.KIND,)).fetchone()[0]
+        except sqlite3.OperationalError:  # locked by a write this moment
+            return 0
+        finally:
+            con.close()
+
     def hold():
-        while not db.exists():
-            time.sleep(0.05)
-        time.sleep(3)  # into the sweep: the parent and the first trial runs exist
+        deadline = time.monotonic() + 120
+        while not (db.exists() and trial_runs()) and time.monotonic() < deadline:
+            time.sleep(0.1)  # into the sweep: the parent and the first trial runs exist
         con = sqlite3.connect(db, timeout=30, isolation_level=None)
         con.execute("BEGIN EXCLUSIVE")
         held.set()

@@ -3,7 +3,8 @@ server --backend-store-uri postgresql://... --serve-artifacts` on 127.0.0.1 and 
 database per test, dropped afterwards. Skipped with the reason when PostgreSQL (127.0.0.1:5432, trust
 auth) or its driver is not there.
 
-* the shrunken demo sweep (real fit) against the server: its report equals the same runs read from sqlite;
+* the shrunken demo sweep (real fit, on the test session's local Ray) against the server: its report equals
+  the same runs read from sqlite;
   `ssdlab train`, `runs` and `ui` against the server;
 * two sweeps at once (the tiny trainable) with reports read while they write, and the server stopped for
   a few seconds mid-sweep: no errors, every metric point written (counted in PostgreSQL)."""
@@ -135,12 +136,12 @@ def demo_sweep(tmp_path: Path, uri: str) -> Path:
     return shrunken_demo_sweep(tmp_path, uri, "e2e-server", epochs=1, log_checkpoints=True)
 
 
-def test_demo_sweep_on_a_postgres_server_reports_as_from_sqlite(server, tmp_path, capsys):
+def test_demo_sweep_on_a_postgres_server_reports_as_from_sqlite(server, ray_session, tmp_path, capsys):
     from reports.report import build_report
 
     t0 = time.time()
     path = demo_sweep(tmp_path, server.uri)
-    assert main(["sweep", str(path), "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]) == 0
+    assert main(["sweep", str(path), "--storage", str(tmp_path / "ray"), "--address", ray_session]) == 0
     t_sweep = time.time() - t0
     sqlite = f"sqlite:///{tmp_path / 'copy.db'}"
     ids = copy_runs(server.uri, sqlite, "e2e-server")

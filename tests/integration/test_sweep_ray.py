@@ -1,4 +1,4 @@
-"""Sweeps on the real stack: local Ray (one session for the module, 2 CPUs), Ray Tune, Optuna and an
+"""Sweeps on the real stack: local Ray (the test session's, 2 CPUs: conftest's ray_session), Ray Tune, Optuna and an
 MLflow sqlite store in tmp_path, with a tiny trainable of fit's signature (fast fake epochs that
 write last.pt and resume from it)."""
 from __future__ import annotations
@@ -125,7 +125,7 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, tmp_path):
     try:
         deadline = time.time() + 150
         while time.time() < deadline:  # kill once some trial has logged two epochs
-            time.sleep(1)
+            time.sleep(0.5)
             if (tmp_path / "mlflow.db").exists():
                 try:
                     client, _, children = runs_of(uri, "resumable")
