@@ -26,6 +26,17 @@ def bccd_root() -> Path:
     return BCCD_ROOT
 
 
+@pytest.fixture(scope="session")
+def report_store(tmp_path_factory) -> str:
+    """tests/support/report_store.py's sqlite store (an ablation sweep `abl` and a search sweep `hpo` whose every
+    number is known), filled once for the tests that read it: the reports', `ssdlab ui`'s, the deploy table's."""
+    from tests.support.report_store import fill
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('report-store') / 'mlflow.db'}"
+    fill(uri)
+    return uri
+
+
 class LocalRay:
     """The test session's one local Ray (2 CPUs), in this process: started by the first test that asks for
     `ray_session`, stopped after the last one (pytest_runtest_teardown) or before a test whose sweep must start

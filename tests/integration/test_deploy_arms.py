@@ -267,14 +267,11 @@ def test_report_shows_the_accuracy_speed_table_and_plot(tmp_path):
     assert csv["pareto"].tolist() == [False, False, False, False, True, True] and csv["latency_ms"].dtype == float
 
 
-def test_no_deploy_metrics_no_table(tmp_path):
+def test_no_deploy_metrics_no_table(report_store):
     from reports.deploy import accuracy_speed_table, has_deploy
     from reports.load import read_sweep
-    from tests.support.report_store import fill
 
-    uri = f"sqlite:///{tmp_path / 'abl.db'}"
-    fill(uri)
-    data = read_sweep("abl", uri)
+    data = read_sweep("abl", report_store)
     assert not has_deploy(data) and accuracy_speed_table(data) is None
 
 

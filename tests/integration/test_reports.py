@@ -21,14 +21,12 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from experiments.schema import Tag  # noqa: E402
 from ssd_core.errors import UserError  # noqa: E402
 
-from tests.support.report_store import T0, ARMS, NOTES, ABL, TEST_GAP, HPO_SPACE, HPO, CONFIRM, fill, new_run  # noqa: E402
+from tests.support.report_store import T0, ARMS, NOTES, ABL, TEST_GAP, HPO_SPACE, HPO, CONFIRM, new_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    fill(uri)
-    return uri
+def store(report_store) -> str:
+    return report_store  # conftest's: filled once for the tests that read it (tests/support/report_store.py)
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +333,8 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from experiments.tracking.store import ensure_store
-    ensure_store(uri)
+    from tests.support.stores import empty_store
+    ensure_store(empty_store(uri))
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("ssdlab")
     space = {"train.lr": {"loguniform": [1e-4, 1e-1]}}

@@ -22,7 +22,6 @@ pytest.importorskip("mlflow")
 
 from experiments.tracking.store import UI_LOG, ui_log  # noqa: E402
 from ssdlab.serve import TAIL_LINES, listening  # noqa: E402
-from tests.support.report_store import fill  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BY_SCORE = "/runs?orderByKey=metrics.%60score%60&orderByAsc=false"
@@ -52,10 +51,8 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), SimpleHTTPRequestHandler).serve_fore
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    fill(uri)
-    return uri
+def store(report_store) -> str:
+    return report_store  # conftest's: filled once for the tests that read it
 
 
 def _free_port() -> int:
