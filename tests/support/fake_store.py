@@ -29,12 +29,11 @@ def write_sweep(uri: str, sweep: str, arms: list[str], runs: list[Run], experime
     logs its score beside `metric`, as fit does (report_store.with_score)."""
     import mlflow
     from mlflow.entities import Metric
-
-    from tests.support.report_store import with_score
     from mlflow.tracking import MlflowClient
 
     from experiments.schema import Tag
     from experiments.tracking.store import ensure_store
+    from tests.support.report_store import with_score
     from tests.support.stores import empty_store
 
     ensure_store(empty_store(uri))
