@@ -20,11 +20,11 @@ from tests.support.fake_fit import REPO, history, runs_of, write_sweep
 TINY_MODEL = {"model.backbone": "tiny", "model.image_size": 64, "model.width_mult": 0.5}
 
 
-def _sweep(tmp_path, name, epochs=4, seconds=0.3, **extra):
+def _sweep(tmp_path, name, epochs=4, seconds=0.3, store=True, **extra):
     return write_sweep(tmp_path, {"name": name, "arms": {"a": {}, "b": {"overrides": {"train.lr": 0.02}}},
                                   "seeds": [0, 1], "resources": {"cpu": 1}, "max_concurrent": 2,
                                   "overrides": {"train.epochs": epochs, "train.time_budget_s": seconds, **TINY_MODEL},
-                                  **extra})
+                                  **extra}, store=store)
 
 
 DRIVER = """
@@ -120,7 +120,7 @@ def test_a_storage_too_small_is_refused_before_anything_is_made(tmp_path, monkey
     from ssdlab.cli import main
 
     monkeypatch.chdir(tmp_path)
-    sweep = _sweep(tmp_path, "small")
+    sweep = _sweep(tmp_path, "small", store=False)
     monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": 5_000_000})())
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main(["sweep", str(sweep), "--storage", str(tmp_path / "ray")]) == 2

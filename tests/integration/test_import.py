@@ -11,6 +11,7 @@ import yaml
 from ssdlab.cli import main
 from ssd_core.config import to_yaml
 from tests.support.configs import tiny_config
+from tests.support.stores import empty_store
 
 pytest.importorskip("ray")
 
@@ -23,6 +24,7 @@ def _sweep(tmp_path: Path) -> Path:
              "seeds": [0, 1], "resources": {"cpu": 1}, "max_concurrent": 2}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    empty_store(sweep["tracking"]["uri"])  # the store is there (tests/support/stores.py): the import is the subject
     return path
 
 

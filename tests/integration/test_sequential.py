@@ -130,7 +130,7 @@ def test_a_sequential_sweep_runs_its_waves_and_resumes_them_after_a_killed_drive
         "name": "seq", "arms": {"base": {}, "big": {"overrides": {"train.lr": 0.02}}, "same": {}},
         "overrides": {"train.epochs": 3, "data.test_sets": ["S/test"]},
         "seeds": {"start": 2, "max": 4, "step": 1}, "resources": {"cpu": 1},
-    })
+    }, store=True)
     spec = load_sweep(path)
     storage = tmp_path / "ray"
     killed = subprocess.run([sys.executable, "-c", KILL_IN_WAVE_2, str(REPO), str(path), ray_session, str(storage)],
@@ -165,7 +165,7 @@ def test_a_wave_with_failed_trials_launches_no_further_wave(ray_session, tmp_pat
         "name": "failing", "arms": {"base": {}, "nan": {"overrides": {"train.lr": 0.6}}},
         "overrides": {"train.epochs": 2, "data.test_sets": ["S/test"]},
         "seeds": {"start": 2, "max": 4, "step": 2}, "resources": {"cpu": 1},
-    })
+    }, store=True)
     result = run_sweep(load_sweep(path), tiny_fit, storage=tmp_path / "ray")
     assert result.counts == {"failed": 2, "finished": 2} and len(result.failures) == 2
     assert "2 trial(s) of wave 1 failed: no further wave" in capsys.readouterr().out

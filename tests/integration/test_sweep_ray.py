@@ -42,7 +42,7 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
         "seeds": [0, 1, 2],
         "resources": {"cpu": 0.16},
         "failure": {"max_failures": 1},
-    })
+    }, store=True)
     spec = load_sweep(path)
     result = run_sweep(spec, tiny_fit, storage=tmp_path / "ray")
     assert result.trials == 12
@@ -117,7 +117,7 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, tmp_path):
                    "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-1]}}},
         "scheduler": {"asha": {"grace_period": 1, "reduction_factor": 2}},
         "resources": {"cpu": 1},
-    })
+    }, store=True)
     spec = load_sweep(path)
     uri = spec.file.tracking.uri
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO), str(path), ray_session, str(tmp_path / "ray")],
@@ -212,7 +212,7 @@ def test_driver_killed_right_after_a_report_resumes_each_trial_from_its_last_pt(
         "name": "kill-after-report", "arms": {"a": {}}, "seeds": [0, 1],
         "overrides": {"train.epochs": epochs, "train.time_budget_s": 0.3},  # seconds per fake epoch
         "resources": {"cpu": 1},
-    })
+    }, store=True)
     spec = load_sweep(path)
     uri, storage = spec.file.tracking.uri, tmp_path / "ray"
     driver = subprocess.run([sys.executable, "-c", KILL_DRIVER, str(REPO), str(path), ray_session, str(storage), str(k)],

@@ -72,13 +72,19 @@ def tiny_fit(cfg, callbacks=(), run_dir=None, resume=False):
         getattr(cb, "on_fit_end", lambda *a: None)(None)
 
 
-def write_sweep(tmp_path: Path, sweep: dict) -> Path:
+def write_sweep(tmp_path: Path, sweep: dict, store: bool = False) -> Path:
+    """The sweep file (and its base.yaml) in `tmp_path`, logging to tmp_path/mlflow.db; with `store` that store
+    is there already, empty (tests/support/stores.py), for a test whose subject is not how a store is made."""
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(
         {"name": "tiny", "train": {"epochs": 4, "lr": 0.01}, "output": {"dir": str(tmp_path / "out")},
          "data": {"train_sets": ["S/train"], "val_sets": ["S/val"]}}))
     sweep = {"experiment": "base.yaml", "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, **sweep}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    if store:
+        from tests.support.stores import empty_store
+
+        empty_store(sweep["tracking"]["uri"])
     return path
 
 
