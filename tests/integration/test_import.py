@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssdlab.cli import main
 from ssd_core.config import to_yaml
+from ssdlab.cli import main
 from tests.support.configs import tiny_config
 from tests.support.stores import empty_store
 
