@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # The demo: a 3-arm x 3-seed ablation on synthetic shapes, then its report (summary + ablation tables).

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from ssdlab.cli import main
 from ssd_core.config import config_hash, load_config
+from ssdlab.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -70,8 +70,7 @@ def test_a_dry_run_warns_when_the_sweep_state_exists(tmp_path, capsys):
 
 
 def test_experiments_open_on_mlflow_s_model_training_view(tmp_path):
-    from experiments.tracking.store import mlflow_client
-    from experiments.tracking.store import EXPERIMENT_KIND, ensure_store, experiment_id
+    from experiments.tracking.store import EXPERIMENT_KIND, ensure_store, experiment_id, mlflow_client
     from tests.support.stores import empty_store
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ensure_store(empty_store(uri))
@@ -111,6 +110,7 @@ def test_dashboard_serves_a_study_and_sigterm_stops_it(tmp_path):
     """`ssdlab dashboard --study-storage URL` starts optuna-dashboard on 127.0.0.1, prints the URL once it
     answers, shows the study over its API, and stops with the server on SIGTERM."""
     import optuna
+
     from ssdlab.serve import listening
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -13,15 +13,15 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from ssdlab.cli import main  # noqa: E402
 from ssd_core import deploy as DP  # noqa: E402
-from ssd_core import onnx_export as OX  # noqa: E402
 from ssd_core import metrics as M  # noqa: E402
+from ssd_core import onnx_export as OX  # noqa: E402
 from ssd_core.build import build_dataset  # noqa: E402
 from ssd_core.config import validate_config  # noqa: E402
 from ssd_core.inference import detect, evaluate_model, model_from_checkpoint  # noqa: E402
 from ssd_core.model import build_ssd  # noqa: E402
 from ssd_core.postprocess import postprocess  # noqa: E402
+from ssdlab.cli import main  # noqa: E402
 
 CLASSES = ["circle", "square", "triangle", "cross"]
 BCCD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bccd"

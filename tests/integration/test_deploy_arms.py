@@ -89,8 +89,8 @@ def test_objectives_are_validated_naming_the_key(tmp_path, search, extra, messag
 
 def test_objectives_reach_the_parent_tags_and_the_optuna_searcher(tmp_path):
     pytest.importorskip("ray")
-    from experiments.sweep.validate import load_sweep
     from experiments.sweep.plan import parent_tags
+    from experiments.sweep.validate import load_sweep
 
     spec = load_sweep(_sweep(tmp_path, {"objectives": ["deploy/latency_ms", "deploy/int8/model_mb"],
                                         "sampler": "nsga2"}))

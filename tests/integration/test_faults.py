@@ -180,9 +180,9 @@ def test_a_store_locked_by_another_process_makes_the_writes_wait(ray_session, tm
     sqlite's busy timeout is cut to 1 s, so the writes really fail first): the driver keeps its writes and
     retries them, the sweep ends normally, every step logged once."""
     from experiments.schema import Tag
-    from experiments.tracking import store
     from experiments.sweep.driver import run_sweep
     from experiments.sweep.validate import load_sweep
+    from experiments.tracking import store
     from tests.support.fake_fit import tiny_fit
 
     monkeypatch.setattr(store, "SQLITE_BUSY_TIMEOUT_S", 1)
@@ -260,7 +260,8 @@ def test_a_finished_run_without_a_test_value_is_listed_not_averaged(tmp_path):
     from reports.load import read_sweep
     from reports.run_tables import other_runs_table
     from reports.tables import ablation_table
-    from tests.support.fake_store import Run, write_sweep as fake_sweep
+    from tests.support.fake_store import Run
+    from tests.support.fake_store import write_sweep as fake_sweep
 
     runs = [Run("a", s, {"val/mAP50": {1: 0.5}, "test/mAP50": {1: 0.4 + 0.01 * s}}) for s in range(3)]
     runs += [Run("b", s, {"val/mAP50": {1: 0.6}, "test/mAP50": {1: 0.5 if s else float("nan")}}) for s in range(3)]

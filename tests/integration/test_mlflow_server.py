@@ -26,12 +26,11 @@ import yaml
 psycopg = pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is not installed")
 ray = pytest.importorskip("ray")
 
-from tests.support.drivers import DRIVER  # noqa: E402
-from tests.support.configs import shrunken_demo_sweep  # noqa: E402
-from tests.support.processes import free_port  # noqa: E402
-
-from ssdlab.cli import main  # noqa: E402
 from experiments.schema import Tag  # noqa: E402
+from ssdlab.cli import main  # noqa: E402
+from tests.support.configs import shrunken_demo_sweep  # noqa: E402
+from tests.support.drivers import DRIVER  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PG = "postgresql://postgres@127.0.0.1:5432"

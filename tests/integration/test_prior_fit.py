@@ -3,7 +3,6 @@ known sizes and shapes where the paper's VOC boxes do not cover them, fitted mod
 without the data."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -91,9 +90,7 @@ def test_a_fitted_model_builds_from_the_config_and_its_heads_match_its_boxes():
     import torch
 
     from ssd_core.config import ModelConfig
-    from ssd_core.model import build_ssd
-
-    from ssd_core.model import feature_map_sizes
+    from ssd_core.model import build_ssd, feature_map_sizes
 
     n = len(feature_map_sizes(ModelConfig(backbone="tiny", image_size=96)))  # 4 maps: 12, 6, 3, 1
     sizes = [0.1, 0.25, 0.45, 0.7, 1.0]
@@ -151,8 +148,8 @@ def test_auto_priors_are_fitted_once_recorded_and_restored_without_the_data(tmp_
 def test_data_check_prints_coverage_before_and_after_the_fit_and_config_show_the_fitted_sizes(tmp_path, capsys):
     import yaml
 
-    from ssdlab.cli import main
     from ssd_core.synth import ensure_synthetic
+    from ssdlab.cli import main
     from tests.support.configs import tiny_config
 
     root = tmp_path / "shapes"

@@ -20,8 +20,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from experiments.schema import Tag  # noqa: E402
 from ssd_core.errors import UserError  # noqa: E402
-
-from tests.support.report_store import T0, ARMS, NOTES, ABL, TEST_GAP, HPO_SPACE, HPO, CONFIRM, new_run  # noqa: E402
+from tests.support.report_store import ABL, ARMS, CONFIRM, HPO, HPO_SPACE, NOTES, T0, TEST_GAP, new_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +228,7 @@ def test_importances_equal_optuna_on_the_same_trials_and_are_deterministic(hpo):
     assert {t[1] for t in used} == {"finished", "early_stopped"}
     common = min(len(t[5]) for t in used)
     study = optuna.create_study(direction="maximize")
-    for tid, status, lr, wd, bb, curve in used:
+    for _tid, _status, lr, wd, bb, curve in used:
         study.add_trial(optuna.trial.create_trial(
             params={"model.backbone": bb, "train.lr": lr, "train.weight_decay": wd},
             distributions=dists, value=max(curve[:common])))
@@ -326,10 +325,10 @@ def test_runs_and_report_name_the_same_best_trial(tmp_path, capsys):
     """An early-stopped trial that scored above every finished one, and a tie between two finished
     trials: before, `ssdlab runs` put the early-stopped trial first while the report's best was a
     finished one. Both now use experiments.schema.best_index: finished only, ties to the lowest seed."""
-    from ssdlab.cli import main
     from reports.load import read_sweep
-    from reports.search import best_override, search_table
     from reports.run_tables import other_runs_table
+    from reports.search import best_override, search_table
+    from ssdlab.cli import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from experiments.tracking.store import ensure_store

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssd_core.errors import DataError
 from ssdlab import cli
 from ssdlab.commands.score import score_coco, score_voc
-from ssd_core.errors import DataError
 from tests.support.voc_reference import reference_voc_eval, tiny_coco
 
 CLASSES = ["cat", "dog", "bird"]
@@ -162,7 +162,7 @@ def test_voc_on_bccd_test_matches_the_reference(bccd_root, tmp_path):
     names = ["Platelets", "RBC", "WBC"]
     ids = (bccd_root / "BCCD" / "ImageSets" / "Main" / "test.txt").read_text().split()
     gts = []
-    for k, i in enumerate(ids):
+    for i in ids:
         for obj in ET.parse(bccd_root / "BCCD" / "Annotations" / f"{i}.xml").getroot().iter("object"):
             box = [float(obj.find(f"bndbox/{t}").text) for t in ("xmin", "ymin", "xmax", "ymax")]
             gts.append((i, names.index(obj.find("name").text) + 1, box, obj.findtext("difficult", "0") != "0"))

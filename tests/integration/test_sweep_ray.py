@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 ray = pytest.importorskip("ray")
-import ray.cloudpickle  # noqa: E402
+import ray.cloudpickle  # noqa: E402, F811 (the submodule, bound onto the importorskip'd module)
 
+from experiments.schema import Tag  # noqa: E402
 from experiments.sweep.driver import run_sweep  # noqa: E402
 from experiments.sweep.validate import load_sweep  # noqa: E402
-from experiments.schema import Tag  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 # Ray workers cannot import the tests package: ship this module's functions by value.

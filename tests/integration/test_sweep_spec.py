@@ -8,13 +8,13 @@ import optuna
 import pytest
 import yaml
 
-from ssdlab.cli import main
-from experiments.sweep.tuner import DefineByRun, make_sampler
 from experiments.schema import grid_points, parse_space
 from experiments.sweep.plan import describe, parent_tags, plan
+from experiments.sweep.tuner import DefineByRun, make_sampler
 from experiments.sweep.validate import load_sweep
 from ssd_core.config import flatten
 from ssd_core.errors import ConfigError
+from ssdlab.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from experiments.tracking import writer
-from experiments.tracking.train_run import MLflowCallback
-from experiments.tracking.sweep_tracker import SweepTracker
 from experiments.tracking.store import client_for, ensure_store, experiment_id
+from experiments.tracking.sweep_tracker import SweepTracker
+from experiments.tracking.train_run import MLflowCallback
 from experiments.tracking.writer import find_run
 from ssd_core.config import ExperimentConfig, config_hash, flatten
 

@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 import ssdlab.cli
 from experiments.schema import Artifact, Tag

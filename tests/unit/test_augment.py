@@ -16,9 +16,22 @@ from PIL import Image
 from scipy.stats import ks_2samp
 from torchvision.ops import box_iou
 
-from ssd_core.augment import (ANY, MEAN, WHOLE, Photometric, ResizeOnly, SSDAugmentation, augment_settings,
-                              build_transform, map_boxes, photometric_distort, render, sample_geometry,
-                              sample_photometric, sample_rect)
+from ssd_core.augment import (
+    ANY,
+    MEAN,
+    WHOLE,
+    Photometric,
+    ResizeOnly,
+    SSDAugmentation,
+    augment_settings,
+    build_transform,
+    map_boxes,
+    photometric_distort,
+    render,
+    sample_geometry,
+    sample_photometric,
+    sample_rect,
+)
 from ssd_core.errors import ConfigError, DataError
 from ssd_core.photometric import _hue_saturation
 

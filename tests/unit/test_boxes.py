@@ -5,8 +5,8 @@ import torch
 from torchvision.models.detection._utils import BoxCoder, SSDMatcher
 from torchvision.ops import box_iou
 
-from tests.support.tensors import random_priors, random_targets
 from ssd_core.boxes import batched_iou, cxcywh_to_xyxy, decode, encode, match, match_indices, xyxy_to_cxcywh
+from tests.support.tensors import random_priors, random_targets
 
 
 def test_format_round_trip():

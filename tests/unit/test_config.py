@@ -7,9 +7,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssd_core.config import (ExperimentConfig, HASH_EXCLUDED, apply_overrides, config_hash, config_keys,
-                             flatten, load_config, parse_overrides, resolve_data_root, to_yaml,
-                             validate_config)
+from ssd_core.config import (
+    HASH_EXCLUDED,
+    ExperimentConfig,
+    apply_overrides,
+    config_hash,
+    config_keys,
+    flatten,
+    load_config,
+    parse_overrides,
+    resolve_data_root,
+    to_yaml,
+    validate_config,
+)
 from ssd_core.errors import ConfigError, UserError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"

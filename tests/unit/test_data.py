@@ -12,8 +12,17 @@ from PIL import Image
 
 import ssdlab.cli
 from ssd_core import data as D
-from ssd_core.data import (VOC_CLASSES, COCODataset, DataWarning, VOCDataset, check_dataset, collate,
-                           make_loader, parse_voc_xml, read_image_set)
+from ssd_core.data import (
+    VOC_CLASSES,
+    COCODataset,
+    DataWarning,
+    VOCDataset,
+    check_dataset,
+    collate,
+    make_loader,
+    parse_voc_xml,
+    read_image_set,
+)
 from ssd_core.errors import DataError
 from ssd_core.imageio import load_rgb
 

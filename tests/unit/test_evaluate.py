@@ -15,10 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from ssd_core.evaluate import (DetectionAccumulator, evaluate_coco, evaluate_voc, ground_truth_from_dataset,
-                               to_coco_results, voc_ap)
-
-
+from ssd_core.evaluate import (
+    DetectionAccumulator,
+    evaluate_coco,
+    evaluate_voc,
+    ground_truth_from_dataset,
+    to_coco_results,
+    voc_ap,
+)
 from tests.support.voc_reference import reference_voc_ap, reference_voc_eval, tiny_coco
 
 

@@ -12,7 +12,6 @@ from torchvision.ops import batched_nms
 from ssd_core import postprocess as pp
 from ssd_core.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from ssd_core.postprocess import Detections, grouped_nms, postprocess
-
 from tests.support.tensors import random_priors
 
 

@@ -8,8 +8,8 @@ import pytest
 from scipy import stats as sps
 
 from reports import render, stats
-from reports.search import distributions
 from reports.fmt import Table, fmean, fnum, fp
+from reports.search import distributions
 
 T_0975_2 = 4.302652729749464  # t_{0.975, 2} (tables)
 T_0975_3 = 3.182446305284263  # t_{0.975, 3}

@@ -9,14 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from ssd_core.build import param_groups
 from ssd_core.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from ssd_core.config import ExperimentConfig, validate_config
 from ssd_core.errors import CheckpointError, ConfigError, NonFiniteLossError
-from ssd_core.build import param_groups
 from ssd_core.inference import evaluate_checkpoint
 from ssd_core.schedule import lr_factor
 from ssd_core.train import Callback, fit
-
 from tests.support.configs import CLASSES, tiny_config
 
 
@@ -308,6 +307,7 @@ def test_fit_on_a_time_schedule_anneals_when_the_budget_ends(shapes, tmp_path):
 
 def test_progress_eta_is_capped_by_the_time_budget():
     import io
+
     from ssd_core.schedule import Progress
     stream = io.StringIO()
     progress = Progress(total=10**9, initial=0, log_every=1, stream=stream, remaining=lambda: 42.0)
@@ -317,8 +317,8 @@ def test_progress_eta_is_capped_by_the_time_budget():
 
 
 def test_prior_ratios_from_the_config_reach_the_default_boxes(shapes, tmp_path):
-    from ssd_core.config import apply_overrides
     from ssd_core.build import build_model
+    from ssd_core.config import apply_overrides
     cfg = tiny_config(shapes, tmp_path)
     default = build_model(cfg, 5).prior_spec
     spec = build_model(apply_overrides(cfg, {"model.prior_first_ratio": 5, "model.prior_max_ratio": 80}), 5).prior_spec
