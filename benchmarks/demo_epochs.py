@@ -1,6 +1,6 @@
 """Train the demo's three recipes (sweeps/demo_ablation.yaml) at seed 0 with ssd_core.train.fit, one thread,
 and write each epoch's non-timing metrics as JSON. Run it at two commits and compare the files to show that
-a restructure changed no behaviour (issue 27); it also runs at commits from before the experiments/sweep
+a restructure changed no behaviour; it also runs at commits from before the experiments/sweep
 package (the import fallback). About 2.5 minutes on the 2-core machine.
 
     python -m benchmarks.demo_epochs /tmp/after.json

@@ -1,4 +1,4 @@
-"""The BCCD augmentation ablation on one GPU, to a converged budget (issue 28), in one device command.
+"""The BCCD augmentation ablation on one GPU, to a converged budget, in one device command.
 
 The arms are the cumulative path of sweeps/bccd_factorial.yaml's design (baseline = flip only, + photometric,
 + sample patch, + zoom out, in the factors' order) on that sweep's base recipe (its `overrides`), each arm x
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "sweeps" / "bccd_factorial.yaml"
 BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
 BUNDLE = "bccd_ablation_gpu.tar.gz"
-# H200, 2026-11-28 (README's GPU table): one training's iterations per second, and the aggregate speed-up of
+# H200, 2026-11-28 (docs/benchmarks.md, the GPU table): one training's iterations per second, and the aggregate speed-up of
 # packed trainings over one (4 packed: 2.69x; beyond 4 assumed to grow as the square root of the count)
 ONE_IT_S, PACK4 = 1496 / 120.0, 2.69
 TEST_AT = [0.125, 0.25, 0.5, 1.0]

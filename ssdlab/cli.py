@@ -18,7 +18,7 @@ Each area registers its own sub-commands from a small module under `ssdlab/comma
 A command handler returns an exit code. `UserError` (bad config, sweep, data, checkpoint, store) is
 printed as one clear line and exits 2; anything else is a bug and shows its traceback.
 
-Exit codes (README, "Operations notes"):
+Exit codes (docs/operations.md, "Exit codes"):
 
     0    done
     1    the work ran and failed: a sweep trial failed (each one's error is printed), training diverged

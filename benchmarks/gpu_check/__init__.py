@@ -1,4 +1,4 @@
-"""GPU check (issue 17): every GPU figure the project needs, each against its reference, in one short run.
+"""GPU check: every GPU figure the project needs, each against its reference, in one short run.
 
     python3 -m benchmarks.gpu_check --device cuda --data .data/bccd --out $OUT     (the GPU machine)
     python -m benchmarks.gpu_check --device cpu --quick                           (tiny sizes on a CPU)

@@ -32,7 +32,7 @@ from benchmarks.gpu_check.report import Report, fmt, one_line
 from benchmarks.gpu_check.runtime import PartTimeout, elapsed, free_memory, gib, restart, time_cap, time_left
 from benchmarks.gpu_check.train_step import TrainBench, part2_train_step, part2c_compiled
 
-DESCRIPTION = ("GPU check (issue 17): every GPU figure the project needs,"
+DESCRIPTION = ("GPU check: every GPU figure the project needs,"
                " each against its reference, in one short run.")
 
 

@@ -194,7 +194,8 @@ def check_restorable(path: str) -> None:
 
 SNAPSHOT = "sweep_snapshot.json"
 # The layout of what Ray Tune pickles into a sweep's state (the trainable's TrialJob, the callbacks, by module
-# path). A resume needs the same: 2 = the experiments/sweep + experiments/tracking packages (issue 27).
+# path). A resume needs the same: 2 = the experiments/sweep + experiments/tracking packages; 1 = the flat
+# experiments.trial / experiments.callback modules before them.
 STATE_VERSION = 2
 SEQUENTIAL_STATE = "sequential.json"  # sequential seeding: the looks so far (what Tag.SEQUENTIAL holds)
 

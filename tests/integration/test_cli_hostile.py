@@ -104,7 +104,7 @@ def fifo(f: Files) -> str:
 
 STORE = "sqlite:////proc/nope/x.db"
 CASES = [
-    # issue 14, item 3: the ten reproductions
+    # files that are not text, stores that cannot open, non-finite numbers, outputs that exist
     Case("binary sweep file", lambda f: ["sweep", f.raw("b.yaml", b"\xff\xfe\x00"), "--dry-run"], 2,
          "not a text (UTF-8) YAML file", "b.yaml"),
     Case("binary config file", lambda f: ["config", "show", f.raw("b.yaml", b"\xff\xfe\x00")], 2,
@@ -205,7 +205,7 @@ CASES = [
     Case("data check on a missing folder", lambda f: ["data", "check", "nope"], 2, "nope"),
     Case("data synth --images 0", lambda f: ["data", "synth", "--out", "syn", "--images", "0"], 2,
          "syn: --images must be >= 1"),
-    # issue 22, item 4: YAML alias bombs inside values, refused in well under a second in one short line
+    # YAML alias bombs inside values, refused in well under a second in one short line
     Case("alias bomb in an arm override", lambda f: ["sweep", sweep_text(f, f"arms:\n  a:\n    overrides:\n"
                                                                             f"      data.class_names: {bomb()}\n"),
                                                      "--dry-run"], 2, "expand (YAML aliases) to more than 100,000", "s.yaml"),
@@ -216,7 +216,7 @@ CASES = [
                                                    "--dry-run"], 2, "expand (YAML aliases)", "s.yaml"),
     Case("alias bomb in a config", lambda f: ["config", "show", f.raw("c.yaml", f"data: {{class_names: {bomb()}}}\n".encode())],
          2, "c.yaml: its values expand (YAML aliases)"),
-    # issue 22, smaller items
+    # odd values a sweep file can hold
     Case("duplicate key in a sweep file", lambda f: ["sweep", sweep_text(f, "arms: {a: {}}\nseeds: [1]\n"), "--dry-run"],
          2, "duplicate key 'seeds' (first on line 3)", "s.yaml"),
     Case("duplicate key in a config", lambda f: ["config", "show", f.raw("c.yaml", b"train:\n  lr: 0.1\n  lr: 0.2\n")],
@@ -230,7 +230,7 @@ CASES = [
     Case("experiment is a FIFO", lambda f: ["sweep", f.sweep(experiment=fifo(f)), "--dry-run"], 2,
          "pipe.yaml is a FIFO (named pipe), not a YAML file", "s.yaml"),
     Case("config is a FIFO", lambda f: ["config", "show", fifo(f)], 2, "pipe.yaml: not a file but a FIFO (named pipe)"),
-    # issue 22, item 5: plans too large, refused before they are built
+    # plans too large, refused before they are built
     Case("a grid of 10^8 points", lambda f: ["sweep", f.sweep(drop=("arms",), search={"sampler": "grid", "space": {
         "model.prior_max_boxes" if i == 0 else k: {"int": [2, 11]} for i, k in enumerate(
             ["a", "train.batch_size", "train.warmup_iters", "train.log_every", "train.seed", "eval.top_k",
@@ -244,7 +244,7 @@ CASES = [
     Case("a design factor that is not a config key", lambda f: ["sweep", f.sweep(drop=("arms",), design={"factors": {
         "z": {"off": {"augment.zoom.p": 0.0}, "on": {"augment.zoom.p": 0.5}}}}), "--dry-run"], 2,
          "design.factors.z.off.augment.zoom.p: not a config key", "s.yaml"),
-    # issue 22, item 6: a data root that is a file, caught by --dry-run and by a launch before anything is made
+    # a data root that is a file, caught by --dry-run and by a launch before anything is made
     Case("data.root is a file, dry run", lambda f: ["sweep", f.sweep(overrides={"data.root": f.raw("d.txt", b"x")}),
                                                     "--dry-run"], 2, "data.root: ", "is a file, not a dataset folder"),
     Case("data.root is a file, launch", lambda f: ["sweep", f.sweep(overrides={"data.root": f.raw("d.txt", b"x")}),
@@ -303,7 +303,7 @@ def test_closed_output_pipe_is_quiet(tmp_path):
     assert "Traceback" not in err and "Exception ignored" not in err and err.strip() == "", err
 
 
-# --------------------------------------------------------------------------- issue 14, item 2
+# --------------------------------------------------------------------------- exit statuses
 
 
 def test_sweep_exit_status_names_each_failed_trial(tmp_path, monkeypatch, capsys):

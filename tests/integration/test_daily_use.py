@@ -1,4 +1,4 @@
-"""Daily use (issue 26): the places where the lab meets MLflow, Optuna and the terminal, each as a user meets it
+"""Daily use: the places where the lab meets MLflow, Optuna and the terminal, each as a user meets it
 through the real CLI: one line where a user erred, the column a list is sorted by, the sweeps a report can
 be about, MLflow's model-training view, and a study dashboard that starts and stops."""
 from __future__ import annotations

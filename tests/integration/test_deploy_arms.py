@@ -1,4 +1,4 @@
-"""Deployment arms (issue 16, part 5): the `deploy` config section, deploy/* measured at the end of training
+"""Deployment arms: the `deploy` config section, deploy/* measured at the end of training
 (`ssdlab train` and a sweep trial), a multi-objective search (search.objectives), and the report's accuracy
 against speed table, plot and Pareto front, every number checked by hand."""
 from __future__ import annotations

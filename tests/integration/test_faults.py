@@ -1,4 +1,4 @@
-"""Faults that used to break a sweep (issue 22), each through the real CLI or driver: a disk that fills under
+"""Faults a sweep must survive, each through the real CLI or driver: a disk that fills under
 --storage (a real tmpfs, and an injected ENOSPC), a second driver, a sqlite store another process holds
 locked, a finished run without a test value. The sweeps run on the test session's local Ray (conftest's
 ray_session; driver subprocesses join it with --address)."""
@@ -222,8 +222,8 @@ def test_a_store_locked_by_another_process_makes_the_writes_wait(ray_session, tm
 
 
 def test_a_new_sqlite_store_appears_whole_and_opening_it_waits_out_a_lock(tmp_path, monkeypatch):
-    """CI saw a sweep die in its first store check: another process locked the fresh database between two of
-    MLflow's migration steps. A new store is now built aside and moved in whole (while it is built, the
+    """A sweep must not die in its first store check when another process locks the fresh database between
+    two of MLflow's migration steps. A new store is built aside and moved in whole (while it is built, the
     database path does not exist; after, it holds MLflow's tables and nothing is left beside it), and
     opening a store that another process holds locked waits (busy timeout cut to 1 s) until it is free."""
     from experiments.tracking import store

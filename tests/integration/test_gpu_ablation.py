@@ -1,4 +1,4 @@
-"""benchmarks/gpu_ablation.py, the one device command of issue 28, run on the CPU at tiny sizes: it trains the
+"""benchmarks/gpu_ablation.py, the one device command, run on the CPU at tiny sizes: it trains the
 cumulative path of sweeps/bccd_factorial.yaml's design x seeds in packed processes with fit, bundles the run
 dirs without checkpoints, and the bundle comes back through `ssdlab import` as a sweep whose report has every
 arm and the deltas along the budget."""

@@ -228,7 +228,7 @@ def test_resume_refuses_a_changed_base_config(tmp_path):
 
 
 def test_resume_refuses_the_state_of_an_older_version_in_one_line(tmp_path, capsys):
-    """A sweep launched before the sweep and tracking packages (issue 27): Tune's pickled state names modules
+    """A sweep launched before the sweep and tracking packages existed: Tune's pickled state names modules
     (experiments.trial, experiments.callback) this version does not have. `--resume` says so in one line and
     points at --restart, before Ray starts; no shim unpickles the old layout."""
     import json

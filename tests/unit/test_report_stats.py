@@ -178,7 +178,7 @@ def test_two_seed_interval_adds_the_common_image_term_to_the_paired_t():
 
 
 def test_csv_cells_are_numbers_pandas_reads_back():
-    """NumPy 2 scalars used to be written as `np.float64(0.021...)`: unreadable as numbers."""
+    """NumPy 2 scalars must not be written as their repr (`np.float64(0.021...)`): unreadable as numbers."""
     import io
 
     import pandas as pd
