@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.bench_precision import batch, stepper  # noqa: E402
+from benchmarks.bench_precision import batch, interleaved_medians, stepper  # noqa: E402
 from ssd_core import precision  # noqa: E402
 from ssd_core.config import apply_overrides, load_config  # noqa: E402
 
@@ -50,13 +49,7 @@ def main(argv=None) -> None:
     run["compiled"]()  # compilation
     compile_s = time.perf_counter() - t0
     run["compiled"]()  # a recompile for the second call's shapes / autograd, if any
-    times = {k: [] for k in run}
-    for i in range(args.steps):
-        for k in (("eager", "compiled") if i % 2 == 0 else ("compiled", "eager")):
-            t = clock()
-            run[k]()
-            times[k].append((clock() - t) * 1e3)
-    e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    e, c = interleaved_medians(run, args.steps, clock).values()
     print(f"{base.name}: {base.model.backbone} {base.model.image_size} px stride {base.model.output_stride}, batch "
           f"{base.train.batch_size}, {plan.describe()}, torch {torch.__version__}, {args.threads} thread(s)")
     print(f"  eager {e:.0f} ms   compiled {c:.0f} ms   speed-up x{e / c:.2f} (median of {args.steps}); first compiled "

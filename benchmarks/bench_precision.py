@@ -70,6 +70,19 @@ def stepper(cfg, classes: int, data):
     return step
 
 
+def interleaved_medians(run: dict, reps: int, clock) -> dict[str, float]:
+    """The median milliseconds of each of two steps, run alternately (A B, B A, ...) so that drift in the
+    machine's load falls on both alike; keys in `run`'s order."""
+    a, b = run
+    times = {k: [] for k in run}
+    for i in range(reps):
+        for k in ((a, b) if i % 2 == 0 else (b, a)):
+            t0 = clock()
+            run[k]()
+            times[k].append((clock() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 timed steps per model (default 5)")
@@ -92,13 +105,7 @@ def main(argv=None) -> None:
         run = {"auto": stepper(auto, classes, data), "fp32": stepper(fp32, classes, data)}
         for fn in run.values():
             fn()  # warm-up (oneDNN primitives, allocations)
-        times = {k: [] for k in run}
-        for i in range(reps):
-            for k in (("auto", "fp32") if i % 2 == 0 else ("fp32", "auto")):
-                t0 = clock()
-                run[k]()
-                times[k].append((clock() - t0) * 1e3)
-        a, f = statistics.median(times["auto"]), statistics.median(times["fp32"])
+        a, f = interleaved_medians(run, reps, clock).values()
         print(f"{name:6s} {base.model.backbone} {base.model.image_size} px, batch {base.train.batch_size}: "
               f"auto = {plan.describe()}: {a:9.1f} ms   fp32 {f:9.1f} ms   speed-up x{f / a:.2f} (median of {reps})")
         print(f"RESULT precision_{name} {a:.1f} {f:.1f} {f / a:.2f}", flush=True)
