@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "sweeps" / "bccd_factorial.yaml"
 BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
 BUNDLE = "bccd_ablation_gpu.tar.gz"
-# H200, 2026-11-28 (docs/benchmarks.md, the GPU table): one training's iterations per second, and the aggregate speed-up of
-# packed trainings over one (4 packed: 2.69x; beyond 4 assumed to grow as the square root of the count)
+# H200, 2026-11-28 (docs/benchmarks.md, the GPU table): one training's iterations per second, and the aggregate
+# speed-up of packed trainings over one (4 packed: 2.69x; beyond 4 assumed to grow as the square root of the count)
 ONE_IT_S, PACK4 = 1496 / 120.0, 2.69
 TEST_AT = [0.125, 0.25, 0.5, 1.0]
 STARTUP_S, EVAL_S = 25.0, 1.5   # per process: CUDA and data start; per validation of BCCD/val
