@@ -34,7 +34,8 @@ PROBE_RETRIES, PROBE_TIMEOUT_S, PROBE_BACKOFF = 2, 10, 1  # MLflow reads the bac
 
 # A store that did not answer or that another process holds locked: writes outside a trial's events are
 # tried again every RETRY_S for up to OUTAGE_WAIT_S (the sweep driver's Outbox uses the same two).
-_UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|Read timed out|"
+_UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted|broken)|IncompleteRead|"
+                          r"timed out|Read timed out|"
                           r"failed with error code 5\d\d|Remote end closed|temporarily unavailable|"
                           r"database is locked", re.I)  # a sqlite store another process holds locked
 OUTAGE_WAIT_S = float(os.environ.get("SSDLAB_MLFLOW_OUTAGE_WAIT_S", "900"))
@@ -48,7 +49,8 @@ def unreachable(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                            requests.exceptions.ChunkedEncodingError)):  # a server stopped mid-answer
             return True
         if _UNREACHABLE.search(str(exc)):
             return True

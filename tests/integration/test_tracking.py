@@ -190,3 +190,46 @@ def test_system_metrics_cpu_percent_measures_the_work_since_the_last_call():
         sum(i * i for i in range(1000))
     m = system_metrics()
     assert m["sys/cpu_percent"] > 20 and m["sys/rss_mb"] > 10
+
+
+def test_a_server_stopped_mid_answer_is_an_outage_to_wait_out(monkeypatch):
+    """A tracking server killed while it sends a response leaves the client a body cut short (requests'
+    ChunkedEncodingError inside MLflow's MlflowException): the store did not answer, so a write waits and
+    is tried again, like a refused connection; it is not a bad request to raise at once."""
+    import socket
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from experiments.tracking import store
+    from experiments.tracking.store import patient, scoped_env, unreachable
+
+    body = json.dumps({"experiment": {"experiment_id": "0", "name": "Default", "artifact_location": "a",
+                                      "lifecycle_stage": "active"}}).encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = []
+
+    def serve():
+        while len(served) < 3:
+            con, _ = listener.accept()
+            with con:
+                con.recv(65536)
+                if len(served) >= 2:  # the third answer is whole
+                    con.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                else:  # the first two stop mid-answer: a chunk announced, never sent, the socket closed
+                    con.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n2\r\n")
+            served.append(1)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setattr(store, "RETRY_S", 0.05)
+    with scoped_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}):
+        with pytest.raises(Exception) as cut:
+            client.get_experiment("0")
+        assert unreachable(cut.value), repr(cut.value)
+        assert patient(client.get_experiment, "0", wait_s=10).name == "Default"  # the second cut waited out
+    server.join(5)
+    assert len(served) == 3
