@@ -117,13 +117,11 @@ SHAPE_PRESERVING = (
 )
 
 
-def dry_run_sizes(module: nn.Module, image_size: int) -> list[int]:
-    """Side of every map `module` returns for a square image, from a dry run on the meta device.
-
-    The run uses a shadow copy whose parameters and buffers are meta tensors (no data copied, nothing
-    computed) in eval mode, with the layers that cannot change shapes (BatchNorm, activations, dropout)
-    swapped for Identity since their meta kernels are slow; `module` itself is left untouched.
-    """
+def shape_only(module: nn.Module) -> nn.Module:
+    """A shadow copy of `module` for dry runs on the meta device: its parameters and buffers are meta tensors
+    (no data copied, nothing computed), in eval mode, with the layers that cannot change shapes or FLOP counts
+    (BatchNorm, activations, dropout) swapped for Identity since their meta kernels are slow; `module` itself
+    is left untouched."""
     memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in module.parameters()}
     memo.update({id(b): torch.empty_like(b, device="meta") for b in module.buffers()})
     shadow = copy.deepcopy(module, memo).eval()
@@ -131,8 +129,13 @@ def dry_run_sizes(module: nn.Module, image_size: int) -> list[int]:
         if isinstance(layer, SHAPE_PRESERVING):
             parent, _, child = name.rpartition(".")
             setattr(shadow.get_submodule(parent), child, nn.Identity())
+    return shadow
+
+
+def dry_run_sizes(module: nn.Module, image_size: int) -> list[int]:
+    """Side of every map `module` returns for a square image, from a dry run of its shape_only shadow."""
     with torch.no_grad():
-        maps = shadow(torch.empty(1, 3, image_size, image_size, device="meta"))
+        maps = shape_only(module)(torch.empty(1, 3, image_size, image_size, device="meta"))
     sizes = []
     for m in maps:
         if m.shape[-1] != m.shape[-2]:
@@ -241,7 +244,8 @@ def build_ssd(model: "ModelConfig | str" = "vgg16", num_classes: int = 21, image
 
 def feature_map_sizes(model: "ModelConfig") -> list[int]:
     """The sides of the maps the network of a model section produces (base taps, then the extra layers)."""
-    base = build_base(model)
+    with torch.device("meta"):  # shapes only: no weights initialised
+        base = build_base(model)
     sizes = dry_run_sizes(base, model.image_size)
     n = sizes[-1]
     while (shape := extra_layer_shape(n)) is not None:

@@ -86,10 +86,10 @@ def _gflops(cfg, num_classes: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ssd_core.model import build_ssd
+    from ssd_core.model import build_ssd, shape_only
 
     with torch.device("meta"):  # shapes only: the same count as a forward on the CPU, without its arithmetic
-        model = build_ssd(cfg.model, num_classes).eval()
+        model = shape_only(build_ssd(cfg.model, num_classes))
     size = cfg.model.image_size
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, size, size, device="meta"))

@@ -35,12 +35,19 @@ def training_boxes(cfg, dataset=None) -> tuple[np.ndarray, np.ndarray, list[str]
 
 
 def layout(model_cfg) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """(feature map sizes, steps) the model section's network lays its default boxes on."""
+    """(feature map sizes, steps) the model section's network lays its default boxes on; measured once per
+    network (the model section without its prior_* keys, which do not change the maps)."""
     from ssd_core.model import feature_map_sizes
     from ssd_core.priors import default_steps
 
-    maps = tuple(feature_map_sizes(model_cfg))
-    return maps, default_steps(model_cfg.image_size, maps)
+    network = tuple(sorted((k, repr(v)) for k, v in model_cfg.model_dump().items() if not k.startswith("prior_")))
+    if network not in _LAYOUTS:
+        maps = tuple(feature_map_sizes(model_cfg))
+        _LAYOUTS[network] = maps, default_steps(model_cfg.image_size, maps)
+    return _LAYOUTS[network]
+
+
+_LAYOUTS: dict = {}  # the network's model keys -> (feature map sizes, steps)
 
 
 def resolve_priors(cfg):
