@@ -28,35 +28,35 @@ from tests.support.drivers import KILL_DRIVER  # noqa: E402
 from tests.support.fake_fit import history, runs_of, tiny_fit, write_sweep  # noqa: E402
 
 
-def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
-    """12 concurrent trials (4 arms x 3 seeds) log to a fresh store through the driver: none loses
+def test_eight_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
+    """8 concurrent trials (4 arms x 2 seeds) log to a fresh store through the driver: none loses
     a metric; the NaN arm fails with its reason while the others finish; the arm whose worker dies
     at epoch 2 resumes from its epoch-1 checkpoint and still has one run with one history."""
     path = write_sweep(tmp_path, {
-        "name": "twelve",
+        "name": "eight",
         "arms": {"base": {"note": "baseline"},
                  "lr02": {"note": "higher lr", "overrides": {"train.lr": 0.02}},
                  "nan": {"note": "diverges", "overrides": {"train.lr": 0.6}},
                  "crash": {"note": "worker dies once", "overrides": {"name": "crash"}}},
         "overrides": {"train.epochs": 3},
-        "seeds": [0, 1, 2],
-        "resources": {"cpu": 0.16},
+        "seeds": [0, 1],
+        "resources": {"cpu": 0.25},
         "failure": {"max_failures": 1},
     }, store=True)
     spec = load_sweep(path)
     result = run_sweep(spec, tiny_fit, storage=tmp_path / "ray")
-    assert result.trials == 12
-    assert result.counts == {"failed": 3, "finished": 9}  # what `ssdlab sweep` prints, exiting 1
+    assert result.trials == 8
+    assert result.counts == {"failed": 2, "finished": 6}  # what `ssdlab sweep` prints, exiting 1
     assert sorted(tid for tid, _, _ in result.failures) == sorted(
-        r.data.tags["ssdlab.trial_id"] for r in runs_of(spec.file.tracking.uri, "twelve")[2]
+        r.data.tags["ssdlab.trial_id"] for r in runs_of(spec.file.tracking.uri, "eight")[2]
         if r.data.tags["ssdlab.arm"] == "nan")
     assert all(err.startswith("NonFiniteLossError: non-finite loss at epoch 2") for _, _, err in result.failures)
 
-    client, parents, children = runs_of(spec.file.tracking.uri, "twelve")
+    client, parents, children = runs_of(spec.file.tracking.uri, "eight")
     (parent,) = parents
     assert parent.info.status == "FINISHED" and parent.data.tags["ssdlab.status"] == "finished"
-    assert json.loads(parent.data.tags["ssdlab.counts"]) == {"failed": 3, "finished": 9}
-    assert parent.data.tags["ssdlab.error"].startswith("3 of 12 trials failed: ")
+    assert json.loads(parent.data.tags["ssdlab.counts"]) == {"failed": 2, "finished": 6}
+    assert parent.data.tags["ssdlab.error"].startswith("2 of 8 trials failed: ")
     assert json.loads(parent.data.tags["ssdlab.arms"]) == ["base", "lr02", "nan", "crash"]
     assert parent.data.tags["ssdlab.baseline_arm"] == "base" and parent.data.tags["ssdlab.metric"] == "val/mAP50"
     # the parent's summary: the best trial by the schema's rule (lr02 scores highest), registered as a model
@@ -64,7 +64,7 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
     assert best.data.tags[Tag.ARM] == "lr02" and parent.data.tags[Tag.BEST_TRIAL] == best.data.tags[Tag.TRIAL_ID]
     name, version = parent.data.tags[Tag.REGISTERED_MODEL].split("/")
     mv = client.get_model_version(name, version)
-    assert name == "twelve" and mv.run_id == best.info.run_id and mv.source.startswith("models:/m-")  # a pyfunc model
+    assert name == "eight" and mv.run_id == best.info.run_id and mv.source.startswith("models:/m-")  # a pyfunc model
     assert str(client.get_model_version_by_alias(name, "best").version) == version
     assert parent.data.metrics["score"] == pytest.approx(0.06)  # the best trial's score on the parent row
     assert all("score" in r.data.metrics for r in children if r.data.tags[Tag.STATUS] == "finished")
@@ -72,13 +72,13 @@ def test_twelve_trials_at_once_nan_and_a_killed_worker(ray_session, tmp_path):
     # provenance and descriptions
     assert len(parent.data.tags[Tag.GIT_COMMIT]) == 40 and parent.data.tags[Tag.GIT_DIRTY] in ("true", "false")
     assert "torch" in json.loads(parent.data.tags[Tag.VERSIONS]) and parent.data.tags[Tag.DESCRIPTION]
-    assert len(children) == 12
+    assert len(children) == 8
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     by_arm = {}
     for r in children:
         by_arm.setdefault(r.data.tags["ssdlab.arm"], []).append(r)
     assert {a: sorted(int(r.data.tags["ssdlab.seed"]) for r in rs) for a, rs in by_arm.items()} == {
-        a: [0, 1, 2] for a in ("base", "lr02", "nan", "crash")}
+        a: [0, 1] for a in ("base", "lr02", "nan", "crash")}
     for arm, lr in (("base", 0.01), ("lr02", 0.02), ("crash", 0.01)):
         for r in by_arm[arm]:
             assert r.data.tags["ssdlab.status"] == "finished" and r.info.status == "FINISHED"
