@@ -9,9 +9,12 @@
                                            listen within `timeout`, is a UserError quoting its last lines there,
                                            and one that exits later prints them too (exit 1 if it said 0)
 
-The SIGTERM handler only unwinds the main thread: stopping the server waits on the process, which the main
-thread is already doing inside Popen.wait (holding Popen's lock), so waiting in the handler would hang. It
-does so once: later SIGTERMs, while the server is being stopped, are ignored.
+Ctrl-C and SIGTERM have one handler, installed for the call (so a Ctrl-C stops the server even where the
+command was started with SIGINT ignored): it only unwinds the main thread (stopping the server waits on the
+process, which the main thread may be doing, holding Popen's lock, so waiting in the handler would hang), and
+does so once: later signals, while the server is being stopped, are ignored. The main thread polls the server
+rather than blocking in waitpid, so a Ctrl-C that the terminal also sent the server is this command's stop
+(exit 0) even when the server is the quicker to exit, not "the server exited".
 """
 from __future__ import annotations
 
@@ -94,14 +97,14 @@ def serve(cmd: list[str], port: int, what: str, timeout: float, ready: Callable[
                 proc.kill()
                 proc.wait()
 
-    stopping = []  # a second SIGTERM (`timeout` and others signal the process group too) must not cut stop() short
+    stopping = []  # a second signal (`timeout`, a terminal's Ctrl-C reach the process group) must not cut stop() short
 
-    def on_sigterm(signum, frame):
+    def on_stop(signum, frame):
         if not stopping:
             stopping.append(signum)
             raise _Stop()
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         deadline = time.monotonic() + timeout
         while not listening(port):
@@ -111,7 +114,9 @@ def serve(cmd: list[str], port: int, what: str, timeout: float, ready: Callable[
                 raise failed(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g} s")
             time.sleep(0.2)
         ready(f"http://127.0.0.1:{port}")
-        code = int(proc.wait() or 0)
+        while proc.poll() is None:
+            time.sleep(0.2)  # a signal's handler runs within this sleep
+        code = int(proc.returncode or 0)
         if log is None:
             return code
         print(f"{what} exited with {code}; the last lines of its log {log}:\n{_tail(log, start)}", file=sys.stderr)
@@ -121,4 +126,5 @@ def serve(cmd: list[str], port: int, what: str, timeout: float, ready: Callable[
     finally:
         stopping.append(None)
         stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

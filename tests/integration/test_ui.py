@@ -150,6 +150,36 @@ def test_ui_with_a_stand_in_server_logs_it_and_sigterm_stops_it_once(store, tmp_
     assert "stand-in serving" in ui_log(store).read_text() and '"GET / HTTP/1.1" 200' in ui_log(store).read_text()
 
 
+# A server that ends at once, exit 0, on the Ctrl-C the terminal sends the whole process group (as uvicorn does)
+QUICK_SERVER = """
+import signal, sys
+from http.server import HTTPServer, SimpleHTTPRequestHandler
+signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+HTTPServer(("127.0.0.1", int(sys.argv[1])), SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+def test_ctrl_c_stops_ui_with_0_where_it_started_with_sigint_ignored(store, tmp_path):
+    """Started where SIGINT is ignored (nohup, some service managers and test runners), a Ctrl-C to the process
+    group still stops `ssdlab ui` with exit 0; the server ending first on the same Ctrl-C is not reported as a
+    server that exited by itself (exit 1 and its log quoted)."""
+    port, terminal = _free_port(), tmp_path / "terminal.txt"
+    with open(terminal, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", STAND_IN, str(port), store, QUICK_SERVER], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        lines = _lines_until(proc, terminal, "MLflow server log:")
+        assert lines[-1] == f"MLflow server log: {ui_log(store)}", lines
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(30) == 0, terminal.read_text()
+        assert _gone(port)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert terminal.read_text().splitlines() == lines
+
+
 @pytest.mark.parametrize("then, options, why", [
     ("raise SystemExit(3)", [], "exited with 3 before listening"),
     ("time.sleep(120)", ["--timeout", "1"], "did not listen on 127.0.0.1:{port} within 1 s"),
