@@ -22,7 +22,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10
 
 # The demo: a 3-arm x 3-seed ablation on synthetic shapes, then its report (summary + ablation tables).
 demo: $(STAMP)

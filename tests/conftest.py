@@ -94,5 +94,24 @@ def pytest_runtest_teardown(item, nextitem):
         LOCAL_RAY.down()
 
 
+def pytest_itemcollected(item):
+    """`make test` runs two xdist workers (`-n 2 --dist loadgroup`) handing out tests one at a time; the tests
+    of a module with a module-scoped fixture (a two-node cluster, a tracking server, the quick GPU-check run)
+    go to one worker together, so that fixture is set up once. Marked as each test is collected, before xdist
+    reads the groups (in pytest_collection_modifyitems)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_configure(config):
+    """Under loadgroup, xdist tells a worker's groups by a suffix it writes into each grouped test's node id;
+    from pytest 9.2 that write no longer takes (pytest-dev/pytest-xdist#1386) and the groups are split, their
+    fixtures set up on both workers: refused here rather than run slower without a word."""
+    if config.getoption("dist", "no") == "loadgroup" and tuple(map(int, pytest.__version__.split(".")[:2])) >= (9, 2):
+        raise pytest.UsageError(f"pytest-xdist --dist loadgroup does not group tests with pytest {pytest.__version__} "
+                                f"(pytest-dev/pytest-xdist#1386): `make install` installs the pytest pyproject.toml pins")
+
+
 def pytest_sessionfinish(session, exitstatus):
     LOCAL_RAY.down()
