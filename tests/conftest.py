@@ -108,7 +108,9 @@ def pytest_configure(config):
     """Under loadgroup, xdist tells a worker's groups by a suffix it writes into each grouped test's node id;
     from pytest 9.2 that write no longer takes (pytest-dev/pytest-xdist#1386) and the groups are split, their
     fixtures set up on both workers: refused here rather than run slower without a word."""
-    if config.getoption("dist", "no") == "loadgroup" and tuple(map(int, pytest.__version__.split(".")[:2])) >= (9, 2):
+    from packaging.version import Version  # pytest's own dependency
+
+    if config.getoption("dist", "no") == "loadgroup" and Version(pytest.__version__) >= Version("9.2.dev0"):
         raise pytest.UsageError(f"pytest-xdist --dist loadgroup does not group tests with pytest {pytest.__version__} "
                                 f"(pytest-dev/pytest-xdist#1386): `make install` installs the pytest pyproject.toml pins")
 
