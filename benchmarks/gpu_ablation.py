@@ -1,14 +1,15 @@
-"""The BCCD augmentation ablation on one GPU, to a converged budget, in one device command.
+"""A BCCD augmentation sweep on one GPU, to a converged budget, in one device command (or two: see --detach).
 
-The arms are the cumulative path of sweeps/bccd_factorial.yaml's design (baseline = flip only, + photometric,
-+ sample patch, + zoom out, in the factors' order) on that sweep's base recipe (its `overrides`), each arm x
-seed trained by ssd_core.train.fit in its own process, all packed on the one GPU (bf16 autocast, each
-process's CUDA memory capped to its share as fractional-GPU sweep trials are), selection on BCCD/val,
-BCCD/test scored at the selected checkpoint and at each budget point (`eval.test_at`). The run dirs, without
-checkpoints, are bundled into $OUT/bccd_ablation_gpu.tar.gz; back on the CPU:
+The arms are a sweep's (`--sweep`, default sweeps/bccd_converged.yaml: flip -> + photometric -> + sample
+patch -> + zoom out at 144 epochs; a sweep with a `design:` gives its cumulative path, in the factors' order)
+on that sweep's base recipe (its `overrides`: the epochs, the validation period and the budget points
+`eval.test_at` included), each arm x seed trained by ssd_core.train.fit in its own process, all packed on
+the one GPU (bf16 autocast, each process's CUDA memory capped to its share as fractional-GPU sweep trials
+are), selection on BCCD/val, BCCD/test scored at the selected checkpoint and at each budget point. The run
+dirs, without checkpoints, are bundled into OUT/bccd_ablation_gpu.tar.gz; back on the CPU:
 
-    tar xzf bccd_ablation_gpu.tar.gz && ssdlab import gpu_ablation/runs/* --sweep bccd-ablation-gpu
-    ssdlab report --sweep bccd-ablation-gpu --out docs/results/bccd_ablation_gpu
+    tar xzf bccd_ablation_gpu.tar.gz && ssdlab import gpu_ablation/runs/* --sweep bccd-converged-gpu --baseline initial
+    ssdlab report --sweep bccd-converged-gpu --out docs/results/bccd_converged/gpu
 
 On the device (PyTorch, no Ray / MLflow / Optuna; the wheels gpu_check needs in .whl, BCCD in .data/bccd):
 
@@ -17,9 +18,12 @@ On the device (PyTorch, no Ray / MLflow / Optuna; the wheels gpu_check needs in 
 Sizing (printed and written to gpu_ablation.json before anything trains): from the H200 figures of
 2026-11-28 (benchmarks/gpu_check/ parts 4 and 5: one bccd_mobilenet_v2 training made 1,496 iterations in
 120 s; 4 packed trained at 2.69x the throughput of one), the plan takes the iterations each run gets and the
-packing, and projects the wall time; runs still going at --deadline-s are stopped (they are then incomplete,
-and `ssdlab import` skips them) so the bundle is always written. On a CPU, `--quick` runs the same code on
-the synthetic shapes at tiny sizes (tests/integration/test_gpu_ablation.py, then imports and reports the result).
+packing, and projects the wall time; runs still going at --deadline-s, or when the driver gets SIGTERM, are
+stopped (they are then incomplete, and `ssdlab import` skips them) so the bundle is always written. A run
+longer than one device command (10 minutes) starts the driver in its own session (`setsid`) with an --out
+outside $OUT, and later commands on the still-warm machine wait for its bundle. On a CPU, `--quick` runs the
+same code on the synthetic shapes at tiny sizes (tests/integration/test_gpu_ablation.py, then imports and
+reports the result).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -34,13 +39,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP = REPO / "sweeps" / "bccd_factorial.yaml"
+SWEEP = REPO / "sweeps" / "bccd_converged.yaml"
 BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
 BUNDLE = "bccd_ablation_gpu.tar.gz"
 # H200, 2026-11-28 (docs/benchmarks.md, the GPU table): one training's iterations per second, and the aggregate
 # speed-up of packed trainings over one (4 packed: 2.69x; beyond 4 assumed to grow as the square root of the count)
 ONE_IT_S, PACK4 = 1496 / 120.0, 2.69
-TEST_AT = [0.125, 0.25, 0.5, 1.0]
+TEST_AT = [0.125, 0.25, 0.5, 1.0]   # where the sweep names none
 STARTUP_S, EVAL_S = 25.0, 1.5   # per process: CUDA and data start; per validation of BCCD/val
 
 
@@ -49,15 +54,19 @@ def packed_speedup(n: int) -> float:
 
 
 def arms(sweep: Path = SWEEP) -> list[tuple[str, dict]]:
-    """(arm, overrides) along the design's cumulative path, each on the sweep's base overrides."""
+    """(arm, overrides) on the sweep's base overrides: its explicit `arms`, or its design's cumulative path."""
     import yaml
 
     from experiments.design import build
 
-    doc = yaml.safe_load(sweep.read_text())
-    design = build({**doc["design"], "type": "cumulative"})
-    base = {k: v for k, v in doc.get("overrides", {}).items() if k not in ("train.epochs", "eval.test_at")}
-    return [(name, {**base, **design.overrides(name)}) for name in design.points]
+    doc = yaml.safe_load(Path(sweep).read_text())
+    base = dict(doc.get("overrides", {}))
+    if "arms" in doc:
+        points = [(name, (arm or {}).get("overrides", {})) for name, arm in doc["arms"].items()]
+    else:
+        design = build({**doc["design"], "type": "cumulative"})
+        points = [(name, design.overrides(name)) for name in design.points]
+    return [(name, {**base, **o}) for name, o in points]
 
 
 def plan(args, iters_per_epoch: int) -> dict:
@@ -70,7 +79,7 @@ def plan(args, iters_per_epoch: int) -> dict:
     projected = rounds * (STARTUP_S + epochs * iters_per_epoch / per_run_it_s + evals * EVAL_S)
     return {"runs": runs, "concurrent": at_once, "rounds": rounds, "epochs": epochs,
             "iterations": epochs * iters_per_epoch, "iters_per_epoch": iters_per_epoch,
-            "eval_every_epochs": args.every, "test_at": TEST_AT, "memory_fraction": round(1 / at_once, 4),
+            "eval_every_epochs": args.every, "test_at": args.test_at, "memory_fraction": round(1 / at_once, 4),
             "assumed_it_s_per_run": round(per_run_it_s, 2), "projected_s": round(projected, 1),
             "deadline_s": args.deadline_s, "basis": "H200 2026-11-28: 1,496 it / 120 s alone, 4 packed 2.69x"}
 
@@ -80,7 +89,7 @@ def run_config(args, arm: str, overrides: dict, seed: int, p: dict, out: Path):
 
     o = dict(overrides)
     o.update({"train.epochs": p["epochs"], "train.seed": seed, "eval.every_epochs": args.every,
-              "eval.test_at": TEST_AT, "train.device": args.device, "train.log_every": 10_000,
+              "eval.test_at": args.test_at, "train.device": args.device, "train.log_every": 10_000,
               "data.num_workers": args.workers, "output.dir": str(out)})
     if args.quick:  # the synthetic shapes at tiny sizes: the same code path in seconds
         o.update({"data.root": str(out / "data"), "data.train_sets": ["SHAPES/train"], "data.val_sets": ["SHAPES/val"],
@@ -96,12 +105,15 @@ def run_config(args, arm: str, overrides: dict, seed: int, p: dict, out: Path):
 
 def worker(spec_path: Path) -> int:
     """One training (a child process): the config from the spec file, the memory cap, fit."""
+    import torch
+
     from ssd_core.build import cap_gpu_memory
     from ssd_core.config import validate_config
     from ssd_core.train import fit
 
     spec = json.loads(spec_path.read_text())
     cap_gpu_memory(spec["memory_fraction"])
+    torch.set_num_threads(spec.get("threads", 1))   # packed processes share the host's cores
     cfg = validate_config(spec["config"], spec["source"])
     if cfg.data.synthetic is not None:
         from ssd_core.synth import ensure_synthetic
@@ -125,11 +137,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--data", default=None, help="the folder holding BCCD/ (default: the config's default root)")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_ablation_out"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sweep", type=Path, default=SWEEP, help="the sweep YAML whose arms and base recipe to run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--arms", default=None, help="comma-separated subset of the arms (default: all four)")
-    ap.add_argument("--iterations", type=int, default=1500, help="at least this many iterations per run")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="at least this many iterations per run (default: the sweep's train.epochs)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (overrides --iterations)")
-    ap.add_argument("--every", type=int, default=4, help="validate every this many epochs (selection)")
+    ap.add_argument("--every", type=int, default=None,
+                    help="validate every this many epochs (selection; default: the sweep's eval.every_epochs, else 4)")
     ap.add_argument("--concurrency", type=int, default=12, help="runs trained at once on the GPU")
     ap.add_argument("--workers", type=int, default=1, help="data loader workers per run")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="stop runs still going after this long")
@@ -141,15 +156,23 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     out = Path(args.out)
     (out / "gpu_ablation" / "runs").mkdir(parents=True, exist_ok=True)
-    all_arms = arms()
+    all_arms = arms(args.sweep)
     keep = [a.strip() for a in args.arms.split(",")] if args.arms else [a for a, _ in all_arms]
     unknown = sorted(set(keep) - {a for a, _ in all_arms})
     if unknown:
         ap.error(f"--arms: {', '.join(unknown)} not among {', '.join(a for a, _ in all_arms)}")
     args.arms_list = [(a, o) for a, o in all_arms if a in keep]
+    base = args.arms_list[0][1]
+    args.every = args.every or base.get("eval.every_epochs", 4)
+    args.test_at = base.get("eval.test_at", TEST_AT)
     work = out / "gpu_ablation"
     first = run_config(args, *args.arms_list[0], args.seeds[0], {"epochs": 1}, work)
-    p = plan(args, iters_per_epoch(first))
+    ipe = iters_per_epoch(first)
+    if args.epochs is None and args.iterations is None:
+        args.epochs = base.get("train.epochs") or math.ceil(1500 / ipe)
+    p = plan(args, ipe)
+    stop = {"why": None}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(why="stopped by SIGTERM"))
     log = open(out / "gpu_ablation.log", "a")
 
     def say(line: str) -> None:
@@ -158,7 +181,7 @@ def main(argv=None) -> int:
         log.flush()
 
     say(f"gpu_ablation: {len(args.arms_list)} arms x {len(args.seeds)} seeds = {p['runs']} runs, {p['concurrent']} at "
-        f"once ({p['rounds']} round(s)), {p['epochs']} epochs = {p['iterations']} iterations each, test at {TEST_AT}; "
+        f"once ({p['rounds']} round(s)), {p['epochs']} epochs = {p['iterations']} iterations each, test at {args.test_at}; "
         f"projected {p['projected_s']:.0f} s (deadline {args.deadline_s:.0f} s; {p['basis']})")
     queue = []
     for arm, overrides in args.arms_list:
@@ -168,6 +191,7 @@ def main(argv=None) -> int:
             spec = work / f"{name}.json"
             spec.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "source": f"gpu_ablation:{name}",
                                         "memory_fraction": p["memory_fraction"] if p["concurrent"] > 1 else 1.0,
+                                        "threads": max(1, (os.cpu_count() or 1) // (2 * p["concurrent"])),
                                         "run_dir": str(work / "runs" / name)}))
             queue.append((name, spec))
     running, done = {}, {}
@@ -182,13 +206,15 @@ def main(argv=None) -> int:
                 done[name] = {"rc": proc.returncode, "wall_s": round(time.monotonic() - started, 1)}
                 say(f"  {name}: exit {proc.returncode} after {done[name]['wall_s']:.0f} s")
                 del running[name]
-        if time.monotonic() - t0 > args.deadline_s:
+        if stop["why"] is None and time.monotonic() - t0 > args.deadline_s:
+            stop["why"] = "stopped at the deadline"
+        if stop["why"]:
             for name, (proc, started) in running.items():
                 proc.terminate()
-                done[name] = {"rc": "stopped at the deadline", "wall_s": round(time.monotonic() - started, 1)}
-                say(f"  {name}: stopped at the deadline (incomplete: ssdlab import will skip it)")
+                done[name] = {"rc": stop["why"], "wall_s": round(time.monotonic() - started, 1)}
+                say(f"  {name}: {stop['why']} (incomplete: ssdlab import will skip it)")
             for name, _ in queue:
-                done[name] = {"rc": "not started (deadline)"}
+                done[name] = {"rc": f"not started ({stop['why']})"}
             queue, running = [], {}
             break
         time.sleep(0.5)

@@ -1,7 +1,7 @@
-"""benchmarks/gpu_ablation.py, the one device command, run on the CPU at tiny sizes: it trains the
-cumulative path of sweeps/bccd_factorial.yaml's design x seeds in packed processes with fit, bundles the run
-dirs without checkpoints, and the bundle comes back through `ssdlab import` as a sweep whose report has every
-arm and the deltas along the budget."""
+"""benchmarks/gpu_ablation.py, the device command, run on the CPU at tiny sizes: it trains the arms of
+sweeps/bccd_converged.yaml (or a design's cumulative path) x seeds in packed processes with fit, bundles the
+run dirs without checkpoints, and the bundle comes back through `ssdlab import` as a sweep whose report has
+every arm and the deltas along the budget."""
 from __future__ import annotations
 
 import json
@@ -16,14 +16,27 @@ from ssdlab.cli import main
 
 pytest.importorskip("mlflow")
 REPO = Path(__file__).resolve().parents[2]
-ARMS = ["baseline", "+photometric", "+photometric+sample_patch", "+photometric+sample_patch+zoom_out"]
+ARMS = ["initial", "+photometric", "+sample_patch", "+zoom_out"]
+FACTORIAL = ["baseline", "+photometric", "+photometric+sample_patch", "+photometric+sample_patch+zoom_out"]
 
 
-def test_the_arms_are_the_factorial_sweeps_cumulative_path_on_its_base_recipe():
+def test_the_arms_are_the_converged_sweeps_on_its_base_recipe():
     from benchmarks.gpu_ablation import arms
 
-    got = arms()
-    assert [a for a, _ in got] == ARMS
+    got = dict(arms())
+    assert list(got) == ARMS
+    assert all(o["train.epochs"] == 144 and o["eval.every_epochs"] == 4 and len(o["eval.test_at"]) == 6
+               for o in got.values())
+    assert not got["initial"]["augment.photometric"] and not got["initial"]["augment.sample_patch.enabled"]
+    assert got["+sample_patch"]["augment.sample_patch.enabled"] and got["+sample_patch"]["augment.zoom_out.p"] == 0
+    assert got["+zoom_out"]["augment.zoom_out.p"] == 0.5 and got["+zoom_out"]["augment.zoom_out.max"] == 4.0
+
+
+def test_the_arms_of_a_design_are_its_cumulative_path_on_its_base_recipe():
+    from benchmarks.gpu_ablation import arms
+
+    got = arms(REPO / "sweeps" / "bccd_factorial.yaml")
+    assert [a for a, _ in got] == FACTORIAL
     last = got[-1][1]
     assert last["augment.photometric"] and last["augment.sample_patch.enabled"] and last["augment.zoom_out.p"] == 0.5
     assert not got[0][1]["augment.photometric"] and got[0][1]["augment.zoom_out.p"] == 0.0
@@ -37,10 +50,10 @@ def test_the_plan_packs_runs_and_projects_their_time():
 
     assert packed_speedup(1) == 1.0 and packed_speedup(4) == pytest.approx(PACK4)
     args = SimpleNamespace(arms_list=[("a", {}), ("b", {})], seeds=[0, 1, 2, 3, 4, 5], concurrency=4, epochs=None,
-                           iterations=1500, every=4, deadline_s=540.0)
+                           iterations=1500, every=4, deadline_s=540.0, test_at=[0.5, 1.0])
     p = plan(args, iters_per_epoch=25)
     assert (p["runs"], p["concurrent"], p["rounds"], p["epochs"], p["iterations"]) == (12, 4, 3, 60, 1500)
-    assert p["memory_fraction"] == 0.25
+    assert p["memory_fraction"] == 0.25 and p["test_at"] == [0.5, 1.0]
     assert p["assumed_it_s_per_run"] == pytest.approx(ONE_IT_S * PACK4 / 4, abs=0.01)
     assert p["projected_s"] > 3 * 1500 / (ONE_IT_S * PACK4 / 4)
 
@@ -64,7 +77,7 @@ def test_the_device_script_bundles_runs_that_import_and_report_as_a_sweep(tmp_pa
     runs = sorted((back / "gpu_ablation" / "runs").iterdir())
     assert len(runs) == 8
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["import", *map(str, runs), "--sweep", "ablation-gpu", "--baseline", "baseline",
+    assert main(["import", *map(str, runs), "--sweep", "ablation-gpu", "--baseline", "initial",
                  "--tracking-uri", uri]) == 0
     assert "8 run(s) imported" in capsys.readouterr().out
     assert main(["report", "--sweep", "ablation-gpu", "--tracking-uri", uri, "--out", str(tmp_path / "rep"),
@@ -73,6 +86,6 @@ def test_the_device_script_bundles_runs_that_import_and_report_as_a_sweep(tmp_pa
     for arm in ARMS:
         assert f"| {arm} " in md or f"| `{arm}` " in md, arm
     budget = md[md.index("## Δ along the budget"):]
-    for arm in ARMS:   # 2 epochs: the points 1/8 .. 1 fall on epochs 1 and 2, i.e. budget 0.5 and 1
+    for arm in ARMS:   # 2 epochs: the points 1/16 .. 1 fall on epochs 1 and 2, i.e. budget 0.5 and 1
         for fraction in ("0.5", "1"):
             assert f"| {arm} | {fraction} | 2 |" in budget, (arm, fraction)
