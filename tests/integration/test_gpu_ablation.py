@@ -46,16 +46,16 @@ def test_the_arms_of_a_design_are_its_cumulative_path_on_its_base_recipe():
 def test_the_plan_packs_runs_and_projects_their_time():
     from types import SimpleNamespace
 
-    from benchmarks.gpu_ablation import ONE_IT_S, PACK4, packed_speedup, plan
+    from benchmarks.gpu_ablation import AGGREGATE_IT_S, per_run_it_s, plan
 
-    assert packed_speedup(1) == 1.0 and packed_speedup(4) == pytest.approx(PACK4)
+    assert per_run_it_s(1) == per_run_it_s(4) == AGGREGATE_IT_S / 4 and per_run_it_s(8) == AGGREGATE_IT_S / 8
     args = SimpleNamespace(arms_list=[("a", {}), ("b", {})], seeds=[0, 1, 2, 3, 4, 5], concurrency=4, epochs=None,
                            iterations=1500, every=4, deadline_s=540.0, test_at=[0.5, 1.0])
     p = plan(args, iters_per_epoch=25)
     assert (p["runs"], p["concurrent"], p["rounds"], p["epochs"], p["iterations"]) == (12, 4, 3, 60, 1500)
     assert p["memory_fraction"] == 0.25 and p["test_at"] == [0.5, 1.0]
-    assert p["assumed_it_s_per_run"] == pytest.approx(ONE_IT_S * PACK4 / 4, abs=0.01)
-    assert p["projected_s"] > 3 * 1500 / (ONE_IT_S * PACK4 / 4)
+    assert p["assumed_it_s_per_run"] == pytest.approx(AGGREGATE_IT_S / 4, abs=0.01)
+    assert p["projected_s"] > 3 * 1500 / (AGGREGATE_IT_S / 4)
 
 
 @pytest.mark.slow  # ~2 CPU-minutes: pytest -m slow tests/integration/test_gpu_ablation.py
