@@ -66,9 +66,11 @@ def arms(sweep: Path = SWEEP) -> list[tuple[str, dict]]:
     base = dict(doc.get("overrides", {}))
     if "arms" in doc:
         points = [(name, (arm or {}).get("overrides", {})) for name, arm in doc["arms"].items()]
-    else:
+    elif "design" in doc:
         design = build({**doc["design"], "type": "cumulative"})
         points = [(name, design.overrides(name)) for name in design.points]
+    else:
+        raise SystemExit(f"gpu_ablation: {sweep}: no `arms` or `design` to train (a search sweep is not an ablation)")
     return [(name, {**base, **o}) for name, o in points]
 
 

@@ -43,6 +43,15 @@ def test_the_arms_of_a_design_are_its_cumulative_path_on_its_base_recipe():
     assert all(o["model.output_stride"] == 16 for _, o in got)   # the sweep's own base recipe
 
 
+def test_a_sweep_without_arms_or_design_is_refused_naming_the_file(tmp_path):
+    from benchmarks.gpu_ablation import arms
+
+    search = tmp_path / "search.yaml"
+    search.write_text("name: s\nexperiment: x.yaml\nsearch: {lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}\n")
+    with pytest.raises(SystemExit, match=r"search\.yaml: no `arms` or `design`"):
+        arms(search)
+
+
 def test_the_plan_packs_runs_and_projects_their_time():
     from types import SimpleNamespace
 
