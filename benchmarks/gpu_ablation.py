@@ -1,15 +1,15 @@
-"""A BCCD augmentation sweep on one GPU, to a converged budget, in one device command (or two: see --detach).
+"""A BCCD augmentation sweep on one GPU, to a converged budget, in one device command (or more: the .sh beside it).
 
 The arms are a sweep's (`--sweep`, default sweeps/bccd_converged.yaml: flip -> + photometric -> + sample
 patch -> + zoom out at 144 epochs; a sweep with a `design:` gives its cumulative path, in the factors' order)
 on that sweep's base recipe (its `overrides`: the epochs, the validation period and the budget points
 `eval.test_at` included), each arm x seed trained by ssd_core.train.fit in its own process, all packed on
 the one GPU (bf16 autocast, each process's CUDA memory capped to its share as fractional-GPU sweep trials
-are), selection on BCCD/val, BCCD/test scored at the selected checkpoint and at each budget point. The run
+are), on the sweep's experiment config, selection on BCCD/val, BCCD/test scored at the selected checkpoint and at each budget point. The run
 dirs, without checkpoints, are bundled into OUT/bccd_ablation_gpu.tar.gz; back on the CPU:
 
     tar xzf bccd_ablation_gpu.tar.gz && ssdlab import gpu_ablation/runs/* --sweep bccd-converged-gpu --baseline initial
-    ssdlab report --sweep bccd-converged-gpu --out docs/results/bccd_converged/gpu
+    ssdlab report --sweep bccd-converged-gpu --out docs/results/bccd_converged --format md,csv
 
 On the device (PyTorch, no Ray / MLflow / Optuna; the wheels gpu_check needs in .whl, BCCD in .data/bccd):
 
@@ -41,7 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "sweeps" / "bccd_converged.yaml"
-BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"
+BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"   # a sweep that names no experiment
 BUNDLE = "bccd_ablation_gpu.tar.gz"
 # H100, 2026-12-06 (docs/results/bccd_converged/gpu/): the GPU's aggregate training iterations per second
 # (bccd_mobilenet_v2, batch 8, bf16) under this plan's accounting, the same with 4 packed (237 s) and 8 packed
@@ -74,6 +74,14 @@ def arms(sweep: Path = SWEEP) -> list[tuple[str, dict]]:
     return [(name, {**base, **o}) for name, o in points]
 
 
+def experiment_config(sweep: Path) -> Path:
+    """The sweep's `experiment` (relative to the sweep file, as `ssdlab sweep` reads it)."""
+    import yaml
+
+    name = (yaml.safe_load(Path(sweep).read_text()) or {}).get("experiment")
+    return (Path(sweep).parent / name).resolve() if name else BCCD_CONFIG
+
+
 def plan(args, iters_per_epoch: int) -> dict:
     runs = len(args.arms_list) * len(args.seeds)
     at_once = min(args.concurrency, runs)
@@ -104,7 +112,7 @@ def run_config(args, arm: str, overrides: dict, seed: int, p: dict, out: Path):
                   "train.warmup_iters": 2, "data.num_workers": 0})
     elif args.data:
         o["data.root"] = str(Path(args.data).resolve())
-    cfg = load_config(BCCD_CONFIG, o)
+    cfg = load_config(args.config, o)
     return cfg.model_copy(update={"name": arm})   # `ssdlab import` names each run's arm by its config name
 
 
@@ -162,6 +170,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     (out / "gpu_ablation" / "runs").mkdir(parents=True, exist_ok=True)
     all_arms = arms(args.sweep)
+    args.config = experiment_config(args.sweep)
     keep = [a.strip() for a in args.arms.split(",")] if args.arms else [a for a, _ in all_arms]
     unknown = sorted(set(keep) - {a for a, _ in all_arms})
     if unknown:
@@ -174,7 +183,9 @@ def main(argv=None) -> int:
     first = run_config(args, *args.arms_list[0], args.seeds[0], {"epochs": 1}, work)
     ipe = iters_per_epoch(first)
     if args.epochs is None and args.iterations is None:
-        args.epochs = base.get("train.epochs") or math.ceil(1500 / ipe)
+        from ssd_core.config import load_config
+
+        args.epochs = base.get("train.epochs") or load_config(args.config).train.epochs
     p = plan(args, ipe)
     stop = {"why": None}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(why="stopped by SIGTERM"))

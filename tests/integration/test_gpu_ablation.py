@@ -43,6 +43,16 @@ def test_the_arms_of_a_design_are_its_cumulative_path_on_its_base_recipe():
     assert all(o["model.output_stride"] == 16 for _, o in got)   # the sweep's own base recipe
 
 
+def test_the_experiment_config_is_the_sweeps_own(tmp_path):
+    from benchmarks.gpu_ablation import BCCD_CONFIG, experiment_config
+
+    assert experiment_config(REPO / "sweeps" / "bccd_converged.yaml") == BCCD_CONFIG.resolve()
+    (tmp_path / "configs").mkdir()
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nexperiment: configs/mine.yaml\narms: {a: {}}\n")
+    assert experiment_config(sweep) == (tmp_path / "configs" / "mine.yaml").resolve()
+
+
 def test_a_sweep_without_arms_or_design_is_refused_naming_the_file(tmp_path):
     from benchmarks.gpu_ablation import arms
 
