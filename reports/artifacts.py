@@ -33,10 +33,12 @@ def load_artifact(uri: str, run_id: str, path: str) -> bytes | None:
         return None
 
 
-def load_detections(client: MlflowClient, run_ids: list[str], budget: bool = False) -> dict[str, dict]:
+def load_detections(client: MlflowClient, run_ids: list[str], budget: bool = False) -> dict[str, Any]:
     """{"detections": run_id -> VOCMatches of the run's logged test detections (RD.TEST_DETECTIONS),
-    "budget_detections": (run_id, fraction) -> those at each budget point (with `budget`)}, for the runs that
-    have them; read through the MLflow artifact API into a temporary folder."""
+    "budget_detections": (run_id, fraction) -> those at each budget point (with `budget`),
+    "unreadable_detections": [(run_id, artifact path, why)] for each that could not be read}, for the runs that
+    have them; read through the MLflow artifact API into a temporary folder. An unreadable artifact costs its
+    run that one interval (the report says which, and why), never the report or the run's other artifacts."""
 
     def matches(path):
         from ssd_core.evaluate import DetectionAccumulator
@@ -46,19 +48,29 @@ def load_detections(client: MlflowClient, run_ids: list[str], budget: bool = Fal
 
     out: dict[str, Any] = {}
     points: dict[tuple[str, float], Any] = {}
+    unreadable: list[tuple[str, str, str]] = []
+
+    def read(rid: str, path: str):
+        try:
+            return matches(cached_artifact(client, rid, path))
+        except Exception as exc:  # a truncated or foreign file: recorded, the rest still read
+            unreadable.append((rid, path, f"{type(exc).__name__}: {exc}"))
+            return None
+
     for rid in run_ids:
         try:
             names = {a.path for a in client.list_artifacts(rid)}
-            if RD.TEST_DETECTIONS in names:
-                out[rid] = matches(cached_artifact(client, rid, RD.TEST_DETECTIONS))
-            if budget and Artifact.BUDGET in names:
-                for a in client.list_artifacts(rid, Artifact.BUDGET):
-                    f = RD.point_of(a.path.rsplit("/", 1)[-1])
-                    if f is not None:
-                        points[(rid, f)] = matches(cached_artifact(client, rid, a.path))
-        except Exception:  # an unreadable artifact only costs that run its interval
+            listed = (client.list_artifacts(rid, Artifact.BUDGET) if budget and Artifact.BUDGET in names else [])
+        except Exception as exc:
+            unreadable.append((rid, "(artifact list)", f"{type(exc).__name__}: {exc}"))
             continue
-    return {"detections": out, "budget_detections": points}
+        if RD.TEST_DETECTIONS in names and (m := read(rid, RD.TEST_DETECTIONS)) is not None:
+            out[rid] = m
+        for a in listed:
+            f = RD.point_of(a.path.rsplit("/", 1)[-1])
+            if f is not None and (m := read(rid, a.path)) is not None:
+                points[(rid, f)] = m
+    return {"detections": out, "budget_detections": points, "unreadable_detections": unreadable}
 
 
 CACHE_ENV = "SSDLAB_CACHE"

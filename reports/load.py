@@ -33,7 +33,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from experiments.schema import FROM_MLFLOW, Kind, M, Status, Tag
+from experiments.schema import FROM_MLFLOW, Artifact, Kind, M, Status, Tag
 from experiments.tracking.store import mlflow_client, using_tracking_uri
 from reports.artifacts import load_detections
 from reports.fmt import col_or_nan, col_or_none, num
@@ -65,6 +65,8 @@ class SweepData:
     detections: dict[str, Any] = field(default_factory=dict)
     # (run_id, budget fraction) -> VOCMatches of its test detections at that budget point (eval.test_at)
     budget_detections: dict[tuple[str, float], Any] = field(default_factory=dict)
+    # (run_id, artifact path, why) for each logged detections file that could not be read
+    unreadable_detections: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -84,6 +86,25 @@ class SweepData:
     def value(self) -> str:
         """The column arm statistics are computed over: ``reported`` (test), or ``score`` without a test split."""
         return "reported" if self.has_test else "score"
+
+    def unreadable_note(self, budget_points: bool = False) -> str:
+        """A table note naming each run whose logged test detections could not be read, and why: at the selected
+        checkpoint (the ablation table), or at the budget points (`budget_points`, the budget table). Those runs
+        drop out of the seeds + test images intervals; "" when every file was read."""
+        where = self.runs.set_index("run_id") if "run_id" in self.runs else pd.DataFrame()
+        items = []
+        for rid, path, why in self.unreadable_detections:
+            if path.startswith(Artifact.BUDGET + "/") != budget_points:
+                continue
+            who = f"run {rid}"
+            if rid in where.index:
+                seed = where.at[rid, "seed"]
+                who = f"{where.at[rid, 'arm']} seed {int(seed) if math.isfinite(seed) else '?'} (run {rid})"
+            items.append(f"{who}: `{path}`: {why}")
+        if not items:
+            return ""
+        return ("Unreadable test detections, left out of the seeds + test images intervals (those deltas rest on "
+                "the other seeds' detections, or on the paired t alone): " + "; ".join(items) + ".")
 
     @property
     def searched(self) -> list[str]:

@@ -118,6 +118,13 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     t.notes.append("Seeds: finished runs. Not averaged: early-stopped (ASHA), failed and running "
                    "runs (listed below). Epochs: configured `train.epochs`. Device-h: total "
                    f"`{M.DEVICE_HOURS}` of all the arm's runs. img/s: mean `{M.TRAIN_IMG_S}`.")
+    fewer = [f"{r['arm']} ({r['interval'].n} of {r['pairs']})" for _, r in a.iterrows()
+             if r["interval"] is not None and r["interval"].n < r["pairs"]]
+    if fewer:
+        t.notes.append("Fewer seeds in the seeds + test images interval than in the paired t, where a run's test "
+                       "detections are missing or unreadable: " + ", ".join(fewer) + ".")
+    if data.unreadable_note():
+        t.notes.append(data.unreadable_note())
     return t
 
 
