@@ -80,7 +80,8 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
         else:
             methods.add(r["method"])
             mark = {"welch": " (w)", "single": " (1)"}.get(r["method"], "")
-            if ivs and r["method"] == "paired":  # the delta is the combined column's; the t adds its interval
+            if ivs and r["method"] == "paired" and r["interval"] is not None:  # the delta is in the combined
+                # column; the t adds its interval (a row without a combined interval keeps its delta here)
                 d = f"[{fnum(r['low'], sign=True)}, {fnum(r['high'], sign=True)}]"
             else:
                 d = _delta_text(r["delta"], r["low"], r["high"], mark)
@@ -123,6 +124,10 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     if fewer:
         t.notes.append("Fewer seeds in the seeds + test images interval than in the paired t, where a run's test "
                        "detections are missing or unreadable: " + ", ".join(fewer) + ".")
+    without = [r["arm"] for _, r in a.iterrows() if ivs and r["interval"] is None and r["method"] == "paired"]
+    if without:
+        t.notes.append("No seeds + test images interval for " + ", ".join(without) + ": no seed of the arm and the "
+                       "baseline has readable test detections of both on the same test images.")
     if data.unreadable_note():
         t.notes.append(data.unreadable_note())
     return t
