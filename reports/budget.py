@@ -231,8 +231,8 @@ def budget_table(data: SweepData, deltas: list[PointDelta]) -> Table:
     moved = changes(deltas)
     for arm, text in moved.items():
         t.notes.append(f"{arm}: the delta changes sign or significance along the budget: {text}.")
-    if data.unreadable_note(budget_points=True):
-        t.notes.append(data.unreadable_note(budget_points=True))
+    if note := data.unreadable_note(budget_points=True):
+        t.notes.append(note)
     return t
 
 

@@ -247,8 +247,8 @@ def effects_table(data: SweepData, est: list[Estimate]) -> Table:
                f"with B not). 95% CI over {_how(est)}; an interaction whose interval excludes 0 is flagged (bold)."]
     if d and d.type == "fractional":
         t.notes.append("Aliased with: the effects this contrast also estimates (the design cannot tell them apart).")
-    if data.unreadable_note():
-        t.notes.append(data.unreadable_note())
+    if note := data.unreadable_note():
+        t.notes.append(note)
     return t
 
 

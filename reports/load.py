@@ -99,7 +99,7 @@ class SweepData:
             who = f"run {rid}"
             if rid in where.index:
                 seed = where.at[rid, "seed"]
-                who = f"{where.at[rid, 'arm']} seed {int(seed) if math.isfinite(seed) else '?'} (run {rid})"
+                who = f"{where.at[rid, 'arm']} seed {int(seed) if pd.notna(seed) else '?'} (run {rid})"
             items.append(f"{who}: `{path}`: {why}")
         if not items:
             return ""

@@ -128,8 +128,8 @@ def ablation_table(data: SweepData, a: pd.DataFrame | None = None) -> Table:
     if without:
         t.notes.append("No seeds + test images interval for " + ", ".join(without) + ": no seed of the arm and the "
                        "baseline has readable test detections of both on the same test images.")
-    if data.unreadable_note():
-        t.notes.append(data.unreadable_note())
+    if note := data.unreadable_note():
+        t.notes.append(note)
     return t
 
 
