@@ -41,7 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "sweeps" / "bccd_converged.yaml"
-BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"   # a sweep that names no experiment
+BCCD_CONFIG = REPO / "experiments" / "configs" / "bccd_mobilenet_v2.yaml"   # the default sweep's experiment
 BUNDLE = "bccd_ablation_gpu.tar.gz"
 # H100, 2026-12-06 (docs/results/bccd_converged/gpu/): the GPU's aggregate training iterations per second
 # (bccd_mobilenet_v2, batch 8, bf16) under this plan's accounting, the same with 4 packed (237 s) and 8 packed
@@ -57,17 +57,17 @@ def per_run_it_s(n: int) -> float:
 
 
 def arms(sweep: Path = SWEEP) -> list[tuple[str, dict]]:
-    """(arm, overrides) on the sweep's base overrides: its explicit `arms`, or its design's cumulative path."""
-    import yaml
-
+    """(arm, overrides) on the sweep's base overrides: its explicit `arms`, or its design's cumulative path. The
+    sweep is read and validated as `ssdlab sweep` reads it (a bad key is refused naming the file and the key)."""
     from experiments.design import build
+    from experiments.sweep.validate import load_sweep
 
-    doc = yaml.safe_load(Path(sweep).read_text())
-    base = dict(doc.get("overrides", {}))
-    if "arms" in doc:
-        points = [(name, (arm or {}).get("overrides", {})) for name, arm in doc["arms"].items()]
-    elif "design" in doc:
-        design = build({**doc["design"], "type": "cumulative"})
+    spec = load_sweep(sweep)
+    base = dict(spec.file.overrides or {})
+    if spec.file.arms:
+        points = [(name, spec.arm_overrides(name)) for name in spec.arm_names]
+    elif spec.file.design:
+        design = build({**spec.file.design, "type": "cumulative"})
         points = [(name, design.overrides(name)) for name in design.points]
     else:
         raise SystemExit(f"gpu_ablation: {sweep}: no `arms` or `design` to train (a search sweep is not an ablation)")
@@ -75,11 +75,10 @@ def arms(sweep: Path = SWEEP) -> list[tuple[str, dict]]:
 
 
 def experiment_config(sweep: Path) -> Path:
-    """The sweep's `experiment` (relative to the sweep file, as `ssdlab sweep` reads it)."""
-    import yaml
+    """The sweep's `experiment` config, resolved by the sweep spec (experiments/sweep/spec.py)."""
+    from experiments.sweep.validate import load_sweep
 
-    name = (yaml.safe_load(Path(sweep).read_text()) or {}).get("experiment")
-    return (Path(sweep).parent / name).resolve() if name else BCCD_CONFIG
+    return load_sweep(sweep).base_config_path
 
 
 def plan(args, iters_per_epoch: int) -> dict:

@@ -48,6 +48,7 @@ def test_the_experiment_config_is_the_sweeps_own(tmp_path):
 
     assert experiment_config(REPO / "sweeps" / "bccd_converged.yaml") == BCCD_CONFIG.resolve()
     (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text(BCCD_CONFIG.read_text())
     sweep = tmp_path / "s.yaml"
     sweep.write_text("name: s\nexperiment: configs/mine.yaml\narms: {a: {}}\n")
     assert experiment_config(sweep) == (tmp_path / "configs" / "mine.yaml").resolve()
@@ -56,8 +57,9 @@ def test_the_experiment_config_is_the_sweeps_own(tmp_path):
 def test_a_sweep_without_arms_or_design_is_refused_naming_the_file(tmp_path):
     from benchmarks.gpu_ablation import arms
 
-    search = tmp_path / "search.yaml"
-    search.write_text("name: s\nexperiment: x.yaml\nsearch: {lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}\n")
+    search = tmp_path / "search.yaml"   # a valid search sweep: nothing to train as arms
+    search.write_text(f"name: s\nexperiment: {REPO / 'experiments' / 'configs' / 'bccd_mobilenet_v2.yaml'}\n"
+                      "search: {num_samples: 2, space: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}}\n")
     with pytest.raises(SystemExit, match=r"search\.yaml: no `arms` or `design`"):
         arms(search)
 
